@@ -1,0 +1,40 @@
+# Finds every third-party dependency and names the Debian package on failure.
+find_package(PkgConfig REQUIRED)
+
+macro(al_need_pkg var module debpkg)
+  pkg_check_modules(${var} IMPORTED_TARGET ${module})
+  if(NOT ${var}_FOUND)
+    message(FATAL_ERROR "airlock needs ${module}: apt-get install -y ${debpkg}")
+  endif()
+endmacro()
+
+al_need_pkg(OPENSSL openssl libssl-dev)
+al_need_pkg(CARES libcares libc-ares-dev)
+al_need_pkg(CJSON libcjson libcjson-dev)
+al_need_pkg(SQLITE sqlite3 libsqlite3-dev)
+al_need_pkg(IDN2 libidn2 libidn2-dev)
+
+find_path(EV_INCLUDE_DIR ev.h)
+find_library(EV_LIBRARY ev)
+if(NOT EV_INCLUDE_DIR OR NOT EV_LIBRARY)
+  message(FATAL_ERROR "airlock needs libev: apt-get install -y libev-dev")
+endif()
+add_library(al_ev INTERFACE)
+target_include_directories(al_ev INTERFACE ${EV_INCLUDE_DIR})
+target_link_libraries(al_ev INTERFACE ${EV_LIBRARY})
+
+set(LLHTTP_INCLUDE_DIR /usr/share/include/llhttp)
+file(GLOB LLHTTP_SOURCES /usr/share/llhttp/*.c)
+if(NOT EXISTS ${LLHTTP_INCLUDE_DIR}/llhttp.h OR NOT LLHTTP_SOURCES)
+  message(FATAL_ERROR "airlock needs llhttp sources: apt-get install -y node-llhttp")
+endif()
+
+find_package(Threads REQUIRED)
+
+if(AL_TESTS)
+  find_path(CMOCKA_INCLUDE_DIR cmocka.h)
+  find_library(CMOCKA_LIBRARY cmocka)
+  if(NOT CMOCKA_INCLUDE_DIR OR NOT CMOCKA_LIBRARY)
+    message(FATAL_ERROR "airlock's unit tests need cmocka: apt-get install -y libcmocka-dev")
+  endif()
+endif()

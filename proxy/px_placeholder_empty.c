@@ -1,0 +1,2 @@
+/* placeholder until px sources land */
+typedef int px_placeholder_unused;
