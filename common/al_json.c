@@ -52,7 +52,7 @@ al_json_parse(const char *name, const char *text, size_t len, struct al_errs *er
         al_errs_add(errs, "%s: contains a NUL byte", name);
         goto fail;
     }
-    doc->root = cJSON_ParseWithLengthOpts(doc->text, len, &end, 1);
+    doc->root = cJSON_ParseWithLengthOpts(doc->text, len + 1, &end, 1); /* + the NUL */
     if (doc->root == NULL) {
         unsigned line, col;
         size_t   off = end != NULL && end >= doc->text ? (size_t)(end - doc->text) : 0;

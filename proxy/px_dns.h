@@ -42,7 +42,14 @@ struct px_dns_override {
 struct px_dns_conf {
     const struct px_dns_override *overrides;
     int                           noverrides;
-    int                           timeout_ms; /* 0 = PX_DNS_TIMEOUT_MS */
+    /* Budget for one lookup against one server: the first try gets a third of
+     * it and the retry (c-ares doubles it) the rest. With n servers a dead set
+     * fails after about n * timeout_ms. 0 = PX_DNS_TIMEOUT_MS. */
+    int timeout_ms;
+    /* Optional resolvers, "ip", "ip:port" or "[v6]:port" (loopback stubs in
+     * tests, pinned resolvers in production). None: /etc/resolv.conf. */
+    const char *const *servers;
+    int                nservers;
 };
 
 struct px_dns;
@@ -54,7 +61,10 @@ typedef void (*px_dns_cb)(void *arg, const struct px_dns_result *res);
 /* Creates the resolver for `loop`. Copies what it needs from conf.
  * Returns NULL on failure (logged). */
 struct px_dns *px_dns_new(struct ev_loop *loop, const struct px_dns_conf *conf);
-void           px_dns_free(struct px_dns *d); /* NULL-safe; cancels pending queries silently */
+/* NULL-safe; cancels pending queries silently. May be called from inside a
+ * px_dns_cb: the channel is then torn down when c-ares returns. Every
+ * struct px_dns_query handle dies with it: do not px_dns_cancel() after. */
+void px_dns_free(struct px_dns *d);
 
 /*
  * Resolves `host` (already normalised: lowercase, punycode, no trailing dot;
@@ -63,14 +73,20 @@ void           px_dns_free(struct px_dns *d); /* NULL-safe; cancels pending quer
  *   override, cache hit, cached negative answer); cb is not called.
  * - Returns AL_AGAIN with *q set when a query is pending; cb(arg, res) runs
  *   later on the loop thread.
- * - Returns AL_ERROR on local failure (no memory).
+ * - Returns AL_ERROR on local failure (no memory) or a NULL argument.
+ * *q is NULL unless AL_AGAIN is returned. A name longer than 253 bytes or
+ * one c-ares rejects is answered at once with PX_DNS_FAIL.
  * IPv4 answers come first in res->addrs, then IPv6.
+ * The handle in *q stays valid until cb runs or px_dns_cancel(*q).
  */
 int  px_dns_resolve(struct px_dns *d, const char *host, uint16_t port, px_dns_cb cb, void *arg,
                     struct px_dns_result *res, struct px_dns_query **q);
 void px_dns_cancel(struct px_dns_query *q); /* NULL-safe; cb will not be called */
 
-/* Counters for /metrics (read from any thread; approximate). */
+/* Counters for /metrics (read from any thread; approximate).
+ * queries:    lookups sent to c-ares (coalesced waiters share one)
+ * cache_hits: answers served from the cache, positive or negative
+ * failures:   lookups that ended in NOTFOUND, TIMEOUT or FAIL */
 struct px_dns_stats {
     uint64_t queries, cache_hits, failures;
 };

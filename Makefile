@@ -1,0 +1,66 @@
+# airlock - the user's front door. Two commands matter:
+#   make run    build and start airlock on etc/airlock.json (127.0.0.1:3128)
+#   make test   build with ASan+UBSan and run every test (unit + integration)
+# Both install missing Debian packages first when run as root.
+
+BUILD      ?= build
+TEST_BUILD ?= build-test
+BENCH_BUILD?= build-release
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CONFIG     ?= etc/airlock.json
+
+# Build and test dependencies (Debian 12 package names).
+DEB_PKGS = cmake make gcc pkg-config libssl-dev node-llhttp libev-dev libcjson-dev \
+           libsqlite3-dev libc-ares-dev libcmocka-dev libidn2-dev \
+           curl python3 openssl sqlite3 clang-format iproute2 nftables
+
+.PHONY: all deps build run test unit integration check-format format bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "airlock needs these Debian packages; run:"; \
+	    echo "  sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAL_TESTS=OFF >/dev/null
+	cmake --build $(BUILD) -j $(JOBS) --target airlock
+
+run: build
+	@mkdir -p var
+	$(BUILD)/proxy/airlock run --config $(CONFIG)
+
+# The whole suite, under AddressSanitizer + UBSan, warnings as errors.
+test: deps check-format
+	@cmake -S . -B $(TEST_BUILD) -DAL_SANITIZE=ON -DAL_WERROR=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	cmake --build $(TEST_BUILD) -j $(JOBS)
+	cd $(TEST_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure --timeout 600
+
+check-format: deps
+	@files=$$(git ls-files '*.c' '*.h' 2>/dev/null || find common proxy policy secrets audit tests -name '*.[ch]'); \
+	bad=$$(for f in $$files; do clang-format --dry-run -Werror $$f >/dev/null 2>&1 || echo $$f; done); \
+	if [ -n "$$bad" ]; then echo "not clang-formatted (run 'make format'):"; echo "$$bad"; exit 1; fi
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+bench: deps
+	@cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release -DAL_TESTS=OFF >/dev/null
+	cmake --build $(BENCH_BUILD) -j $(JOBS) --target airlock
+	AIRLOCK=$(CURDIR)/$(BENCH_BUILD)/proxy/airlock bash bench/run.sh
+
+clean:
+	rm -rf $(BUILD) $(TEST_BUILD) $(BENCH_BUILD)

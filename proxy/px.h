@@ -1,0 +1,162 @@
+/*
+ * px.h - the proxy module's internal interface: configuration snapshot,
+ * workers, connections, metrics. Only proxy/ includes it; the binary's
+ * main.c uses the px_main_* entry points at the bottom.
+ */
+#ifndef PX_H
+#define PX_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <ev.h>
+#include <llhttp.h>
+
+#include "common.h"
+#include "px_dns.h"
+#include "px_url.h"
+
+/* ---- limits and defaults ----------------------------------------------- */
+#define PX_MAX_LISTENERS 16
+#define PX_MAX_HEADERS 256
+#define PX_DEFAULT_HEADER_BYTES 65536
+#define PX_DEFAULT_MAX_CONNECTIONS 10000
+#define PX_DEFAULT_HEADER_TIMEOUT_S 10
+#define PX_DEFAULT_IDLE_TIMEOUT_S 60
+#define PX_DEFAULT_CONNECT_TIMEOUT_S 10
+#define PX_DEFAULT_TLS_TIMEOUT_S 10
+#define PX_DEFAULT_DRAIN_TIMEOUT_S 30
+#define PX_BUF_HIGH_BYTES (64 * 1024)   /* stop reading the source above this */
+#define PX_READ_BYTES 16384             /* one read(2) */
+#define PX_POOL_IDLE_S 30               /* idle upstream keep-alive lifetime */
+#define PX_POOL_MAX_PER_WORKER 512
+
+enum px_listen_mode { PX_LISTEN_FORWARD = 0, PX_LISTEN_TRANSPARENT };
+
+struct px_listen_conf {
+    struct sockaddr_storage addr;
+    socklen_t               addrlen;
+    enum px_listen_mode     mode;
+    char                    text[64]; /* as written in the config */
+};
+
+struct px_limits {
+    int    max_connections;
+    size_t header_bytes;
+    int    header_timeout_s, idle_timeout_s, connect_timeout_s, tls_handshake_timeout_s;
+    int    drain_timeout_s;
+};
+
+/*
+ * One immutable configuration snapshot. Workers and connections hold a
+ * counted reference (px_conf_ref/px_conf_unref); SIGHUP builds a new one and
+ * swaps the current pointer, so a connection keeps the snapshot it started with.
+ */
+struct px_conf {
+    _Atomic int            refs;
+    char                  *path; /* config file */
+    struct px_listen_conf  listen[PX_MAX_LISTENERS];
+    int                    nlisten;
+    struct sockaddr_storage admin_addr;
+    socklen_t              admin_addrlen;
+    int                    has_admin;
+    int                    workers;
+    char                  *policy_path, *secrets_path, *ca_dir, *upstream_ca;
+    char                  *audit_db;
+    int                    audit_strict, audit_flush_ms, audit_retention_days, audit_log_query;
+    struct px_dns_override *overrides;
+    int                    noverrides;
+    char                 **dns_servers;
+    int                    ndns_servers;
+    int                    dns_timeout_ms;
+    struct px_limits       limits;
+    enum al_log_level      log_level;
+};
+
+/* Loads and validates `path`; reports every problem into errs (file:line:col
+ * and JSON path). Returns a snapshot with refs = 1 or NULL. */
+struct px_conf *px_conf_load(const char *path, struct al_errs *errs);
+/* The embedded default (make run without a config file). */
+extern const char px_conf_default_json[];
+struct px_conf *px_conf_ref(struct px_conf *c);
+void            px_conf_unref(struct px_conf *c);
+/* The current snapshot with a reference taken (never NULL after startup). */
+struct px_conf *px_conf_current(void);
+void            px_conf_set_current(struct px_conf *c); /* takes ownership of one ref */
+int px_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+void px_sockaddr_str(const struct sockaddr *sa, char *out, size_t outsz); /* "ip:port" / "[ip]:port" */
+
+/* ---- metrics: process-wide counters, relaxed atomics ------------------- */
+enum px_uerr { PX_UERR_DNS = 0, PX_UERR_REFUSED, PX_UERR_TIMEOUT, PX_UERR_RESET, PX_UERR_OTHER,
+               PX_UERR_N };
+struct px_metrics {
+    _Atomic uint64_t conns_open, conns_total, conns_refused;
+    _Atomic uint64_t requests[6]; /* index = status / 100 (0 = none) */
+    _Atomic uint64_t bytes_up, bytes_down;
+    _Atomic uint64_t upstream_errors[PX_UERR_N];
+    _Atomic uint64_t pool_hits, pool_misses;
+    _Atomic uint64_t tunnels_open, tunnels_total;
+};
+extern struct px_metrics px_metrics;
+#define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)
+#define PX_MADD(f, n) atomic_fetch_add_explicit(&px_metrics.f, (uint64_t)(n), memory_order_relaxed)
+#define PX_MDEC(f) atomic_fetch_sub_explicit(&px_metrics.f, 1, memory_order_relaxed)
+void        px_metrics_render(struct al_dbuf *out);
+const char *px_uerr_name(enum px_uerr k);
+
+/* ---- workers ------------------------------------------------------------ */
+struct px_pool_entry;
+struct px_conn;
+
+struct px_listener {
+    int                 fd;
+    ev_io               w;
+    enum px_listen_mode mode;
+    struct px_worker   *worker;
+};
+
+struct px_worker {
+    int                 index;
+    pthread_t           thread;
+    struct ev_loop     *loop;
+    struct px_dns      *dns;
+    struct px_listener  listeners[PX_MAX_LISTENERS];
+    int                 nlisteners;
+    ev_async            wake;     /* drain / reload notifications */
+    _Atomic int         want_drain, want_reload;
+    ev_timer            drain_timer;
+    int                 draining;
+    struct px_conn     *conns;    /* all live connections (doubly linked) */
+    unsigned            nconns;
+    struct px_pool_entry *pool;   /* idle upstream connections */
+    unsigned            npool;
+    struct px_conf     *conf;     /* snapshot for new connections */
+};
+
+/* Accept path, in px_conn.c. */
+void px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
+                    enum px_listen_mode mode);
+/* Closes idle keep-alive client connections and marks the rest to close
+ * after the current exchange (drain). */
+void px_conns_drain(struct px_worker *w);
+void px_conns_close_all(struct px_worker *w);
+
+/* Upstream keep-alive pool, per worker, in px_pool.c. Keys are "host:port". */
+int  px_pool_get(struct px_worker *w, const char *key, struct sockaddr_storage *peer);
+void px_pool_put(struct px_worker *w, const char *key, int fd, const struct sockaddr_storage *peer);
+void px_pool_clear(struct px_worker *w);
+
+/* ---- the daemon and CLI entry points (main.c) --------------------------- */
+int px_main_run(const char *config_path, int dry_run);
+int px_main_check(const char *config_path);
+/* Admin listener on the main loop; px_admin.c. */
+int  px_admin_start(struct ev_loop *loop, const struct px_conf *conf);
+void px_admin_stop(struct ev_loop *loop);
+
+/* Raise RLIMIT_NOFILE soft limit to the hard limit. */
+void px_raise_nofile(void);
+
+#endif

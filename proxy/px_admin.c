@@ -1,0 +1,211 @@
+/*
+ * px_admin.c - the admin listener on the main thread's loop:
+ * GET /healthz and GET /metrics (Prometheus text). Requests are parsed with
+ * llhttp; each connection has a small capped buffer and a 5 s deadline, and
+ * is closed after one answer. Nothing here blocks the main loop.
+ */
+#include "px.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PX_ADMIN_MAX_REQ 8192
+#define PX_ADMIN_TIMEOUT_S 5.0
+
+struct px_admin_conn {
+    int            fd;
+    ev_io          rio, wio;
+    ev_timer       timer;
+    llhttp_t       parser;
+    struct al_dbuf url, out;
+    size_t         sent;
+    int            done, method;
+};
+
+static int         px_admin_fd = -1;
+static ev_io       px_admin_accept_w;
+static llhttp_settings_t px_admin_settings;
+
+static void
+px_admin_conn_free(struct ev_loop *loop, struct px_admin_conn *a)
+{
+    ev_io_stop(loop, &a->rio);
+    ev_io_stop(loop, &a->wio);
+    ev_timer_stop(loop, &a->timer);
+    close(a->fd);
+    al_dbuf_free(&a->url);
+    al_dbuf_free(&a->out);
+    al_free(a);
+}
+
+static int
+px_admin_on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_admin_conn *a = p->data;
+
+    return al_dbuf_add(&a->url, at, len) == AL_OK ? 0 : -1;
+}
+
+static int
+px_admin_on_complete(llhttp_t *p)
+{
+    struct px_admin_conn *a = p->data;
+
+    a->done = 1;
+    a->method = p->method;
+    return HPE_PAUSED;
+}
+
+static void
+px_admin_respond(struct px_admin_conn *a, int status, const char *ctype, const struct al_dbuf *body)
+{
+    al_dbuf_addf(&a->out,
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                 "Connection: close\r\n\r\n",
+                 status, status == 200 ? "OK" : status == 404 ? "Not Found" : "Bad Request", ctype,
+                 body ? body->len : 0);
+    if (body != NULL && body->len > 0)
+        al_dbuf_add(&a->out, body->data, body->len);
+}
+
+static void
+px_admin_route(struct px_admin_conn *a)
+{
+    struct al_dbuf body;
+    const char    *u = a->url.data ? a->url.data : "";
+
+    al_dbuf_init(&body, 1 << 20);
+    if (a->method != HTTP_GET) {
+        al_dbuf_adds(&body, "only GET\n");
+        px_admin_respond(a, 400, "text/plain", &body);
+    } else if (strcmp(u, "/healthz") == 0) {
+        al_dbuf_adds(&body, "ok\n");
+        px_admin_respond(a, 200, "text/plain", &body);
+    } else if (strcmp(u, "/metrics") == 0) {
+        px_metrics_render(&body);
+        px_admin_respond(a, 200, "text/plain; version=0.0.4", &body);
+    } else {
+        al_dbuf_adds(&body, "not found\n");
+        px_admin_respond(a, 404, "text/plain", &body);
+    }
+    al_dbuf_free(&body);
+}
+
+static void
+px_admin_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct px_admin_conn *a = w->data;
+
+    if (revents & EV_READ) {
+        char    buf[2048];
+        ssize_t n = recv(a->fd, buf, sizeof(buf), 0);
+
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            px_admin_conn_free(loop, a);
+            return;
+        }
+        if (llhttp_execute(&a->parser, buf, (size_t)n) != HPE_PAUSED || !a->done) {
+            if (llhttp_get_errno(&a->parser) != HPE_OK) {
+                al_dbuf_reset(&a->out);
+                px_admin_respond(a, 400, "text/plain", NULL);
+            } else {
+                return; /* need more */
+            }
+        } else {
+            px_admin_route(a);
+        }
+        ev_io_stop(loop, &a->rio);
+        ev_io_start(loop, &a->wio);
+        return;
+    }
+    if (revents & EV_WRITE) {
+        ssize_t n = send(a->fd, a->out.data + a->sent, a->out.len - a->sent, MSG_NOSIGNAL);
+
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            px_admin_conn_free(loop, a);
+            return;
+        }
+        a->sent += (size_t)n;
+        if (a->sent >= a->out.len)
+            px_admin_conn_free(loop, a);
+    }
+}
+
+static void
+px_admin_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    px_admin_conn_free(loop, t->data);
+}
+
+static void
+px_admin_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    for (;;) {
+        int                   fd = accept4(px_admin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct px_admin_conn *a;
+
+        if (fd < 0)
+            return;
+        a = al_calloc(1, sizeof(*a));
+        if (a == NULL) {
+            close(fd);
+            return;
+        }
+        a->fd = fd;
+        al_dbuf_init(&a->url, PX_ADMIN_MAX_REQ);
+        al_dbuf_init(&a->out, 4 << 20);
+        llhttp_init(&a->parser, HTTP_REQUEST, &px_admin_settings);
+        a->parser.data = a;
+        ev_io_init(&a->rio, px_admin_io_cb, fd, EV_READ);
+        ev_io_init(&a->wio, px_admin_io_cb, fd, EV_WRITE);
+        a->rio.data = a->wio.data = a;
+        ev_timer_init(&a->timer, px_admin_timeout_cb, PX_ADMIN_TIMEOUT_S, 0.);
+        a->timer.data = a;
+        ev_io_start(loop, &a->rio);
+        ev_timer_start(loop, &a->timer);
+    }
+}
+
+int
+px_admin_start(struct ev_loop *loop, const struct px_conf *conf)
+{
+    int one = 1;
+
+    if (!conf->has_admin)
+        return AL_OK;
+    llhttp_settings_init(&px_admin_settings);
+    px_admin_settings.on_url = px_admin_on_url;
+    px_admin_settings.on_message_complete = px_admin_on_complete;
+    px_admin_fd = socket(conf->admin_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (px_admin_fd < 0)
+        return AL_ERROR;
+    (void)setsockopt(px_admin_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(px_admin_fd, (const struct sockaddr *)&conf->admin_addr, conf->admin_addrlen) != 0 ||
+        listen(px_admin_fd, 64) != 0) {
+        al_log_warn("admin: cannot listen");
+        close(px_admin_fd);
+        px_admin_fd = -1;
+        return AL_ERROR;
+    }
+    ev_io_init(&px_admin_accept_w, px_admin_accept_cb, px_admin_fd, EV_READ);
+    ev_io_start(loop, &px_admin_accept_w);
+    return AL_OK;
+}
+
+void
+px_admin_stop(struct ev_loop *loop)
+{
+    if (px_admin_fd < 0)
+        return;
+    ev_io_stop(loop, &px_admin_accept_w);
+    close(px_admin_fd);
+    px_admin_fd = -1;
+}

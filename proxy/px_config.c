@@ -1,0 +1,552 @@
+/*
+ * px_config.c - the daemon's configuration file (DESIGN "Files and formats").
+ *
+ * The JSON is checked against small per-section key tables: unknown keys and
+ * wrong types are errors with file:line:col and the JSON path, and every
+ * problem is reported before failing. The result is one immutable,
+ * refcounted snapshot (struct px_conf); reload builds a new one and swaps
+ * the current pointer under a mutex, so no reader ever sees a half-built
+ * config and a failed reload changes nothing.
+ */
+#include "px.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+const char px_conf_default_json[] =
+    "{\n"
+    "  \"listen\": [{\"addr\": \"127.0.0.1:3128\", \"mode\": \"forward\"}],\n"
+    "  \"admin\": \"127.0.0.1:9180\",\n"
+    "  \"policy\": \"etc/policy.json\",\n"
+    "  \"audit\": {\"db\": \"var/audit.db\"}\n"
+    "}\n";
+
+static pthread_mutex_t px_conf_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct px_conf *px_conf_cur;
+
+struct px_conf *
+px_conf_ref(struct px_conf *c)
+{
+    if (c != NULL)
+        atomic_fetch_add(&c->refs, 1);
+    return c;
+}
+
+void
+px_conf_unref(struct px_conf *c)
+{
+    if (c == NULL || atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    al_free(c->path);
+    al_free(c->policy_path);
+    al_free(c->secrets_path);
+    al_free(c->ca_dir);
+    al_free(c->upstream_ca);
+    al_free(c->audit_db);
+    for (int i = 0; i < c->noverrides; i++) {
+        al_free((char *)(uintptr_t)c->overrides[i].name);
+        al_free((char *)(uintptr_t)c->overrides[i].addr);
+    }
+    al_free(c->overrides);
+    for (int i = 0; i < c->ndns_servers; i++)
+        al_free(c->dns_servers[i]);
+    al_free(c->dns_servers);
+    al_free(c);
+}
+
+struct px_conf *
+px_conf_current(void)
+{
+    struct px_conf *c;
+
+    pthread_mutex_lock(&px_conf_lock);
+    c = px_conf_ref(px_conf_cur);
+    pthread_mutex_unlock(&px_conf_lock);
+    return c;
+}
+
+void
+px_conf_set_current(struct px_conf *c)
+{
+    struct px_conf *old;
+
+    pthread_mutex_lock(&px_conf_lock);
+    old = px_conf_cur;
+    px_conf_cur = c;
+    pthread_mutex_unlock(&px_conf_lock);
+    px_conf_unref(old);
+}
+
+int
+px_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    struct px_target t;
+    const char      *err = NULL;
+
+    memset(ss, 0, sizeof(*ss));
+    if (px_authority_parse(s, strlen(s), 0, &t, &err) != AL_OK)
+        return AL_ERROR;
+    if (t.kind == PX_HOST_IPV4) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(t.port);
+        if (inet_pton(AF_INET, t.host, &sin->sin_addr) != 1)
+            return AL_ERROR;
+        *len = sizeof(*sin);
+        return AL_OK;
+    }
+    if (t.kind == PX_HOST_IPV6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(t.port);
+        if (inet_pton(AF_INET6, t.host, &sin6->sin6_addr) != 1)
+            return AL_ERROR;
+        *len = sizeof(*sin6);
+        return AL_OK;
+    }
+    return AL_ERROR; /* names are not accepted for listening addresses */
+}
+
+void
+px_sockaddr_str(const struct sockaddr *sa, char *out, size_t outsz)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)sa;
+
+        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
+        snprintf(out, outsz, "%s:%u", ip, ntohs(sin->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)(const void *)sa;
+
+        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+        snprintf(out, outsz, "[%s]:%u", ip, ntohs(sin6->sin6_port));
+    } else {
+        snprintf(out, outsz, "?");
+    }
+}
+
+void
+px_raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* ---- typed getters that report wrong types with a location ------------ */
+
+struct px_cfgctx {
+    struct al_errs       *errs;
+    const struct al_json *doc;
+};
+
+static void
+px_cfg_path(char *out, size_t outsz, const char *parent, const char *key)
+{
+    snprintf(out, outsz, "%s%s%s", parent, parent[0] ? "." : "", key);
+}
+
+static const cJSON *
+px_cfg_get(struct px_cfgctx *x, const cJSON *obj, const char *parent, const char *key, int type,
+           const char *tname)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    char         p[256];
+
+    if (v == NULL || cJSON_IsNull(v))
+        return NULL;
+    if ((v->type & 0xff) != type && !(type == cJSON_True && cJSON_IsBool(v))) {
+        px_cfg_path(p, sizeof(p), parent, key);
+        al_json_err(x->errs, x->doc, p, "expected %s", tname);
+        return NULL;
+    }
+    return v;
+}
+
+static char *
+px_cfg_string(struct px_cfgctx *x, const cJSON *obj, const char *parent, const char *key)
+{
+    const cJSON *v = px_cfg_get(x, obj, parent, key, cJSON_String, "a string");
+    char         p[256];
+
+    if (v == NULL)
+        return NULL;
+    if (v->valuestring[0] == '\0') {
+        px_cfg_path(p, sizeof(p), parent, key);
+        al_json_err(x->errs, x->doc, p, "must not be empty");
+        return NULL;
+    }
+    return al_strdup(v->valuestring);
+}
+
+/* Path-valued keys resolve against the config file's folder. */
+static char *
+px_cfg_pathval(struct px_cfgctx *x, const cJSON *obj, const char *parent, const char *key,
+               const char *cfgpath)
+{
+    char *s = px_cfg_string(x, obj, parent, key);
+    char *r;
+
+    if (s == NULL)
+        return NULL;
+    r = al_path_join_dir(cfgpath, s);
+    al_free(s);
+    return r;
+}
+
+static void
+px_cfg_int(struct px_cfgctx *x, const cJSON *obj, const char *parent, const char *key, long min,
+           long max, int *out)
+{
+    const cJSON *v = px_cfg_get(x, obj, parent, key, cJSON_Number, "an integer");
+    char         p[256];
+
+    if (v == NULL)
+        return;
+    px_cfg_path(p, sizeof(p), parent, key);
+    if (v->valuedouble != (double)(long)v->valuedouble || v->valuedouble < (double)min ||
+        v->valuedouble > (double)max) {
+        al_json_err(x->errs, x->doc, p, "expected an integer in [%ld, %ld]", min, max);
+        return;
+    }
+    *out = (int)v->valuedouble;
+}
+
+static void
+px_cfg_bool(struct px_cfgctx *x, const cJSON *obj, const char *parent, const char *key, int *out)
+{
+    const cJSON *v = px_cfg_get(x, obj, parent, key, cJSON_True, "true or false");
+
+    if (v != NULL)
+        *out = cJSON_IsTrue(v);
+}
+
+static void
+px_cfg_listen(struct px_cfgctx *x, struct px_conf *c, const cJSON *arr)
+{
+    static const char *const keys[] = {"addr", "mode", NULL};
+    const cJSON             *it;
+    int                      i = 0;
+
+    if (!cJSON_IsArray(arr)) {
+        al_json_err(x->errs, x->doc, "listen", "expected an array of {addr, mode}");
+        return;
+    }
+    cJSON_ArrayForEach (it, arr) {
+        char                   p[64], pa[80];
+        const cJSON           *addr, *mode;
+        struct px_listen_conf *l;
+
+        snprintf(p, sizeof(p), "listen[%d]", i);
+        i++;
+        if (!cJSON_IsObject(it)) {
+            al_json_err(x->errs, x->doc, p, "expected an object");
+            continue;
+        }
+        al_json_check_keys(x->errs, x->doc, it, p, keys);
+        if (c->nlisten >= PX_MAX_LISTENERS) {
+            al_json_err(x->errs, x->doc, p, "at most %d listeners", PX_MAX_LISTENERS);
+            continue;
+        }
+        l = &c->listen[c->nlisten];
+        addr = px_cfg_get(x, it, p, "addr", cJSON_String, "a string \"ip:port\"");
+        mode = px_cfg_get(x, it, p, "mode", cJSON_String, "a string");
+        snprintf(pa, sizeof(pa), "%s.addr", p);
+        if (addr == NULL) {
+            if (cJSON_GetObjectItemCaseSensitive(it, "addr") == NULL)
+                al_json_err(x->errs, x->doc, p, "missing \"addr\"");
+            continue;
+        }
+        if (px_parse_sockaddr(addr->valuestring, &l->addr, &l->addrlen) != AL_OK) {
+            al_json_err(x->errs, x->doc, pa, "expected \"ip:port\" or \"[ipv6]:port\", got \"%s\"",
+                        addr->valuestring);
+            continue;
+        }
+        snprintf(l->text, sizeof(l->text), "%s", addr->valuestring);
+        l->mode = PX_LISTEN_FORWARD;
+        if (mode != NULL) {
+            snprintf(pa, sizeof(pa), "%s.mode", p);
+            if (strcmp(mode->valuestring, "forward") == 0)
+                l->mode = PX_LISTEN_FORWARD;
+            else if (strcmp(mode->valuestring, "transparent") == 0)
+                l->mode = PX_LISTEN_TRANSPARENT;
+            else {
+                al_json_err(x->errs, x->doc, pa, "expected \"forward\" or \"transparent\"");
+                continue;
+            }
+        }
+        c->nlisten++;
+    }
+}
+
+static void
+px_cfg_resolve(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj)
+{
+    const cJSON *it;
+    int          n = cJSON_GetArraySize(obj);
+
+    c->overrides = al_calloc((size_t)n + 1, sizeof(*c->overrides));
+    if (c->overrides == NULL) {
+        al_errs_add(x->errs, "out of memory");
+        return;
+    }
+    cJSON_ArrayForEach (it, obj) {
+        char              p[300], host[PX_HOST_MAX + 1];
+        enum px_host_kind kind;
+        const char       *err = NULL;
+        unsigned char     tmp[16];
+
+        snprintf(p, sizeof(p), "resolve.%s", it->string);
+        if (!cJSON_IsString(it)) {
+            al_json_err(x->errs, x->doc, p, "expected an IP address string");
+            continue;
+        }
+        if (px_host_normalize(it->string, strlen(it->string), host, sizeof(host), &kind, &err) !=
+                AL_OK ||
+            kind != PX_HOST_NAME) {
+            al_json_err(x->errs, x->doc, p, "\"%s\" is not a valid host name", it->string);
+            continue;
+        }
+        if (inet_pton(AF_INET, it->valuestring, tmp) != 1 &&
+            inet_pton(AF_INET6, it->valuestring, tmp) != 1) {
+            al_json_err(x->errs, x->doc, p, "\"%s\" is not an IPv4 or IPv6 address",
+                        it->valuestring);
+            continue;
+        }
+        c->overrides[c->noverrides].name = al_strdup(host);
+        c->overrides[c->noverrides].addr = al_strdup(it->valuestring);
+        c->noverrides++;
+    }
+}
+
+static void
+px_cfg_dns(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj)
+{
+    static const char *const keys[] = {"servers", "timeout_ms", NULL};
+    const cJSON             *servers, *it;
+    int                      i = 0;
+
+    al_json_check_keys(x->errs, x->doc, obj, "dns", keys);
+    px_cfg_int(x, obj, "dns", "timeout_ms", 100, 60000, &c->dns_timeout_ms);
+    servers = px_cfg_get(x, obj, "dns", "servers", cJSON_Array, "an array of \"ip:port\"");
+    if (servers == NULL)
+        return;
+    c->dns_servers = al_calloc((size_t)cJSON_GetArraySize(servers) + 1, sizeof(char *));
+    if (c->dns_servers == NULL)
+        return;
+    cJSON_ArrayForEach (it, servers) {
+        struct sockaddr_storage ss;
+        socklen_t               sl;
+        char                    p[64];
+
+        snprintf(p, sizeof(p), "dns.servers[%d]", i++);
+        if (!cJSON_IsString(it) || px_parse_sockaddr(it->valuestring, &ss, &sl) != AL_OK) {
+            al_json_err(x->errs, x->doc, p, "expected \"ip:port\" or \"[ipv6]:port\"");
+            continue;
+        }
+        c->dns_servers[c->ndns_servers++] = al_strdup(it->valuestring);
+    }
+}
+
+static void
+px_cfg_audit(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj, const char *cfgpath)
+{
+    static const char *const keys[] = {"db",         "durability", "flush_ms", "retention_days",
+                                       "log_query", NULL};
+    const cJSON             *dur;
+
+    al_json_check_keys(x->errs, x->doc, obj, "audit", keys);
+    al_free(c->audit_db);
+    c->audit_db = px_cfg_pathval(x, obj, "audit", "db", cfgpath);
+    px_cfg_int(x, obj, "audit", "flush_ms", 1, 10000, &c->audit_flush_ms);
+    px_cfg_int(x, obj, "audit", "retention_days", 0, 36500, &c->audit_retention_days);
+    px_cfg_bool(x, obj, "audit", "log_query", &c->audit_log_query);
+    dur = px_cfg_get(x, obj, "audit", "durability", cJSON_String, "\"batched\" or \"strict\"");
+    if (dur != NULL) {
+        if (strcmp(dur->valuestring, "batched") == 0)
+            c->audit_strict = 0;
+        else if (strcmp(dur->valuestring, "strict") == 0)
+            c->audit_strict = 1;
+        else
+            al_json_err(x->errs, x->doc, "audit.durability", "expected \"batched\" or \"strict\"");
+    }
+}
+
+static void
+px_cfg_limits(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj)
+{
+    static const char *const keys[] = {"max_connections",   "header_bytes",
+                                       "header_timeout_s",  "idle_timeout_s",
+                                       "connect_timeout_s", "tls_handshake_timeout_s",
+                                       "drain_timeout_s",   NULL};
+    int                      hb = (int)c->limits.header_bytes;
+
+    al_json_check_keys(x->errs, x->doc, obj, "limits", keys);
+    px_cfg_int(x, obj, "limits", "max_connections", 1, 1000000, &c->limits.max_connections);
+    px_cfg_int(x, obj, "limits", "header_bytes", 1024, 1 << 20, &hb);
+    c->limits.header_bytes = (size_t)hb;
+    px_cfg_int(x, obj, "limits", "header_timeout_s", 1, 3600, &c->limits.header_timeout_s);
+    px_cfg_int(x, obj, "limits", "idle_timeout_s", 1, 86400, &c->limits.idle_timeout_s);
+    px_cfg_int(x, obj, "limits", "connect_timeout_s", 1, 600, &c->limits.connect_timeout_s);
+    px_cfg_int(x, obj, "limits", "tls_handshake_timeout_s", 1, 600,
+               &c->limits.tls_handshake_timeout_s);
+    px_cfg_int(x, obj, "limits", "drain_timeout_s", 0, 3600, &c->limits.drain_timeout_s);
+}
+
+static void
+px_cfg_sandboxes(struct px_cfgctx *x, const cJSON *arr)
+{
+    static const char *const keys[] = {"name", "cidrs", "token_sha256", NULL};
+    const cJSON             *it;
+    int                      i = 0;
+
+    if (!cJSON_IsArray(arr)) {
+        al_json_err(x->errs, x->doc, "sandboxes", "expected an array");
+        return;
+    }
+    cJSON_ArrayForEach (it, arr) {
+        char p[64];
+
+        snprintf(p, sizeof(p), "sandboxes[%d]", i++);
+        if (!cJSON_IsObject(it)) {
+            al_json_err(x->errs, x->doc, p, "expected an object");
+            continue;
+        }
+        al_json_check_keys(x->errs, x->doc, it, p, keys);
+        if (px_cfg_get(x, it, p, "name", cJSON_String, "a string") == NULL)
+            al_json_err(x->errs, x->doc, p, "missing \"name\"");
+        (void)px_cfg_get(x, it, p, "cidrs", cJSON_Array, "an array of CIDRs");
+        (void)px_cfg_get(x, it, p, "token_sha256", cJSON_String, "a hex SHA-256 string");
+    }
+}
+
+static struct px_conf *
+px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs *errs)
+{
+    static const char *const keys[] = {"listen",    "admin",   "workers",  "policy", "secrets",
+                                       "ca",        "upstream_ca", "audit", "resolve", "dns",
+                                       "sandboxes", "limits",  "log_level", NULL};
+    struct px_cfgctx         x = {errs, doc};
+    const cJSON             *root = doc->root, *v;
+    struct px_conf          *c;
+    unsigned                 before = errs->count;
+
+    if (!cJSON_IsObject(root)) {
+        al_json_err(errs, doc, "", "expected a JSON object");
+        return NULL;
+    }
+    c = al_calloc(1, sizeof(*c));
+    if (c == NULL) {
+        al_errs_add(errs, "out of memory");
+        return NULL;
+    }
+    atomic_store(&c->refs, 1);
+    c->path = al_strdup(cfgpath);
+    c->limits.max_connections = PX_DEFAULT_MAX_CONNECTIONS;
+    c->limits.header_bytes = PX_DEFAULT_HEADER_BYTES;
+    c->limits.header_timeout_s = PX_DEFAULT_HEADER_TIMEOUT_S;
+    c->limits.idle_timeout_s = PX_DEFAULT_IDLE_TIMEOUT_S;
+    c->limits.connect_timeout_s = PX_DEFAULT_CONNECT_TIMEOUT_S;
+    c->limits.tls_handshake_timeout_s = PX_DEFAULT_TLS_TIMEOUT_S;
+    c->limits.drain_timeout_s = PX_DEFAULT_DRAIN_TIMEOUT_S;
+    c->audit_flush_ms = 50;
+    c->audit_retention_days = 30;
+    c->log_level = AL_LOG_INFO;
+    c->audit_db = al_path_join_dir(cfgpath, "airlock-audit.db");
+
+    al_json_check_keys(errs, doc, root, "", keys);
+
+    v = cJSON_GetObjectItemCaseSensitive(root, "listen");
+    if (v != NULL)
+        px_cfg_listen(&x, c, v);
+    else {
+        struct px_listen_conf *l = &c->listen[0];
+
+        (void)px_parse_sockaddr("127.0.0.1:3128", &l->addr, &l->addrlen);
+        snprintf(l->text, sizeof(l->text), "127.0.0.1:3128");
+        c->nlisten = 1;
+    }
+    v = px_cfg_get(&x, root, "", "admin", cJSON_String, "a string \"ip:port\"");
+    if (v != NULL) {
+        if (px_parse_sockaddr(v->valuestring, &c->admin_addr, &c->admin_addrlen) != AL_OK)
+            al_json_err(errs, doc, "admin", "expected \"ip:port\" or \"[ipv6]:port\"");
+        else
+            c->has_admin = 1;
+    }
+    px_cfg_int(&x, root, "", "workers", 0, 256, &c->workers);
+    if (c->workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+        c->workers = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(root, "policy") == NULL)
+        al_json_err(errs, doc, "", "missing \"policy\" (path of the policy file)");
+    c->policy_path = px_cfg_pathval(&x, root, "", "policy", cfgpath);
+    c->secrets_path = px_cfg_pathval(&x, root, "", "secrets", cfgpath);
+    v = px_cfg_get(&x, root, "", "ca", cJSON_Object, "an object {\"dir\": ...}");
+    if (v != NULL) {
+        static const char *const cakeys[] = {"dir", NULL};
+
+        al_json_check_keys(errs, doc, v, "ca", cakeys);
+        c->ca_dir = px_cfg_pathval(&x, v, "ca", "dir", cfgpath);
+    }
+    v = px_cfg_get(&x, root, "", "upstream_ca", cJSON_String, "\"system\" or a file path");
+    if (v != NULL)
+        c->upstream_ca = strcmp(v->valuestring, "system") == 0
+                             ? NULL
+                             : px_cfg_pathval(&x, root, "", "upstream_ca", cfgpath);
+    v = px_cfg_get(&x, root, "", "audit", cJSON_Object, "an object");
+    if (v != NULL)
+        px_cfg_audit(&x, c, v, cfgpath);
+    v = px_cfg_get(&x, root, "", "resolve", cJSON_Object, "an object {\"name\": \"ip\"}");
+    if (v != NULL)
+        px_cfg_resolve(&x, c, v);
+    v = px_cfg_get(&x, root, "", "dns", cJSON_Object, "an object");
+    if (v != NULL)
+        px_cfg_dns(&x, c, v);
+    v = cJSON_GetObjectItemCaseSensitive(root, "sandboxes");
+    if (v != NULL)
+        px_cfg_sandboxes(&x, v);
+    v = px_cfg_get(&x, root, "", "limits", cJSON_Object, "an object");
+    if (v != NULL)
+        px_cfg_limits(&x, c, v);
+    v = px_cfg_get(&x, root, "", "log_level", cJSON_String, "a string");
+    if (v != NULL && al_log_level_parse(v->valuestring, &c->log_level) != AL_OK)
+        al_json_err(errs, doc, "log_level", "expected debug, info, warn, error or off");
+
+    if (errs->count > before) {
+        px_conf_unref(c);
+        return NULL;
+    }
+    return c;
+}
+
+struct px_conf *
+px_conf_load(const char *path, struct al_errs *errs)
+{
+    struct al_json *doc;
+    struct px_conf *c;
+
+    if (path == NULL)
+        doc = al_json_parse("(embedded default)", px_conf_default_json,
+                            strlen(px_conf_default_json), errs);
+    else
+        doc = al_json_load(path, errs);
+    if (doc == NULL)
+        return NULL;
+    /* The embedded default resolves its relative paths against the cwd. */
+    c = px_conf_from_doc(doc, path != NULL ? path : "./airlock.json", errs);
+    al_json_free(doc);
+    return c;
+}

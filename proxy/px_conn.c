@@ -1,0 +1,1375 @@
+/*
+ * px_conn.c - the per-connection state machine of a forward listener.
+ *
+ * A connection is two halves, client (cl) and upstream (up), each with an fd,
+ * embedded read/write watchers and an output queue of bytes going *to* that
+ * side. Which watchers run is computed in one place, px_conn_update_io(),
+ * from the state and the queue levels, so backpressure is a property of the
+ * state, not of scattered start/stop calls: a side is read only while the
+ * other side's queue is below PX_BUF_HIGH_BYTES.
+ *
+ * Requests are parsed with llhttp (strict). The parser pauses in
+ * on_headers_complete (the head is decided, resolved and connected before
+ * any body byte moves) and in on_message_complete (pipelined requests wait
+ * until the current response is done). Heads are re-serialised from the
+ * parsed form; bodies are re-framed (chunked in, chunked out), so no raw
+ * framing byte of the client ever reaches the upstream.
+ *
+ * Lifetime: callbacks hold a reference (px_conn_ref/unref); px_conn_close()
+ * stops everything at once and the memory goes when the last reference does.
+ */
+#include "px_conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PX_CIN_BYTES 16384
+#define PX_FLUSH_CLOSE_S 10.0 /* to write a final answer */
+#define PX_LINGER_S 2.0       /* to drain input after it */
+
+static _Atomic uint64_t px_conn_next_id = 1;
+static llhttp_settings_t px_req_settings, px_resp_settings;
+static pthread_once_t    px_settings_once = PTHREAD_ONCE_INIT;
+
+static void px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void px_conn_feed_client(struct px_conn *c);
+static void px_conn_update_io(struct px_conn *c);
+static void px_conn_close(struct px_conn *c, const char *why);
+static void px_conn_connect_next(struct px_conn *c);
+static void px_conn_finish_exchange(struct px_conn *c);
+
+/* ---- small pieces ------------------------------------------------------- */
+
+static const char *const px_state_names[] = {"read_head", "resolve", "connect",
+                                             "exchange",  "tunnel",  "flush_close"};
+
+static void
+px_conn_ref(struct px_conn *c)
+{
+    c->refs++;
+}
+
+static void
+px_conn_free(struct px_conn *c)
+{
+    if (c->x != NULL) {
+        px_msg_free(&c->x->req);
+        px_msg_free(&c->x->resp);
+        al_free(c->x);
+    }
+    al_bufq_free(&c->cl.out);
+    al_bufq_free(&c->up.out);
+    al_free(c->cin);
+    px_conf_unref(c->conf);
+    al_free(c);
+}
+
+static void
+px_conn_unref(struct px_conn *c)
+{
+    if (--c->refs == 0 && c->closing)
+        px_conn_free(c);
+}
+
+static double
+px_conn_deadline(const struct px_conn *c)
+{
+    const struct px_limits *l = &c->conf->limits;
+
+    switch (c->state) {
+    case PX_ST_READ_HEAD:
+        if (c->head_started)
+            return c->phase_start + l->header_timeout_s;
+        return c->last_activity + l->idle_timeout_s;
+    case PX_ST_RESOLVE:
+    case PX_ST_CONNECT:
+        return c->phase_start + l->connect_timeout_s;
+    case PX_ST_EXCHANGE:
+    case PX_ST_TUNNEL:
+        return c->last_activity + l->idle_timeout_s;
+    case PX_ST_FLUSH_CLOSE:
+        if (c->cl.shut)
+            return c->last_activity + PX_LINGER_S;
+        return c->phase_start + PX_FLUSH_CLOSE_S;
+    }
+    return c->last_activity + l->idle_timeout_s;
+}
+
+static void
+px_conn_arm_timer(struct px_conn *c)
+{
+    ev_tstamp now = ev_now(c->worker->loop);
+    double    left = px_conn_deadline(c) - now;
+
+    c->timer.repeat = left > 0.001 ? left : 0.001;
+    ev_timer_again(c->worker->loop, &c->timer);
+}
+
+static void
+px_conn_set_state(struct px_conn *c, enum px_state st)
+{
+    if (c->state != st)
+        al_log_debug("conn %llu: %s -> %s", (unsigned long long)c->id, px_state_names[c->state],
+                     px_state_names[st]);
+    c->state = st;
+    c->phase_start = ev_now(c->worker->loop);
+    c->last_activity = c->phase_start;
+    px_conn_arm_timer(c);
+}
+
+static void
+px_half_init(struct px_half *h, struct px_conn *c, int fd)
+{
+    h->fd = fd;
+    h->conn = c;
+    h->pipe[0] = h->pipe[1] = -1;
+    ev_io_init(&h->rio, px_conn_io_cb, fd, EV_READ);
+    ev_io_init(&h->wio, px_conn_io_cb, fd, EV_WRITE);
+    h->rio.data = h;
+    h->wio.data = h;
+}
+
+static void
+px_half_close(struct px_conn *c, struct px_half *h)
+{
+    ev_io_stop(c->worker->loop, &h->rio);
+    ev_io_stop(c->worker->loop, &h->wio);
+    if (h->fd >= 0)
+        close(h->fd);
+    h->fd = -1;
+    for (int i = 0; i < 2; i++) {
+        if (h->pipe[i] >= 0)
+            close(h->pipe[i]);
+        h->pipe[i] = -1;
+    }
+    h->inpipe = 0;
+    h->eof = h->shut = 0;
+    al_bufq_free(&h->out);
+}
+
+/* Writes as much of h->out as the socket takes. AL_OK when empty, AL_AGAIN
+ * when bytes remain, AL_ERROR when the peer is gone. */
+static int
+px_half_flush(struct px_conn *c, struct px_half *h)
+{
+    while (al_bufq_len(&h->out) > 0) {
+        size_t      n;
+        const char *p = al_bufq_peek(&h->out, &n);
+        ssize_t     w;
+
+        if (p == NULL)
+            break;
+        w = send(h->fd, p, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return AL_AGAIN;
+            return AL_ERROR;
+        }
+        al_bufq_skip(&h->out, (size_t)w);
+        c->last_activity = ev_now(c->worker->loop);
+        if (h == &c->cl)
+            PX_MADD(bytes_down, w);
+        else
+            PX_MADD(bytes_up, w);
+    }
+    return AL_OK;
+}
+
+static int
+px_dbuf_to_bufq(struct al_dbuf *d, struct al_bufq *q)
+{
+    int rc = al_bufq_write(q, d->data, d->len);
+
+    al_dbuf_free(d);
+    return rc;
+}
+
+static void
+px_conn_count_status(int status)
+{
+    int cls = status / 100;
+
+    if (cls < 0 || cls > 5)
+        cls = 0;
+    atomic_fetch_add_explicit(&px_metrics.requests[cls], 1, memory_order_relaxed);
+}
+
+/*
+ * Answers the client with an error and closes after the answer is written.
+ * When a response is already under way nothing can be said any more: the
+ * connection is cut so the client sees a truncated message, never a forged one.
+ */
+static void
+px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail)
+{
+    struct al_dbuf d;
+
+    if (c->x != NULL && c->x->resp_started) {
+        al_log_info("conn %llu: aborted mid-response: %s", (unsigned long long)c->id, reason);
+        px_conn_close(c, reason);
+        return;
+    }
+    al_log_info("conn %llu: %d %s%s%s", (unsigned long long)c->id, status, reason,
+                detail ? ": " : "", detail ? detail : "");
+    if (c->x != NULL) {
+        c->x->status = status;
+        c->x->resp_started = 1;
+        px_dns_cancel(c->x->dnsq);
+        c->x->dnsq = NULL;
+    }
+    px_conn_count_status(status);
+    px_half_close(c, &c->up);
+    al_dbuf_init(&d, 4096);
+    if (px_http_error(&d, status, reason, detail) != AL_OK ||
+        px_dbuf_to_bufq(&d, &c->cl.out) != AL_OK) {
+        px_conn_close(c, "no memory");
+        return;
+    }
+    px_conn_set_state(c, PX_ST_FLUSH_CLOSE);
+    px_conn_update_io(c);
+}
+
+static void
+px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status, const char *reason,
+                       const char *detail)
+{
+    atomic_fetch_add_explicit(&px_metrics.upstream_errors[kind], 1, memory_order_relaxed);
+    px_conn_fail(c, status, reason, detail);
+}
+
+/* ---- watcher bookkeeping ------------------------------------------------ */
+
+static void
+px_io_want(struct ev_loop *loop, ev_io *w, int fd, int want)
+{
+    if (fd < 0)
+        want = 0;
+    if (want && !ev_is_active(w))
+        ev_io_start(loop, w);
+    else if (!want && ev_is_active(w))
+        ev_io_stop(loop, w);
+}
+
+static void
+px_conn_update_io(struct px_conn *c)
+{
+    struct ev_loop *loop = c->worker->loop;
+    struct px_exch *x = c->x;
+    int             cr = 0, cw = 0, ur = 0, uw = 0;
+
+    if (c->closing)
+        return;
+    cw = al_bufq_len(&c->cl.out) > 0;
+    switch (c->state) {
+    case PX_ST_READ_HEAD:
+        cr = !c->cl.eof && c->cin_len < PX_CIN_BYTES;
+        break;
+    case PX_ST_RESOLVE:
+        break;
+    case PX_ST_CONNECT:
+        uw = 1;
+        break;
+    case PX_ST_EXCHANGE:
+        cr = !c->cl.eof && x != NULL && !x->req_done && c->cin_len < PX_CIN_BYTES &&
+             !al_bufq_full(&c->up.out);
+        uw = al_bufq_len(&c->up.out) > 0;
+        ur = x != NULL && !x->resp_done && !al_bufq_full(&c->cl.out);
+        break;
+    case PX_ST_TUNNEL:
+        cr = !c->cl.eof && c->cl.inpipe == 0 && al_bufq_len(&c->up.out) == 0;
+        ur = !c->up.eof && c->up.inpipe == 0 && al_bufq_len(&c->cl.out) == 0;
+        uw = c->cl.inpipe > 0 || al_bufq_len(&c->up.out) > 0;
+        cw = c->up.inpipe > 0 || al_bufq_len(&c->cl.out) > 0;
+        break;
+    case PX_ST_FLUSH_CLOSE:
+        cr = c->cl.shut;
+        break;
+    }
+    px_io_want(loop, &c->cl.rio, c->cl.fd, cr);
+    px_io_want(loop, &c->cl.wio, c->cl.fd, cw);
+    px_io_want(loop, &c->up.rio, c->up.fd, ur);
+    px_io_want(loop, &c->up.wio, c->up.fd, uw);
+}
+
+/* ---- closing ------------------------------------------------------------ */
+
+static void
+px_conn_close(struct px_conn *c, const char *why)
+{
+    struct px_worker *w = c->worker;
+
+    if (c->closing)
+        return;
+    c->closing = 1;
+    al_log_debug("conn %llu: close (%s)", (unsigned long long)c->id, why);
+    if (c->x != NULL) {
+        px_dns_cancel(c->x->dnsq);
+        c->x->dnsq = NULL;
+    }
+    if (c->state == PX_ST_TUNNEL)
+        PX_MDEC(tunnels_open);
+    ev_timer_stop(w->loop, &c->timer);
+    px_half_close(c, &c->cl);
+    px_half_close(c, &c->up);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    w->nconns--;
+    PX_MDEC(conns_open);
+    if (c->refs == 0)
+        px_conn_free(c);
+    if (w->draining && w->nconns == 0)
+        ev_break(w->loop, EVBREAK_ONE);
+}
+
+/* ---- request parsing callbacks ----------------------------------------- */
+
+static int
+px_rq_message_begin(llhttp_t *p)
+{
+    struct px_conn *c = p->data;
+
+    c->head_started = 1;
+    c->phase_start = ev_now(c->worker->loop);
+    px_conn_arm_timer(c);
+    if (c->x == NULL) {
+        c->x = al_calloc(1, sizeof(*c->x));
+        if (c->x == NULL)
+            return -1;
+        px_msg_init(&c->x->req, c->conf->limits.header_bytes);
+        px_msg_init(&c->x->resp, c->conf->limits.header_bytes);
+    }
+    c->x->start_us = al_now_us();
+    return 0;
+}
+
+static int
+px_rq_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_conn *c = p->data;
+
+    return px_msg_add(&c->x->req, PX_PIECE_URL, at, len);
+}
+
+static int
+px_rq_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_conn *c = p->data;
+
+    return px_msg_add(&c->x->req, PX_PIECE_FIELD, at, len);
+}
+
+static int
+px_rq_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_conn *c = p->data;
+
+    return px_msg_add(&c->x->req, PX_PIECE_VALUE, at, len);
+}
+
+static int
+px_rq_piece_end(llhttp_t *p)
+{
+    struct px_conn *c = p->data;
+
+    return px_msg_end_piece(&c->x->req);
+}
+
+static int
+px_rq_headers_complete(llhttp_t *p)
+{
+    struct px_conn *c = p->data;
+
+    if (px_msg_end_piece(&c->x->req) != 0)
+        return -1;
+    return HPE_PAUSED; /* decide, resolve and connect before any body byte moves */
+}
+
+static int
+px_rq_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_conn *c = p->data;
+    struct px_exch *x = c->x;
+    char            hdr[24];
+
+    if (x->req_chunked) {
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+
+        if (al_bufq_write(&c->up.out, hdr, (size_t)n) != AL_OK ||
+            al_bufq_write(&c->up.out, at, len) != AL_OK ||
+            al_bufq_write(&c->up.out, "\r\n", 2) != AL_OK)
+            return -1;
+    } else if (al_bufq_write(&c->up.out, at, len) != AL_OK) {
+        return -1;
+    }
+    x->bytes_up += len;
+    x->req_body_bytes_sent = 1;
+    return 0;
+}
+
+static int
+px_rq_message_complete(llhttp_t *p)
+{
+    struct px_conn *c = p->data;
+    struct px_exch *x = c->x;
+
+    if (x->req_chunked && al_bufq_write(&c->up.out, "0\r\n\r\n", 5) != AL_OK)
+        return -1;
+    x->req_done = 1;
+    return HPE_PAUSED; /* the next pipelined request waits for this response */
+}
+
+/* ---- response parsing callbacks ---------------------------------------- */
+
+static int
+px_rs_status(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_conn *c = p->data;
+
+    return px_msg_add(&c->x->resp, PX_PIECE_STATUS, at, len);
+}
+
+static int
+px_rs_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_conn *c = p->data;
+
+    return px_msg_add(&c->x->resp, PX_PIECE_FIELD, at, len);
+}
+
+static int
+px_rs_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_conn *c = p->data;
+
+    return px_msg_add(&c->x->resp, PX_PIECE_VALUE, at, len);
+}
+
+static int
+px_rs_piece_end(llhttp_t *p)
+{
+    struct px_conn *c = p->data;
+
+    return px_msg_end_piece(&c->x->resp);
+}
+
+/* Re-serialises the response head toward the client and picks the framing. */
+static int
+px_rs_headers_complete(llhttp_t *p)
+{
+    struct px_conn *c = p->data;
+    struct px_exch *x = c->x;
+    struct px_msg  *m = &x->resp;
+    int             status = p->status_code;
+    int             interim = status >= 100 && status < 200 && status != 101;
+    int             upgrade = status == 101 && x->want_upgrade;
+    int             client11 = c->rq.http_major == 1 && c->rq.http_minor >= 1;
+    int             nobody = interim || status == 204 || status == 304 || x->is_head;
+    struct al_dbuf  d;
+    int             rc;
+
+    if (px_msg_end_piece(m) != 0)
+        return -1;
+    if (status == 101 && !upgrade)
+        return -1; /* a switch nobody asked for */
+    px_msg_drop_hop_by_hop(m, upgrade);
+    al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
+    rc = al_dbuf_addf(&d, "HTTP/1.1 %d %s\r\n", status,
+                      m->status_text_len ? px_msg_str(m, m->status_text) : "");
+    if (rc == AL_OK)
+        rc = px_msg_write_headers(m, &d);
+    if (!interim) {
+        x->status = status;
+        x->resp_chunked_out = 0;
+        x->resp_close_delim = 0;
+        if (upgrade) {
+            if (rc == AL_OK)
+                rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
+        } else if (!nobody && (p->flags & F_CHUNKED)) {
+            if (client11)
+                x->resp_chunked_out = 1;
+            else
+                x->resp_close_delim = 1;
+        } else if (!nobody && !(p->flags & F_CONTENT_LENGTH)) {
+            x->resp_close_delim = 1;
+        }
+        if (rc == AL_OK && x->resp_chunked_out)
+            rc = al_dbuf_adds(&d, "Transfer-Encoding: chunked\r\n");
+        if (rc == AL_OK && !upgrade &&
+            (x->resp_close_delim || c->draining || !llhttp_should_keep_alive(&c->rq)))
+            rc = al_dbuf_adds(&d, "Connection: close\r\n");
+        if (x->resp_close_delim || c->draining)
+            c->close_after_flush = 1;
+    }
+    if (rc == AL_OK)
+        rc = al_dbuf_add(&d, "\r\n", 2);
+    if (rc == AL_OK)
+        rc = px_dbuf_to_bufq(&d, &c->cl.out);
+    else
+        al_dbuf_free(&d);
+    if (rc != AL_OK) {
+        m->too_big = 1;
+        return -1;
+    }
+    x->resp_started = 1;
+    if (interim)
+        return 0;
+    return x->is_head ? 1 : 0; /* 1: a HEAD response has no body whatever it says */
+}
+
+static int
+px_rs_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_conn *c = p->data;
+    struct px_exch *x = c->x;
+    char            hdr[24];
+
+    if (x->resp_chunked_out) {
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+
+        if (al_bufq_write(&c->cl.out, hdr, (size_t)n) != AL_OK ||
+            al_bufq_write(&c->cl.out, at, len) != AL_OK ||
+            al_bufq_write(&c->cl.out, "\r\n", 2) != AL_OK)
+            return -1;
+    } else if (al_bufq_write(&c->cl.out, at, len) != AL_OK) {
+        return -1;
+    }
+    x->bytes_down += len;
+    return 0;
+}
+
+static int
+px_rs_message_complete(llhttp_t *p)
+{
+    struct px_conn *c = p->data;
+    struct px_exch *x = c->x;
+    int             status = p->status_code;
+
+    if (status >= 100 && status < 200 && status != 101) {
+        px_msg_reset(&x->resp); /* interim answer forwarded; the final one follows */
+        return 0;
+    }
+    if (x->resp_chunked_out && al_bufq_write(&c->cl.out, "0\r\n\r\n", 5) != AL_OK)
+        return -1;
+    x->resp_done = 1;
+    x->upstream_reusable = llhttp_should_keep_alive(p) && status != 101;
+    return HPE_PAUSED;
+}
+
+static void
+px_settings_init(void)
+{
+    llhttp_settings_init(&px_req_settings);
+    px_req_settings.on_message_begin = px_rq_message_begin;
+    px_req_settings.on_url = px_rq_url;
+    px_req_settings.on_url_complete = px_rq_piece_end;
+    px_req_settings.on_header_field = px_rq_field;
+    px_req_settings.on_header_field_complete = px_rq_piece_end;
+    px_req_settings.on_header_value = px_rq_value;
+    px_req_settings.on_header_value_complete = px_rq_piece_end;
+    px_req_settings.on_headers_complete = px_rq_headers_complete;
+    px_req_settings.on_body = px_rq_body;
+    px_req_settings.on_message_complete = px_rq_message_complete;
+
+    llhttp_settings_init(&px_resp_settings);
+    px_resp_settings.on_status = px_rs_status;
+    px_resp_settings.on_status_complete = px_rs_piece_end;
+    px_resp_settings.on_header_field = px_rs_field;
+    px_resp_settings.on_header_field_complete = px_rs_piece_end;
+    px_resp_settings.on_header_value = px_rs_value;
+    px_resp_settings.on_header_value_complete = px_rs_piece_end;
+    px_resp_settings.on_headers_complete = px_rs_headers_complete;
+    px_resp_settings.on_body = px_rs_body;
+    px_resp_settings.on_message_complete = px_rs_message_complete;
+}
+
+/* ---- from head to upstream --------------------------------------------- */
+
+/* Builds the upstream request head from the parsed request into up.out. */
+static int
+px_conn_write_request_head(struct px_conn *c)
+{
+    struct px_exch   *x = c->x;
+    struct px_msg    *m = &x->req;
+    struct px_target *t = &x->target;
+    struct al_dbuf    d;
+    int               rc;
+    int               default_port = t->port == (t->tls ? 443 : 80);
+    const char       *lb = t->kind == PX_HOST_IPV6 ? "[" : "";
+    const char       *rb = t->kind == PX_HOST_IPV6 ? "]" : "";
+
+    px_msg_drop_hop_by_hop(m, x->want_upgrade);
+    for (int i = px_msg_find(m, "host", 0); i >= 0; i = px_msg_find(m, "host", i + 1))
+        m->hdrs[i].drop = 1; /* the request-target's authority wins (RFC 9112 3.2.2) */
+    al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
+    rc = al_dbuf_addf(&d, "%s %.*s HTTP/1.1\r\nHost: %s%s%s", llhttp_method_name(c->rq.method),
+                      (int)t->path_len, t->path, lb, t->host, rb);
+    if (rc == AL_OK && !default_port)
+        rc = al_dbuf_addf(&d, ":%u", t->port);
+    if (rc == AL_OK)
+        rc = al_dbuf_add(&d, "\r\n", 2);
+    if (rc == AL_OK)
+        rc = px_msg_write_headers(m, &d);
+    if (rc == AL_OK && x->req_chunked)
+        rc = al_dbuf_adds(&d, "Transfer-Encoding: chunked\r\n");
+    if (rc == AL_OK && x->want_upgrade)
+        rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
+    if (rc == AL_OK)
+        rc = al_dbuf_add(&d, "\r\n", 2);
+    if (rc == AL_OK)
+        return px_dbuf_to_bufq(&d, &c->up.out);
+    al_dbuf_free(&d);
+    return rc;
+}
+
+static void
+px_conn_upstream_ready(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    px_sockaddr_str((struct sockaddr *)&x->addrs.addrs[x->addr_idx], x->upstream_str,
+                    sizeof(x->upstream_str));
+    if (x->is_connect) {
+        static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+
+        /* Bytes the client sent after the CONNECT head belong to the tunnel. */
+        if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK ||
+            (c->cin_len > 0 && al_bufq_write(&c->up.out, c->cin, c->cin_len) != AL_OK)) {
+            px_conn_close(c, "no memory");
+            return;
+        }
+        al_log_info("conn %llu: CONNECT %s:%u via %s", (unsigned long long)c->id, x->target.host,
+                    x->target.port, x->upstream_str);
+        px_conn_count_status(200);
+        c->cin_len = 0;
+        al_safefree(c->cin);
+        px_msg_free(&x->req);
+        px_msg_free(&x->resp);
+        al_safefree(c->x);
+        PX_MINC(tunnels_open);
+        PX_MINC(tunnels_total);
+        px_conn_set_state(c, PX_ST_TUNNEL);
+        px_conn_update_io(c);
+        return;
+    }
+    px_conn_set_state(c, PX_ST_EXCHANGE);
+    llhttp_init(&c->rs, HTTP_RESPONSE, &px_resp_settings);
+    c->rs.data = c;
+    llhttp_resume(&c->rq);
+    px_conn_feed_client(c);
+    if (!c->closing)
+        px_conn_update_io(c);
+}
+
+static void
+px_conn_connect_next(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    int             last_err = ECONNREFUSED;
+
+    while (x->addr_idx < x->addrs.naddrs) {
+        struct sockaddr_storage *ss = &x->addrs.addrs[x->addr_idx];
+        socklen_t sl = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                 : sizeof(struct sockaddr_in);
+        int       one = 1;
+        int       fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+        if (fd < 0) {
+            last_err = errno;
+            al_log_warn("conn %llu: socket", (unsigned long long)c->id);
+            break;
+        }
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (connect(fd, (struct sockaddr *)ss, sl) == 0 || errno == EINPROGRESS) {
+            px_half_init(&c->up, c, fd);
+            if (c->state != PX_ST_CONNECT)
+                px_conn_set_state(c, PX_ST_CONNECT);
+            px_conn_update_io(c);
+            return;
+        }
+        last_err = errno;
+        close(fd);
+        x->addr_idx++;
+    }
+    if (last_err == ECONNREFUSED)
+        px_conn_upstream_error(c, PX_UERR_REFUSED, 502, "upstream_refused", NULL);
+    else
+        px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_unreachable", strerror(last_err));
+}
+
+/* The upstream socket became writable while connecting. */
+static void
+px_conn_connect_done(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    int             err = 0;
+    socklen_t       el = sizeof(err);
+
+    if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+        err = errno;
+    if (err == 0) {
+        PX_MINC(pool_misses);
+        px_conn_upstream_ready(c);
+        return;
+    }
+    al_log_debug("conn %llu: connect attempt %d failed: %s", (unsigned long long)c->id,
+                 x->addr_idx, strerror(err));
+    /* Keep the queued request head: it moves to the next attempt's socket. */
+    {
+        struct al_bufq keep = c->up.out;
+
+        al_bufq_init(&c->up.out, PX_BUF_HIGH_BYTES);
+        px_half_close(c, &c->up);
+        x->addr_idx++;
+        if (x->addr_idx >= x->addrs.naddrs) {
+            al_bufq_free(&keep);
+            if (err == ECONNREFUSED)
+                px_conn_upstream_error(c, PX_UERR_REFUSED, 502, "upstream_refused", NULL);
+            else
+                px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_unreachable",
+                                       strerror(err));
+            return;
+        }
+        px_conn_connect_next(c);
+        if (!c->closing && c->state == PX_ST_CONNECT) {
+            al_bufq_free(&c->up.out);
+            c->up.out = keep;
+        } else {
+            al_bufq_free(&keep);
+        }
+    }
+}
+
+static void
+px_conn_dns_done(void *arg, const struct px_dns_result *res)
+{
+    struct px_conn *c = arg;
+
+    px_conn_ref(c);
+    c->x->dnsq = NULL;
+    if (res != &c->x->addrs)
+        c->x->addrs = *res;
+    if (res->err != PX_DNS_OK || res->naddrs == 0) {
+        if (res->err == PX_DNS_TIMEOUT)
+            px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_timeout", c->x->target.host);
+        else if (res->err == PX_DNS_NOTFOUND || res->naddrs == 0)
+            px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_not_found", c->x->target.host);
+        else
+            px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_failed", c->x->target.host);
+    } else {
+        /* Policy's address guard slots in here: px_decide_addrs() filters the
+         * answers before any connect. */
+        if (px_decide_addrs(c) == AL_OK) {
+            c->x->addr_idx = 0;
+            px_conn_connect_next(c);
+        }
+    }
+    px_conn_unref(c);
+}
+
+static void
+px_conn_resolve(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    int             rc;
+
+    if (!x->is_connect && !x->want_upgrade) {
+        struct sockaddr_storage peer;
+        int                     fd = px_pool_get(c->worker, x->pool_key, &peer);
+
+        if (fd >= 0) {
+            PX_MINC(pool_hits);
+            x->from_pool = 1;
+            x->addrs.naddrs = 1;
+            x->addrs.addrs[0] = peer;
+            x->addr_idx = 0;
+            px_half_init(&c->up, c, fd);
+            c->up.out.max = PX_BUF_HIGH_BYTES;
+            px_conn_upstream_ready(c);
+            return;
+        }
+    }
+    px_conn_set_state(c, PX_ST_RESOLVE);
+    rc = px_dns_resolve(c->worker->dns, x->target.host, x->target.port, px_conn_dns_done, c,
+                        &x->addrs, &x->dnsq);
+    if (rc == AL_OK)
+        px_conn_dns_done(c, &x->addrs);
+    else if (rc != AL_AGAIN)
+        px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_failed", "resolver error");
+}
+
+/* A complete request head is parsed: check it, decide, then resolve. */
+static void
+px_conn_on_head(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    struct px_msg  *m = &x->req;
+    const char     *err = NULL;
+    const char     *url = px_msg_str(m, m->url);
+    int             rc;
+
+    c->head_started = 0;
+    if (c->rq.http_major != 1) {
+        px_conn_fail(c, 505, "http_version", NULL);
+        return;
+    }
+    x->is_connect = c->rq.method == HTTP_CONNECT;
+    x->is_head = c->rq.method == HTTP_HEAD;
+    x->req_chunked = (c->rq.flags & F_CHUNKED) != 0;
+    if (x->is_connect) {
+        rc = px_authority_parse(url, m->url_len, 0, &x->target, &err);
+    } else if (m->url_len > 0 && url[0] == '/') {
+        px_conn_fail(c, 400, "bad_target", "origin-form request to a forward proxy");
+        return;
+    } else {
+        rc = px_url_parse_absolute(url, m->url_len, &x->target, &err);
+        if (rc == AL_OK && x->target.tls) {
+            px_conn_fail(c, 501, "https_without_connect", "use CONNECT for https");
+            return;
+        }
+    }
+    if (rc != AL_OK) {
+        px_conn_fail(c, 400, err != NULL ? err : "bad_target", NULL);
+        return;
+    }
+    if ((c->rq.flags & F_UPGRADE) && !x->is_connect) {
+        int u = px_msg_find(m, "upgrade", 0);
+
+        x->want_upgrade = u >= 0 && m->hdrs[u].val != UINT32_MAX &&
+                          al_strcaseeq_n(px_msg_str(m, m->hdrs[u].val), m->hdrs[u].val_len,
+                                         "websocket");
+    }
+    snprintf(x->pool_key, sizeof(x->pool_key), "%s:%u", x->target.host, x->target.port);
+    if (px_decide(c) != AL_OK)
+        return; /* px_decide answered the client */
+    if (!x->is_connect && px_conn_write_request_head(c) != AL_OK) {
+        px_conn_fail(c, 500, "internal", "out of memory");
+        return;
+    }
+    px_conn_resolve(c);
+}
+
+static void
+px_conn_parse_error(struct px_conn *c, llhttp_errno_t e)
+{
+    struct px_exch *x = c->x;
+
+    if (x != NULL && (x->req.too_big)) {
+        px_conn_fail(c, 431, "header_too_large", NULL);
+        return;
+    }
+    if (c->state == PX_ST_EXCHANGE && x != NULL && x->resp_started) {
+        px_conn_close(c, "bad request body");
+        return;
+    }
+    al_log_info("conn %llu: bad request: %s (%s)", (unsigned long long)c->id, llhttp_errno_name(e),
+                llhttp_get_error_reason(&c->rq) ? llhttp_get_error_reason(&c->rq) : "");
+    px_conn_fail(c, 400, "bad_request", llhttp_errno_name(e));
+}
+
+/* Feeds buffered client bytes to the request parser as far as the state allows. */
+static void
+px_conn_feed_client(struct px_conn *c)
+{
+    while (c->cin_len > 0 && !c->closing) {
+        int            in_head = c->state == PX_ST_READ_HEAD;
+        llhttp_errno_t e;
+        size_t         used;
+
+        if (!in_head && (c->state != PX_ST_EXCHANGE || c->x == NULL || c->x->req_done ||
+                         al_bufq_full(&c->up.out)))
+            break;
+        e = llhttp_execute(&c->rq, c->cin, c->cin_len);
+        used = e == HPE_OK ? c->cin_len : (size_t)(llhttp_get_error_pos(&c->rq) - c->cin);
+        if (used > c->cin_len)
+            used = c->cin_len;
+        if (in_head) {
+            c->head_bytes += used;
+            if (c->head_bytes > c->conf->limits.header_bytes) {
+                px_conn_fail(c, 431, "header_too_large", NULL);
+                return;
+            }
+        }
+        memmove(c->cin, c->cin + used, c->cin_len - used);
+        c->cin_len -= used;
+        if (e == HPE_OK)
+            continue;
+        if (e == HPE_PAUSED) {
+            if (in_head) {
+                c->head_bytes = 0;
+                px_conn_on_head(c);
+                continue; /* the state tells whether body bytes may flow now */
+            }
+            break; /* request complete; the rest waits for the response */
+        }
+        if (e == HPE_PAUSED_UPGRADE) {
+            if (c->x != NULL)
+                c->x->req_done = 1;
+            break;
+        }
+        px_conn_parse_error(c, e);
+        return;
+    }
+    if (!c->closing && c->state == PX_ST_EXCHANGE)
+        px_conn_update_io(c);
+}
+
+/* ---- I/O handlers -------------------------------------------------------- */
+
+static void
+px_conn_client_readable(struct px_conn *c)
+{
+    ssize_t n;
+
+    if (c->cin == NULL) {
+        c->cin = al_malloc(PX_CIN_BYTES);
+        if (c->cin == NULL) {
+            px_conn_close(c, "no memory");
+            return;
+        }
+    }
+    n = recv(c->cl.fd, c->cin + c->cin_len, PX_CIN_BYTES - c->cin_len, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        px_conn_close(c, "client read error");
+        return;
+    }
+    c->last_activity = ev_now(c->worker->loop);
+    if (n == 0) {
+        c->cl.eof = 1;
+        if (c->state == PX_ST_READ_HEAD && !c->head_started && c->cin_len == 0)
+            px_conn_close(c, "client closed");
+        else if (c->state == PX_ST_READ_HEAD)
+            px_conn_fail(c, 400, "bad_request", "incomplete request head");
+        else
+            px_conn_close(c, "client closed mid-request");
+        return;
+    }
+    c->cin_len += (size_t)n;
+    if (c->state == PX_ST_READ_HEAD && c->x == NULL && c->cin_len > 0 && !c->head_started)
+        c->head_started = 0; /* on_message_begin starts the header clock */
+    px_conn_feed_client(c);
+}
+
+static void
+px_conn_upstream_readable(struct px_conn *c)
+{
+    char           buf[PX_READ_BYTES];
+    ssize_t        n;
+    llhttp_errno_t e;
+    struct px_exch *x = c->x;
+
+    n = recv(c->up.fd, buf, sizeof(buf), 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        if (!x->resp_started)
+            px_conn_upstream_error(c, PX_UERR_RESET, 502, "upstream_reset", strerror(errno));
+        else
+            px_conn_close(c, "upstream read error");
+        return;
+    }
+    c->last_activity = ev_now(c->worker->loop);
+    if (n == 0) {
+        e = llhttp_finish(&c->rs);
+        if (x->resp_done) {
+            x->upstream_reusable = 0;
+        } else if (!x->resp_started) {
+            px_conn_upstream_error(c, PX_UERR_RESET, 502, "upstream_reset",
+                                   "closed before responding");
+            return;
+        } else {
+            (void)e;
+            px_conn_close(c, "upstream closed mid-response");
+            return;
+        }
+    } else {
+        e = llhttp_execute(&c->rs, buf, (size_t)n);
+        if (e == HPE_PAUSED) {
+            if ((const char *)llhttp_get_error_pos(&c->rs) < buf + n)
+                x->upstream_reusable = 0; /* bytes after the response: never reuse */
+        } else if (e == HPE_PAUSED_UPGRADE) {
+            const char *pos = llhttp_get_error_pos(&c->rs);
+
+            if (pos < buf + n && al_bufq_write(&c->cl.out, pos, (size_t)(buf + n - pos)) != AL_OK) {
+                px_conn_close(c, "no memory");
+                return;
+            }
+        } else if (e != HPE_OK) {
+            if (!x->resp_started)
+                px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_bad_response",
+                                       llhttp_errno_name(e));
+            else
+                px_conn_close(c, "bad upstream response");
+            return;
+        }
+    }
+    if (px_half_flush(c, &c->cl) == AL_ERROR) {
+        px_conn_close(c, "client write error");
+        return;
+    }
+    if (x->resp_done && al_bufq_len(&c->cl.out) == 0)
+        px_conn_finish_exchange(c);
+    else
+        px_conn_update_io(c);
+}
+
+/* Response fully written to the client. */
+static void
+px_conn_finish_exchange(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    int             keep;
+
+    al_log_info("conn %llu: %s %s:%u%.*s -> %d up=%llu down=%llu %lldus",
+                (unsigned long long)c->id, llhttp_method_name(c->rq.method), x->target.host,
+                x->target.port, (int)(x->target.path_len > 200 ? 200 : x->target.path_len),
+                x->target.path, x->status, (unsigned long long)x->bytes_up,
+                (unsigned long long)x->bytes_down, (long long)(al_now_us() - x->start_us));
+    px_conn_count_status(x->status);
+    if (x->status == 101 && x->want_upgrade) {
+        px_msg_free(&x->req);
+        px_msg_free(&x->resp);
+        al_safefree(c->x);
+        if (c->cin_len > 0 && al_bufq_write(&c->up.out, c->cin, c->cin_len) != AL_OK) {
+            px_conn_close(c, "no memory");
+            return;
+        }
+        c->cin_len = 0;
+        al_safefree(c->cin);
+        PX_MINC(tunnels_open);
+        PX_MINC(tunnels_total);
+        px_conn_set_state(c, PX_ST_TUNNEL);
+        px_conn_update_io(c);
+        return;
+    }
+    if (x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 && c->up.fd >= 0 &&
+        !c->draining) {
+        ev_io_stop(c->worker->loop, &c->up.rio);
+        ev_io_stop(c->worker->loop, &c->up.wio);
+        px_pool_put(c->worker, x->pool_key, c->up.fd, &x->addrs.addrs[x->addr_idx]);
+        c->up.fd = -1;
+        al_bufq_free(&c->up.out);
+    } else {
+        px_half_close(c, &c->up);
+    }
+    keep = x->req_done && !c->close_after_flush && !c->draining &&
+           llhttp_should_keep_alive(&c->rq);
+    px_msg_free(&x->req);
+    px_msg_free(&x->resp);
+    al_safefree(c->x);
+    if (!keep) {
+        px_conn_close(c, "exchange done, no keep-alive");
+        return;
+    }
+    px_conn_set_state(c, PX_ST_READ_HEAD);
+    llhttp_resume(&c->rq);
+    if (c->cin_len == 0)
+        al_safefree(c->cin); /* idle keep-alive connections hold no buffer */
+    px_conn_update_io(c);
+    px_conn_feed_client(c);
+    if (!c->closing)
+        px_conn_update_io(c);
+}
+
+/* One direction of an opaque tunnel: src's bytes go through src's pipe to dst. */
+static int
+px_tunnel_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
+{
+    int rc = px_half_flush(c, dst); /* bytes queued before the tunnel started */
+
+    if (rc == AL_ERROR)
+        return AL_ERROR;
+    if (rc == AL_AGAIN)
+        return AL_OK;
+    for (;;) {
+        ssize_t n;
+
+        if (src->inpipe > 0) {
+            n = splice(src->pipe[0], NULL, dst->fd, NULL, src->inpipe,
+                       SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+            if (n < 0) {
+                if (errno == EAGAIN || errno == EINTR)
+                    return AL_OK;
+                return AL_ERROR;
+            }
+            src->inpipe -= (size_t)n;
+            if (dst == &c->cl)
+                PX_MADD(bytes_down, n);
+            else
+                PX_MADD(bytes_up, n);
+            c->last_activity = ev_now(c->worker->loop);
+            continue;
+        }
+        if (src->eof) {
+            if (!dst->shut) {
+                (void)shutdown(dst->fd, SHUT_WR);
+                dst->shut = 1;
+            }
+            return AL_OK;
+        }
+        if (src->pipe[0] < 0 && pipe2(src->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+            al_log_warn("conn %llu: pipe2", (unsigned long long)c->id);
+            return AL_ERROR;
+        }
+        n = splice(src->fd, NULL, src->pipe[1], NULL, 65536, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return AL_OK;
+            return AL_ERROR;
+        }
+        if (n == 0)
+            src->eof = 1;
+        src->inpipe += (size_t)n;
+        c->last_activity = ev_now(c->worker->loop);
+    }
+}
+
+static void
+px_conn_tunnel_io(struct px_conn *c)
+{
+    if (px_tunnel_pump(c, &c->cl, &c->up) != AL_OK ||
+        px_tunnel_pump(c, &c->up, &c->cl) != AL_OK) {
+        px_conn_close(c, "tunnel error");
+        return;
+    }
+    if (c->cl.shut && c->up.shut) {
+        px_conn_close(c, "tunnel done");
+        return;
+    }
+    px_conn_update_io(c);
+}
+
+/*
+ * A final answer is being written. Once it is out, the write side is shut
+ * and the client's remaining input is read and dropped until it closes (or
+ * PX_LINGER_S passes): closing with unread input would make the kernel send
+ * a reset that can destroy the answer before the client reads it.
+ */
+static void
+px_conn_flush_close_io(struct px_conn *c, int revents)
+{
+    if ((revents & EV_WRITE) && !c->cl.shut) {
+        int rc = px_half_flush(c, &c->cl);
+
+        if (rc == AL_ERROR) {
+            px_conn_close(c, "client write error");
+            return;
+        }
+        if (rc == AL_OK) {
+            (void)shutdown(c->cl.fd, SHUT_WR);
+            c->cl.shut = 1;
+            c->last_activity = ev_now(c->worker->loop);
+            px_conn_arm_timer(c);
+        }
+    }
+    if ((revents & EV_READ) && c->cl.shut) {
+        char    sink[4096];
+        ssize_t n = recv(c->cl.fd, sink, sizeof(sink), 0);
+
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            px_conn_close(c, "error answered");
+            return;
+        }
+    }
+    px_conn_update_io(c);
+}
+
+static void
+px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct px_half *h = w->data;
+    struct px_conn *c = h->conn;
+    int             is_cl = h == &c->cl;
+
+    (void)loop;
+    px_conn_ref(c);
+    if (c->closing)
+        goto out;
+    switch (c->state) {
+    case PX_ST_TUNNEL:
+        px_conn_tunnel_io(c);
+        break;
+    case PX_ST_CONNECT:
+        if (!is_cl && (revents & EV_WRITE))
+            px_conn_connect_done(c);
+        break;
+    case PX_ST_FLUSH_CLOSE:
+        px_conn_flush_close_io(c, revents);
+        break;
+    case PX_ST_READ_HEAD:
+    case PX_ST_RESOLVE:
+    case PX_ST_EXCHANGE:
+        if (is_cl && (revents & EV_WRITE)) {
+            if (px_half_flush(c, &c->cl) == AL_ERROR) {
+                px_conn_close(c, "client write error");
+                break;
+            }
+            if (c->x != NULL && c->x->resp_done && al_bufq_len(&c->cl.out) == 0) {
+                px_conn_finish_exchange(c);
+                break;
+            }
+        }
+        if (!is_cl && (revents & EV_WRITE)) {
+            if (px_half_flush(c, &c->up) == AL_ERROR) {
+                if (c->x != NULL && !c->x->resp_started)
+                    px_conn_upstream_error(c, PX_UERR_RESET, 502, "upstream_reset",
+                                           "write failed");
+                else
+                    px_conn_close(c, "upstream write error");
+                break;
+            }
+            px_conn_feed_client(c); /* room again for buffered body bytes */
+        }
+        if (c->closing)
+            break;
+        if (is_cl && (revents & EV_READ))
+            px_conn_client_readable(c);
+        else if (!is_cl && (revents & EV_READ) && c->state == PX_ST_EXCHANGE)
+            px_conn_upstream_readable(c);
+        if (!c->closing)
+            px_conn_update_io(c);
+        break;
+    }
+out:
+    px_conn_unref(c);
+}
+
+static void
+px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct px_conn *c = w->data;
+    double          left;
+
+    (void)revents;
+    px_conn_ref(c);
+    if (c->closing)
+        goto out;
+    left = px_conn_deadline(c) - ev_now(loop);
+    if (left > 0.0005) {
+        w->repeat = left;
+        ev_timer_again(loop, w);
+        goto out;
+    }
+    switch (c->state) {
+    case PX_ST_READ_HEAD:
+        if (c->head_started)
+            px_conn_fail(c, 408, "header_timeout", NULL);
+        else
+            px_conn_close(c, "idle timeout");
+        break;
+    case PX_ST_RESOLVE:
+        px_conn_upstream_error(c, PX_UERR_DNS, 504, "dns_timeout", NULL);
+        break;
+    case PX_ST_CONNECT:
+        px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "connect_timeout", NULL);
+        break;
+    case PX_ST_EXCHANGE:
+        if (c->x != NULL && !c->x->resp_started)
+            px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "upstream_timeout", NULL);
+        else
+            px_conn_close(c, "idle timeout");
+        break;
+    case PX_ST_TUNNEL:
+    case PX_ST_FLUSH_CLOSE:
+        px_conn_close(c, "idle timeout");
+        break;
+    }
+out:
+    px_conn_unref(c);
+}
+
+/* ---- accept and drain ----------------------------------------------------- */
+
+void
+px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
+               enum px_listen_mode mode)
+{
+    struct px_conn *c;
+    int             one = 1;
+    uint64_t        open = atomic_load_explicit(&px_metrics.conns_open, memory_order_relaxed);
+
+    pthread_once(&px_settings_once, px_settings_init);
+    if (open >= (uint64_t)w->conf->limits.max_connections || w->draining) {
+        struct al_dbuf d;
+
+        PX_MINC(conns_refused);
+        px_conn_count_status(503);
+        al_dbuf_init(&d, 1024);
+        if (px_http_error(&d, 503, w->draining ? "shutting_down" : "too_many_connections",
+                          NULL) == AL_OK)
+            (void)!send(fd, d.data, d.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        al_dbuf_free(&d);
+        (void)shutdown(fd, SHUT_WR);
+        close(fd);
+        return;
+    }
+    c = al_calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->id = atomic_fetch_add(&px_conn_next_id, 1);
+    c->worker = w;
+    c->conf = px_conf_ref(w->conf);
+    c->mode = mode;
+    c->peer = *peer;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    px_half_init(&c->cl, c, fd);
+    px_half_init(&c->up, c, -1);
+    al_bufq_init(&c->cl.out, PX_BUF_HIGH_BYTES);
+    al_bufq_init(&c->up.out, PX_BUF_HIGH_BYTES);
+    llhttp_init(&c->rq, HTTP_REQUEST, &px_req_settings);
+    c->rq.data = c;
+    ev_init(&c->timer, px_conn_timer_cb);
+    c->timer.data = c;
+    c->next = w->conns;
+    if (w->conns != NULL)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    PX_MINC(conns_open);
+    PX_MINC(conns_total);
+    if (al_log_get_level() <= AL_LOG_DEBUG) {
+        char ps[64];
+
+        px_sockaddr_str((const struct sockaddr *)peer, ps, sizeof(ps));
+        al_log_debug("conn %llu: accepted from %s", (unsigned long long)c->id, ps);
+    }
+    c->state = PX_ST_READ_HEAD;
+    px_conn_set_state(c, PX_ST_READ_HEAD);
+    px_conn_update_io(c);
+}
+
+void
+px_conns_drain(struct px_worker *w)
+{
+    struct px_conn *c = w->conns;
+
+    while (c != NULL) {
+        struct px_conn *next = c->next;
+
+        c->draining = 1;
+        if (c->state == PX_ST_READ_HEAD && !c->head_started && c->cin_len == 0)
+            px_conn_close(c, "draining");
+        c = next;
+    }
+}
+
+void
+px_conns_close_all(struct px_worker *w)
+{
+    while (w->conns != NULL)
+        px_conn_close(w->conns, "shutdown");
+}

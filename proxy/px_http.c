@@ -1,0 +1,306 @@
+/*
+ * px_http.c - head collection from llhttp callbacks, hop-by-hop handling,
+ * re-serialisation and error answers.
+ *
+ * Invariants: every string in px_msg.buf is NUL-terminated once its piece
+ * ends; header names and values never contain CR, LF or NUL (llhttp in
+ * strict mode refuses them, and px_msg_add checks again, so a value can't
+ * smuggle a second header line into what we re-serialise).
+ */
+#include "px_http.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+void
+px_msg_init(struct px_msg *m, size_t cap)
+{
+    memset(m, 0, sizeof(*m));
+    al_dbuf_init(&m->buf, cap);
+}
+
+void
+px_msg_reset(struct px_msg *m)
+{
+    size_t         cap = m->buf.max;
+    struct al_dbuf keep = m->buf;
+
+    memset(m, 0, sizeof(*m));
+    m->buf = keep;
+    m->buf.max = cap;
+    al_dbuf_reset(&m->buf);
+}
+
+void
+px_msg_free(struct px_msg *m)
+{
+    al_dbuf_free(&m->buf);
+}
+
+int
+px_msg_end_piece(struct px_msg *m)
+{
+    uint32_t end;
+
+    if (m->piece == PX_PIECE_NONE)
+        return 0;
+    end = (uint32_t)m->buf.len;
+    switch (m->piece) {
+    case PX_PIECE_URL:
+        m->url_len = end - m->url;
+        break;
+    case PX_PIECE_STATUS:
+        m->status_text_len = end - m->status_text;
+        break;
+    case PX_PIECE_FIELD:
+        m->hdrs[m->nhdrs - 1].name_len = end - m->hdrs[m->nhdrs - 1].name;
+        break;
+    case PX_PIECE_VALUE:
+        m->hdrs[m->nhdrs - 1].val_len = end - m->hdrs[m->nhdrs - 1].val;
+        break;
+    case PX_PIECE_NONE:
+        break;
+    }
+    m->piece = PX_PIECE_NONE;
+    if (al_dbuf_add(&m->buf, "", 1) != AL_OK) { /* the NUL terminator */
+        m->too_big = 1;
+        return -1;
+    }
+    return 0;
+}
+
+int
+px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len)
+{
+    if (memchr(at, '\0', len) != NULL || memchr(at, '\r', len) != NULL ||
+        memchr(at, '\n', len) != NULL) {
+        m->bad = 1;
+        return -1;
+    }
+    if (m->piece != piece) {
+        if (px_msg_end_piece(m) != 0)
+            return -1;
+        switch (piece) {
+        case PX_PIECE_URL:
+            m->url = (uint32_t)m->buf.len;
+            break;
+        case PX_PIECE_STATUS:
+            m->status_text = (uint32_t)m->buf.len;
+            break;
+        case PX_PIECE_FIELD:
+            if (m->nhdrs >= PX_HTTP_MAX_HEADERS) {
+                m->too_big = 1;
+                return -1;
+            }
+            memset(&m->hdrs[m->nhdrs], 0, sizeof(m->hdrs[0]));
+            m->hdrs[m->nhdrs].name = (uint32_t)m->buf.len;
+            m->hdrs[m->nhdrs].val = UINT32_MAX;
+            m->nhdrs++;
+            break;
+        case PX_PIECE_VALUE:
+            if (m->nhdrs == 0) {
+                m->bad = 1;
+                return -1;
+            }
+            m->hdrs[m->nhdrs - 1].val = (uint32_t)m->buf.len;
+            break;
+        case PX_PIECE_NONE:
+            break;
+        }
+        m->piece = piece;
+    }
+    if (al_dbuf_add(&m->buf, at, len) != AL_OK) {
+        m->too_big = 1;
+        return -1;
+    }
+    return 0;
+}
+
+int
+px_msg_find(const struct px_msg *m, const char *name, int from)
+{
+    for (int i = from < 0 ? 0 : from; i < m->nhdrs; i++) {
+        const struct px_hdr *h = &m->hdrs[i];
+
+        if (al_strcaseeq_n(px_msg_str(m, h->name), h->name_len, name))
+            return i;
+    }
+    return -1;
+}
+
+/* Calls fn for each comma-separated, trimmed token of every Connection header. */
+static int
+px_msg_connection_tokens(const struct px_msg *m, int (*fn)(void *arg, const char *t, size_t n),
+                         void *arg)
+{
+    for (int i = px_msg_find(m, "connection", 0); i >= 0; i = px_msg_find(m, "connection", i + 1)) {
+        const char *v = m->hdrs[i].val == UINT32_MAX ? "" : px_msg_str(m, m->hdrs[i].val);
+        const char *p = v;
+
+        while (*p != '\0') {
+            const char *s, *e;
+
+            while (*p == ' ' || *p == '\t' || *p == ',')
+                p++;
+            s = p;
+            while (*p != '\0' && *p != ',')
+                p++;
+            e = p;
+            while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+                e--;
+            if (e > s && fn(arg, s, (size_t)(e - s)))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+struct px_conn_tok_find {
+    const char *want;
+};
+
+static int
+px_msg_tok_eq(void *arg, const char *t, size_t n)
+{
+    const struct px_conn_tok_find *f = arg;
+
+    return al_strcaseeq_n(t, n, f->want);
+}
+
+int
+px_msg_connection_has(const struct px_msg *m, const char *token)
+{
+    struct px_conn_tok_find f = {token};
+
+    return px_msg_connection_tokens(m, px_msg_tok_eq, &f);
+}
+
+struct px_drop_ctx {
+    struct px_msg *m;
+    int            keep_upgrade;
+};
+
+static int
+px_msg_drop_named(void *arg, const char *t, size_t n)
+{
+    struct px_drop_ctx *d = arg;
+    struct px_msg      *m = d->m;
+
+    if (d->keep_upgrade && al_strcaseeq_n(t, n, "upgrade"))
+        return 0;
+    for (int i = 0; i < m->nhdrs; i++) {
+        const struct px_hdr *h = &m->hdrs[i];
+
+        if (h->name_len == n && strncasecmp(px_msg_str(m, h->name), t, n) == 0)
+            m->hdrs[i].drop = 1;
+    }
+    return 0;
+}
+
+void
+px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade)
+{
+    static const char *const fixed[] = {"connection", "proxy-connection", "proxy-authorization",
+                                        "proxy-authenticate", "keep-alive", "te", "trailer",
+                                        "transfer-encoding", "upgrade", NULL};
+    struct px_drop_ctx       d = {m, keep_upgrade};
+
+    (void)px_msg_connection_tokens(m, px_msg_drop_named, &d);
+    for (int i = 0; i < m->nhdrs; i++) {
+        const char *n = px_msg_str(m, m->hdrs[i].name);
+
+        for (int k = 0; fixed[k] != NULL; k++) {
+            if (al_strcaseeq_n(n, m->hdrs[i].name_len, fixed[k])) {
+                if (keep_upgrade && k == 8)
+                    break;
+                m->hdrs[i].drop = 1;
+                break;
+            }
+        }
+    }
+}
+
+int
+px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out)
+{
+    for (int i = 0; i < m->nhdrs; i++) {
+        const struct px_hdr *h = &m->hdrs[i];
+
+        if (h->drop)
+            continue;
+        if (al_dbuf_add(out, px_msg_str(m, h->name), h->name_len) != AL_OK ||
+            al_dbuf_add(out, ": ", 2) != AL_OK ||
+            (h->val != UINT32_MAX &&
+             al_dbuf_add(out, px_msg_str(m, h->val), h->val_len) != AL_OK) ||
+            al_dbuf_add(out, "\r\n", 2) != AL_OK)
+            return AL_ERROR;
+    }
+    return AL_OK;
+}
+
+const char *
+px_http_status_text(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 405:
+        return "Method Not Allowed";
+    case 407:
+        return "Proxy Authentication Required";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 421:
+        return "Misdirected Request";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Error";
+    }
+}
+
+int
+px_http_error(struct al_dbuf *out, int status, const char *reason, const char *detail)
+{
+    char body[256];
+    int  n;
+
+    n = snprintf(body, sizeof(body), "airlock: %s%s%s\n", reason, detail ? ": " : "",
+                 detail ? detail : "");
+    if (n < 0 || (size_t)n >= sizeof(body))
+        n = (int)sizeof(body) - 1;
+    return al_dbuf_addf(out,
+                        "HTTP/1.1 %d %s\r\n"
+                        "X-Airlock-Reason: %s\r\n"
+                        "Content-Type: text/plain\r\n"
+                        "Content-Length: %d\r\n"
+                        "Connection: close\r\n"
+                        "\r\n"
+                        "%.*s",
+                        status, px_http_status_text(status), reason, n, n, body);
+}

@@ -1,0 +1,72 @@
+/*
+ * px_http.h - parsed HTTP/1.1 message heads and their re-serialisation.
+ *
+ * A head is collected from llhttp callbacks into one capped buffer (the
+ * header_bytes limit) as NUL-terminated strings addressed by offsets, so a
+ * token split across reads costs nothing special. What goes on the wire is
+ * always re-built from this parsed form, never the raw bytes.
+ */
+#ifndef PX_HTTP_H
+#define PX_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <llhttp.h>
+
+#include "common.h"
+
+#define PX_HTTP_MAX_HEADERS 256
+
+struct px_hdr {
+    uint32_t name, name_len; /* offsets into px_msg.buf */
+    uint32_t val, val_len;
+    unsigned drop : 1;       /* not forwarded (hop-by-hop or replaced) */
+};
+
+enum px_msg_piece { PX_PIECE_NONE = 0, PX_PIECE_URL, PX_PIECE_STATUS, PX_PIECE_FIELD,
+                    PX_PIECE_VALUE };
+
+struct px_msg {
+    struct al_dbuf    buf;    /* capped at header_bytes */
+    uint32_t          url, url_len;
+    uint32_t          status_text, status_text_len;
+    struct px_hdr     hdrs[PX_HTTP_MAX_HEADERS];
+    int               nhdrs;
+    enum px_msg_piece piece;  /* what the last data callback appended to */
+    int               too_big; /* the head went over the cap */
+    int               bad;     /* a header carried a forbidden byte */
+};
+
+void px_msg_init(struct px_msg *m, size_t cap);
+void px_msg_reset(struct px_msg *m);
+void px_msg_free(struct px_msg *m);
+/* llhttp data callbacks land here; they return 0 or -1 (sets too_big/bad). */
+int  px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len);
+/* Terminates the piece in progress (call from the *_complete callbacks). */
+int  px_msg_end_piece(struct px_msg *m);
+
+static inline const char *
+px_msg_str(const struct px_msg *m, uint32_t off)
+{
+    return m->buf.data + off;
+}
+
+/* Index of the first header called `name` (case-insensitive) from `from`, or -1. */
+int px_msg_find(const struct px_msg *m, const char *name, int from);
+/* Marks hop-by-hop headers as dropped: the fixed list and every name the
+ * Connection headers list. keep_upgrade keeps Upgrade + "Connection: upgrade"
+ * (websocket). Returns AL_OK. */
+void px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade);
+/* Does any Connection header list `token`? */
+int px_msg_connection_has(const struct px_msg *m, const char *token);
+
+/* Appends "NAME: VALUE\r\n" for every kept header to out. */
+int px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out);
+
+/* A complete error answer with X-Airlock-Reason, a short text body and
+ * Connection: close. */
+int px_http_error(struct al_dbuf *out, int status, const char *reason, const char *detail);
+const char *px_http_status_text(int status);
+
+#endif

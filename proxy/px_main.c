@@ -1,0 +1,166 @@
+/*
+ * px_main.c - `airlock run` and `airlock check`: load the configuration,
+ * bind, start the workers, then serve signals and the admin listener on the
+ * main thread's loop until SIGTERM/SIGINT has drained every worker.
+ *
+ * SIGHUP re-reads the config file: a file that fails validation changes
+ * nothing (the errors are logged); a good one becomes the snapshot for new
+ * connections. Listener addresses and the worker count need a restart.
+ */
+#include "px_worker.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+struct px_main {
+    struct px_worker *workers;
+    int               nworkers;
+    const char       *config_path;
+    ev_signal         sigterm, sigint, sighup;
+    int               stopping;
+};
+
+static void
+px_main_stop_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    struct px_main *m = s->data;
+
+    (void)revents;
+    if (m->stopping)
+        return;
+    m->stopping = 1;
+    al_log_info("signal %d: draining", s->signum);
+    px_admin_stop(loop);
+    for (int i = 0; i < m->nworkers; i++)
+        px_worker_signal(&m->workers[i], 1, 0);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void
+px_main_reload_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    struct px_main *m = s->data;
+    struct al_errs  errs;
+    struct px_conf *nc;
+
+    (void)loop;
+    (void)revents;
+    al_errs_init(&errs);
+    nc = px_conf_load(m->config_path, &errs);
+    if (nc == NULL) {
+        al_log_err("reload failed; keeping the running configuration:\n%s",
+                   errs.text.data ? errs.text.data : "");
+    } else {
+        al_log_set_level(nc->log_level);
+        px_conf_set_current(nc);
+        for (int i = 0; i < m->nworkers; i++)
+            px_worker_signal(&m->workers[i], 0, 1);
+        al_log_info("reloaded %s", m->config_path ? m->config_path : "(embedded default)");
+    }
+    al_errs_free(&errs);
+}
+
+static void
+px_print_errs(const struct al_errs *errs)
+{
+    if (errs->text.data != NULL)
+        fputs(errs->text.data, stderr);
+}
+
+int
+px_main_check(const char *config_path)
+{
+    struct al_errs  errs;
+    struct px_conf *c;
+    int             rc;
+
+    al_errs_init(&errs);
+    c = px_conf_load(config_path, &errs);
+    px_print_errs(&errs);
+    rc = c != NULL ? 0 : 2;
+    if (c != NULL)
+        printf("%s: ok\n", config_path ? config_path : "(embedded default)");
+    px_conf_unref(c);
+    al_errs_free(&errs);
+    return rc;
+}
+
+int
+px_main_run(const char *config_path, int dry_run)
+{
+    struct px_main  m;
+    struct al_errs  errs;
+    struct px_conf *c;
+    struct ev_loop *loop;
+    char            err[256];
+    int             rc = 1;
+
+    (void)dry_run;
+    memset(&m, 0, sizeof(m));
+    m.config_path = config_path;
+    al_errs_init(&errs);
+    c = px_conf_load(config_path, &errs);
+    if (c == NULL) {
+        px_print_errs(&errs);
+        al_errs_free(&errs);
+        return 2;
+    }
+    al_errs_free(&errs);
+    al_log_set_level(c->log_level);
+    signal(SIGPIPE, SIG_IGN);
+    px_raise_nofile();
+    px_conf_set_current(px_conf_ref(c));
+
+    m.nworkers = c->workers;
+    m.workers = al_calloc((size_t)m.nworkers, sizeof(*m.workers));
+    if (m.workers == NULL)
+        goto out;
+    for (int i = 0; i < m.nworkers; i++) {
+        if (px_worker_init(&m.workers[i], i, c, err, sizeof(err)) != AL_OK) {
+            al_log_err("%s", err);
+            goto out;
+        }
+    }
+    loop = ev_default_loop(EVFLAG_AUTO);
+    if (px_admin_start(loop, c) != AL_OK) {
+        al_log_err("cannot start the admin listener");
+        goto out;
+    }
+    for (int i = 0; i < m.nworkers; i++) {
+        if (px_worker_start(&m.workers[i]) != AL_OK) {
+            al_log_err("cannot start worker %d", i);
+            m.nworkers = i;
+            for (int k = 0; k < i; k++)
+                px_worker_signal(&m.workers[k], 1, 0);
+            for (int k = 0; k < i; k++)
+                pthread_join(m.workers[k].thread, NULL);
+            goto out;
+        }
+    }
+    for (int i = 0; i < c->nlisten; i++)
+        al_log_info("listening on %s (%s), %d workers", c->listen[i].text,
+                    c->listen[i].mode == PX_LISTEN_FORWARD ? "forward" : "transparent",
+                    m.nworkers);
+    ev_signal_init(&m.sigterm, px_main_stop_cb, SIGTERM);
+    ev_signal_init(&m.sigint, px_main_stop_cb, SIGINT);
+    ev_signal_init(&m.sighup, px_main_reload_cb, SIGHUP);
+    m.sigterm.data = m.sigint.data = m.sighup.data = &m;
+    ev_signal_start(loop, &m.sigterm);
+    ev_signal_start(loop, &m.sigint);
+    ev_signal_start(loop, &m.sighup);
+    ev_run(loop, 0);
+    for (int i = 0; i < m.nworkers; i++)
+        pthread_join(m.workers[i].thread, NULL);
+    al_log_info("stopped");
+    rc = 0;
+out:
+    if (m.workers != NULL) {
+        for (int i = 0; i < m.nworkers; i++)
+            px_worker_destroy(&m.workers[i]);
+        al_free(m.workers);
+    }
+    px_conf_set_current(NULL);
+    px_conf_unref(c);
+    return rc;
+}

@@ -1,0 +1,53 @@
+/*
+ * px_metrics.c - process-wide counters, rendered as Prometheus text by the
+ * admin listener. Workers bump them with relaxed atomics; nothing locks.
+ */
+#include "px.h"
+
+struct px_metrics px_metrics;
+
+static const char *const px_uerr_names[PX_UERR_N] = {"dns", "refused", "timeout", "reset",
+                                                     "other"};
+
+const char *
+px_uerr_name(enum px_uerr k)
+{
+    return k < PX_UERR_N ? px_uerr_names[k] : "other";
+}
+
+#define PX_LOAD(f) ((unsigned long long)atomic_load_explicit(&(f), memory_order_relaxed))
+
+void
+px_metrics_render(struct al_dbuf *o)
+{
+    static const char *const cls[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+
+    al_dbuf_addf(o, "# TYPE airlock_connections_open gauge\nairlock_connections_open %llu\n",
+                 PX_LOAD(px_metrics.conns_open));
+    al_dbuf_addf(o, "# TYPE airlock_connections_total counter\nairlock_connections_total %llu\n",
+                 PX_LOAD(px_metrics.conns_total));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_connections_refused_total counter\n"
+                 "airlock_connections_refused_total %llu\n",
+                 PX_LOAD(px_metrics.conns_refused));
+    al_dbuf_adds(o, "# TYPE airlock_requests_total counter\n");
+    for (int i = 0; i < 6; i++)
+        al_dbuf_addf(o, "airlock_requests_total{class=\"%s\"} %llu\n", cls[i],
+                     PX_LOAD(px_metrics.requests[i]));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_bytes_total counter\nairlock_bytes_total{dir=\"up\"} %llu\n"
+                 "airlock_bytes_total{dir=\"down\"} %llu\n",
+                 PX_LOAD(px_metrics.bytes_up), PX_LOAD(px_metrics.bytes_down));
+    al_dbuf_adds(o, "# TYPE airlock_upstream_errors_total counter\n");
+    for (int i = 0; i < PX_UERR_N; i++)
+        al_dbuf_addf(o, "airlock_upstream_errors_total{kind=\"%s\"} %llu\n", px_uerr_names[i],
+                     PX_LOAD(px_metrics.upstream_errors[i]));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_pool_hits_total counter\nairlock_pool_hits_total %llu\n"
+                 "# TYPE airlock_pool_misses_total counter\nairlock_pool_misses_total %llu\n",
+                 PX_LOAD(px_metrics.pool_hits), PX_LOAD(px_metrics.pool_misses));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_tunnels_open gauge\nairlock_tunnels_open %llu\n"
+                 "# TYPE airlock_tunnels_total counter\nairlock_tunnels_total %llu\n",
+                 PX_LOAD(px_metrics.tunnels_open), PX_LOAD(px_metrics.tunnels_total));
+}

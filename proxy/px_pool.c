@@ -1,0 +1,128 @@
+/*
+ * px_pool.c - per-worker keep-alive pool of idle upstream connections,
+ * keyed by "host:port" (the normalised request authority, so a pooled
+ * connection is only ever reused for the same name it was opened for).
+ *
+ * Each idle entry watches its fd for readability: an idle upstream that
+ * sends anything or closes is dropped at once, so a reused connection is
+ * almost never stale. Entries expire after PX_POOL_IDLE_S; the pool holds at
+ * most PX_POOL_MAX_PER_WORKER entries (the oldest goes first).
+ */
+#include "px.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+struct px_pool_entry {
+    struct px_pool_entry   *prev, *next; /* most recent first */
+    struct px_worker       *worker;
+    int                     fd;
+    ev_io                   rio;
+    ev_timer                idle;
+    struct sockaddr_storage peer;
+    char                    key[PX_HOST_MAX + 8];
+};
+
+static void
+px_pool_unlink(struct px_worker *w, struct px_pool_entry *e)
+{
+    ev_io_stop(w->loop, &e->rio);
+    ev_timer_stop(w->loop, &e->idle);
+    if (e->prev != NULL)
+        e->prev->next = e->next;
+    else
+        w->pool = e->next;
+    if (e->next != NULL)
+        e->next->prev = e->prev;
+    w->npool--;
+}
+
+static void
+px_pool_drop(struct px_worker *w, struct px_pool_entry *e)
+{
+    px_pool_unlink(w, e);
+    close(e->fd);
+    al_free(e);
+}
+
+static void
+px_pool_readable_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct px_pool_entry *e = io->data;
+
+    (void)loop;
+    (void)revents;
+    px_pool_drop(e->worker, e); /* EOF or unsolicited bytes: not reusable */
+}
+
+static void
+px_pool_idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct px_pool_entry *e = t->data;
+
+    (void)loop;
+    (void)revents;
+    px_pool_drop(e->worker, e);
+}
+
+int
+px_pool_get(struct px_worker *w, const char *key, struct sockaddr_storage *peer)
+{
+    for (struct px_pool_entry *e = w->pool; e != NULL; e = e->next) {
+        if (strcmp(e->key, key) == 0) {
+            int fd = e->fd;
+
+            *peer = e->peer;
+            px_pool_unlink(w, e);
+            al_free(e);
+            return fd;
+        }
+    }
+    return -1;
+}
+
+void
+px_pool_put(struct px_worker *w, const char *key, int fd, const struct sockaddr_storage *peer)
+{
+    struct px_pool_entry *e;
+
+    if (w->draining) {
+        close(fd);
+        return;
+    }
+    while (w->npool >= PX_POOL_MAX_PER_WORKER) {
+        struct px_pool_entry *last = w->pool;
+
+        while (last->next != NULL)
+            last = last->next;
+        px_pool_drop(w, last);
+    }
+    e = al_calloc(1, sizeof(*e));
+    if (e == NULL) {
+        close(fd);
+        return;
+    }
+    e->worker = w;
+    e->fd = fd;
+    e->peer = *peer;
+    snprintf(e->key, sizeof(e->key), "%s", key);
+    ev_io_init(&e->rio, px_pool_readable_cb, fd, EV_READ);
+    e->rio.data = e;
+    ev_timer_init(&e->idle, px_pool_idle_cb, PX_POOL_IDLE_S, 0.);
+    e->idle.data = e;
+    ev_io_start(w->loop, &e->rio);
+    ev_timer_start(w->loop, &e->idle);
+    e->next = w->pool;
+    if (w->pool != NULL)
+        w->pool->prev = e;
+    w->pool = e;
+    w->npool++;
+}
+
+void
+px_pool_clear(struct px_worker *w)
+{
+    while (w->pool != NULL)
+        px_pool_drop(w, w->pool);
+}

@@ -1,0 +1,193 @@
+/*
+ * px_worker.c - worker threads and their listeners.
+ *
+ * Each worker owns one ev_loop, its own SO_REUSEPORT listening sockets (the
+ * kernel spreads accepts across workers), its DNS channel and its upstream
+ * pool; nothing on the data path is shared between workers except the
+ * relaxed-atomic metrics. The main thread talks to a worker only through
+ * ev_async (drain, reload), and sockets are bound in the main thread before
+ * any worker starts, so a bad address fails startup with a clear message.
+ */
+#include "px_worker.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static int
+px_listen_socket(const struct px_listen_conf *lc, char *err, size_t errsz)
+{
+    int one = 1;
+    int fd = socket(lc->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0) {
+        snprintf(err, errsz, "socket: %s", strerror(errno));
+        return -1;
+    }
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, (const struct sockaddr *)&lc->addr, lc->addrlen) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errsz, "cannot listen on %s: %s", lc->text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void
+px_worker_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct px_listener *l = io->data;
+
+    (void)loop;
+    (void)revents;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage peer;
+        socklen_t               pl = sizeof(peer);
+        int fd = accept4(l->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED)
+                al_log_warn("accept on worker %d", l->worker->index);
+            return;
+        }
+        px_conn_accept(l->worker, fd, &peer, l->mode);
+    }
+}
+
+static void
+px_worker_stop_listening(struct px_worker *w)
+{
+    for (int i = 0; i < w->nlisteners; i++) {
+        ev_io_stop(w->loop, &w->listeners[i].w);
+        if (w->listeners[i].fd >= 0)
+            close(w->listeners[i].fd);
+        w->listeners[i].fd = -1;
+    }
+}
+
+static void
+px_worker_drain_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct px_worker *w = t->data;
+
+    (void)revents;
+    al_log_info("worker %d: drain timeout, closing %u connections", w->index, w->nconns);
+    px_conns_close_all(w);
+    ev_break(loop, EVBREAK_ONE);
+}
+
+static void
+px_worker_wake_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    struct px_worker *w = a->data;
+
+    (void)revents;
+    if (atomic_exchange(&w->want_reload, 0)) {
+        struct px_conf *nc = px_conf_current();
+
+        px_conf_unref(w->conf);
+        w->conf = nc; /* new connections use it; live ones keep theirs */
+    }
+    if (atomic_exchange(&w->want_drain, 0) && !w->draining) {
+        w->draining = 1;
+        px_worker_stop_listening(w);
+        px_pool_clear(w);
+        px_conns_drain(w);
+        if (w->nconns == 0) {
+            ev_break(loop, EVBREAK_ONE);
+            return;
+        }
+        ev_timer_init(&w->drain_timer, px_worker_drain_timeout_cb,
+                      (double)w->conf->limits.drain_timeout_s, 0.);
+        w->drain_timer.data = w;
+        ev_timer_start(loop, &w->drain_timer);
+    }
+}
+
+int
+px_worker_init(struct px_worker *w, int index, struct px_conf *conf, char *err, size_t errsz)
+{
+    struct px_dns_conf dc;
+
+    memset(w, 0, sizeof(*w));
+    w->index = index;
+    w->conf = px_conf_ref(conf);
+    w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (w->loop == NULL) {
+        snprintf(err, errsz, "ev_loop_new failed");
+        return AL_ERROR;
+    }
+    memset(&dc, 0, sizeof(dc));
+    dc.overrides = conf->overrides;
+    dc.noverrides = conf->noverrides;
+    dc.timeout_ms = conf->dns_timeout_ms;
+    dc.servers = (const char *const *)conf->dns_servers;
+    dc.nservers = conf->ndns_servers;
+    w->dns = px_dns_new(w->loop, &dc);
+    if (w->dns == NULL) {
+        snprintf(err, errsz, "DNS resolver setup failed");
+        return AL_ERROR;
+    }
+    for (int i = 0; i < conf->nlisten; i++) {
+        struct px_listener *l = &w->listeners[i];
+
+        l->fd = px_listen_socket(&conf->listen[i], err, errsz);
+        if (l->fd < 0)
+            return AL_ERROR;
+        l->mode = conf->listen[i].mode;
+        l->worker = w;
+        ev_io_init(&l->w, px_worker_accept_cb, l->fd, EV_READ);
+        l->w.data = l;
+        ev_io_start(w->loop, &l->w);
+        w->nlisteners++;
+    }
+    ev_async_init(&w->wake, px_worker_wake_cb);
+    w->wake.data = w;
+    ev_async_start(w->loop, &w->wake);
+    return AL_OK;
+}
+
+static void *
+px_worker_main(void *arg)
+{
+    struct px_worker *w = arg;
+
+    ev_run(w->loop, 0);
+    px_conns_close_all(w);
+    px_pool_clear(w);
+    return NULL;
+}
+
+int
+px_worker_start(struct px_worker *w)
+{
+    return pthread_create(&w->thread, NULL, px_worker_main, w) == 0 ? AL_OK : AL_ERROR;
+}
+
+void
+px_worker_signal(struct px_worker *w, int drain, int reload)
+{
+    if (drain)
+        atomic_store(&w->want_drain, 1);
+    if (reload)
+        atomic_store(&w->want_reload, 1);
+    ev_async_send(w->loop, &w->wake);
+}
+
+void
+px_worker_destroy(struct px_worker *w)
+{
+    if (w->loop == NULL && w->conf == NULL)
+        return;
+    px_worker_stop_listening(w);
+    px_dns_free(w->dns);
+    w->dns = NULL;
+    if (w->loop != NULL)
+        ev_loop_destroy(w->loop);
+    w->loop = NULL;
+    px_conf_unref(w->conf);
+    w->conf = NULL;
+}

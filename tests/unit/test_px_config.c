@@ -1,0 +1,186 @@
+/* test_px_config.c - config loading: defaults, paths, every error with its location. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "proxy/px.h"
+
+static char t_dir[64];
+
+static int
+t_setup(void **state)
+{
+    (void)state;
+    snprintf(t_dir, sizeof(t_dir), "/tmp/al_cfg_XXXXXX");
+    return mkdtemp(t_dir) != NULL ? 0 : -1;
+}
+
+static int
+t_teardown(void **state)
+{
+    char cmd[128];
+
+    (void)state;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static const char *
+t_write(const char *name, const char *text)
+{
+    static char path[256];
+    FILE       *f;
+
+    snprintf(path, sizeof(path), "%s/%s", t_dir, name);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+static void
+test_minimal_defaults_and_paths(void **state)
+{
+    struct al_errs  errs;
+    struct px_conf *c;
+    char            want[256];
+
+    (void)state;
+    al_errs_init(&errs);
+    c = px_conf_load(t_write("a.json", "{\"policy\": \"p.json\", \"workers\": 3}"), &errs);
+    assert_non_null(c);
+    assert_int_equal(errs.count, 0);
+    assert_int_equal(c->nlisten, 1);
+    assert_string_equal(c->listen[0].text, "127.0.0.1:3128");
+    assert_int_equal(c->workers, 3);
+    snprintf(want, sizeof(want), "%s/p.json", t_dir);
+    assert_string_equal(c->policy_path, want);
+    assert_int_equal(c->limits.header_bytes, PX_DEFAULT_HEADER_BYTES);
+    assert_int_equal(c->limits.connect_timeout_s, PX_DEFAULT_CONNECT_TIMEOUT_S);
+    px_conf_unref(c);
+    al_errs_free(&errs);
+}
+
+static void
+test_full_config(void **state)
+{
+    struct al_errs  errs;
+    struct px_conf *c;
+
+    (void)state;
+    al_errs_init(&errs);
+    c = px_conf_load(t_write("b.json",
+                             "{\"listen\": [{\"addr\": \"[::1]:8080\", \"mode\": \"forward\"},\n"
+                             "  {\"addr\": \"127.0.0.2:3128\"}],\n"
+                             " \"admin\": \"127.0.0.1:9180\", \"policy\": \"/etc/p.json\",\n"
+                             " \"audit\": {\"db\": \"../var/a.db\", \"durability\": \"strict\"},\n"
+                             " \"resolve\": {\"API.Test.\": \"127.0.0.1\"},\n"
+                             " \"dns\": {\"servers\": [\"127.0.0.1:5353\"], \"timeout_ms\": 500},\n"
+                             " \"limits\": {\"header_bytes\": 4096, \"idle_timeout_s\": 5},\n"
+                             " \"log_level\": \"debug\"}"),
+                     &errs);
+    if (c == NULL)
+        fail_msg("%s", errs.text.data);
+    assert_int_equal(c->nlisten, 2);
+    assert_int_equal(c->listen[0].addr.ss_family, AF_INET6);
+    assert_true(c->has_admin);
+    assert_string_equal(c->policy_path, "/etc/p.json");
+    assert_true(c->audit_strict);
+    assert_int_equal(c->noverrides, 1);
+    assert_string_equal(c->overrides[0].name, "api.test");
+    assert_int_equal(c->ndns_servers, 1);
+    assert_int_equal(c->dns_timeout_ms, 500);
+    assert_int_equal(c->limits.header_bytes, 4096);
+    assert_int_equal(c->limits.idle_timeout_s, 5);
+    assert_int_equal(c->log_level, AL_LOG_DEBUG);
+    px_conf_unref(c);
+    al_errs_free(&errs);
+}
+
+static void
+test_every_error_reported_with_location(void **state)
+{
+    struct al_errs  errs;
+    struct px_conf *c;
+    const char     *path;
+
+    (void)state;
+    al_errs_init(&errs);
+    path = t_write("c.json", "{\n"
+                             "  \"policy\": \"p.json\",\n"
+                             "  \"workers\": \"two\",\n"
+                             "  \"listn\": [],\n"
+                             "  \"listen\": [{\"addr\": \"localhost:80\"}],\n"
+                             "  \"limits\": {\"header_bytes\": 12, \"bogus\": 1},\n"
+                             "  \"resolve\": {\"a.test\": \"not-an-ip\"}\n"
+                             "}\n");
+    c = px_conf_load(path, &errs);
+    assert_null(c);
+    assert_int_equal(errs.count, 6);
+    assert_non_null(strstr(errs.text.data, ":3:14: workers: expected an integer"));
+    assert_non_null(strstr(errs.text.data, ":4:3: listn: unknown key \"listn\""));
+    assert_non_null(strstr(errs.text.data, ":5:25: listen[0].addr: expected \"ip:port\""));
+    assert_non_null(strstr(errs.text.data, ":6:30: limits.header_bytes: expected an integer in"));
+    assert_non_null(strstr(errs.text.data, ":6:37: limits.bogus: unknown key"));
+    assert_non_null(strstr(errs.text.data, ":7:15: resolve.a.test:"));
+    al_errs_free(&errs);
+}
+
+static void
+test_missing_policy_and_bad_json(void **state)
+{
+    struct al_errs errs;
+
+    (void)state;
+    al_errs_init(&errs);
+    assert_null(px_conf_load(t_write("d.json", "{}"), &errs));
+    assert_non_null(strstr(errs.text.data, "missing \"policy\""));
+    al_errs_free(&errs);
+    al_errs_init(&errs);
+    assert_null(px_conf_load(t_write("e.json", "{\n \"policy\": \"p\",\n \"x\": }\n"), &errs));
+    assert_non_null(strstr(errs.text.data, "e.json:3:"));
+    assert_non_null(strstr(errs.text.data, "invalid JSON"));
+    al_errs_free(&errs);
+    al_errs_init(&errs);
+    assert_null(px_conf_load("/nonexistent/airlock.json", &errs));
+    assert_non_null(strstr(errs.text.data, "cannot open"));
+    al_errs_free(&errs);
+}
+
+static void
+test_embedded_default(void **state)
+{
+    struct al_errs  errs;
+    struct px_conf *c;
+
+    (void)state;
+    al_errs_init(&errs);
+    c = px_conf_load(NULL, &errs);
+    assert_non_null(c);
+    assert_string_equal(c->listen[0].text, "127.0.0.1:3128");
+    assert_true(c->has_admin);
+    px_conf_unref(c);
+    al_errs_free(&errs);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_minimal_defaults_and_paths),
+        cmocka_unit_test(test_full_config),
+        cmocka_unit_test(test_every_error_reported_with_location),
+        cmocka_unit_test(test_missing_policy_and_bad_json),
+        cmocka_unit_test(test_embedded_default),
+    };
+
+    return cmocka_run_group_tests(tests, t_setup, t_teardown);
+}
