@@ -166,8 +166,8 @@ js_skip_value(const char *t, size_t i, size_t n)
     if (t[i] == '"')
         return js_string_end(t, i, n);
     if (t[i] != '{' && t[i] != '[') {
-        while (i < n && t[i] != ',' && t[i] != '}' && t[i] != ']' && t[i] != ' ' &&
-               t[i] != '\n' && t[i] != '\r' && t[i] != '\t')
+        while (i < n && t[i] != ',' && t[i] != '}' && t[i] != ']' && t[i] != ' ' && t[i] != '\n' &&
+               t[i] != '\r' && t[i] != '\t')
             i++;
         return i;
     }
@@ -190,7 +190,7 @@ js_skip_value(const char *t, size_t i, size_t n)
 
 /* Finds the offset of the value at jpath; returns the deepest offset found. */
 static size_t
-js_locate(const char *t, size_t n, const char *jpath)
+js_locate(const char *t, size_t n, const char *jpath, int want_key)
 {
     size_t      i = js_ws(t, 0, n);
     const char *p = jpath;
@@ -239,9 +239,8 @@ js_locate(const char *t, size_t n, const char *jpath)
                 size_t kend = js_string_end(t, j, n);
                 int    match = kend - j - 2 == klen && strncmp(t + j + 1, key, klen) == 0;
 
-                if (match && *p == '\0') {
-                    return j; /* point at the key itself: best for "unknown key" */
-                }
+                if (match && *p == '\0' && want_key)
+                    return j; /* the key itself: best for "unknown key" */
                 j = js_ws(t, kend, n);
                 if (j < n && t[j] == ':')
                     j = js_ws(t, j + 1, n);
@@ -265,23 +264,34 @@ js_locate(const char *t, size_t n, const char *jpath)
 void
 al_json_locate(const struct al_json *doc, const char *jpath, unsigned *line, unsigned *col)
 {
-    size_t off = js_locate(doc->text, doc->len, jpath);
+    size_t off = js_locate(doc->text, doc->len, jpath, 0);
+
+    al_json_offset_to_linecol(doc->text, off, line, col);
+}
+
+static void
+al_json_locate_key(const struct al_json *doc, const char *jpath, unsigned *line, unsigned *col)
+{
+    size_t off = js_locate(doc->text, doc->len, jpath, 1);
 
     al_json_offset_to_linecol(doc->text, off, line, col);
 }
 
 static void
 al_json_vreport(struct al_errs *errs, const struct al_json *doc, const char *jpath, int warn,
-                const char *fmt, va_list ap)
+                int at_key, const char *fmt, va_list ap)
 {
     char     msg[768];
     unsigned line, col;
 
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    al_json_locate(doc, jpath, &line, &col);
+    if (at_key)
+        al_json_locate_key(doc, jpath, &line, &col);
+    else
+        al_json_locate(doc, jpath, &line, &col);
     if (warn)
-        al_errs_warn(errs, "%s:%u:%u: %s: %s", doc->path, line, col,
-                     jpath[0] ? jpath : "(top)", msg);
+        al_errs_warn(errs, "%s:%u:%u: %s: %s", doc->path, line, col, jpath[0] ? jpath : "(top)",
+                     msg);
     else
         al_errs_add(errs, "%s:%u:%u: %s: %s", doc->path, line, col, jpath[0] ? jpath : "(top)",
                     msg);
@@ -294,7 +304,7 @@ al_json_err(struct al_errs *errs, const struct al_json *doc, const char *jpath, 
     va_list ap;
 
     va_start(ap, fmt);
-    al_json_vreport(errs, doc, jpath, 0, fmt, ap);
+    al_json_vreport(errs, doc, jpath, 0, 0, fmt, ap);
     va_end(ap);
 }
 
@@ -305,7 +315,17 @@ al_json_warn(struct al_errs *errs, const struct al_json *doc, const char *jpath,
     va_list ap;
 
     va_start(ap, fmt);
-    al_json_vreport(errs, doc, jpath, 1, fmt, ap);
+    al_json_vreport(errs, doc, jpath, 1, 0, fmt, ap);
+    va_end(ap);
+}
+
+static void AL_PRINTF(4, 5) al_json_key_err(struct al_errs *errs, const struct al_json *doc,
+                                            const char *jpath, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    al_json_vreport(errs, doc, jpath, 0, 1, fmt, ap);
     va_end(ap);
 }
 
@@ -329,6 +349,6 @@ al_json_check_keys(struct al_errs *errs, const struct al_json *doc, const cJSON 
             continue;
         snprintf(sub, sizeof(sub), "%s%s%s", jpath, jpath[0] ? "." : "",
                  it->string ? it->string : "?");
-        al_json_err(errs, doc, sub, "unknown key \"%s\"", it->string ? it->string : "?");
+        al_json_key_err(errs, doc, sub, "unknown key \"%s\"", it->string ? it->string : "?");
     }
 }

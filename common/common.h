@@ -26,7 +26,7 @@ enum al_status {
 /* ---- logging: one line per event on stderr ---------------------------- */
 enum al_log_level { AL_LOG_DEBUG = 0, AL_LOG_INFO, AL_LOG_WARN, AL_LOG_ERROR, AL_LOG_OFF };
 
-void al_log_set_level(enum al_log_level lvl);
+void              al_log_set_level(enum al_log_level lvl);
 enum al_log_level al_log_get_level(void);
 /* Parses "debug|info|warn|error|off"; returns AL_ERROR for anything else. */
 int  al_log_level_parse(const char *s, enum al_log_level *out);
@@ -64,8 +64,8 @@ void al_mem_fail_after(long n);
 struct al_dbuf {
     char  *data; /* NUL-terminated when non-NULL */
     size_t len;
-    size_t cap;  /* allocated */
-    size_t max;  /* hard cap on len; appends beyond it fail with AL_DECLINED */
+    size_t cap; /* allocated */
+    size_t max; /* hard cap on len; appends beyond it fail with AL_DECLINED */
 };
 void al_dbuf_init(struct al_dbuf *b, size_t max);
 int  al_dbuf_add(struct al_dbuf *b, const void *p, size_t n); /* AL_OK|AL_DECLINED|AL_ERROR */
@@ -83,22 +83,22 @@ struct al_chunk {
 };
 struct al_bufq {
     struct al_chunk *head, *tail;
-    size_t           len;   /* bytes queued */
-    size_t           max;   /* high watermark: al_bufq_full() beyond it */
+    size_t           len; /* bytes queued */
+    size_t           max; /* high watermark: al_bufq_full() beyond it */
 };
-void   al_bufq_init(struct al_bufq *q, size_t max);
+void al_bufq_init(struct al_bufq *q, size_t max);
 /* Appends n bytes (may exceed max by less than one write; callers stop
  * reading when al_bufq_full()). Returns AL_OK or AL_ERROR (no memory). */
-int    al_bufq_write(struct al_bufq *q, const void *p, size_t n);
+int al_bufq_write(struct al_bufq *q, const void *p, size_t n);
 /* Returns a pointer to the first contiguous readable span and its length. */
 const char *al_bufq_peek(const struct al_bufq *q, size_t *n);
-void   al_bufq_skip(struct al_bufq *q, size_t n);
-int    al_bufq_full(const struct al_bufq *q);
-size_t al_bufq_len(const struct al_bufq *q);
+void        al_bufq_skip(struct al_bufq *q, size_t n);
+int         al_bufq_full(const struct al_bufq *q);
+size_t      al_bufq_len(const struct al_bufq *q);
 /* Space for the caller to fill directly (e.g. read(2)); commit what was used. */
-char  *al_bufq_reserve(struct al_bufq *q, size_t *n);
-void   al_bufq_commit(struct al_bufq *q, size_t n);
-void   al_bufq_free(struct al_bufq *q);
+char *al_bufq_reserve(struct al_bufq *q, size_t *n);
+void  al_bufq_commit(struct al_bufq *q, size_t n);
+void  al_bufq_free(struct al_bufq *q);
 
 /* ---- error list: every problem is reported, then the caller fails ------ */
 struct al_errs {
@@ -122,9 +122,8 @@ struct al_json {
  * errs and returns NULL. Returns a document owned by the caller. */
 struct al_json *al_json_load(const char *path, struct al_errs *errs);
 /* Same for an in-memory text (tests, embedded defaults); `name` is used in messages. */
-struct al_json *al_json_parse(const char *name, const char *text, size_t len,
-                              struct al_errs *errs);
-void al_json_free(struct al_json *doc);
+struct al_json *al_json_parse(const char *name, const char *text, size_t len, struct al_errs *errs);
+void            al_json_free(struct al_json *doc);
 /* Line and column (1-based) of the value at `jpath` ("rules[3].hosts[0]",
  * "" for the root, keys with dots may not be addressed). Falls back to the
  * nearest ancestor found; 1:1 when nothing matches. */

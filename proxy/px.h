@@ -29,9 +29,9 @@
 #define PX_DEFAULT_CONNECT_TIMEOUT_S 10
 #define PX_DEFAULT_TLS_TIMEOUT_S 10
 #define PX_DEFAULT_DRAIN_TIMEOUT_S 30
-#define PX_BUF_HIGH_BYTES (64 * 1024)   /* stop reading the source above this */
-#define PX_READ_BYTES 16384             /* one read(2) */
-#define PX_POOL_IDLE_S 30               /* idle upstream keep-alive lifetime */
+#define PX_BUF_HIGH_BYTES (64 * 1024) /* stop reading the source above this */
+#define PX_READ_BYTES 16384           /* one read(2) */
+#define PX_POOL_IDLE_S 30             /* idle upstream keep-alive lifetime */
 #define PX_POOL_MAX_PER_WORKER 512
 
 enum px_listen_mode { PX_LISTEN_FORWARD = 0, PX_LISTEN_TRANSPARENT };
@@ -56,24 +56,24 @@ struct px_limits {
  * swaps the current pointer, so a connection keeps the snapshot it started with.
  */
 struct px_conf {
-    _Atomic int            refs;
-    char                  *path; /* config file */
-    struct px_listen_conf  listen[PX_MAX_LISTENERS];
-    int                    nlisten;
+    _Atomic int             refs;
+    char                   *path; /* config file */
+    struct px_listen_conf   listen[PX_MAX_LISTENERS];
+    int                     nlisten;
     struct sockaddr_storage admin_addr;
-    socklen_t              admin_addrlen;
-    int                    has_admin;
-    int                    workers;
-    char                  *policy_path, *secrets_path, *ca_dir, *upstream_ca;
-    char                  *audit_db;
-    int                    audit_strict, audit_flush_ms, audit_retention_days, audit_log_query;
+    socklen_t               admin_addrlen;
+    int                     has_admin;
+    int                     workers;
+    char                   *policy_path, *secrets_path, *ca_dir, *upstream_ca;
+    char                   *audit_db;
+    int                     audit_strict, audit_flush_ms, audit_retention_days, audit_log_query;
     struct px_dns_override *overrides;
-    int                    noverrides;
-    char                 **dns_servers;
-    int                    ndns_servers;
-    int                    dns_timeout_ms;
-    struct px_limits       limits;
-    enum al_log_level      log_level;
+    int                     noverrides;
+    char                  **dns_servers;
+    int                     ndns_servers;
+    int                     dns_timeout_ms;
+    struct px_limits        limits;
+    enum al_log_level       log_level;
 };
 
 /* Loads and validates `path`; reports every problem into errs (file:line:col
@@ -81,17 +81,24 @@ struct px_conf {
 struct px_conf *px_conf_load(const char *path, struct al_errs *errs);
 /* The embedded default (make run without a config file). */
 extern const char px_conf_default_json[];
-struct px_conf *px_conf_ref(struct px_conf *c);
-void            px_conf_unref(struct px_conf *c);
+struct px_conf   *px_conf_ref(struct px_conf *c);
+void              px_conf_unref(struct px_conf *c);
 /* The current snapshot with a reference taken (never NULL after startup). */
 struct px_conf *px_conf_current(void);
 void            px_conf_set_current(struct px_conf *c); /* takes ownership of one ref */
-int px_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
-void px_sockaddr_str(const struct sockaddr *sa, char *out, size_t outsz); /* "ip:port" / "[ip]:port" */
+int             px_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+void            px_sockaddr_str(const struct sockaddr *sa, char *out,
+                                size_t outsz); /* "ip:port" / "[ip]:port" */
 
 /* ---- metrics: process-wide counters, relaxed atomics ------------------- */
-enum px_uerr { PX_UERR_DNS = 0, PX_UERR_REFUSED, PX_UERR_TIMEOUT, PX_UERR_RESET, PX_UERR_OTHER,
-               PX_UERR_N };
+enum px_uerr {
+    PX_UERR_DNS = 0,
+    PX_UERR_REFUSED,
+    PX_UERR_TIMEOUT,
+    PX_UERR_RESET,
+    PX_UERR_OTHER,
+    PX_UERR_N
+};
 struct px_metrics {
     _Atomic uint64_t conns_open, conns_total, conns_refused;
     _Atomic uint64_t requests[6]; /* index = status / 100 (0 = none) */
@@ -119,21 +126,21 @@ struct px_listener {
 };
 
 struct px_worker {
-    int                 index;
-    pthread_t           thread;
-    struct ev_loop     *loop;
-    struct px_dns      *dns;
-    struct px_listener  listeners[PX_MAX_LISTENERS];
-    int                 nlisteners;
-    ev_async            wake;     /* drain / reload notifications */
-    _Atomic int         want_drain, want_reload;
-    ev_timer            drain_timer;
-    int                 draining;
-    struct px_conn     *conns;    /* all live connections (doubly linked) */
-    unsigned            nconns;
-    struct px_pool_entry *pool;   /* idle upstream connections */
-    unsigned            npool;
-    struct px_conf     *conf;     /* snapshot for new connections */
+    int                   index;
+    pthread_t             thread;
+    struct ev_loop       *loop;
+    struct px_dns        *dns;
+    struct px_listener    listeners[PX_MAX_LISTENERS];
+    int                   nlisteners;
+    ev_async              wake; /* drain / reload notifications */
+    _Atomic int           want_drain, want_reload;
+    ev_timer              drain_timer;
+    int                   draining;
+    struct px_conn       *conns; /* all live connections (doubly linked) */
+    unsigned              nconns;
+    struct px_pool_entry *pool; /* idle upstream connections */
+    unsigned              npool;
+    struct px_conf       *conf; /* snapshot for new connections */
 };
 
 /* Accept path, in px_conn.c. */

@@ -23,8 +23,8 @@ struct px_admin_conn {
     int            done, method;
 };
 
-static int         px_admin_fd = -1;
-static ev_io       px_admin_accept_w;
+static int               px_admin_fd = -1;
+static ev_io             px_admin_accept_w;
 static llhttp_settings_t px_admin_settings;
 
 static void
@@ -63,8 +63,11 @@ px_admin_respond(struct px_admin_conn *a, int status, const char *ctype, const s
     al_dbuf_addf(&a->out,
                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                  "Connection: close\r\n\r\n",
-                 status, status == 200 ? "OK" : status == 404 ? "Not Found" : "Bad Request", ctype,
-                 body ? body->len : 0);
+                 status,
+                 status == 200   ? "OK"
+                 : status == 404 ? "Not Found"
+                                 : "Bad Request",
+                 ctype, body ? body->len : 0);
     if (body != NULL && body->len > 0)
         al_dbuf_add(&a->out, body->data, body->len);
 }

@@ -362,7 +362,7 @@ px_cfg_dns(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj)
 static void
 px_cfg_audit(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj, const char *cfgpath)
 {
-    static const char *const keys[] = {"db",         "durability", "flush_ms", "retention_days",
+    static const char *const keys[] = {"db",        "durability", "flush_ms", "retention_days",
                                        "log_query", NULL};
     const cJSON             *dur;
 
@@ -434,13 +434,13 @@ px_cfg_sandboxes(struct px_cfgctx *x, const cJSON *arr)
 static struct px_conf *
 px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs *errs)
 {
-    static const char *const keys[] = {"listen",    "admin",   "workers",  "policy", "secrets",
-                                       "ca",        "upstream_ca", "audit", "resolve", "dns",
-                                       "sandboxes", "limits",  "log_level", NULL};
-    struct px_cfgctx         x = {errs, doc};
-    const cJSON             *root = doc->root, *v;
-    struct px_conf          *c;
-    unsigned                 before = errs->count;
+    static const char *const keys[] = {
+        "listen", "admin",   "workers", "policy",    "secrets", "ca",        "upstream_ca",
+        "audit",  "resolve", "dns",     "sandboxes", "limits",  "log_level", NULL};
+    struct px_cfgctx x = {errs, doc};
+    const cJSON     *root = doc->root, *v;
+    struct px_conf  *c;
+    unsigned         before = errs->count;
 
     if (!cJSON_IsObject(root)) {
         al_json_err(errs, doc, "", "expected a JSON object");

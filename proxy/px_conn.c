@@ -31,7 +31,7 @@
 #define PX_FLUSH_CLOSE_S 10.0 /* to write a final answer */
 #define PX_LINGER_S 2.0       /* to drain input after it */
 
-static _Atomic uint64_t px_conn_next_id = 1;
+static _Atomic uint64_t  px_conn_next_id = 1;
 static llhttp_settings_t px_req_settings, px_resp_settings;
 static pthread_once_t    px_settings_once = PTHREAD_ONCE_INIT;
 
@@ -42,6 +42,7 @@ static void px_conn_update_io(struct px_conn *c);
 static void px_conn_close(struct px_conn *c, const char *why);
 static void px_conn_connect_next(struct px_conn *c);
 static void px_conn_finish_exchange(struct px_conn *c);
+static void px_conn_resolve(struct px_conn *c);
 
 /* ---- small pieces ------------------------------------------------------- */
 
@@ -679,10 +680,10 @@ px_conn_connect_next(struct px_conn *c)
 
     while (x->addr_idx < x->addrs.naddrs) {
         struct sockaddr_storage *ss = &x->addrs.addrs[x->addr_idx];
-        socklen_t sl = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                 : sizeof(struct sockaddr_in);
-        int       one = 1;
-        int       fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        socklen_t                sl =
+            ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+        int one = 1;
+        int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
         if (fd < 0) {
             last_err = errno;
@@ -722,8 +723,8 @@ px_conn_connect_done(struct px_conn *c)
         px_conn_upstream_ready(c);
         return;
     }
-    al_log_debug("conn %llu: connect attempt %d failed: %s", (unsigned long long)c->id,
-                 x->addr_idx, strerror(err));
+    al_log_debug("conn %llu: connect attempt %d failed: %s", (unsigned long long)c->id, x->addr_idx,
+                 strerror(err));
     /* Keep the queued request head: it moves to the next attempt's socket. */
     {
         struct al_bufq keep = c->up.out;
@@ -783,7 +784,7 @@ px_conn_resolve(struct px_conn *c)
     struct px_exch *x = c->x;
     int             rc;
 
-    if (!x->is_connect && !x->want_upgrade) {
+    if (!x->is_connect && !x->want_upgrade && !x->no_pool) {
         struct sockaddr_storage peer;
         int                     fd = px_pool_get(c->worker, x->pool_key, &peer);
 
@@ -845,9 +846,9 @@ px_conn_on_head(struct px_conn *c)
     if ((c->rq.flags & F_UPGRADE) && !x->is_connect) {
         int u = px_msg_find(m, "upgrade", 0);
 
-        x->want_upgrade = u >= 0 && m->hdrs[u].val != UINT32_MAX &&
-                          al_strcaseeq_n(px_msg_str(m, m->hdrs[u].val), m->hdrs[u].val_len,
-                                         "websocket");
+        x->want_upgrade =
+            u >= 0 && m->hdrs[u].val != UINT32_MAX &&
+            al_strcaseeq_n(px_msg_str(m, m->hdrs[u].val), m->hdrs[u].val_len, "websocket");
     }
     snprintf(x->pool_key, sizeof(x->pool_key), "%s:%u", x->target.host, x->target.port);
     if (px_decide(c) != AL_OK)
@@ -894,6 +895,10 @@ px_conn_feed_client(struct px_conn *c)
         if (used > c->cin_len)
             used = c->cin_len;
         if (in_head) {
+            if (px_http_obs_fold(c->cin, used, &c->head_lf)) {
+                px_conn_fail(c, 400, "bad_request", "obs-fold header line");
+                return;
+            }
             c->head_bytes += used;
             if (c->head_bytes > c->conf->limits.header_bytes) {
                 px_conn_fail(c, 431, "header_too_large", NULL);
@@ -907,6 +912,7 @@ px_conn_feed_client(struct px_conn *c)
         if (e == HPE_PAUSED) {
             if (in_head) {
                 c->head_bytes = 0;
+                c->head_lf = 0;
                 px_conn_on_head(c);
                 continue; /* the state tells whether body bytes may flow now */
             }
@@ -962,22 +968,50 @@ px_conn_client_readable(struct px_conn *c)
     px_conn_feed_client(c);
 }
 
+/*
+ * The upstream went away before answering. A pooled connection can race
+ * with the server's own idle close, so a request that has not sent any body
+ * byte yet is replayed once on a fresh connection; anything else is a 502.
+ */
+static void
+px_conn_upstream_lost(struct px_conn *c, const char *detail)
+{
+    struct px_exch *x = c->x;
+
+    if (x->from_pool && !x->req_body_bytes_sent && !x->resp_started) {
+        al_log_debug("conn %llu: pooled upstream closed (%s), retrying on a fresh connection",
+                     (unsigned long long)c->id, detail);
+        px_half_close(c, &c->up);
+        al_bufq_init(&c->up.out, PX_BUF_HIGH_BYTES);
+        x->from_pool = 0;
+        x->no_pool = 1;
+        x->upstream_reusable = 0;
+        if (px_conn_write_request_head(c) != AL_OK) {
+            px_conn_fail(c, 500, "internal", "out of memory");
+            return;
+        }
+        px_conn_resolve(c);
+        return;
+    }
+    if (!x->resp_started)
+        px_conn_upstream_error(c, PX_UERR_RESET, 502, "upstream_reset", detail);
+    else
+        px_conn_close(c, "upstream closed mid-response");
+}
+
 static void
 px_conn_upstream_readable(struct px_conn *c)
 {
-    char           buf[PX_READ_BYTES];
-    ssize_t        n;
-    llhttp_errno_t e;
+    char            buf[PX_READ_BYTES];
+    ssize_t         n;
+    llhttp_errno_t  e;
     struct px_exch *x = c->x;
 
     n = recv(c->up.fd, buf, sizeof(buf), 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
-        if (!x->resp_started)
-            px_conn_upstream_error(c, PX_UERR_RESET, 502, "upstream_reset", strerror(errno));
-        else
-            px_conn_close(c, "upstream read error");
+        px_conn_upstream_lost(c, strerror(errno));
         return;
     }
     c->last_activity = ev_now(c->worker->loop);
@@ -986,8 +1020,7 @@ px_conn_upstream_readable(struct px_conn *c)
         if (x->resp_done) {
             x->upstream_reusable = 0;
         } else if (!x->resp_started) {
-            px_conn_upstream_error(c, PX_UERR_RESET, 502, "upstream_reset",
-                                   "closed before responding");
+            px_conn_upstream_lost(c, "closed before responding");
             return;
         } else {
             (void)e;
@@ -1025,6 +1058,17 @@ px_conn_upstream_readable(struct px_conn *c)
         px_conn_update_io(c);
 }
 
+/* How much of a path may be logged: never the query (it may carry tokens). */
+static int
+px_log_path_len(const char *path, size_t len)
+{
+    const char *q = memchr(path, '?', len);
+
+    if (q != NULL)
+        len = (size_t)(q - path);
+    return (int)(len > 200 ? 200 : len);
+}
+
 /* Response fully written to the client. */
 static void
 px_conn_finish_exchange(struct px_conn *c)
@@ -1032,11 +1076,11 @@ px_conn_finish_exchange(struct px_conn *c)
     struct px_exch *x = c->x;
     int             keep;
 
-    al_log_info("conn %llu: %s %s:%u%.*s -> %d up=%llu down=%llu %lldus",
-                (unsigned long long)c->id, llhttp_method_name(c->rq.method), x->target.host,
-                x->target.port, (int)(x->target.path_len > 200 ? 200 : x->target.path_len),
-                x->target.path, x->status, (unsigned long long)x->bytes_up,
-                (unsigned long long)x->bytes_down, (long long)(al_now_us() - x->start_us));
+    al_log_info("conn %llu: %s %s:%u%.*s -> %d up=%llu down=%llu %lldus", (unsigned long long)c->id,
+                llhttp_method_name(c->rq.method), x->target.host, x->target.port,
+                px_log_path_len(x->target.path, x->target.path_len), x->target.path, x->status,
+                (unsigned long long)x->bytes_up, (unsigned long long)x->bytes_down,
+                (long long)(al_now_us() - x->start_us));
     px_conn_count_status(x->status);
     if (x->status == 101 && x->want_upgrade) {
         px_msg_free(&x->req);
@@ -1064,8 +1108,7 @@ px_conn_finish_exchange(struct px_conn *c)
     } else {
         px_half_close(c, &c->up);
     }
-    keep = x->req_done && !c->close_after_flush && !c->draining &&
-           llhttp_should_keep_alive(&c->rq);
+    keep = x->req_done && !c->close_after_flush && !c->draining && llhttp_should_keep_alive(&c->rq);
     px_msg_free(&x->req);
     px_msg_free(&x->resp);
     al_safefree(c->x);
@@ -1139,8 +1182,7 @@ px_tunnel_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
 static void
 px_conn_tunnel_io(struct px_conn *c)
 {
-    if (px_tunnel_pump(c, &c->cl, &c->up) != AL_OK ||
-        px_tunnel_pump(c, &c->up, &c->cl) != AL_OK) {
+    if (px_tunnel_pump(c, &c->cl, &c->up) != AL_OK || px_tunnel_pump(c, &c->up, &c->cl) != AL_OK) {
         px_conn_close(c, "tunnel error");
         return;
     }
@@ -1223,9 +1265,8 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         if (!is_cl && (revents & EV_WRITE)) {
             if (px_half_flush(c, &c->up) == AL_ERROR) {
-                if (c->x != NULL && !c->x->resp_started)
-                    px_conn_upstream_error(c, PX_UERR_RESET, 502, "upstream_reset",
-                                           "write failed");
+                if (c->x != NULL)
+                    px_conn_upstream_lost(c, "write failed");
                 else
                     px_conn_close(c, "upstream write error");
                 break;
@@ -1307,8 +1348,8 @@ px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
         PX_MINC(conns_refused);
         px_conn_count_status(503);
         al_dbuf_init(&d, 1024);
-        if (px_http_error(&d, 503, w->draining ? "shutting_down" : "too_many_connections",
-                          NULL) == AL_OK)
+        if (px_http_error(&d, 503, w->draining ? "shutting_down" : "too_many_connections", NULL) ==
+            AL_OK)
             (void)!send(fd, d.data, d.len, MSG_NOSIGNAL | MSG_DONTWAIT);
         al_dbuf_free(&d);
         (void)shutdown(fd, SHUT_WR);

@@ -20,9 +20,9 @@ enum px_state {
 struct px_half {
     int             fd; /* -1 once closed */
     ev_io           rio, wio;
-    struct al_bufq  out; /* bytes queued *to* this side */
-    int             eof; /* we read EOF from this side */
-    int             shut; /* we shut down writing to this side */
+    struct al_bufq  out;     /* bytes queued *to* this side */
+    int             eof;     /* we read EOF from this side */
+    int             shut;    /* we shut down writing to this side */
     int             pipe[2]; /* splice pipe carrying bytes read from this side */
     size_t          inpipe;
     struct px_conn *conn;
@@ -37,7 +37,7 @@ struct px_exch {
     int                  addr_idx;
     char                 pool_key[PX_HOST_MAX + 8];
     char                 upstream_str[64];
-    int                  from_pool;
+    int                  from_pool, no_pool;
     int                  is_connect, is_head, want_upgrade;
     int                  req_chunked, req_done, req_body_bytes_sent;
     int                  resp_started, resp_done, resp_chunked_out, resp_close_delim;
@@ -48,25 +48,25 @@ struct px_exch {
 };
 
 struct px_conn {
-    uint64_t            id; /* printed in every log line */
-    struct px_worker   *worker;
-    struct px_conf     *conf;
-    struct px_conn     *prev, *next;
-    enum px_state       state; /* written only by px_conn_set_state() */
-    unsigned            refs;
-    unsigned            closing : 1, draining : 1, close_after_flush : 1, head_started : 1;
-    enum px_listen_mode mode;
-    struct px_half      cl, up;
-    ev_timer            timer;
-    ev_tstamp           phase_start, last_activity;
+    uint64_t                id; /* printed in every log line */
+    struct px_worker       *worker;
+    struct px_conf         *conf;
+    struct px_conn         *prev, *next;
+    enum px_state           state; /* written only by px_conn_set_state() */
+    unsigned                refs;
+    unsigned                closing : 1, draining : 1, close_after_flush : 1, head_started : 1;
+    int                     head_lf; /* obs-fold scan state across reads */
+    enum px_listen_mode     mode;
+    struct px_half          cl, up;
+    ev_timer                timer;
+    ev_tstamp               phase_start, last_activity;
     struct sockaddr_storage peer;
-    char               *cin; /* client bytes not yet consumed by the parser */
-    size_t              cin_len;
-    size_t              head_bytes;
-    llhttp_t            rq, rs;
-    struct px_exch     *x;
+    char                   *cin; /* client bytes not yet consumed by the parser */
+    size_t                  cin_len;
+    size_t                  head_bytes;
+    llhttp_t                rq, rs;
+    struct px_exch         *x;
 };
-
 
 /*
  * The decision hooks (px_decide.c). px_decide() runs once per request head
@@ -74,6 +74,6 @@ struct px_conn {
  * answers before any connect. Each returns AL_OK to go on, or answers the
  * client itself (px_conn_deny) and returns AL_DECLINED.
  */
-int  px_decide(struct px_conn *c);
-int  px_decide_addrs(struct px_conn *c);
+int px_decide(struct px_conn *c);
+int px_decide_addrs(struct px_conn *c);
 #endif

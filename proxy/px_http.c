@@ -132,7 +132,7 @@ px_msg_find(const struct px_msg *m, const char *name, int from)
 /* Calls fn for each comma-separated, trimmed token of every Connection header. */
 static int
 px_msg_connection_tokens(const struct px_msg *m, int (*fn)(void *arg, const char *t, size_t n),
-                         void *arg)
+                         void                *arg)
 {
     for (int i = px_msg_find(m, "connection", 0); i >= 0; i = px_msg_find(m, "connection", i + 1)) {
         const char *v = m->hdrs[i].val == UINT32_MAX ? "" : px_msg_str(m, m->hdrs[i].val);
@@ -201,9 +201,16 @@ px_msg_drop_named(void *arg, const char *t, size_t n)
 void
 px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade)
 {
-    static const char *const fixed[] = {"connection", "proxy-connection", "proxy-authorization",
-                                        "proxy-authenticate", "keep-alive", "te", "trailer",
-                                        "transfer-encoding", "upgrade", NULL};
+    static const char *const fixed[] = {"connection",
+                                        "proxy-connection",
+                                        "proxy-authorization",
+                                        "proxy-authenticate",
+                                        "keep-alive",
+                                        "te",
+                                        "trailer",
+                                        "transfer-encoding",
+                                        "upgrade",
+                                        NULL};
     struct px_drop_ctx       d = {m, keep_upgrade};
 
     (void)px_msg_connection_tokens(m, px_msg_drop_named, &d);
@@ -237,6 +244,17 @@ px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out)
             return AL_ERROR;
     }
     return AL_OK;
+}
+
+int
+px_http_obs_fold(const char *p, size_t n, int *prev_lf)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (*prev_lf && (p[i] == ' ' || p[i] == '\t'))
+            return 1;
+        *prev_lf = p[i] == '\n';
+    }
+    return 0;
 }
 
 const char *

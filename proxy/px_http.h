@@ -21,19 +21,24 @@
 struct px_hdr {
     uint32_t name, name_len; /* offsets into px_msg.buf */
     uint32_t val, val_len;
-    unsigned drop : 1;       /* not forwarded (hop-by-hop or replaced) */
+    unsigned drop : 1; /* not forwarded (hop-by-hop or replaced) */
 };
 
-enum px_msg_piece { PX_PIECE_NONE = 0, PX_PIECE_URL, PX_PIECE_STATUS, PX_PIECE_FIELD,
-                    PX_PIECE_VALUE };
+enum px_msg_piece {
+    PX_PIECE_NONE = 0,
+    PX_PIECE_URL,
+    PX_PIECE_STATUS,
+    PX_PIECE_FIELD,
+    PX_PIECE_VALUE
+};
 
 struct px_msg {
-    struct al_dbuf    buf;    /* capped at header_bytes */
+    struct al_dbuf    buf; /* capped at header_bytes */
     uint32_t          url, url_len;
     uint32_t          status_text, status_text_len;
     struct px_hdr     hdrs[PX_HTTP_MAX_HEADERS];
     int               nhdrs;
-    enum px_msg_piece piece;  /* what the last data callback appended to */
+    enum px_msg_piece piece;   /* what the last data callback appended to */
     int               too_big; /* the head went over the cap */
     int               bad;     /* a header carried a forbidden byte */
 };
@@ -42,9 +47,9 @@ void px_msg_init(struct px_msg *m, size_t cap);
 void px_msg_reset(struct px_msg *m);
 void px_msg_free(struct px_msg *m);
 /* llhttp data callbacks land here; they return 0 or -1 (sets too_big/bad). */
-int  px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len);
+int px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len);
 /* Terminates the piece in progress (call from the *_complete callbacks). */
-int  px_msg_end_piece(struct px_msg *m);
+int px_msg_end_piece(struct px_msg *m);
 
 static inline const char *
 px_msg_str(const struct px_msg *m, uint32_t off)
@@ -64,9 +69,17 @@ int px_msg_connection_has(const struct px_msg *m, const char *token);
 /* Appends "NAME: VALUE\r\n" for every kept header to out. */
 int px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out);
 
+/*
+ * Does the head text p[0..n) contain an obs-fold line (LF followed by SP or
+ * HT)? llhttp 8 accepts obs-fold even in strict mode, and a folded header is
+ * a classic smuggling shape, so airlock refuses it (400). *prev_lf carries
+ * "the previous chunk ended in LF" across calls; start it at 0 per head.
+ */
+int px_http_obs_fold(const char *p, size_t n, int *prev_lf);
+
 /* A complete error answer with X-Airlock-Reason, a short text body and
  * Connection: close. */
-int px_http_error(struct al_dbuf *out, int status, const char *reason, const char *detail);
+int         px_http_error(struct al_dbuf *out, int status, const char *reason, const char *detail);
 const char *px_http_status_text(int status);
 
 #endif

@@ -140,8 +140,7 @@ px_main_run(const char *config_path, int dry_run)
     }
     for (int i = 0; i < c->nlisten; i++)
         al_log_info("listening on %s (%s), %d workers", c->listen[i].text,
-                    c->listen[i].mode == PX_LISTEN_FORWARD ? "forward" : "transparent",
-                    m.nworkers);
+                    c->listen[i].mode == PX_LISTEN_FORWARD ? "forward" : "transparent", m.nworkers);
     ev_signal_init(&m.sigterm, px_main_stop_cb, SIGTERM);
     ev_signal_init(&m.sigint, px_main_stop_cb, SIGINT);
     ev_signal_init(&m.sighup, px_main_reload_cb, SIGHUP);

@@ -6,8 +6,7 @@
 
 struct px_metrics px_metrics;
 
-static const char *const px_uerr_names[PX_UERR_N] = {"dns", "refused", "timeout", "reset",
-                                                     "other"};
+static const char *const px_uerr_names[PX_UERR_N] = {"dns", "refused", "timeout", "reset", "other"};
 
 const char *
 px_uerr_name(enum px_uerr k)

@@ -48,8 +48,7 @@ px_worker_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         int fd = accept4(l->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 al_log_warn("accept on worker %d", l->worker->index);
             return;
         }

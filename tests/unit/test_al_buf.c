@@ -106,13 +106,13 @@ test_json_locations(void **state)
     assert_non_null(doc);
     al_json_locate(doc, "rules[1].hosts[1]", &line, &col);
     assert_int_equal(line, 5);
-    assert_int_equal(col, 35);
+    assert_int_equal(col, 34);
     al_json_locate(doc, "a", &line, &col);
     assert_int_equal(line, 2);
-    assert_int_equal(col, 3);
+    assert_int_equal(col, 8);
     al_json_err(&errs, doc, "rules[1].hosts[1]", "expected a string");
     assert_int_equal(errs.count, 1);
-    assert_string_equal(errs.text.data, "p.json:5:35: rules[1].hosts[1]: expected a string\n");
+    assert_string_equal(errs.text.data, "p.json:5:34: rules[1].hosts[1]: expected a string\n");
     al_json_free(doc);
     al_errs_free(&errs);
 }

@@ -127,10 +127,10 @@ test_every_error_reported_with_location(void **state)
     assert_int_equal(errs.count, 6);
     assert_non_null(strstr(errs.text.data, ":3:14: workers: expected an integer"));
     assert_non_null(strstr(errs.text.data, ":4:3: listn: unknown key \"listn\""));
-    assert_non_null(strstr(errs.text.data, ":5:25: listen[0].addr: expected \"ip:port\""));
+    assert_non_null(strstr(errs.text.data, ":5:23: listen[0].addr: expected \"ip:port\""));
     assert_non_null(strstr(errs.text.data, ":6:30: limits.header_bytes: expected an integer in"));
-    assert_non_null(strstr(errs.text.data, ":6:37: limits.bogus: unknown key"));
-    assert_non_null(strstr(errs.text.data, ":7:15: resolve.a.test:"));
+    assert_non_null(strstr(errs.text.data, ":6:34: limits.bogus: unknown key"));
+    assert_non_null(strstr(errs.text.data, ":7:14: resolve.a.test:"));
     al_errs_free(&errs);
 }
 

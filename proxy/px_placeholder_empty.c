@@ -1,2 +1,0 @@
-/* placeholder until px sources land */
-typedef int px_placeholder_unused;
