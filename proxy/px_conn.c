@@ -613,8 +613,8 @@ px_conn_write_request_head(struct px_conn *c)
     for (int i = px_msg_find(m, "host", 0); i >= 0; i = px_msg_find(m, "host", i + 1))
         m->hdrs[i].drop = 1; /* the request-target's authority wins (RFC 9112 3.2.2) */
     al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
-    rc = al_dbuf_addf(&d, "%s %.*s HTTP/1.1\r\nHost: %s%s%s", llhttp_method_name(c->rq.method),
-                      (int)t->path_len, t->path, lb, t->host, rb);
+    rc = al_dbuf_addf(&d, "%s %s%.*s HTTP/1.1\r\nHost: %s%s%s", llhttp_method_name(c->rq.method),
+                      t->path_needs_slash ? "/" : "", (int)t->path_len, t->path, lb, t->host, rb);
     if (rc == AL_OK && !default_port)
         rc = al_dbuf_addf(&d, ":%u", t->port);
     if (rc == AL_OK)
