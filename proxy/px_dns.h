@@ -22,9 +22,9 @@
 
 enum px_dns_err {
     PX_DNS_OK = 0,
-    PX_DNS_NOTFOUND,  /* NXDOMAIN or no A/AAAA records */
-    PX_DNS_TIMEOUT,   /* servers did not answer */
-    PX_DNS_FAIL,      /* anything else (SERVFAIL, refused, no memory, cancelled) */
+    PX_DNS_NOTFOUND, /* NXDOMAIN or no A/AAAA records */
+    PX_DNS_TIMEOUT,  /* servers did not answer */
+    PX_DNS_FAIL,     /* anything else (SERVFAIL, refused, no memory, cancelled) */
 };
 
 struct px_dns_result {
