@@ -43,6 +43,7 @@ static void px_conn_close(struct px_conn *c, const char *why);
 static void px_conn_connect_next(struct px_conn *c);
 static void px_conn_finish_exchange(struct px_conn *c);
 static void px_conn_resolve(struct px_conn *c);
+static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 
 /* ---- small pieces ------------------------------------------------------- */
 
@@ -84,7 +85,10 @@ px_conn_deadline(const struct px_conn *c)
 
     switch (c->state) {
     case PX_ST_READ_HEAD:
-        if (c->head_started)
+        /* A new connection must send its first head within header_timeout_s
+         * (slowloris); between keep-alive requests the idle timeout applies
+         * until the next head starts. */
+        if (c->head_started || c->nreqs == 0)
             return c->phase_start + l->header_timeout_s;
         return c->last_activity + l->idle_timeout_s;
     case PX_ST_RESOLVE:
@@ -340,8 +344,9 @@ px_rq_message_begin(llhttp_t *p)
 {
     struct px_conn *c = p->data;
 
+    if (c->nreqs > 0) /* the first head's clock runs from accept */
+        c->phase_start = ev_now(c->worker->loop);
     c->head_started = 1;
-    c->phase_start = ev_now(c->worker->loop);
     px_conn_arm_timer(c);
     if (c->x == NULL) {
         c->x = al_calloc(1, sizeof(*c->x));
@@ -393,6 +398,7 @@ px_rq_headers_complete(llhttp_t *p)
 
     if (px_msg_end_piece(&c->x->req) != 0)
         return -1;
+    c->x->client_keepalive = llhttp_should_keep_alive(p);
     return HPE_PAUSED; /* decide, resolve and connect before any body byte moves */
 }
 
@@ -491,6 +497,7 @@ px_rs_headers_complete(llhttp_t *p)
         rc = px_msg_write_headers(m, &d);
     if (!interim) {
         x->status = status;
+        x->upstream_keepalive = llhttp_should_keep_alive(p);
         x->resp_chunked_out = 0;
         x->resp_close_delim = 0;
         if (upgrade) {
@@ -506,8 +513,7 @@ px_rs_headers_complete(llhttp_t *p)
         }
         if (rc == AL_OK && x->resp_chunked_out)
             rc = al_dbuf_adds(&d, "Transfer-Encoding: chunked\r\n");
-        if (rc == AL_OK && !upgrade &&
-            (x->resp_close_delim || c->draining || !llhttp_should_keep_alive(&c->rq)))
+        if (rc == AL_OK && !upgrade && (x->resp_close_delim || c->draining || !x->client_keepalive))
             rc = al_dbuf_adds(&d, "Connection: close\r\n");
         if (x->resp_close_delim || c->draining)
             c->close_after_flush = 1;
@@ -563,7 +569,7 @@ px_rs_message_complete(llhttp_t *p)
     if (x->resp_chunked_out && al_bufq_write(&c->cl.out, "0\r\n\r\n", 5) != AL_OK)
         return -1;
     x->resp_done = 1;
-    x->upstream_reusable = llhttp_should_keep_alive(p) && status != 101;
+    x->upstream_reusable = x->upstream_keepalive && status != 101;
     return HPE_PAUSED;
 }
 
@@ -637,6 +643,7 @@ static void
 px_conn_upstream_ready(struct px_conn *c)
 {
     struct px_exch *x = c->x;
+    llhttp_errno_t  e;
 
     px_sockaddr_str((struct sockaddr *)&x->addrs.addrs[x->addr_idx], x->upstream_str,
                     sizeof(x->upstream_str));
@@ -667,6 +674,15 @@ px_conn_upstream_ready(struct px_conn *c)
     llhttp_init(&c->rs, HTTP_RESPONSE, &px_resp_settings);
     c->rs.data = c;
     llhttp_resume(&c->rq);
+    /* A request without a body completes without another byte: let llhttp
+     * reach on_message_complete now rather than when the next bytes arrive. */
+    e = llhttp_execute(&c->rq, "", 0);
+    if (e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE) {
+        px_conn_parse_error(c, e);
+        return;
+    }
+    if (e == HPE_PAUSED_UPGRADE)
+        x->req_done = 1;
     px_conn_feed_client(c);
     if (!c->closing)
         px_conn_update_io(c);
@@ -895,8 +911,10 @@ px_conn_feed_client(struct px_conn *c)
         if (used > c->cin_len)
             used = c->cin_len;
         if (in_head) {
-            if (px_http_obs_fold(c->cin, used, &c->head_lf)) {
-                px_conn_fail(c, 400, "bad_request", "obs-fold header line");
+            const char *bad = px_http_head_scan(&c->head_scan, c->cin, used);
+
+            if (bad != NULL) {
+                px_conn_fail(c, 400, "bad_request", bad);
                 return;
             }
             c->head_bytes += used;
@@ -912,7 +930,7 @@ px_conn_feed_client(struct px_conn *c)
         if (e == HPE_PAUSED) {
             if (in_head) {
                 c->head_bytes = 0;
-                c->head_lf = 0;
+                memset(&c->head_scan, 0, sizeof(c->head_scan));
                 px_conn_on_head(c);
                 continue; /* the state tells whether body bytes may flow now */
             }
@@ -1108,7 +1126,8 @@ px_conn_finish_exchange(struct px_conn *c)
     } else {
         px_half_close(c, &c->up);
     }
-    keep = x->req_done && !c->close_after_flush && !c->draining && llhttp_should_keep_alive(&c->rq);
+    keep = x->req_done && !c->close_after_flush && !c->draining && x->client_keepalive;
+    c->nreqs++;
     px_msg_free(&x->req);
     px_msg_free(&x->resp);
     al_safefree(c->x);
@@ -1307,6 +1326,8 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     case PX_ST_READ_HEAD:
         if (c->head_started)
             px_conn_fail(c, 408, "header_timeout", NULL);
+        else if (c->nreqs == 0)
+            px_conn_close(c, "no request within header_timeout_s");
         else
             px_conn_close(c, "idle timeout");
         break;

@@ -38,10 +38,10 @@ struct px_exch {
     char                 pool_key[PX_HOST_MAX + 8];
     char                 upstream_str[64];
     int                  from_pool, no_pool;
-    int                  is_connect, is_head, want_upgrade;
+    int                  is_connect, is_head, want_upgrade, client_keepalive;
     int                  req_chunked, req_done, req_body_bytes_sent;
     int                  resp_started, resp_done, resp_chunked_out, resp_close_delim;
-    int                  resp_hdr_done, upstream_reusable;
+    int                  resp_hdr_done, upstream_reusable, upstream_keepalive;
     int                  status;
     int64_t              start_us;
     uint64_t             bytes_up, bytes_down;
@@ -55,7 +55,7 @@ struct px_conn {
     enum px_state           state; /* written only by px_conn_set_state() */
     unsigned                refs;
     unsigned                closing : 1, draining : 1, close_after_flush : 1, head_started : 1;
-    int                     head_lf; /* obs-fold scan state across reads */
+    struct px_head_scan     head_scan; /* raw head checks across reads */
     enum px_listen_mode     mode;
     struct px_half          cl, up;
     ev_timer                timer;
@@ -64,6 +64,7 @@ struct px_conn {
     char                   *cin; /* client bytes not yet consumed by the parser */
     size_t                  cin_len;
     size_t                  head_bytes;
+    unsigned                nreqs; /* exchanges completed on this connection */
     llhttp_t                rq, rs;
     struct px_exch         *x;
 };

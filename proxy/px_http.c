@@ -78,6 +78,10 @@ px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len
         m->bad = 1;
         return -1;
     }
+    if (piece == PX_PIECE_FIELD && !px_http_is_token(at, len)) {
+        m->bad = 1;
+        return -1;
+    }
     if (m->piece != piece) {
         if (px_msg_end_piece(m) != 0)
             return -1;
@@ -246,15 +250,42 @@ px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out)
     return AL_OK;
 }
 
-int
-px_http_obs_fold(const char *p, size_t n, int *prev_lf)
+const char *
+px_http_head_scan(struct px_head_scan *st, const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (*prev_lf && (p[i] == ' ' || p[i] == '\t'))
-            return 1;
-        *prev_lf = p[i] == '\n';
+        int ch = (unsigned char)p[i];
+
+        if (st->line == 0 && st->prev == 0 && i == 0)
+            st->prev = -1;
+        if (st->prev == '\n' && (ch == ' ' || ch == '\t'))
+            return "obs-fold header line";
+        if (st->line == 0) {
+            if (ch == '\t')
+                return "tab in request line";
+            if (ch == ' ' && (st->prev == ' ' || st->prev == -1))
+                return "extra whitespace in request line";
+        }
+        if (ch == '\n')
+            st->line++;
+        st->prev = ch;
     }
-    return 0;
+    return NULL;
+}
+
+int
+px_http_is_token(const char *p, size_t n)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch != 0 && strchr(extra, ch) != NULL)))
+            return 0;
+    }
+    return 1;
 }
 
 const char *

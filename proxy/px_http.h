@@ -70,12 +70,20 @@ int px_msg_connection_has(const struct px_msg *m, const char *token);
 int px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out);
 
 /*
- * Does the head text p[0..n) contain an obs-fold line (LF followed by SP or
- * HT)? llhttp 8 accepts obs-fold even in strict mode, and a folded header is
- * a classic smuggling shape, so airlock refuses it (400). *prev_lf carries
- * "the previous chunk ended in LF" across calls; start it at 0 per head.
+ * Raw-byte checks on a request head that llhttp 8 lets through even in
+ * strict mode: obs-fold lines (LF followed by SP or HT, a classic smuggling
+ * shape) and a sloppy request line (leading, doubled or tab whitespace).
+ * Feed the head bytes in order; st starts zeroed for each head. Returns NULL
+ * when fine so far, or a short description of the problem.
  */
-int px_http_obs_fold(const char *p, size_t n, int *prev_lf);
+struct px_head_scan {
+    int line; /* 0 while in the request line */
+    int prev; /* previous byte, -1 at the start */
+};
+const char *px_http_head_scan(struct px_head_scan *st, const char *p, size_t n);
+
+/* Is every byte a header-name token character (RFC 9110 tchar)? */
+int px_http_is_token(const char *p, size_t n);
 
 /* A complete error answer with X-Airlock-Reason, a short text body and
  * Connection: close. */
