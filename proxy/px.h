@@ -16,6 +16,7 @@
 #include <llhttp.h>
 
 #include "common.h"
+#include "policy.h"
 #include "px_dns.h"
 #include "px_url.h"
 
@@ -50,6 +51,14 @@ struct px_limits {
     int    drain_timeout_s;
 };
 
+/* A sandbox identity from the config: by source CIDR and/or by token. */
+struct px_sandbox {
+    char            *name;
+    struct pol_cidr *cidrs;
+    int              ncidrs;
+    char             token_sha256[65]; /* lowercase hex; "" when none */
+};
+
 /*
  * One immutable configuration snapshot. Workers and connections hold a
  * counted reference (px_conf_ref/px_conf_unref); SIGHUP builds a new one and
@@ -74,11 +83,24 @@ struct px_conf {
     int                     dns_timeout_ms;
     struct px_limits        limits;
     enum al_log_level       log_level;
+    struct px_sandbox      *sandboxes;
+    int                     nsandboxes;
+    int                     any_token;                  /* some sandbox authenticates by token */
+    struct pol_policy      *policy;                     /* set by px_conf_load_all */
+    int                     dry_run;                    /* airlock run --dry-run */
+    struct sockaddr_storage self[PX_MAX_LISTENERS + 1]; /* own listening addresses */
+    int                     nself;
 };
 
 /* Loads and validates `path`; reports every problem into errs (file:line:col
  * and JSON path). Returns a snapshot with refs = 1 or NULL. */
 struct px_conf *px_conf_load(const char *path, struct al_errs *errs);
+/* px_conf_load plus the files it names (policy, later secrets), validated
+ * together: what `airlock run` and `airlock check` use. Warnings land in
+ * errs too (errs->warnings). */
+struct px_conf *px_conf_load_all(const char *path, int dry_run, struct al_errs *errs);
+/* Finds a sandbox by name; NULL when unknown. */
+const struct px_sandbox *px_conf_sandbox(const struct px_conf *c, const char *name);
 /* The embedded default (make run without a config file). */
 extern const char px_conf_default_json[];
 struct px_conf   *px_conf_ref(struct px_conf *c);

@@ -55,6 +55,12 @@ px_conf_unref(struct px_conf *c)
     for (int i = 0; i < c->ndns_servers; i++)
         al_free(c->dns_servers[i]);
     al_free(c->dns_servers);
+    for (int i = 0; i < c->nsandboxes; i++) {
+        al_free(c->sandboxes[i].name);
+        al_free(c->sandboxes[i].cidrs);
+    }
+    al_free(c->sandboxes);
+    pol_policy_unref(c->policy);
     al_free(c);
 }
 
@@ -405,7 +411,27 @@ px_cfg_limits(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj)
 }
 
 static void
-px_cfg_sandboxes(struct px_cfgctx *x, const cJSON *arr)
+px_cfg_sandbox_cidrs(struct px_cfgctx *x, struct px_sandbox *sb, const cJSON *arr, const char *p)
+{
+    const cJSON *it;
+    int          k = 0;
+
+    sb->cidrs = al_calloc((size_t)cJSON_GetArraySize(arr) + 1, sizeof(*sb->cidrs));
+    if (sb->cidrs == NULL)
+        return;
+    cJSON_ArrayForEach (it, arr) {
+        char pc[96];
+
+        snprintf(pc, sizeof(pc), "%s.cidrs[%d]", p, k++);
+        if (!cJSON_IsString(it) || pol_cidr_parse(it->valuestring, &sb->cidrs[sb->ncidrs]) != AL_OK)
+            al_json_err(x->errs, x->doc, pc, "expected a CIDR like \"10.0.0.0/8\" or \"fd00::/8\"");
+        else
+            sb->ncidrs++;
+    }
+}
+
+static void
+px_cfg_sandboxes(struct px_cfgctx *x, struct px_conf *c, const cJSON *arr)
 {
     static const char *const keys[] = {"name", "cidrs", "token_sha256", NULL};
     const cJSON             *it;
@@ -415,8 +441,14 @@ px_cfg_sandboxes(struct px_cfgctx *x, const cJSON *arr)
         al_json_err(x->errs, x->doc, "sandboxes", "expected an array");
         return;
     }
+    c->sandboxes = al_calloc((size_t)cJSON_GetArraySize(arr) + 1, sizeof(*c->sandboxes));
+    if (c->sandboxes == NULL)
+        return;
     cJSON_ArrayForEach (it, arr) {
-        char p[64];
+        char               p[64], pn[80];
+        const cJSON       *name, *cidrs, *tok;
+        struct px_sandbox *sb = &c->sandboxes[c->nsandboxes];
+        struct pol_ident   id;
 
         snprintf(p, sizeof(p), "sandboxes[%d]", i++);
         if (!cJSON_IsObject(it)) {
@@ -424,11 +456,59 @@ px_cfg_sandboxes(struct px_cfgctx *x, const cJSON *arr)
             continue;
         }
         al_json_check_keys(x->errs, x->doc, it, p, keys);
-        if (px_cfg_get(x, it, p, "name", cJSON_String, "a string") == NULL)
+        name = px_cfg_get(x, it, p, "name", cJSON_String, "a string");
+        cidrs = px_cfg_get(x, it, p, "cidrs", cJSON_Array, "an array of CIDRs");
+        tok = px_cfg_get(x, it, p, "token_sha256", cJSON_String, "a hex SHA-256 string");
+        snprintf(pn, sizeof(pn), "%s.name", p);
+        if (name == NULL) {
             al_json_err(x->errs, x->doc, p, "missing \"name\"");
-        (void)px_cfg_get(x, it, p, "cidrs", cJSON_Array, "an array of CIDRs");
-        (void)px_cfg_get(x, it, p, "token_sha256", cJSON_String, "a hex SHA-256 string");
+            continue;
+        }
+        /* A name must be usable as the user part of Proxy-Authorization. */
+        if (pol_ident_split_user(name->valuestring, &id) != AL_OK ||
+            strcmp(id.sandbox, name->valuestring) != 0) {
+            al_json_err(x->errs, x->doc, pn, "sandbox names are 1-%d of [A-Za-z0-9._:-]",
+                        POL_SANDBOX_MAX_BYTES);
+            continue;
+        }
+        if (px_conf_sandbox(c, name->valuestring) != NULL) {
+            al_json_err(x->errs, x->doc, pn, "duplicate sandbox \"%s\"", name->valuestring);
+            continue;
+        }
+        if (cidrs == NULL && tok == NULL) {
+            al_json_err(x->errs, x->doc, p, "needs \"cidrs\" or \"token_sha256\" (or both)");
+            continue;
+        }
+        if (tok != NULL) {
+            size_t n = strlen(tok->valuestring);
+            int    hex = n == 64;
+
+            for (size_t k = 0; hex && k < n; k++)
+                hex = strchr("0123456789abcdefABCDEF", tok->valuestring[k]) != NULL;
+            if (!hex) {
+                snprintf(pn, sizeof(pn), "%s.token_sha256", p);
+                al_json_err(x->errs, x->doc, pn, "expected 64 hex digits (sha256sum of the token)");
+                continue;
+            }
+            for (size_t k = 0; k < n; k++)
+                sb->token_sha256[k] = (char)(tok->valuestring[k] | 0x20);
+            c->any_token = 1;
+        }
+        sb->name = al_strdup(name->valuestring);
+        if (cidrs != NULL)
+            px_cfg_sandbox_cidrs(x, sb, cidrs, p);
+        c->nsandboxes++;
     }
+}
+
+const struct px_sandbox *
+px_conf_sandbox(const struct px_conf *c, const char *name)
+{
+    for (int i = 0; i < c->nsandboxes; i++) {
+        if (c->sandboxes[i].name != NULL && strcmp(c->sandboxes[i].name, name) == 0)
+            return &c->sandboxes[i];
+    }
+    return NULL;
 }
 
 static struct px_conf *
@@ -517,7 +597,7 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
         px_cfg_dns(&x, c, v);
     v = cJSON_GetObjectItemCaseSensitive(root, "sandboxes");
     if (v != NULL)
-        px_cfg_sandboxes(&x, v);
+        px_cfg_sandboxes(&x, c, v);
     v = px_cfg_get(&x, root, "", "limits", cJSON_Object, "an object");
     if (v != NULL)
         px_cfg_limits(&x, c, v);
@@ -525,6 +605,10 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
     if (v != NULL && al_log_level_parse(v->valuestring, &c->log_level) != AL_OK)
         al_json_err(errs, doc, "log_level", "expected debug, info, warn, error or off");
 
+    for (int i = 0; i < c->nlisten && c->nself < PX_MAX_LISTENERS; i++)
+        c->self[c->nself++] = c->listen[i].addr;
+    if (c->has_admin)
+        c->self[c->nself++] = c->admin_addr;
     if (errs->count > before) {
         px_conf_unref(c);
         return NULL;
@@ -549,4 +633,31 @@ px_conf_load(const char *path, struct al_errs *errs)
     c = px_conf_from_doc(doc, path != NULL ? path : "./airlock.json", errs);
     al_json_free(doc);
     return c;
+}
+
+struct px_conf *
+px_conf_load_all(const char *path, int dry_run, struct al_errs *errs)
+{
+    struct px_conf *c = px_conf_load(path, errs);
+    const char    **names = NULL;
+
+    if (c == NULL)
+        return NULL;
+    c->dry_run = dry_run;
+    names = al_calloc((size_t)c->nsandboxes + 1, sizeof(*names));
+    if (names == NULL) {
+        al_errs_add(errs, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < c->nsandboxes; i++)
+        names[i] = c->sandboxes[i].name;
+    c->policy = pol_load(c->policy_path, names, c->nsandboxes, dry_run, errs);
+    if (c->policy == NULL)
+        goto fail;
+    al_free(names);
+    return c;
+fail:
+    al_free(names);
+    px_conf_unref(c);
+    return NULL;
 }

@@ -57,13 +57,20 @@ px_conn_ref(struct px_conn *c)
 }
 
 static void
+px_exch_free(struct px_exch *x)
+{
+    if (x == NULL)
+        return;
+    px_msg_free(&x->req);
+    px_msg_free(&x->resp);
+    al_free(x->fwd_path);
+    al_free(x);
+}
+
+static void
 px_conn_free(struct px_conn *c)
 {
-    if (c->x != NULL) {
-        px_msg_free(&c->x->req);
-        px_msg_free(&c->x->resp);
-        al_free(c->x);
-    }
+    px_exch_free(c->x);
     al_bufq_free(&c->cl.out);
     al_bufq_free(&c->up.out);
     al_free(c->cin);
@@ -212,7 +219,8 @@ px_conn_count_status(int status)
  * connection is cut so the client sees a truncated message, never a forged one.
  */
 static void
-px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail)
+px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *detail,
+                const char *extra)
 {
     struct al_dbuf d;
 
@@ -232,13 +240,26 @@ px_conn_fail(struct px_conn *c, int status, const char *reason, const char *deta
     px_conn_count_status(status);
     px_half_close(c, &c->up);
     al_dbuf_init(&d, 4096);
-    if (px_http_error(&d, status, reason, detail) != AL_OK ||
+    if (px_http_error_ex(&d, status, reason, detail, extra) != AL_OK ||
         px_dbuf_to_bufq(&d, &c->cl.out) != AL_OK) {
         px_conn_close(c, "no memory");
         return;
     }
     px_conn_set_state(c, PX_ST_FLUSH_CLOSE);
     px_conn_update_io(c);
+}
+
+static void
+px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail)
+{
+    px_conn_fail_ex(c, status, reason, detail, NULL);
+}
+
+void
+px_conn_deny(struct px_conn *c, int status, const char *reason, const char *detail,
+             const char *extra_headers)
+{
+    px_conn_fail_ex(c, status, reason, detail, extra_headers);
 }
 
 static void
@@ -619,8 +640,13 @@ px_conn_write_request_head(struct px_conn *c)
     for (int i = px_msg_find(m, "host", 0); i >= 0; i = px_msg_find(m, "host", i + 1))
         m->hdrs[i].drop = 1; /* the request-target's authority wins (RFC 9112 3.2.2) */
     al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
-    rc = al_dbuf_addf(&d, "%s %s%.*s HTTP/1.1\r\nHost: %s%s%s", llhttp_method_name(c->rq.method),
-                      t->path_needs_slash ? "/" : "", (int)t->path_len, t->path, lb, t->host, rb);
+    if (x->fwd_path != NULL)
+        rc = al_dbuf_addf(&d, "%s %s HTTP/1.1\r\nHost: %s%s%s", llhttp_method_name(c->rq.method),
+                          x->fwd_path, lb, t->host, rb);
+    else
+        rc = al_dbuf_addf(&d, "%s %s%.*s HTTP/1.1\r\nHost: %s%s%s",
+                          llhttp_method_name(c->rq.method), t->path_needs_slash ? "/" : "",
+                          (int)t->path_len, t->path, lb, t->host, rb);
     if (rc == AL_OK && !default_port)
         rc = al_dbuf_addf(&d, ":%u", t->port);
     if (rc == AL_OK)
@@ -661,9 +687,8 @@ px_conn_upstream_ready(struct px_conn *c)
         px_conn_count_status(200);
         c->cin_len = 0;
         al_safefree(c->cin);
-        px_msg_free(&x->req);
-        px_msg_free(&x->resp);
-        al_safefree(c->x);
+        px_exch_free(x);
+        c->x = NULL;
         PX_MINC(tunnels_open);
         PX_MINC(tunnels_total);
         px_conn_set_state(c, PX_ST_TUNNEL);
@@ -810,6 +835,11 @@ px_conn_resolve(struct px_conn *c)
             x->addrs.naddrs = 1;
             x->addrs.addrs[0] = peer;
             x->addr_idx = 0;
+            /* The pooled peer was checked under the policy of its time. */
+            if (px_decide_addrs(c) != AL_OK) {
+                close(fd);
+                return;
+            }
             px_half_init(&c->up, c, fd);
             c->up.out.max = PX_BUF_HIGH_BYTES;
             px_conn_upstream_ready(c);
@@ -1101,9 +1131,8 @@ px_conn_finish_exchange(struct px_conn *c)
                 (long long)(al_now_us() - x->start_us));
     px_conn_count_status(x->status);
     if (x->status == 101 && x->want_upgrade) {
-        px_msg_free(&x->req);
-        px_msg_free(&x->resp);
-        al_safefree(c->x);
+        px_exch_free(x);
+        c->x = NULL;
         if (c->cin_len > 0 && al_bufq_write(&c->up.out, c->cin, c->cin_len) != AL_OK) {
             px_conn_close(c, "no memory");
             return;
@@ -1128,9 +1157,8 @@ px_conn_finish_exchange(struct px_conn *c)
     }
     keep = x->req_done && !c->close_after_flush && !c->draining && x->client_keepalive;
     c->nreqs++;
-    px_msg_free(&x->req);
-    px_msg_free(&x->resp);
-    al_safefree(c->x);
+    px_exch_free(x);
+    c->x = NULL;
     if (!keep) {
         px_conn_close(c, "exchange done, no keep-alive");
         return;

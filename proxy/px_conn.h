@@ -30,6 +30,13 @@ struct px_half {
 
 /* Per-request state; freed when a connection becomes a tunnel or idles. */
 struct px_exch {
+    struct pol_decision  decision;
+    int                  decided; /* decision holds a verdict */
+    char                 sandbox[POL_SANDBOX_MAX_BYTES + 1];
+    char                 session[POL_TAG_MAX_BYTES + 1];
+    char                 tool_call[POL_TAG_MAX_BYTES + 1];
+    char                *fwd_path; /* normalised path + query to forward; owned */
+    size_t               fwd_path_len;
     struct px_msg        req, resp;
     struct px_target     target;
     struct px_dns_query *dnsq;
@@ -77,4 +84,8 @@ struct px_conn {
  */
 int px_decide(struct px_conn *c);
 int px_decide_addrs(struct px_conn *c);
+/* Answers the client with an error (status, X-Airlock-Reason, optional extra
+ * header lines ending in CRLF) and closes after writing it. */
+void px_conn_deny(struct px_conn *c, int status, const char *reason, const char *detail,
+                  const char *extra_headers);
 #endif

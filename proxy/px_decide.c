@@ -1,21 +1,236 @@
 /*
- * px_decide.c - where a request meets the policy. Until the policy module
- * is wired in (issue 3), every request is allowed; the hooks exist so the
- * connection state machine already calls them at the right two points:
- * after the head (names, method, path) and after DNS (addresses).
+ * px_decide.c - where a request meets identity and policy.
+ *
+ * px_decide() runs once per request head, before anything is resolved:
+ *   1. identify the sandbox: Proxy-Authorization Basic (user SANDBOX,
+ *      SANDBOX+TOOL_CALL or SANDBOX+SESSION+TOOL_CALL; password checked in
+ *      constant time against the sandbox's token_sha256), else the source
+ *      address against sandboxes[].cidrs; X-Airlock-Session and
+ *      X-Airlock-Tool-Call headers add tags. All of these are stripped
+ *      before forwarding.
+ *   2. pol_decide() on sandbox, scheme, host, port, method, path.
+ * px_decide_addrs() runs after DNS: the address guard (pol_filter_addrs)
+ * keeps only answers the decision may reach; the connection only ever goes
+ * to a kept address. Dry-run never relaxes either the guard or protocol
+ * errors (the policy module guarantees that).
  */
 #include "px_conn.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#define PX_AUTH_CHALLENGE "Proxy-Authenticate: Basic realm=\"airlock\"\r\n"
+
+static const char *
+px_hdr_value(const struct px_msg *m, int i, size_t *len)
+{
+    if (m->hdrs[i].val == UINT32_MAX) {
+        *len = 0;
+        return "";
+    }
+    *len = m->hdrs[i].val_len;
+    return px_msg_str(m, m->hdrs[i].val);
+}
+
+/* Identity from Proxy-Authorization. AL_OK (identified), AL_DECLINED (no
+ * header), or AL_ERROR after answering 407. */
+static int
+px_decide_basic(struct px_conn *c)
+{
+    struct px_exch          *x = c->x;
+    struct px_msg           *m = &x->req;
+    int                      i = px_msg_find(m, "proxy-authorization", 0);
+    char                     user[POL_BASIC_MAX_BYTES + 1], pass[POL_BASIC_MAX_BYTES + 1];
+    struct pol_ident         id;
+    const struct px_sandbox *sb;
+    const char              *v;
+    size_t                   vl;
+    int                      rc = AL_ERROR;
+
+    if (i < 0 || c->conf->nsandboxes == 0)
+        return AL_DECLINED; /* no sandboxes configured: clients are anonymous */
+    if (px_msg_find(m, "proxy-authorization", i + 1) >= 0) {
+        px_conn_deny(c, 407, "bad_credentials", "more than one Proxy-Authorization",
+                     PX_AUTH_CHALLENGE);
+        return AL_ERROR;
+    }
+    v = px_hdr_value(m, i, &vl);
+    if (pol_ident_parse_basic(v, vl, user, sizeof(user), pass, sizeof(pass)) != AL_OK ||
+        pol_ident_split_user(user, &id) != AL_OK) {
+        px_conn_deny(c, 407, "bad_credentials", "expected Basic SANDBOX[+SESSION]+TOOL_CALL",
+                     PX_AUTH_CHALLENGE);
+        goto out;
+    }
+    sb = px_conf_sandbox(c->conf, id.sandbox);
+    if (sb == NULL) {
+        px_conn_deny(c, 407, "unknown_sandbox", NULL, PX_AUTH_CHALLENGE);
+        goto out;
+    }
+    if (sb->token_sha256[0] != '\0') {
+        if (!pol_ident_token_ok(pass, strlen(pass), sb->token_sha256)) {
+            px_conn_deny(c, 407, "bad_credentials", NULL, PX_AUTH_CHALLENGE);
+            goto out;
+        }
+    } else if (!pol_ident_source_match(sb->cidrs, sb->ncidrs, (const struct sockaddr *)&c->peer)) {
+        /* A CIDR-only sandbox can't be claimed from outside its CIDRs. */
+        px_conn_deny(c, 407, "bad_credentials", "source address outside the sandbox",
+                     PX_AUTH_CHALLENGE);
+        goto out;
+    }
+    snprintf(x->sandbox, sizeof(x->sandbox), "%s", id.sandbox);
+    snprintf(x->session, sizeof(x->session), "%s", id.session);
+    snprintf(x->tool_call, sizeof(x->tool_call), "%s", id.tool_call);
+    rc = AL_OK;
+out:
+    OPENSSL_cleanse(pass, sizeof(pass));
+    return rc;
+}
+
+/* X-Airlock-Session / X-Airlock-Tool-Call: tags, validated, never forwarded. */
+static int
+px_decide_tags(struct px_conn *c)
+{
+    static const char *const names[] = {"x-airlock-session", "x-airlock-tool-call"};
+    struct px_exch          *x = c->x;
+    struct px_msg           *m = &x->req;
+
+    for (int k = 0; k < 2; k++) {
+        char  *dst = k == 0 ? x->session : x->tool_call;
+        size_t dsz = k == 0 ? sizeof(x->session) : sizeof(x->tool_call);
+
+        for (int i = px_msg_find(m, names[k], 0); i >= 0; i = px_msg_find(m, names[k], i + 1)) {
+            size_t      vl;
+            const char *v = px_hdr_value(m, i, &vl);
+
+            m->hdrs[i].drop = 1;
+            if (!pol_ident_tag_valid(v, vl, POL_TAG_MAX_BYTES)) {
+                px_conn_deny(c, 400, "bad_tag", names[k], NULL);
+                return AL_ERROR;
+            }
+            snprintf(dst, dsz, "%.*s", (int)vl, v);
+        }
+    }
+    return AL_OK;
+}
+
+static int
+px_decide_identity(struct px_conn *c)
+{
+    const struct px_conf *conf = c->conf;
+    int                   rc = px_decide_basic(c);
+
+    if (rc == AL_ERROR)
+        return AL_ERROR;
+    if (rc == AL_DECLINED) {
+        for (int i = 0; i < conf->nsandboxes; i++) {
+            const struct px_sandbox *sb = &conf->sandboxes[i];
+
+            if (sb->ncidrs > 0 &&
+                pol_ident_source_match(sb->cidrs, sb->ncidrs, (const struct sockaddr *)&c->peer)) {
+                snprintf(c->x->sandbox, sizeof(c->x->sandbox), "%s", sb->name);
+                break;
+            }
+        }
+        if (c->x->sandbox[0] == '\0' && conf->nsandboxes > 0) {
+            if (conf->any_token)
+                px_conn_deny(c, 407, "auth_required", NULL, PX_AUTH_CHALLENGE);
+            else
+                px_conn_deny(c, 403, "unknown_sandbox", "source address matches no sandbox", NULL);
+            return AL_ERROR;
+        }
+    }
+    return px_decide_tags(c);
+}
+
+/* The path to forward: normalised as the policy saw it, plus the query. */
+static int
+px_decide_fwd_path(struct px_conn *c)
+{
+    struct px_exch   *x = c->x;
+    struct px_target *t = &x->target;
+    const char       *q;
+    size_t            plen, qlen, outlen = 0;
+    int               enc = 0;
+    char             *out;
+
+    if (t->path_needs_slash || t->path_len == 0)
+        return AL_OK;
+    q = memchr(t->path, '?', t->path_len);
+    plen = q != NULL ? (size_t)(q - t->path) : t->path_len;
+    qlen = t->path_len - plen;
+    out = al_malloc(t->path_len + 2);
+    if (out == NULL)
+        return AL_ERROR;
+    if (pol_path_normalize(t->path, plen, out, plen + 1, &outlen, &enc) != AL_OK) {
+        al_free(out);
+        return AL_OK; /* the policy refused it already, or forward it as sent */
+    }
+    memcpy(out + outlen, t->path + plen, qlen);
+    out[outlen + qlen] = '\0';
+    x->fwd_path = out;
+    x->fwd_path_len = outlen + qlen;
+    return AL_OK;
+}
 
 int
 px_decide(struct px_conn *c)
 {
-    (void)c;
+    struct px_exch      *x = c->x;
+    struct pol_request   rq;
+    struct pol_decision *d = &x->decision;
+    int                  status;
+
+    if (px_decide_identity(c) != AL_OK)
+        return AL_DECLINED;
+    memset(&rq, 0, sizeof(rq));
+    rq.sandbox = x->sandbox[0] ? x->sandbox : NULL;
+    rq.scheme = x->is_connect ? "connect" : x->target.tls ? "https" : "http";
+    rq.host = x->target.host;
+    rq.host_is_ip = x->target.kind != PX_HOST_NAME;
+    rq.port = x->target.port;
+    rq.method = llhttp_method_name(c->rq.method);
+    if (!x->is_connect) {
+        rq.path = x->target.path_needs_slash ? "/" : x->target.path;
+        rq.path_len = x->target.path_needs_slash ? 1 : x->target.path_len;
+        if (rq.path_len > POL_PATH_STACK_BYTES - 1) {
+            rq.scratch = al_malloc(rq.path_len + 1);
+            rq.scratch_len = rq.scratch != NULL ? rq.path_len + 1 : 0;
+        }
+    }
+    pol_decide(c->conf->policy, &rq, d);
+    al_free(rq.scratch);
+    x->decided = 1;
+    if (d->verdict == POL_DENY) {
+        status = strcmp(d->reason, "bad_path") == 0 || strcmp(d->reason, "encoded_slash") == 0
+                     ? 400
+                     : 403;
+        px_conn_deny(c, status, d->reason, d->rule, NULL);
+        return AL_DECLINED;
+    }
+    if (d->verdict == POL_WOULD_DENY)
+        al_log_info("conn %llu: would_deny %s:%u (%s, rule %s), let through (dry-run)",
+                    (unsigned long long)c->id, x->target.host, x->target.port, d->reason,
+                    d->staged_rule ? d->staged_rule : d->rule);
+    if (!x->is_connect && px_decide_fwd_path(c) != AL_OK) {
+        px_conn_deny(c, 500, "internal", "out of memory", NULL);
+        return AL_DECLINED;
+    }
     return AL_OK;
 }
 
 int
 px_decide_addrs(struct px_conn *c)
 {
-    (void)c;
+    struct px_exch *x = c->x;
+    int kept = pol_filter_addrs(c->conf->policy, &x->decision, x->addrs.addrs, x->addrs.naddrs,
+                                c->conf->self, c->conf->nself);
+
+    x->addrs.naddrs = kept;
+    if (kept <= 0) {
+        px_conn_deny(c, 403, "address_not_allowed", x->target.host, NULL);
+        return AL_DECLINED;
+    }
     return AL_OK;
 }

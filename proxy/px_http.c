@@ -334,7 +334,8 @@ px_http_status_text(int status)
 }
 
 int
-px_http_error(struct al_dbuf *out, int status, const char *reason, const char *detail)
+px_http_error_ex(struct al_dbuf *out, int status, const char *reason, const char *detail,
+                 const char *extra_headers)
 {
     char body[256];
     int  n;
@@ -346,10 +347,18 @@ px_http_error(struct al_dbuf *out, int status, const char *reason, const char *d
     return al_dbuf_addf(out,
                         "HTTP/1.1 %d %s\r\n"
                         "X-Airlock-Reason: %s\r\n"
+                        "%s"
                         "Content-Type: text/plain\r\n"
                         "Content-Length: %d\r\n"
                         "Connection: close\r\n"
                         "\r\n"
                         "%.*s",
-                        status, px_http_status_text(status), reason, n, n, body);
+                        status, px_http_status_text(status), reason,
+                        extra_headers ? extra_headers : "", n, n, body);
+}
+
+int
+px_http_error(struct al_dbuf *out, int status, const char *reason, const char *detail)
+{
+    return px_http_error_ex(out, status, reason, detail, NULL);
 }

@@ -87,7 +87,10 @@ int px_http_is_token(const char *p, size_t n);
 
 /* A complete error answer with X-Airlock-Reason, a short text body and
  * Connection: close. */
-int         px_http_error(struct al_dbuf *out, int status, const char *reason, const char *detail);
+int px_http_error(struct al_dbuf *out, int status, const char *reason, const char *detail);
+/* Same, with extra header lines (each ending in CRLF) or NULL. */
+int px_http_error_ex(struct al_dbuf *out, int status, const char *reason, const char *detail,
+                     const char *extra_headers);
 const char *px_http_status_text(int status);
 
 #endif

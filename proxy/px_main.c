@@ -17,6 +17,7 @@ struct px_main {
     struct px_worker *workers;
     int               nworkers;
     const char       *config_path;
+    int               dry_run;
     ev_signal         sigterm, sigint, sighup;
     int               stopping;
 };
@@ -47,7 +48,7 @@ px_main_reload_cb(struct ev_loop *loop, ev_signal *s, int revents)
     (void)loop;
     (void)revents;
     al_errs_init(&errs);
-    nc = px_conf_load(m->config_path, &errs);
+    nc = px_conf_load_all(m->config_path, m->dry_run, &errs);
     if (nc == NULL) {
         al_log_err("reload failed; keeping the running configuration:\n%s",
                    errs.text.data ? errs.text.data : "");
@@ -76,7 +77,7 @@ px_main_check(const char *config_path)
     int             rc;
 
     al_errs_init(&errs);
-    c = px_conf_load(config_path, &errs);
+    c = px_conf_load_all(config_path, 0, &errs);
     px_print_errs(&errs);
     rc = c != NULL ? 0 : 2;
     if (c != NULL)
@@ -96,17 +97,19 @@ px_main_run(const char *config_path, int dry_run)
     char            err[256];
     int             rc = 1;
 
-    (void)dry_run;
     memset(&m, 0, sizeof(m));
     m.config_path = config_path;
     al_errs_init(&errs);
-    c = px_conf_load(config_path, &errs);
+    c = px_conf_load_all(config_path, dry_run, &errs);
+    px_print_errs(&errs); /* errors, or the policy's warnings */
     if (c == NULL) {
-        px_print_errs(&errs);
         al_errs_free(&errs);
         return 2;
     }
     al_errs_free(&errs);
+    m.dry_run = dry_run;
+    if (pol_policy_dry_run(c->policy))
+        al_log_info("policy in dry-run: denies are recorded as would_deny and let through");
     al_log_set_level(c->log_level);
     signal(SIGPIPE, SIG_IGN);
     px_raise_nofile();
