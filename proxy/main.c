@@ -13,10 +13,12 @@ static const char px_usage[] =
     "\n"
     "  run    [--config FILE] [--dry-run]   start the proxy (embedded default config\n"
     "                                       when no --config is given)\n"
-    "  check  --config FILE                 validate the configuration and exit\n"
+    "  check  --config FILE                 validate config and policy (errors, warnings)\n"
+    "  policy check --config FILE [--sandbox S] [--json] [--no-resolve] METHOD URL\n"
+    "                                       decide one request, explained (exit 3: deny)\n"
     "  version                              print the version\n"
     "\n"
-    "Exit codes: 0 ok, 1 runtime failure, 2 usage or invalid input.\n";
+    "Exit codes: 0 ok, 1 runtime failure, 2 usage or invalid input, 3 a deny verdict.\n";
 
 #define AIRLOCK_VERSION "0.1.0"
 
@@ -77,5 +79,7 @@ main(int argc, char **argv)
             return px_usage_error("--config FILE is required for", "check");
         return px_main_check(config);
     }
+    if (strcmp(argv[1], "policy") == 0)
+        return px_cli_policy(argc - 1, argv + 1);
     return px_usage_error("unknown command", argv[1]);
 }

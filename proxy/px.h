@@ -128,6 +128,8 @@ struct px_metrics {
     _Atomic uint64_t upstream_errors[PX_UERR_N];
     _Atomic uint64_t pool_hits, pool_misses;
     _Atomic uint64_t tunnels_open, tunnels_total;
+    _Atomic uint64_t reloads_ok, reloads_failed;
+    _Atomic uint64_t decisions[3]; /* allow, deny, would_deny */
 };
 extern struct px_metrics px_metrics;
 #define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)
@@ -181,8 +183,13 @@ void px_pool_clear(struct px_worker *w);
 /* ---- the daemon and CLI entry points (main.c) --------------------------- */
 int px_main_run(const char *config_path, int dry_run);
 int px_main_check(const char *config_path);
-/* Admin listener on the main loop; px_admin.c. */
-int  px_admin_start(struct ev_loop *loop, const struct px_conf *conf);
+/* `airlock policy ...`; argv[0] is "policy". Returns the exit code. */
+int px_cli_policy(int argc, char **argv);
+/* Admin listener on the main loop; px_admin.c. `reload` (POST /reload)
+ * rebuilds the snapshot; it returns AL_OK, or AL_ERROR with the reasons in msg. */
+typedef int (*px_reload_fn)(void *arg, struct al_dbuf *msg);
+int  px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn reload,
+                    void *arg);
 void px_admin_stop(struct ev_loop *loop);
 
 /* Raise RLIMIT_NOFILE soft limit to the hard limit. */

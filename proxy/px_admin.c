@@ -1,6 +1,6 @@
 /*
  * px_admin.c - the admin listener on the main thread's loop:
- * GET /healthz and GET /metrics (Prometheus text). Requests are parsed with
+ * GET /healthz, GET /metrics (Prometheus text) and POST /reload. Requests are parsed with
  * llhttp; each connection has a small capped buffer and a 5 s deadline, and
  * is closed after one answer. Nothing here blocks the main loop.
  */
@@ -24,6 +24,8 @@ struct px_admin_conn {
 };
 
 static int               px_admin_fd = -1;
+static px_reload_fn      px_admin_reload;
+static void             *px_admin_reload_arg;
 static ev_io             px_admin_accept_w;
 static llhttp_settings_t px_admin_settings;
 
@@ -57,6 +59,23 @@ px_admin_on_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+static const char *
+px_admin_status_text(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 422:
+        return "Unprocessable Content";
+    default:
+        return "Bad Request";
+    }
+}
+
 static void
 px_admin_respond(struct px_admin_conn *a, int status, const char *ctype, const struct al_dbuf *body)
 {
@@ -79,9 +98,18 @@ px_admin_route(struct px_admin_conn *a)
     const char    *u = a->url.data ? a->url.data : "";
 
     al_dbuf_init(&body, 1 << 20);
-    if (a->method != HTTP_GET) {
+    if (strcmp(u, "/reload") == 0) {
+        if (a->method != HTTP_POST) {
+            al_dbuf_adds(&body, "use POST\n");
+            px_admin_respond(a, 405, "text/plain", &body);
+        } else if (px_admin_reload(px_admin_reload_arg, &body) == AL_OK) {
+            px_admin_respond(a, 200, "text/plain", &body);
+        } else {
+            px_admin_respond(a, 422, "text/plain", &body);
+        }
+    } else if (a->method != HTTP_GET) {
         al_dbuf_adds(&body, "only GET\n");
-        px_admin_respond(a, 400, "text/plain", &body);
+        px_admin_respond(a, 405, "text/plain", &body);
     } else if (strcmp(u, "/healthz") == 0) {
         al_dbuf_adds(&body, "ok\n");
         px_admin_respond(a, 200, "text/plain", &body);
@@ -178,10 +206,12 @@ px_admin_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 int
-px_admin_start(struct ev_loop *loop, const struct px_conf *conf)
+px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn reload, void *arg)
 {
     int one = 1;
 
+    px_admin_reload = reload;
+    px_admin_reload_arg = arg;
     if (!conf->has_admin)
         return AL_OK;
     llhttp_settings_init(&px_admin_settings);

@@ -38,28 +38,49 @@ px_main_stop_cb(struct ev_loop *loop, ev_signal *s, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
-static void
-px_main_reload_cb(struct ev_loop *loop, ev_signal *s, int revents)
+/* Builds a new snapshot (config + policy); on any error nothing changes. */
+static int
+px_main_reload(void *arg, struct al_dbuf *msg)
 {
-    struct px_main *m = s->data;
+    struct px_main *m = arg;
     struct al_errs  errs;
     struct px_conf *nc;
+    int             rc = AL_OK;
 
-    (void)loop;
-    (void)revents;
     al_errs_init(&errs);
     nc = px_conf_load_all(m->config_path, m->dry_run, &errs);
     if (nc == NULL) {
+        PX_MINC(reloads_failed);
         al_log_err("reload failed; keeping the running configuration:\n%s",
                    errs.text.data ? errs.text.data : "");
+        if (msg != NULL) {
+            al_dbuf_adds(msg, "reload failed; the running configuration is unchanged:\n");
+            al_dbuf_adds(msg, errs.text.data ? errs.text.data : "");
+        }
+        rc = AL_ERROR;
     } else {
+        PX_MINC(reloads_ok);
         al_log_set_level(nc->log_level);
         px_conf_set_current(nc);
         for (int i = 0; i < m->nworkers; i++)
             px_worker_signal(&m->workers[i], 0, 1);
         al_log_info("reloaded %s", m->config_path ? m->config_path : "(embedded default)");
+        if (msg != NULL) {
+            al_dbuf_adds(msg, "reloaded\n");
+            if (errs.text.data != NULL)
+                al_dbuf_adds(msg, errs.text.data); /* warnings */
+        }
     }
     al_errs_free(&errs);
+    return rc;
+}
+
+static void
+px_main_reload_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    (void)loop;
+    (void)revents;
+    (void)px_main_reload(s->data, NULL);
 }
 
 static void
@@ -126,7 +147,7 @@ px_main_run(const char *config_path, int dry_run)
         }
     }
     loop = ev_default_loop(EVFLAG_AUTO);
-    if (px_admin_start(loop, c) != AL_OK) {
+    if (px_admin_start(loop, c, px_main_reload, &m) != AL_OK) {
         al_log_err("cannot start the admin listener");
         goto out;
     }

@@ -49,4 +49,16 @@ px_metrics_render(struct al_dbuf *o)
                  "# TYPE airlock_tunnels_open gauge\nairlock_tunnels_open %llu\n"
                  "# TYPE airlock_tunnels_total counter\nairlock_tunnels_total %llu\n",
                  PX_LOAD(px_metrics.tunnels_open), PX_LOAD(px_metrics.tunnels_total));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_reloads_total counter\n"
+                 "airlock_reloads_total{result=\"ok\"} %llu\n"
+                 "airlock_reloads_total{result=\"failed\"} %llu\n",
+                 PX_LOAD(px_metrics.reloads_ok), PX_LOAD(px_metrics.reloads_failed));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_decisions_total counter\n"
+                 "airlock_decisions_total{decision=\"allow\"} %llu\n"
+                 "airlock_decisions_total{decision=\"deny\"} %llu\n"
+                 "airlock_decisions_total{decision=\"would_deny\"} %llu\n",
+                 PX_LOAD(px_metrics.decisions[0]), PX_LOAD(px_metrics.decisions[1]),
+                 PX_LOAD(px_metrics.decisions[2]));
 }

@@ -1,0 +1,230 @@
+/*
+ * px_cli.c - `airlock policy check`: one request through the same decision
+ * path the daemon uses (pol_decide, then the address guard on the resolved
+ * answers), explained rule by rule. Resolution honours the config's
+ * `resolve` pins; other names go to the system resolver (this is a CLI, so a
+ * blocking lookup is fine), or nowhere with --no-resolve.
+ */
+#include "px.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char px_cli_policy_usage[] =
+    "usage: airlock policy check --config FILE [--sandbox S] [--json] [--no-resolve] METHOD URL\n"
+    "  URL is http://host[:port]/path, https://host[:port]/path, or host:port with CONNECT.\n"
+    "  Exit: 0 allow (also would_deny), 3 deny, 2 bad input.\n";
+
+static int
+px_cli_usage(const char *what, const char *arg)
+{
+    fprintf(stderr, "airlock policy: %s%s%s%s\n\n%s", what, arg ? " \"" : "", arg ? arg : "",
+            arg ? "\"" : "", px_cli_policy_usage);
+    return 2;
+}
+
+/* Resolves host into addrs (port applied). Returns the count, 0 on failure. */
+static int
+px_cli_resolve(const struct px_conf *c, const struct px_target *t, struct sockaddr_storage *addrs,
+               int max, char *err, size_t errsz)
+{
+    const char     *lit = t->host;
+    struct addrinfo hints, *res = NULL, *ai;
+    char            port[8];
+    int             n = 0;
+
+    for (int i = 0; i < c->noverrides; i++) {
+        if (strcmp(c->overrides[i].name, t->host) == 0)
+            lit = c->overrides[i].addr;
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    if (lit != t->host || t->kind != PX_HOST_NAME)
+        hints.ai_flags = AI_NUMERICHOST;
+    snprintf(port, sizeof(port), "%u", t->port);
+    if (getaddrinfo(lit, port, &hints, &res) != 0) {
+        snprintf(err, errsz, "cannot resolve %s", t->host);
+        return 0;
+    }
+    for (ai = res; ai != NULL && n < max; ai = ai->ai_next) {
+        if (ai->ai_addrlen <= sizeof(addrs[0])) {
+            memset(&addrs[n], 0, sizeof(addrs[n]));
+            memcpy(&addrs[n], ai->ai_addr, ai->ai_addrlen);
+            n++;
+        }
+    }
+    freeaddrinfo(res);
+    return n;
+}
+
+static void
+px_cli_json_str(const char *s)
+{
+    putchar('"');
+    for (; s != NULL && *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
+
+int
+px_cli_policy(int argc, char **argv)
+{
+    const char             *config = NULL, *sandbox = NULL, *method = NULL, *url = NULL;
+    int                     json = 0, no_resolve = 0, rc = 2, naddrs = 0, kept = 0;
+    struct al_errs          errs;
+    struct px_conf         *c = NULL;
+    struct px_target        t;
+    const char             *perr = NULL;
+    struct pol_request      rq;
+    struct pol_decision     d;
+    struct sockaddr_storage addrs[PX_DNS_MAX_ADDRS], all[PX_DNS_MAX_ADDRS];
+    char                    rerr[320] = "";
+    char                    mbuf[32];
+
+    al_errs_init(&errs);
+    if (argc < 2 || strcmp(argv[1], "check") != 0) {
+        rc = px_cli_usage("unknown policy command", argc >= 2 ? argv[1] : NULL);
+        goto out;
+    }
+    for (int i = 2; i < argc; i++) {
+        if ((strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--sandbox") == 0) &&
+            i + 1 < argc) {
+            if (argv[i][2] == 'c')
+                config = argv[++i];
+            else
+                sandbox = argv[++i];
+        } else if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
+        } else if (strcmp(argv[i], "--no-resolve") == 0) {
+            no_resolve = 1;
+        } else if (argv[i][0] == '-') {
+            rc = px_cli_usage("unknown option", argv[i]);
+            goto out;
+        } else if (method == NULL) {
+            method = argv[i];
+        } else if (url == NULL) {
+            url = argv[i];
+        } else {
+            rc = px_cli_usage("unexpected argument", argv[i]);
+            goto out;
+        }
+    }
+    if (config == NULL || method == NULL || url == NULL) {
+        rc = px_cli_usage("--config, METHOD and URL are required", NULL);
+        goto out;
+    }
+    snprintf(mbuf, sizeof(mbuf), "%s", method);
+    for (char *p = mbuf; *p != '\0'; p++) {
+        if (*p >= 'a' && *p <= 'z')
+            *p = (char)(*p - 32);
+        else if (!((*p >= 'A' && *p <= 'Z') || *p == '-' || *p == '_')) {
+            rc = px_cli_usage("bad method", method);
+            goto out;
+        }
+    }
+    c = px_conf_load_all(config, 0, &errs);
+    if (c == NULL) {
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        goto out;
+    }
+    if (sandbox != NULL && px_conf_sandbox(c, sandbox) == NULL) {
+        rc = px_cli_usage("unknown sandbox", sandbox);
+        goto out;
+    }
+    memset(&t, 0, sizeof(t));
+    if (strcmp(mbuf, "CONNECT") == 0) {
+        if (px_authority_parse(url, strlen(url), 0, &t, &perr) != AL_OK) {
+            fprintf(stderr, "airlock policy: %s: %s\n", url, perr);
+            goto out;
+        }
+    } else if (px_url_parse_absolute(url, strlen(url), &t, &perr) != AL_OK) {
+        fprintf(stderr, "airlock policy: %s: %s\n", url, perr);
+        goto out;
+    }
+    memset(&rq, 0, sizeof(rq));
+    rq.sandbox = sandbox;
+    rq.scheme = strcmp(mbuf, "CONNECT") == 0 ? "connect" : t.tls ? "https" : "http";
+    rq.host = t.host;
+    rq.host_is_ip = t.kind != PX_HOST_NAME;
+    rq.port = t.port;
+    rq.method = mbuf;
+    if (strcmp(mbuf, "CONNECT") != 0) {
+        rq.path = t.path_needs_slash ? "/" : t.path;
+        rq.path_len = t.path_needs_slash ? 1 : t.path_len;
+    }
+    rq.want_explain = 1;
+    pol_decide(c->policy, &rq, &d);
+    if (d.verdict != POL_DENY && !no_resolve) {
+        naddrs = px_cli_resolve(c, &t, all, PX_DNS_MAX_ADDRS, rerr, sizeof(rerr));
+        memcpy(addrs, all, sizeof(all));
+        kept = pol_filter_addrs(c->policy, &d, addrs, naddrs, c->self, c->nself);
+        if (naddrs == 0) {
+            d.verdict = POL_DENY;
+            d.reason = "dns_failed";
+        }
+    }
+    if (json) {
+        printf("{\"decision\":");
+        px_cli_json_str(pol_verdict_name(d.verdict));
+        printf(",\"rule\":");
+        px_cli_json_str(d.rule);
+        printf(",\"reason\":");
+        px_cli_json_str(d.reason);
+        printf(",\"staged_rule\":");
+        if (d.staged_rule != NULL)
+            px_cli_json_str(d.staged_rule);
+        else
+            printf("null");
+        printf(",\"intercept\":%s,\"explain\":", d.intercept ? "true" : "false");
+        px_cli_json_str(d.explain);
+        printf(",\"addresses\":[");
+        for (int i = 0; i < naddrs; i++) {
+            char s[80];
+            int  ok = 0;
+
+            px_sockaddr_str((struct sockaddr *)&all[i], s, sizeof(s));
+            for (int k = 0; k < kept; k++)
+                ok |= memcmp(&addrs[k], &all[i], sizeof(all[i])) == 0;
+            printf("%s{\"addr\":", i ? "," : "");
+            px_cli_json_str(s);
+            printf(",\"class\":");
+            px_cli_json_str(pol_addr_class_name(pol_addr_classify((struct sockaddr *)&all[i])));
+            printf(",\"allowed\":%s}", ok ? "true" : "false");
+        }
+        printf("]}\n");
+    } else {
+        printf("decision:  %s\nrule:      %s\nreason:    %s\n", pol_verdict_name(d.verdict), d.rule,
+               d.reason);
+        if (d.staged_rule != NULL)
+            printf("staged:    %s (dry-run rule matched)\n", d.staged_rule);
+        printf("explain:   %s\n", d.explain);
+        if (rerr[0] != '\0')
+            printf("resolve:   %s\n", rerr);
+        for (int i = 0; i < naddrs; i++) {
+            char s[80];
+            int  ok = 0;
+
+            px_sockaddr_str((struct sockaddr *)&all[i], s, sizeof(s));
+            for (int k = 0; k < kept; k++)
+                ok |= memcmp(&addrs[k], &all[i], sizeof(all[i])) == 0;
+            printf("address:   %s (%s) %s\n", s,
+                   pol_addr_class_name(pol_addr_classify((struct sockaddr *)&all[i])),
+                   ok ? "allowed" : "dropped by the address guard");
+        }
+    }
+    rc = d.verdict == POL_DENY ? 3 : 0;
+out:
+    px_conf_unref(c);
+    al_errs_free(&errs);
+    return rc;
+}
