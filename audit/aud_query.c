@@ -1,0 +1,442 @@
+/*
+ * aud_query.c - the read side: opening the file read-only next to a running
+ * writer (WAL readers never block it), turning a struct aud_filter into a
+ * WHERE clause whose every value is a bound parameter, reading rows back
+ * into struct aud_record, and parsing --since/--until times.
+ *
+ * Invariants: no filter value is ever pasted into SQL text. Host globs are
+ * translated to LIKE patterns with every LIKE metacharacter (% _ \) escaped
+ * first, so only * and ? are wildcards. Files of an older schema are read
+ * as they are (missing columns read as empty), never migrated here.
+ */
+#include "aud_int.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static const char aud_query_cols_v2[] =
+    "id, ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, method, scheme, "
+    "host, port, path, upstream, orig_dst, decision, rule, reason, secrets, status, bytes_up, "
+    "bytes_down, error, pending";
+static const char aud_query_cols_v1[] =
+    "id, ts, duration_us, 0 AS conn_id, sandbox, session, tool_call, client, '' AS mode, "
+    "method, scheme, host, port, path, upstream, '' AS orig_dst, decision, rule, reason, "
+    "secrets, status, bytes_up, bytes_down, error, 0 AS pending";
+
+const char *
+aud_query_columns(int version)
+{
+    return version <= 1 ? aud_query_cols_v1 : aud_query_cols_v2;
+}
+
+sqlite3 *
+aud_db_open_ro(const char *path, struct al_errs *errs)
+{
+    sqlite3 *db = NULL;
+    int      rc;
+    int      v;
+
+    rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+    if (rc != SQLITE_OK) {
+        al_errs_add(errs, "%s: cannot open audit database: %s", path,
+                    db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_busy_timeout(db, AUD_BUSY_TIMEOUT_MS);
+    v = aud_db_schema_version(db);
+    if (v <= 0) {
+        al_errs_add(errs, "%s: not an airlock audit database%s%s", path, v < 0 ? ": " : "",
+                    v < 0 ? sqlite3_errmsg(db) : " (no requests table)");
+        goto fail;
+    }
+    if (v > AUD_SCHEMA_VERSION) {
+        al_errs_add(errs, "%s: schema version %d is newer than this airlock knows (%d)", path, v,
+                    AUD_SCHEMA_VERSION);
+        goto fail;
+    }
+    return db;
+fail:
+    sqlite3_close(db);
+    return NULL;
+}
+
+int
+aud_glob_has_meta(const char *s)
+{
+    return strpbrk(s, "*?") != NULL;
+}
+
+int
+aud_glob_to_like(const char *glob, char *out, size_t outlen)
+{
+    size_t o = 0;
+
+    for (const char *p = glob; *p != '\0'; p++) {
+        if (o + 3 >= outlen)
+            return AL_ERROR;
+        switch (*p) {
+        case '*':
+            out[o++] = '%';
+            break;
+        case '?':
+            out[o++] = '_';
+            break;
+        case '%':
+        case '_':
+        case '\\':
+            out[o++] = '\\';
+            out[o++] = *p;
+            break;
+        default:
+            out[o++] = *p;
+            break;
+        }
+    }
+    out[o] = '\0';
+    return AL_OK;
+}
+
+static void
+aud_binds_text(struct aud_binds *b, const char *s)
+{
+    b->type[b->n] = 't';
+    b->t[b->n] = s;
+    b->n++;
+}
+
+static void
+aud_binds_int(struct aud_binds *b, int64_t v)
+{
+    b->type[b->n] = 'i';
+    b->i[b->n] = v;
+    b->n++;
+}
+
+int
+aud_query_where(struct al_dbuf *sql, struct aud_binds *b, const struct aud_filter *f)
+{
+    const char *and = " WHERE ";
+    int rc = AL_OK;
+
+    memset(b, 0, sizeof(*b));
+#define AUD_Q_ADD(clause)                                                                          \
+    do {                                                                                           \
+        if (al_dbuf_adds(sql, and) != AL_OK || al_dbuf_adds(sql, (clause)) != AL_OK)               \
+            rc = AL_ERROR;                                                                         \
+        and = " AND ";                                                                             \
+    } while (0)
+    if (f->since_us != 0) {
+        AUD_Q_ADD("ts >= ?");
+        aud_binds_int(b, f->since_us);
+    }
+    if (f->until_us != 0) {
+        AUD_Q_ADD("ts < ?");
+        aud_binds_int(b, f->until_us);
+    }
+    if (f->sandbox != NULL) {
+        AUD_Q_ADD("sandbox = ?");
+        aud_binds_text(b, f->sandbox);
+    }
+    if (f->session != NULL) {
+        AUD_Q_ADD("session = ?");
+        aud_binds_text(b, f->session);
+    }
+    if (f->tool_call != NULL) {
+        AUD_Q_ADD("tool_call = ?");
+        aud_binds_text(b, f->tool_call);
+    }
+    if (f->host != NULL) {
+        if (aud_glob_has_meta(f->host)) {
+            if (aud_glob_to_like(f->host, b->glob, sizeof(b->glob)) != AL_OK)
+                return AL_ERROR;
+            AUD_Q_ADD("host LIKE ? ESCAPE '\\'");
+        } else {
+            size_t n = strlen(f->host);
+
+            if (n >= sizeof(b->glob))
+                return AL_ERROR;
+            for (size_t i = 0; i <= n; i++)
+                b->glob[i] = (char)tolower((unsigned char)f->host[i]);
+            AUD_Q_ADD("host = ?");
+        }
+        aud_binds_text(b, b->glob);
+    }
+    if (f->decision != NULL) {
+        AUD_Q_ADD("decision = ?");
+        aud_binds_text(b, f->decision);
+    }
+    if (f->rule != NULL) {
+        AUD_Q_ADD("rule = ?");
+        aud_binds_text(b, f->rule);
+    }
+    if (f->secret != NULL) {
+        AUD_Q_ADD("instr(',' || secrets || ',', ',' || ? || ',') > 0");
+        aud_binds_text(b, f->secret);
+    }
+    if (f->status_lo != 0 || f->status_hi != 0) {
+        AUD_Q_ADD("status BETWEEN ? AND ?");
+        aud_binds_int(b, f->status_lo);
+        aud_binds_int(b, f->status_hi);
+    }
+    if (f->after_id != 0) {
+        AUD_Q_ADD("id > ?");
+        aud_binds_int(b, f->after_id);
+    }
+#undef AUD_Q_ADD
+    return rc;
+}
+
+int
+aud_query_bind(sqlite3_stmt *st, const struct aud_binds *b, int *idx)
+{
+    int rc;
+
+    for (int k = 0; k < b->n; k++) {
+        if (b->type[k] == 'i')
+            rc = sqlite3_bind_int64(st, (*idx)++, b->i[k]);
+        else
+            rc = sqlite3_bind_text(st, (*idx)++, b->t[k], -1, SQLITE_STATIC);
+        if (rc != SQLITE_OK)
+            return AL_ERROR;
+    }
+    return AL_OK;
+}
+
+static void
+aud_query_text(sqlite3_stmt *st, int col, char *dst, size_t n)
+{
+    const unsigned char *s = sqlite3_column_text(st, col);
+    int                  len = sqlite3_column_bytes(st, col);
+
+    if (s == NULL || len <= 0) {
+        dst[0] = '\0';
+        return;
+    }
+    if ((size_t)len >= n)
+        len = (int)n - 1;
+    memcpy(dst, s, (size_t)len);
+    dst[len] = '\0';
+}
+
+#define AUD_Q_TEXT(st, col, field) aud_query_text((st), (col), (field), sizeof(field))
+
+void
+aud_query_row(sqlite3_stmt *st, struct aud_record *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->row_id = sqlite3_column_int64(st, 0);
+    r->ts_us = sqlite3_column_int64(st, 1);
+    r->duration_us = sqlite3_column_int64(st, 2);
+    r->conn_id = (uint64_t)sqlite3_column_int64(st, 3);
+    AUD_Q_TEXT(st, 4, r->sandbox);
+    AUD_Q_TEXT(st, 5, r->session);
+    AUD_Q_TEXT(st, 6, r->tool_call);
+    AUD_Q_TEXT(st, 7, r->client);
+    AUD_Q_TEXT(st, 8, r->mode);
+    AUD_Q_TEXT(st, 9, r->method);
+    AUD_Q_TEXT(st, 10, r->scheme);
+    AUD_Q_TEXT(st, 11, r->host);
+    r->port = (uint16_t)sqlite3_column_int(st, 12);
+    AUD_Q_TEXT(st, 13, r->path);
+    AUD_Q_TEXT(st, 14, r->upstream);
+    AUD_Q_TEXT(st, 15, r->orig_dst);
+    AUD_Q_TEXT(st, 16, r->decision);
+    AUD_Q_TEXT(st, 17, r->rule);
+    AUD_Q_TEXT(st, 18, r->reason);
+    AUD_Q_TEXT(st, 19, r->secrets);
+    r->status = sqlite3_column_int(st, 20);
+    r->bytes_up = sqlite3_column_int64(st, 21);
+    r->bytes_down = sqlite3_column_int64(st, 22);
+    AUD_Q_TEXT(st, 23, r->error);
+    r->pending = sqlite3_column_int(st, 24);
+}
+
+/* Builds the full SELECT for f on a file of schema `version`. */
+static int
+aud_query_sql(struct al_dbuf *sql, struct aud_binds *b, const struct aud_filter *f, int version)
+{
+    const char *cols = aud_query_columns(version);
+    const char *key = f->by_id ? "id" : "ts, id";
+    const char *rkey = f->by_id ? "id DESC" : "ts DESC, id DESC";
+
+    if (f->limit > 0) {
+        al_dbuf_addf(sql, "SELECT * FROM (SELECT %s FROM requests", cols);
+        if (aud_query_where(sql, b, f) != AL_OK)
+            return AL_ERROR;
+        al_dbuf_addf(sql, " ORDER BY %s LIMIT ?) ORDER BY %s", rkey, key);
+    } else {
+        al_dbuf_addf(sql, "SELECT %s FROM requests", cols);
+        if (aud_query_where(sql, b, f) != AL_OK)
+            return AL_ERROR;
+        al_dbuf_addf(sql, " ORDER BY %s", key);
+    }
+    return sql->data != NULL ? AL_OK : AL_ERROR;
+}
+
+int
+aud_query_run(sqlite3 *db, const struct aud_filter                   *f,
+              int (*cb)(void *arg, const struct aud_record *r), void *arg, struct al_errs *errs)
+{
+    sqlite3_stmt      *st = NULL;
+    struct al_dbuf     sql;
+    struct aud_binds   b;
+    struct aud_record *r = NULL;
+    int                idx = 1;
+    int                rc;
+    int                ret = AL_ERROR;
+
+    al_dbuf_init(&sql, 64 * 1024);
+    r = aud_record_new();
+    if (r == NULL) {
+        al_errs_add(errs, "audit: out of memory");
+        goto out;
+    }
+    if (aud_query_sql(&sql, &b, f, aud_db_schema_version(db)) != AL_OK) {
+        al_errs_add(errs, "audit: filter too long");
+        goto out;
+    }
+    rc = sqlite3_prepare_v2(db, sql.data, -1, &st, NULL);
+    if (rc != SQLITE_OK || aud_query_bind(st, &b, &idx) != AL_OK ||
+        (f->limit > 0 && sqlite3_bind_int64(st, idx, f->limit) != SQLITE_OK)) {
+        al_errs_add(errs, "%s: query: %s", sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
+        goto out;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        aud_query_row(st, r);
+        ret = cb(arg, r);
+        if (ret != AL_OK)
+            goto out;
+    }
+    ret = AL_ERROR;
+    if (rc != SQLITE_DONE) {
+        al_errs_add(errs, "%s: query: %s", sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
+        goto out;
+    }
+    ret = AL_OK;
+out:
+    sqlite3_finalize(st);
+    al_dbuf_free(&sql);
+    aud_record_free(r);
+    return ret;
+}
+
+int
+aud_query_each(const char *db_path, const struct aud_filter           *f,
+               int (*cb)(void *arg, const struct aud_record *r), void *arg, struct al_errs *errs)
+{
+    sqlite3 *db = NULL;
+    int      ret = AL_ERROR;
+
+    db = aud_db_open_ro(db_path, errs);
+    if (db == NULL)
+        goto out;
+    ret = aud_query_run(db, f, cb, arg, errs);
+out:
+    sqlite3_close(db);
+    return ret;
+}
+
+/* ---- time parsing ------------------------------------------------------ */
+
+/* Reads exactly n digits at *p into *v; advances *p. */
+static int
+aud_time_digits(const char **p, int n, int *v)
+{
+    int x = 0;
+
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)(*p)[i]))
+            return AL_ERROR;
+        x = x * 10 + ((*p)[i] - '0');
+    }
+    *p += n;
+    *v = x;
+    return AL_OK;
+}
+
+static int
+aud_time_mdays(int y, int m)
+{
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+
+    if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0))
+        return 29;
+    return days[m - 1];
+}
+
+/* RFC 3339 (or a bare date, UTC midnight) into unix µs. */
+static int
+aud_parse_rfc3339(const char *s, int64_t *out)
+{
+    const char *p = s;
+    struct tm   tm;
+    int         y, mo, d, h = 0, mi = 0, sec = 0, oh = 0, om = 0, sign = 0;
+    int64_t     frac = 0, scale = 100000, t;
+
+    if (aud_time_digits(&p, 4, &y) != AL_OK || *p++ != '-' ||
+        aud_time_digits(&p, 2, &mo) != AL_OK || *p++ != '-' || aud_time_digits(&p, 2, &d) != AL_OK)
+        return AL_ERROR;
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > aud_time_mdays(y, mo))
+        return AL_ERROR;
+    if (*p != '\0') {
+        if (*p != 'T' && *p != 't' && *p != ' ')
+            return AL_ERROR;
+        p++;
+        if (aud_time_digits(&p, 2, &h) != AL_OK || *p++ != ':' ||
+            aud_time_digits(&p, 2, &mi) != AL_OK || *p++ != ':' ||
+            aud_time_digits(&p, 2, &sec) != AL_OK)
+            return AL_ERROR;
+        if (h > 23 || mi > 59 || sec > 60)
+            return AL_ERROR;
+        if (*p == '.') {
+            p++;
+            if (!isdigit((unsigned char)*p))
+                return AL_ERROR;
+            for (; isdigit((unsigned char)*p); p++) {
+                frac += (*p - '0') * scale;
+                scale /= 10;
+            }
+        }
+        if (*p == 'Z' || *p == 'z') {
+            p++;
+        } else if (*p == '+' || *p == '-') {
+            sign = *p == '+' ? 1 : -1;
+            p++;
+            if (aud_time_digits(&p, 2, &oh) != AL_OK || *p++ != ':' ||
+                aud_time_digits(&p, 2, &om) != AL_OK || oh > 23 || om > 59)
+                return AL_ERROR;
+        } else {
+            return AL_ERROR; /* no zone: ambiguous, refuse */
+        }
+        if (*p != '\0')
+            return AL_ERROR;
+    }
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+    t = (int64_t)timegm(&tm);
+    t -= (int64_t)sign * (oh * 3600 + om * 60);
+    *out = t * 1000000 + frac;
+    return AL_OK;
+}
+
+int
+aud_parse_time(const char *s, int64_t now_us, int64_t *out_us)
+{
+    int64_t secs;
+
+    if (s == NULL || *s == '\0')
+        return AL_ERROR;
+    if (strchr(s, '-') != NULL)
+        return aud_parse_rfc3339(s, out_us);
+    if (al_parse_duration(s, &secs) != AL_OK || secs > now_us / 1000000)
+        return AL_ERROR;
+    *out_us = now_us - secs * 1000000;
+    return AL_OK;
+}

@@ -1,0 +1,597 @@
+/*
+ * aud_writer.c - the bounded audit queue and the one writer thread that
+ * owns the sqlite connection.
+ *
+ * Design: callers (proxy workers, any thread) push jobs into a ring under a
+ * mutex and return; they never touch sqlite. The writer thread takes up to
+ * max_batch jobs, drops the lock, and runs them in one transaction with
+ * prepared statements (aud_db.c). A batched-mode batch goes out when it is
+ * full or when its oldest record has waited flush_ms; any strict aud_begin()
+ * job makes the writer go at once, and every begin that arrived meanwhile
+ * joins the same commit (group commit, synchronous=FULL).
+ *
+ * Bounds: admission (aud_writer_admit, aud_begin) stops at queue_max jobs;
+ * finished records (aud_submit, aud_complete) may use a reserve of another
+ * queue_max slots so that the row of a request refused with 503 is still
+ * written. Beyond 2 x queue_max a record is dropped, counted and logged.
+ * Memory bound: 2 x queue_max x sizeof(struct aud_record) (~3.5 KiB each).
+ *
+ * Failures: a failed batch is rolled back, the writer turns unhealthy, logs
+ * at error level (rate-limited), keeps the batch (minus strict begins, which
+ * are answered done(ok=0) so their requests fail closed) and retries with
+ * backoff. Before each batch it checks that the file at db_path is still
+ * the one it opened (removed or replaced -> reopen, which recreates it).
+ * The first successful commit makes it healthy again.
+ *
+ * Retention: between batches, one small DELETE of up to
+ * AUD_RETENTION_CHUNK_ROWS rows older than retention_days, repeated while
+ * there is more to delete, otherwise checked once a minute.
+ *
+ * Lifecycle: aud_writer_start opens the database on the caller's thread
+ * (errors reported there), then hands the connection to the thread.
+ * aud_writer_stop drains everything, commits and closes.
+ */
+#include "aud_int.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+#define AUD_RETRY_MIN_MS 50
+#define AUD_RETRY_MAX_MS 2000
+#define AUD_ERRLOG_INTERVAL_US (5 * 1000000LL)
+#define AUD_RETENTION_IDLE_US (60 * 1000000LL)
+
+enum aud_job_kind { AUD_JOB_INSERT = 0, AUD_JOB_BEGIN, AUD_JOB_COMPLETE };
+
+struct aud_job {
+    enum aud_job_kind  kind;
+    struct aud_record *r; /* owned by the job */
+    void (*done)(void *arg, int ok, int64_t row_id);
+    void *arg;
+};
+
+struct aud_writer {
+    /* configuration (immutable after start) */
+    char  *db_path;
+    int    strict, flush_ms, max_batch, retention_days, log_query;
+    size_t queue_max, cap; /* cap = 2 x queue_max: ring size */
+
+    /* queue, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t  cv; /* writer waits for work */
+    struct aud_job *ring;
+    size_t          head, count;
+    size_t          nbegin;    /* begin jobs in the ring: flush now */
+    int64_t         oldest_us; /* monotonic time the oldest queued job arrived */
+    int             stopping;
+    int64_t         stop_us; /* monotonic time stop was asked */
+
+    /* counters, any thread */
+    _Atomic int      healthy;
+    _Atomic uint64_t queued, written, refused, errors, batches, depth, dropped, deleted;
+
+    /* writer thread only */
+    pthread_t       thread;
+    int             thread_started;
+    struct aud_db  *db;
+    struct aud_job *batch; /* max_batch slots */
+    size_t          nbatch;
+    int64_t         retry_us; /* monotonic; 0 = not failing */
+    int             retry_ms;
+    int64_t         retention_us;
+    int64_t         errlog_us;
+    uint64_t        errs_since_log;
+};
+
+struct aud_record *
+aud_record_new(void)
+{
+    return al_calloc(1, sizeof(struct aud_record));
+}
+
+void
+aud_record_free(struct aud_record *r)
+{
+    al_free(r);
+}
+
+static void
+aud_writer_timespec(int64_t mono_us, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(mono_us / 1000000);
+    ts->tv_nsec = (long)(mono_us % 1000000) * 1000;
+}
+
+/* Logs a failure loudly, at most once per AUD_ERRLOG_INTERVAL_US. */
+static void
+aud_writer_log_failure(struct aud_writer *w, const char *what, const char *detail)
+{
+    int64_t now = al_mono_us();
+
+    w->errs_since_log++;
+    if (w->errlog_us != 0 && now - w->errlog_us < AUD_ERRLOG_INTERVAL_US)
+        return;
+    al_log_err("audit: %s: %s: %s (%llu failure(s); requests fail closed until a commit "
+               "succeeds; %llu record(s) queued)",
+               w->db_path, what, detail, (unsigned long long)w->errs_since_log,
+               (unsigned long long)(atomic_load(&w->depth) + w->nbatch));
+    w->errlog_us = now;
+    w->errs_since_log = 0;
+}
+
+/* Answers and frees the job at batch index i (success or failure). */
+static void
+aud_writer_job_finish(struct aud_job *j, int ok)
+{
+    if (j->kind == AUD_JOB_BEGIN && j->done != NULL)
+        j->done(j->arg, ok, ok ? j->r->row_id : 0);
+    aud_record_free(j->r);
+    j->r = NULL;
+}
+
+static int
+aud_writer_run_job(struct aud_writer *w, struct aud_job *j)
+{
+    int64_t id = 0;
+
+    switch (j->kind) {
+    case AUD_JOB_INSERT:
+        return aud_db_insert(w->db, j->r, 1, &id);
+    case AUD_JOB_BEGIN:
+        if (aud_db_insert(w->db, j->r, 0, &id) != AL_OK)
+            return AL_ERROR;
+        j->r->row_id = id;
+        return AL_OK;
+    case AUD_JOB_COMPLETE:
+        if (j->r->row_id == 0)
+            return aud_db_insert(w->db, j->r, 1, &id);
+        return aud_db_update(w->db, j->r);
+    }
+    return AL_ERROR;
+}
+
+/* Makes sure w->db is open on the file at db_path. AL_OK or AL_ERROR (logged). */
+static int
+aud_writer_ensure_db(struct aud_writer *w)
+{
+    struct al_errs errs;
+    int            ret = AL_OK;
+
+    if (w->db != NULL && aud_db_moved(w->db)) {
+        al_log_err("audit: %s: database file was removed or replaced; reopening (rows "
+                   "committed to the old file stay in the old file)",
+                   w->db_path);
+        aud_db_close(w->db);
+        w->db = NULL;
+    }
+    if (w->db != NULL)
+        return AL_OK;
+    al_errs_init(&errs);
+    w->db = aud_db_open(w->db_path, w->strict, w->log_query, &errs);
+    if (w->db == NULL) {
+        size_t n = errs.text.len;
+
+        while (n > 0 && errs.text.data[n - 1] == '\n')
+            n--;
+        if (errs.text.data != NULL)
+            errs.text.data[n] = '\0';
+        aud_writer_log_failure(w, "reopen", errs.text.data ? errs.text.data : "failed");
+        ret = AL_ERROR;
+    }
+    al_errs_free(&errs);
+    return ret;
+}
+
+/* Runs the batch in one transaction. Writer thread, no lock held. */
+static int
+aud_writer_flush(struct aud_writer *w)
+{
+    const char *what = "begin";
+    size_t      i, k;
+    int         code;
+
+    if (aud_writer_ensure_db(w) != AL_OK)
+        goto fail_noclose;
+    if (aud_db_begin(w->db) != AL_OK)
+        goto fail;
+    what = "insert";
+    for (i = 0; i < w->nbatch; i++) {
+        if (aud_writer_run_job(w, &w->batch[i]) != AL_OK)
+            goto fail;
+    }
+    what = "commit";
+    if (aud_db_commit(w->db) != AL_OK)
+        goto fail;
+    if (atomic_load(&w->healthy) == 0)
+        al_log_info("audit: %s: writer recovered; commits succeed again", w->db_path);
+    atomic_store(&w->healthy, 1);
+    w->retry_us = 0;
+    w->retry_ms = 0;
+    w->errs_since_log = 0;
+    w->errlog_us = 0;
+    atomic_fetch_add(&w->written, w->nbatch);
+    atomic_fetch_add(&w->batches, 1);
+    for (i = 0; i < w->nbatch; i++)
+        aud_writer_job_finish(&w->batch[i], 1);
+    w->nbatch = 0;
+    return AL_OK;
+
+fail:
+    code = aud_db_errcode(w->db);
+    aud_writer_log_failure(w, what, aud_db_errmsg(w->db));
+    aud_db_rollback(w->db);
+    /* Anything but a transient lock or a full disk: start over with a fresh connection. */
+    if (code != SQLITE_BUSY && (code & 0xff) != SQLITE_BUSY && code != SQLITE_FULL &&
+        (code & 0xff) != SQLITE_LOCKED) {
+        aud_db_close(w->db);
+        w->db = NULL;
+    }
+fail_noclose:
+    atomic_fetch_add(&w->errors, 1);
+    atomic_store(&w->healthy, 0);
+    /* Strict begins fail now (their requests are refused); the rest is retried. */
+    for (i = 0, k = 0; i < w->nbatch; i++) {
+        if (w->batch[i].kind == AUD_JOB_BEGIN)
+            aud_writer_job_finish(&w->batch[i], 0);
+        else
+            w->batch[k++] = w->batch[i];
+    }
+    w->nbatch = k;
+    w->retry_ms = w->retry_ms == 0 ? AUD_RETRY_MIN_MS : w->retry_ms * 2;
+    if (w->retry_ms > AUD_RETRY_MAX_MS)
+        w->retry_ms = AUD_RETRY_MAX_MS;
+    w->retry_us = al_mono_us() + (int64_t)w->retry_ms * 1000;
+    return AL_ERROR;
+}
+
+/* One retention chunk in its own small transaction. Writer thread, no lock. */
+static void
+aud_writer_retention(struct aud_writer *w)
+{
+    int64_t cutoff = al_now_us() - (int64_t)w->retention_days * 86400 * 1000000;
+    int     n = 0;
+
+    w->retention_us = al_mono_us() + AUD_RETENTION_IDLE_US;
+    if (w->db == NULL)
+        return;
+    if (aud_db_begin(w->db) != AL_OK || aud_db_retention(w->db, cutoff, &n) != AL_OK ||
+        aud_db_commit(w->db) != AL_OK) {
+        al_log_warnx("audit: %s: retention: %s", w->db_path, aud_db_errmsg(w->db));
+        aud_db_rollback(w->db);
+        atomic_fetch_add(&w->errors, 1);
+        return;
+    }
+    atomic_fetch_add(&w->deleted, (uint64_t)n);
+    if (n >= AUD_RETENTION_CHUNK_ROWS)
+        w->retention_us = al_mono_us(); /* more to do: next round, after any inserts */
+}
+
+/* Moves up to max_batch jobs from the ring into the batch. Lock held. */
+static void
+aud_writer_take(struct aud_writer *w)
+{
+    while (w->count > 0 && w->nbatch < (size_t)w->max_batch) {
+        struct aud_job *j = &w->ring[w->head];
+
+        w->batch[w->nbatch++] = *j;
+        if (j->kind == AUD_JOB_BEGIN)
+            w->nbegin--;
+        j->r = NULL;
+        w->head = (w->head + 1) % w->cap;
+        w->count--;
+    }
+    w->oldest_us = w->count > 0 ? al_mono_us() : 0;
+    atomic_store(&w->depth, w->count);
+}
+
+/* Gives up on everything still held (stop could not commit). Lock held. */
+static void
+aud_writer_drop_all(struct aud_writer *w)
+{
+    uint64_t n = w->nbatch + w->count;
+
+    aud_writer_take(w);
+    while (w->nbatch > 0) {
+        for (size_t i = 0; i < w->nbatch; i++)
+            aud_writer_job_finish(&w->batch[i], 0);
+        w->nbatch = 0;
+        aud_writer_take(w);
+    }
+    if (n > 0) {
+        al_log_err("audit: %s: shutting down with the database unwritable: %llu audit "
+                   "record(s) LOST",
+                   w->db_path, (unsigned long long)n);
+        atomic_fetch_add(&w->dropped, n);
+    }
+}
+
+/* 1 when the writer has something to do now; else *deadline (0 = none). Lock held. */
+static int
+aud_writer_ready(struct aud_writer *w, int64_t now, int64_t *deadline)
+{
+    int64_t d = 0;
+
+    *deadline = 0;
+    if (w->retry_us != 0) {
+        /* failing: only the retry timer (or stop) wakes us */
+        if (now >= w->retry_us)
+            return 1;
+        *deadline = w->retry_us;
+        return w->stopping && now - w->stop_us >= (int64_t)AUD_STOP_RETRY_MS * 1000;
+    }
+    if (w->count > 0) {
+        if (w->stopping || w->nbegin > 0 || w->count >= (size_t)w->max_batch)
+            return 1;
+        d = w->oldest_us + (int64_t)w->flush_ms * 1000;
+        if (now >= d)
+            return 1;
+    }
+    if (w->retention_days > 0 && !w->stopping) {
+        if (now >= w->retention_us)
+            return 1;
+        if (d == 0 || w->retention_us < d)
+            d = w->retention_us;
+    }
+    *deadline = d;
+    return 0;
+}
+
+static void *
+aud_writer_main(void *arg)
+{
+    struct aud_writer *w = arg;
+    struct timespec    ts;
+    int64_t            now, deadline;
+
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        now = al_mono_us();
+        if (w->stopping && w->count == 0 && w->nbatch == 0)
+            break;
+        if (w->stopping && w->retry_us != 0 &&
+            now - w->stop_us >= (int64_t)AUD_STOP_RETRY_MS * 1000) {
+            aud_writer_drop_all(w);
+            break;
+        }
+        if (!aud_writer_ready(w, now, &deadline)) {
+            if (deadline == 0) {
+                pthread_cond_wait(&w->cv, &w->mu);
+            } else {
+                aud_writer_timespec(deadline, &ts);
+                pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            }
+            continue;
+        }
+        aud_writer_take(w);
+        pthread_mutex_unlock(&w->mu);
+        if (w->nbatch > 0)
+            (void)aud_writer_flush(w);
+        if (w->retention_days > 0 && w->retry_us == 0 && al_mono_us() >= w->retention_us)
+            aud_writer_retention(w);
+        pthread_mutex_lock(&w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+struct aud_writer *
+aud_writer_start(const struct aud_conf *conf, struct al_errs *errs)
+{
+    struct aud_writer *w = NULL;
+    pthread_condattr_t ca;
+    int                rc;
+
+    if (conf == NULL || conf->db_path == NULL || conf->db_path[0] == '\0') {
+        al_errs_add(errs, "audit: no database path");
+        goto fail;
+    }
+    w = al_calloc(1, sizeof(*w));
+    if (w == NULL)
+        goto nomem;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->db_path = al_strdup(conf->db_path);
+    if (w->db_path == NULL)
+        goto nomem;
+    w->strict = conf->strict != 0;
+    w->log_query = conf->log_query != 0;
+    w->flush_ms = conf->flush_ms > 0 ? conf->flush_ms : AUD_DEFAULT_FLUSH_MS;
+    w->max_batch = conf->max_batch > 0 ? conf->max_batch : AUD_DEFAULT_MAX_BATCH;
+    w->queue_max = conf->queue_max > 0 ? (size_t)conf->queue_max : AUD_DEFAULT_QUEUE_MAX;
+    w->retention_days = conf->retention_days > 0 ? conf->retention_days : 0;
+    w->cap = 2 * w->queue_max;
+    w->ring = al_calloc(w->cap, sizeof(*w->ring));
+    w->batch = al_calloc((size_t)w->max_batch, sizeof(*w->batch));
+    if (w->ring == NULL || w->batch == NULL)
+        goto nomem;
+    w->db = aud_db_open(w->db_path, w->strict, w->log_query, errs);
+    if (w->db == NULL)
+        goto fail;
+    atomic_store(&w->healthy, 1);
+    w->retention_us = al_mono_us();
+    rc = pthread_create(&w->thread, NULL, aud_writer_main, w);
+    if (rc != 0) {
+        al_errs_add(errs, "audit: cannot start the writer thread: %s", strerror(rc));
+        goto fail;
+    }
+    w->thread_started = 1;
+    return w;
+nomem:
+    al_errs_add(errs, "audit: out of memory");
+fail:
+    aud_writer_stop(w);
+    return NULL;
+}
+
+void
+aud_writer_stop(struct aud_writer *w)
+{
+    if (w == NULL)
+        return;
+    if (w->thread_started) {
+        pthread_mutex_lock(&w->mu);
+        w->stopping = 1;
+        w->stop_us = al_mono_us();
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->thread, NULL);
+    }
+    /* Nothing can be queued now; free anything left (start failure paths). */
+    if (w->ring != NULL) {
+        for (size_t i = 0; i < w->count; i++)
+            aud_record_free(w->ring[(w->head + i) % w->cap].r);
+    }
+    aud_db_close(w->db);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    al_free(w->ring);
+    al_free(w->batch);
+    al_free(w->db_path);
+    al_free(w);
+}
+
+/*
+ * Pushes a job. `limit` is the count at or above which the push is refused
+ * (queue_max for admission, cap for finished records). Returns AL_OK,
+ * AL_DECLINED (queued, but the backlog is at or over queue_max) or AL_ERROR
+ * (not queued: limit reached). Never blocks on I/O.
+ */
+static int
+aud_writer_push(struct aud_writer *w, enum aud_job_kind kind, struct aud_record *r,
+                void (*done)(void *arg, int ok, int64_t row_id), void *arg, size_t limit)
+{
+    struct aud_job *j;
+    int             ret = AL_OK;
+    int             wake;
+
+    pthread_mutex_lock(&w->mu);
+    if (w->count >= limit || w->stopping) {
+        ret = AL_ERROR;
+        goto out;
+    }
+    if (w->count >= w->queue_max)
+        ret = AL_DECLINED;
+    j = &w->ring[(w->head + w->count) % w->cap];
+    j->kind = kind;
+    j->r = r;
+    j->done = done;
+    j->arg = arg;
+    w->count++;
+    if (w->count == 1)
+        w->oldest_us = al_mono_us();
+    if (kind == AUD_JOB_BEGIN)
+        w->nbegin++;
+    atomic_store(&w->depth, w->count);
+    atomic_fetch_add(&w->queued, 1);
+    wake = w->count == 1 || kind == AUD_JOB_BEGIN || w->count == (size_t)w->max_batch;
+    if (wake)
+        pthread_cond_signal(&w->cv);
+out:
+    pthread_mutex_unlock(&w->mu);
+    return ret;
+}
+
+/* Shared by aud_submit and aud_complete: takes ownership of r. */
+static int
+aud_writer_hand_over(struct aud_writer *w, enum aud_job_kind kind, struct aud_record *r)
+{
+    int rc;
+
+    if (r == NULL)
+        return AL_ERROR;
+    if (w == NULL) {
+        aud_record_free(r);
+        return AL_ERROR;
+    }
+    rc = aud_writer_push(w, kind, r, NULL, NULL, w->cap);
+    if (rc == AL_ERROR) {
+        al_log_err("audit: %s: queue hard limit (%zu) reached: audit record of conn %llu DROPPED",
+                   w->db_path, w->cap, (unsigned long long)r->conn_id);
+        atomic_fetch_add(&w->dropped, 1);
+        atomic_fetch_add(&w->refused, 1);
+        aud_record_free(r);
+        return AL_DECLINED;
+    }
+    if (rc == AL_DECLINED)
+        atomic_fetch_add(&w->refused, 1);
+    if (atomic_load(&w->healthy) == 0)
+        return AL_ERROR;
+    return rc;
+}
+
+int
+aud_submit(struct aud_writer *w, struct aud_record *r)
+{
+    return aud_writer_hand_over(w, AUD_JOB_INSERT, r);
+}
+
+int
+aud_complete(struct aud_writer *w, struct aud_record *r)
+{
+    return aud_writer_hand_over(w, AUD_JOB_COMPLETE, r);
+}
+
+int
+aud_begin(struct aud_writer *w, const struct aud_record         *r,
+          void (*done)(void *arg, int ok, int64_t row_id), void *arg)
+{
+    struct aud_record *copy = NULL;
+    int                rc;
+
+    if (w == NULL || r == NULL || atomic_load(&w->healthy) == 0)
+        return AL_ERROR;
+    copy = aud_record_new();
+    if (copy == NULL)
+        return AL_ERROR;
+    memcpy(copy, r, sizeof(*copy));
+    copy->row_id = 0;
+    rc = aud_writer_push(w, AUD_JOB_BEGIN, copy, done, arg, w->queue_max);
+    if (rc != AL_OK) {
+        atomic_fetch_add(&w->refused, 1);
+        aud_record_free(copy);
+        return AL_DECLINED;
+    }
+    return AL_OK;
+}
+
+int
+aud_writer_admit(struct aud_writer *w)
+{
+    if (w == NULL || atomic_load(&w->healthy) == 0)
+        return AL_ERROR;
+    if (atomic_load(&w->depth) >= w->queue_max) {
+        atomic_fetch_add(&w->refused, 1);
+        return AL_DECLINED;
+    }
+    return AL_OK;
+}
+
+int
+aud_writer_healthy(const struct aud_writer *w)
+{
+    return w != NULL && atomic_load(&w->healthy) != 0;
+}
+
+void
+aud_writer_stats(const struct aud_writer *w, struct aud_stats *out)
+{
+    const struct aud_writer *m = w;
+
+    memset(out, 0, sizeof(*out));
+    if (m == NULL)
+        return;
+    out->queued = atomic_load(&m->queued);
+    out->written = atomic_load(&m->written);
+    out->refused = atomic_load(&m->refused);
+    out->errors = atomic_load(&m->errors);
+    out->batches = atomic_load(&m->batches);
+    out->depth = atomic_load(&m->depth);
+    out->dropped = atomic_load(&m->dropped);
+    out->deleted = atomic_load(&m->deleted);
+}

@@ -1,0 +1,185 @@
+/*
+ * audit.h - the audit module's one public header: the plain-data request
+ * record, the writer thread that commits records to sqlite (batched or
+ * strict group commit), the read-side query API (used by `policy replay`)
+ * and the `airlock audit` CLI entry point.
+ *
+ * Threads: aud_record_new/free, aud_submit, aud_begin, aud_complete,
+ * aud_writer_admit, aud_writer_healthy and aud_writer_stats may be called
+ * from any thread. aud_writer_start/stop from one controlling thread.
+ * No sqlite call ever runs on a caller's thread except in start (open +
+ * schema) and in the read-side functions.
+ */
+#ifndef AUD_AUDIT_H
+#define AUD_AUDIT_H
+
+#include <stdint.h>
+
+#include "common.h"
+
+/* Defaults applied when a struct aud_conf field is 0 (or negative). */
+#define AUD_DEFAULT_FLUSH_MS 50
+#define AUD_DEFAULT_MAX_BATCH 4096
+#define AUD_DEFAULT_QUEUE_MAX 8192
+/* Rows deleted per retention step (one small transaction between batches). */
+#define AUD_RETENTION_CHUNK_ROWS 1000
+/* Current on-disk schema version (table schema_version). */
+#define AUD_SCHEMA_VERSION 2
+/* aud_writer_stop() keeps retrying a failing database this long before it drops. */
+#define AUD_STOP_RETRY_MS 5000
+
+/*
+ * One request, as the proxy saw it. Plain data: fixed-size, NUL-terminated
+ * strings (a longer value is truncated by the caller's snprintf), no
+ * pointers. Heap-allocated by aud_record_new(); owned by the queue after
+ * aud_submit()/aud_complete(). There is deliberately no field for header
+ * values: a secret value can only reach the audit file if a caller copies
+ * it into one of these fields.
+ */
+struct aud_record {
+    int64_t  ts_us, duration_us; /* request start (unix µs), duration */
+    uint64_t conn_id;
+    char     sandbox[64], session[128], tool_call[128];
+    char     client[64]; /* "ip:port" */
+    char     mode[16];   /* listener mode: forward | transparent */
+    char     method[24], scheme[8];
+    char     host[256]; /* stored lower-cased */
+    uint16_t port;
+    char     path[2048];   /* full path; "?query" and "#frag" dropped unless conf.log_query */
+    char     upstream[64]; /* "ip:port" actually connected */
+    char     orig_dst[64]; /* transparent SO_ORIGINAL_DST, else "" */
+    char     decision[16]; /* allow | deny | would_deny | error */
+    char     rule[64], reason[64];
+    char     secrets[256]; /* comma-separated secret NAMES */
+    int      status;       /* HTTP status sent to the client, 0 if none */
+    int64_t  bytes_up, bytes_down;
+    char     error[128];
+    int64_t  row_id;  /* strict mode: the row aud_begin() created; read side: id */
+    int      pending; /* read side only: strict row begun but never completed */
+};
+
+struct aud_conf {
+    const char *db_path;        /* required; created with mode 0600 */
+    int         strict;         /* 1: synchronous=FULL, aud_begin/aud_complete in use */
+    int         flush_ms;       /* batched mode: longest a record waits before its commit */
+    int         max_batch;      /* records per transaction */
+    int         queue_max;      /* admission bound; see aud_submit() */
+    int         retention_days; /* 0 keeps rows forever */
+    int         log_query;      /* 1 keeps "?query" in path */
+};
+
+struct aud_stats {
+    uint64_t queued;  /* records accepted into the queue */
+    uint64_t written; /* rows inserted or completed and committed */
+    uint64_t refused; /* aud_submit/aud_begin/aud_writer_admit answers of AL_DECLINED */
+    uint64_t errors;  /* failed sqlite operations (each failed batch counts once) */
+    uint64_t batches; /* committed transactions */
+    uint64_t depth;   /* records waiting in the queue now */
+    uint64_t dropped; /* records lost: queue hard cap reached, or stop gave up */
+    uint64_t deleted; /* rows removed by retention */
+};
+
+struct aud_writer;
+
+/*
+ * Opens (or creates, mode 0600) the database, sets WAL, creates or migrates
+ * the schema, prepares statements, then starts the writer thread which owns
+ * the connection from then on. Returns a writer owned by the caller (release
+ * with aud_writer_stop()), or NULL with a message in errs.
+ */
+struct aud_writer *aud_writer_start(const struct aud_conf *conf, struct al_errs *errs);
+
+/* Drains the queue, commits, closes and frees. NULL-safe. If the database
+ * cannot be written it retries for up to AUD_STOP_RETRY_MS, then counts and
+ * logs what it had to drop. */
+void aud_writer_stop(struct aud_writer *w);
+
+/* Returns a zeroed record owned by the caller, or NULL (no memory). */
+struct aud_record *aud_record_new(void);
+void               aud_record_free(struct aud_record *r); /* NULL-safe */
+
+/*
+ * Admission check for a new request (call before forwarding it): AL_OK,
+ * AL_DECLINED when the backlog reached queue_max (answer 503 audit_backlog;
+ * counted in `refused`), AL_ERROR while the writer cannot commit (answer
+ * 503 audit_unavailable).
+ */
+int aud_writer_admit(struct aud_writer *w);
+
+/*
+ * Batched mode: hands a finished record over. Takes ownership of `r` always.
+ *   AL_OK        queued.
+ *   AL_DECLINED  the backlog is at or above queue_max. The record IS still
+ *                queued (a reserve of another queue_max slots exists so the
+ *                row of a request answered 503 audit_backlog is not lost);
+ *                counted in `refused`. Only beyond 2 x queue_max is the
+ *                record dropped (counted in `dropped`, logged loudly).
+ *   AL_ERROR     the writer is failing (sqlite errors): the record is queued
+ *                when there is room and retried, but the caller must fail
+ *                closed (503 audit_unavailable) for new requests.
+ */
+int aud_submit(struct aud_writer *w, struct aud_record *r);
+
+/*
+ * Strict mode: inserts a copy of `r` (not taken over) with the next group
+ * commit (synchronous=FULL). `done(arg, ok, row_id)` is called ON THE WRITER
+ * THREAD exactly once when AL_OK was returned: ok=1 after the transaction
+ * holding the row committed, ok=0 if that commit failed (fail closed; then
+ * submit the request's row with aud_submit()). Returns AL_DECLINED (backlog)
+ * or AL_ERROR (writer unhealthy, or no memory) without calling `done`.
+ */
+int aud_begin(struct aud_writer *w, const struct aud_record         *r,
+              void (*done)(void *arg, int ok, int64_t row_id), void *arg);
+
+/*
+ * Strict mode, at request end: updates the row r->row_id with status, bytes,
+ * duration, error and decision (and upstream, rule, reason, secrets when
+ * non-empty). Takes ownership of `r` always. r->row_id == 0 inserts a new
+ * complete row instead. Return values as aud_submit().
+ */
+int aud_complete(struct aud_writer *w, struct aud_record *r);
+
+/* 0 while the writer cannot commit; 1 again after a commit succeeds. Any thread. */
+int aud_writer_healthy(const struct aud_writer *w);
+/* Snapshot of the counters; any thread. */
+void aud_writer_stats(const struct aud_writer *w, struct aud_stats *out);
+
+/* ---- read side --------------------------------------------------------- */
+
+/* Row filter; zero / NULL fields do not filter. Strings are matched exactly
+ * (bound parameters), except `host`, which is a glob (* and ?, case-
+ * insensitive; every other character literal). */
+struct aud_filter {
+    int64_t     since_us, until_us; /* ts >= since, ts < until; 0 = open */
+    const char *sandbox, *session, *tool_call, *host, *decision, *rule, *secret;
+    int         status_lo, status_hi; /* inclusive; 0,0 = any */
+    int64_t     after_id;             /* id > after_id */
+    int64_t     limit;                /* the newest `limit` rows; 0 = all */
+    int         by_id;                /* order (and pick the newest) by id, not ts */
+};
+
+/*
+ * Calls cb for every matching row of the database at `db_path` (opened read-
+ * only; works while the writer runs), oldest first. `r` is borrowed for the
+ * call only (r->row_id is the row id). cb returns AL_OK to go on, anything
+ * else stops and is returned. Returns AL_OK, or AL_ERROR with a message in
+ * errs.
+ */
+int aud_query_each(const char *db_path, const struct aud_filter           *f,
+                   int (*cb)(void *arg, const struct aud_record *r), void *arg,
+                   struct al_errs *errs);
+
+/* Parses a --since/--until value: a duration ("90s", "15m", "2h", "7d": that
+ * long before `now_us`) or an RFC 3339 time ("2024-05-01T12:00:00Z",
+ * "...+02:00", fractional seconds) or a date ("2024-05-01", UTC midnight).
+ * AL_OK or AL_ERROR. */
+int aud_parse_time(const char *s, int64_t now_us, int64_t *out_us);
+
+/*
+ * CLI entry: argv[0] is "audit"; subcommands query | stats | tail. Output on
+ * stdout, messages on stderr. Returns the exit code: 0 ok, 1 runtime failure,
+ * 2 usage or invalid input.
+ */
+int aud_cli_main(int argc, char **argv);
+
+#endif
