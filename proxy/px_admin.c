@@ -82,11 +82,7 @@ px_admin_respond(struct px_admin_conn *a, int status, const char *ctype, const s
     al_dbuf_addf(&a->out,
                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                  "Connection: close\r\n\r\n",
-                 status,
-                 status == 200   ? "OK"
-                 : status == 404 ? "Not Found"
-                                 : "Bad Request",
-                 ctype, body ? body->len : 0);
+                 status, px_admin_status_text(status), ctype, body ? body->len : 0);
     if (body != NULL && body->len > 0)
         al_dbuf_add(&a->out, body->data, body->len);
 }
