@@ -39,9 +39,9 @@
 struct aud_record {
     int64_t  ts_us, duration_us; /* request start (unix µs), duration */
     uint64_t conn_id;
-    char     sandbox[64], session[128], tool_call[128];
-    char     client[64]; /* "ip:port" */
-    char     mode[16];   /* listener mode: forward | transparent */
+    char     sandbox[64], session[129], tool_call[129]; /* tags: up to 128 bytes */
+    char     client[64];                                /* "ip:port" */
+    char     mode[16];                                  /* listener mode: forward | transparent */
     char     method[24], scheme[8];
     char     host[256]; /* stored lower-cased */
     uint16_t port;

@@ -16,6 +16,8 @@ static const char px_usage[] =
     "  check  --config FILE                 validate config and policy (errors, warnings)\n"
     "  policy check --config FILE [--sandbox S] [--json] [--no-resolve] METHOD URL\n"
     "                                       decide one request, explained (exit 3: deny)\n"
+    "  audit  query|stats|tail [--config FILE | --db FILE] [filters] [--format ...]\n"
+    "                                       read the audit trail (airlock audit --help)\n"
     "  version                              print the version\n"
     "\n"
     "Exit codes: 0 ok, 1 runtime failure, 2 usage or invalid input, 3 a deny verdict.\n";
@@ -81,5 +83,7 @@ main(int argc, char **argv)
     }
     if (strcmp(argv[1], "policy") == 0)
         return px_cli_policy(argc - 1, argv + 1);
+    if (strcmp(argv[1], "audit") == 0)
+        return px_cli_audit(argc - 1, argv + 1);
     return px_usage_error("unknown command", argv[1]);
 }

@@ -15,6 +15,7 @@
 #include <ev.h>
 #include <llhttp.h>
 
+#include "audit.h"
 #include "common.h"
 #include "policy.h"
 #include "px_dns.h"
@@ -130,6 +131,7 @@ struct px_metrics {
     _Atomic uint64_t tunnels_open, tunnels_total;
     _Atomic uint64_t reloads_ok, reloads_failed;
     _Atomic uint64_t decisions[3]; /* allow, deny, would_deny */
+    _Atomic uint64_t audit_refusals;
 };
 extern struct px_metrics px_metrics;
 #define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)
@@ -164,8 +166,25 @@ struct px_worker {
     unsigned              nconns;
     struct px_pool_entry *pool; /* idle upstream connections */
     unsigned              npool;
-    struct px_conf       *conf; /* snapshot for new connections */
+    struct px_conf       *conf;      /* snapshot for new connections */
+    pthread_mutex_t       done_lock; /* strict audit commits, from the writer thread */
+    struct px_aud_done   *done_head;
 };
+
+/* One strict-mode audit commit handed from the writer thread to a worker. */
+struct px_aud_done {
+    struct px_aud_done *next;
+    struct px_conn     *conn;
+    int                 ok;
+    int64_t             row_id;
+};
+/* Runs on the worker: delivers the commits queued by the writer thread. */
+void px_conns_audit_committed(struct px_worker *w);
+/* Drops what is still queued (after the writer stopped), freeing conns. */
+void px_conns_audit_discard(struct px_worker *w);
+
+/* The process-wide audit writer (NULL in unit tests); px_main.c owns it. */
+extern struct aud_writer *px_audit;
 
 /* Accept path, in px_conn.c. */
 void px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
@@ -185,6 +204,9 @@ int px_main_run(const char *config_path, int dry_run);
 int px_main_check(const char *config_path);
 /* `airlock policy ...`; argv[0] is "policy". Returns the exit code. */
 int px_cli_policy(int argc, char **argv);
+/* `airlock audit ...`: maps --config FILE to the config's --db, then runs
+ * aud_cli_main. argv[0] is "audit". */
+int px_cli_audit(int argc, char **argv);
 /* Admin listener on the main loop; px_admin.c. `reload` (POST /reload)
  * rebuilds the snapshot; it returns AL_OK, or AL_ERROR with the reasons in msg. */
 typedef int (*px_reload_fn)(void *arg, struct al_dbuf *msg);

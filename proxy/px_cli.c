@@ -228,3 +228,42 @@ out:
     al_errs_free(&errs);
     return rc;
 }
+
+int
+px_cli_audit(int argc, char **argv)
+{
+    char          **av = NULL;
+    const char     *config = NULL;
+    struct px_conf *c = NULL;
+    struct al_errs  errs;
+    int             ac = 0, has_db = 0, rc = 2;
+
+    al_errs_init(&errs);
+    av = al_calloc((size_t)argc + 3, sizeof(*av));
+    if (av == NULL)
+        goto out;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            config = argv[++i];
+            continue;
+        }
+        if (strcmp(argv[i], "--db") == 0 || strncmp(argv[i], "--db=", 5) == 0)
+            has_db = 1;
+        av[ac++] = argv[i];
+    }
+    if (config != NULL && !has_db) {
+        c = px_conf_load(config, &errs);
+        if (c == NULL) {
+            fputs(errs.text.data ? errs.text.data : "", stderr);
+            goto out;
+        }
+        av[ac++] = (char *)(uintptr_t) "--db";
+        av[ac++] = c->audit_db;
+    }
+    rc = aud_cli_main(ac, av);
+out:
+    px_conf_unref(c);
+    al_errs_free(&errs);
+    al_free(av);
+    return rc;
+}

@@ -42,13 +42,14 @@ static void px_conn_update_io(struct px_conn *c);
 static void px_conn_close(struct px_conn *c, const char *why);
 static void px_conn_connect_next(struct px_conn *c);
 static void px_conn_finish_exchange(struct px_conn *c);
-static void px_conn_resolve(struct px_conn *c);
 static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
+static void px_conn_resolve(struct px_conn *c);
+static void px_conn_audit(struct px_conn *c, const char *error);
 
 /* ---- small pieces ------------------------------------------------------- */
 
-static const char *const px_state_names[] = {"read_head", "resolve", "connect",
-                                             "exchange",  "tunnel",  "flush_close"};
+static const char *const px_state_names[] = {"read_head", "resolve",     "connect", "exchange",
+                                             "tunnel",    "flush_close", "audit"};
 
 static void
 px_conn_ref(struct px_conn *c)
@@ -64,6 +65,7 @@ px_exch_free(struct px_exch *x)
     px_msg_free(&x->req);
     px_msg_free(&x->resp);
     al_free(x->fwd_path);
+    aud_record_free(x->rec);
     al_free(x);
 }
 
@@ -74,6 +76,7 @@ px_conn_free(struct px_conn *c)
     al_bufq_free(&c->cl.out);
     al_bufq_free(&c->up.out);
     al_free(c->cin);
+    aud_record_free(c->trec);
     px_conf_unref(c->conf);
     al_free(c);
 }
@@ -100,6 +103,7 @@ px_conn_deadline(const struct px_conn *c)
         return c->last_activity + l->idle_timeout_s;
     case PX_ST_RESOLVE:
     case PX_ST_CONNECT:
+    case PX_ST_AUDIT:
         return c->phase_start + l->connect_timeout_s;
     case PX_ST_EXCHANGE:
     case PX_ST_TUNNEL:
@@ -231,11 +235,18 @@ px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *d
     }
     al_log_info("conn %llu: %d %s%s%s", (unsigned long long)c->id, status, reason,
                 detail ? ": " : "", detail ? detail : "");
+    if (c->x == NULL) { /* bytes that never became a request head still get a row */
+        c->x = al_calloc(1, sizeof(*c->x));
+        if (c->x != NULL)
+            c->x->start_us = al_now_us();
+    }
     if (c->x != NULL) {
         c->x->status = status;
         c->x->resp_started = 1;
+        c->x->err_reason = reason;
         px_dns_cancel(c->x->dnsq);
         c->x->dnsq = NULL;
+        px_conn_audit(c, NULL);
     }
     px_conn_count_status(status);
     px_half_close(c, &c->up);
@@ -259,6 +270,8 @@ void
 px_conn_deny(struct px_conn *c, int status, const char *reason, const char *detail,
              const char *extra_headers)
 {
+    if (c->x != NULL && (status == 403 || status == 407))
+        c->x->deny = 1;
     px_conn_fail_ex(c, status, reason, detail, extra_headers);
 }
 
@@ -268,6 +281,232 @@ px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status, const c
 {
     atomic_fetch_add_explicit(&px_metrics.upstream_errors[kind], 1, memory_order_relaxed);
     px_conn_fail(c, status, reason, detail);
+}
+
+/* ---- audit -------------------------------------------------------------- */
+
+/* Fills an audit row from the request as far as it got. */
+static void
+px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
+{
+    const struct px_exch      *x = c->x;
+    const struct pol_decision *d = &x->decision;
+
+    r->ts_us = x->start_us;
+    r->duration_us = al_now_us() - x->start_us;
+    r->conn_id = c->id;
+    snprintf(r->sandbox, sizeof(r->sandbox), "%s", x->sandbox);
+    snprintf(r->session, sizeof(r->session), "%s", x->session);
+    snprintf(r->tool_call, sizeof(r->tool_call), "%s", x->tool_call);
+    px_sockaddr_str((const struct sockaddr *)&c->peer, r->client, sizeof(r->client));
+    snprintf(r->mode, sizeof(r->mode), "%s",
+             c->mode == PX_LISTEN_FORWARD ? "forward" : "transparent");
+    if (x->head_done) {
+        snprintf(r->method, sizeof(r->method), "%s", llhttp_method_name(c->rq.method));
+        snprintf(r->scheme, sizeof(r->scheme), "%s",
+                 x->is_connect   ? "connect"
+                 : x->target.tls ? "https"
+                                 : "http");
+    }
+    snprintf(r->host, sizeof(r->host), "%s", x->target.host);
+    r->port = x->target.port;
+    if (x->fwd_path != NULL)
+        snprintf(r->path, sizeof(r->path), "%s", x->fwd_path);
+    else if (x->target.path != NULL && !x->is_connect)
+        snprintf(r->path, sizeof(r->path), "%s%.*s", x->target.path_needs_slash ? "/" : "",
+                 (int)(x->target.path_len > 2000 ? 2000 : x->target.path_len), x->target.path);
+    snprintf(r->upstream, sizeof(r->upstream), "%s", x->upstream_str);
+    if (x->decided) {
+        snprintf(r->decision, sizeof(r->decision), "%s", pol_verdict_name(d->verdict));
+        snprintf(r->rule, sizeof(r->rule), "%s",
+                 d->verdict == POL_WOULD_DENY && d->staged_rule ? d->staged_rule : d->rule);
+        snprintf(r->reason, sizeof(r->reason), "%s", d->reason);
+        if (x->err_reason != NULL && d->verdict != POL_DENY)
+            snprintf(r->error, sizeof(r->error), "%s", x->err_reason);
+    } else {
+        snprintf(r->decision, sizeof(r->decision), "%s", x->deny ? "deny" : "error");
+        snprintf(r->reason, sizeof(r->reason), "%s", x->err_reason ? x->err_reason : "");
+        if (!x->deny && x->err_reason != NULL)
+            snprintf(r->error, sizeof(r->error), "%s", x->err_reason);
+    }
+    r->status = x->status;
+    r->bytes_up = (int64_t)x->bytes_up;
+    r->bytes_down = (int64_t)x->bytes_down;
+}
+
+static void
+px_audit_hand_over(struct aud_record *r)
+{
+    int rc = r->row_id != 0 ? aud_complete(px_audit, r) : aud_submit(px_audit, r);
+
+    if (rc == AL_DECLINED)
+        PX_MINC(audit_refusals);
+}
+
+/*
+ * Hands this request's row to the writer, once. `error` describes an abort
+ * (client gone, upstream reset mid-response) when there is one.
+ */
+static void
+px_conn_audit(struct px_conn *c, const char *error)
+{
+    struct px_exch    *x = c->x;
+    struct aud_record *r;
+
+    if (x == NULL || x->audited || x->start_us == 0)
+        return;
+    x->audited = 1;
+    if (x->decided)
+        atomic_fetch_add_explicit(&px_metrics.decisions[x->decision.verdict], 1,
+                                  memory_order_relaxed);
+    if (px_audit == NULL)
+        return;
+    r = x->rec != NULL ? x->rec : aud_record_new();
+    x->rec = NULL;
+    if (r == NULL) {
+        al_log_err("conn %llu: audit row lost: out of memory", (unsigned long long)c->id);
+        return;
+    }
+    px_conn_audit_fill(c, r);
+    if (error != NULL && r->error[0] == '\0')
+        snprintf(r->error, sizeof(r->error), "%s", error);
+    px_audit_hand_over(r);
+}
+
+/* A tunnel's row is written when it closes, with its bytes and duration. */
+static void
+px_conn_tunnel_audit_open(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    x->audited = 1;
+    if (x->decided)
+        atomic_fetch_add_explicit(&px_metrics.decisions[x->decision.verdict], 1,
+                                  memory_order_relaxed);
+    if (px_audit == NULL)
+        return;
+    c->trec = x->rec != NULL ? x->rec : aud_record_new();
+    x->rec = NULL;
+    if (c->trec == NULL) {
+        al_log_err("conn %llu: audit row lost: out of memory", (unsigned long long)c->id);
+        return;
+    }
+    px_conn_audit_fill(c, c->trec);
+    c->tun_start_us = x->start_us;
+    c->tun_up = x->bytes_up;
+    c->tun_down = x->bytes_down;
+}
+
+static void
+px_conn_tunnel_audit_close(struct px_conn *c, const char *why)
+{
+    struct aud_record *r = c->trec;
+
+    if (r == NULL)
+        return;
+    c->trec = NULL;
+    r->duration_us = al_now_us() - c->tun_start_us;
+    r->bytes_up = (int64_t)c->tun_up;
+    r->bytes_down = (int64_t)c->tun_down;
+    if (why != NULL && strcmp(why, "tunnel done") != 0)
+        snprintf(r->error, sizeof(r->error), "%s", why);
+    px_audit_hand_over(r);
+}
+
+/* Writer thread: a strict row committed (or failed); bounce to the worker. */
+static void
+px_conn_audit_done(void *arg, int ok, int64_t row_id)
+{
+    struct px_conn     *c = arg;
+    struct px_worker   *w = c->worker;
+    struct px_aud_done *d = al_calloc(1, sizeof(*d));
+
+    if (d == NULL) {
+        /* The connection times out in PX_ST_AUDIT and fails closed. */
+        al_log_err("conn %llu: lost an audit commit notice", (unsigned long long)c->id);
+        return;
+    }
+    d->conn = c;
+    d->ok = ok;
+    d->row_id = row_id;
+    pthread_mutex_lock(&w->done_lock);
+    d->next = w->done_head;
+    w->done_head = d;
+    pthread_mutex_unlock(&w->done_lock);
+    ev_async_send(w->loop, &w->wake);
+}
+
+/*
+ * Strict durability: the row exists, committed with synchronous=FULL, before
+ * a single byte of the request goes upstream. Returns AL_AGAIN while the
+ * commit is pending (the connection waits in PX_ST_AUDIT), AL_ERROR after
+ * answering 503.
+ */
+static int
+px_conn_audit_begin(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    int             rc;
+
+    x->rec = aud_record_new();
+    if (x->rec == NULL) {
+        px_conn_fail(c, 503, "audit_unavailable", "out of memory");
+        return AL_ERROR;
+    }
+    px_conn_audit_fill(c, x->rec);
+    px_conn_ref(c); /* held until the commit notice arrives */
+    rc = aud_begin(px_audit, x->rec, px_conn_audit_done, c);
+    if (rc != AL_OK) {
+        px_conn_unref(c);
+        aud_record_free(x->rec);
+        x->rec = NULL;
+        PX_MINC(audit_refusals);
+        px_conn_fail(c, 503, rc == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
+        return AL_ERROR;
+    }
+    px_conn_set_state(c, PX_ST_AUDIT);
+    px_conn_update_io(c);
+    return AL_AGAIN;
+}
+
+static void
+px_conn_audit_committed(struct px_conn *c, int ok, int64_t row_id)
+{
+    if (!c->closing && c->state == PX_ST_AUDIT && c->x != NULL) {
+        if (ok && c->x->rec != NULL) {
+            c->x->rec->row_id = row_id;
+            px_conn_resolve(c);
+        } else {
+            if (c->x->rec != NULL)
+                c->x->rec->row_id = 0;
+            px_conn_fail(c, 503, "audit_unavailable", "audit commit failed");
+        }
+    }
+    px_conn_unref(c);
+}
+
+void
+px_conns_audit_committed(struct px_worker *w)
+{
+    struct px_aud_done *d;
+
+    pthread_mutex_lock(&w->done_lock);
+    d = w->done_head;
+    w->done_head = NULL;
+    pthread_mutex_unlock(&w->done_lock);
+    while (d != NULL) {
+        struct px_aud_done *next = d->next;
+
+        px_conn_audit_committed(d->conn, d->ok, d->row_id);
+        al_free(d);
+        d = next;
+    }
+}
+
+void
+px_conns_audit_discard(struct px_worker *w)
+{
+    px_conns_audit_committed(w); /* every conn is closing by now: only unrefs */
 }
 
 /* ---- watcher bookkeeping ------------------------------------------------ */
@@ -298,6 +537,7 @@ px_conn_update_io(struct px_conn *c)
         cr = !c->cl.eof && c->cin_len < PX_CIN_BYTES;
         break;
     case PX_ST_RESOLVE:
+    case PX_ST_AUDIT:
         break;
     case PX_ST_CONNECT:
         uw = 1;
@@ -338,7 +578,9 @@ px_conn_close(struct px_conn *c, const char *why)
     if (c->x != NULL) {
         px_dns_cancel(c->x->dnsq);
         c->x->dnsq = NULL;
+        px_conn_audit(c, why); /* a request cut short still gets its row */
     }
+    px_conn_tunnel_audit_close(c, why);
     if (c->state == PX_ST_TUNNEL)
         PX_MDEC(tunnels_open);
     ev_timer_stop(w->loop, &c->timer);
@@ -685,6 +927,8 @@ px_conn_upstream_ready(struct px_conn *c)
         al_log_info("conn %llu: CONNECT %s:%u via %s", (unsigned long long)c->id, x->target.host,
                     x->target.port, x->upstream_str);
         px_conn_count_status(200);
+        x->status = 200;
+        px_conn_tunnel_audit_open(c);
         c->cin_len = 0;
         al_safefree(c->cin);
         px_exch_free(x);
@@ -866,6 +1110,16 @@ px_conn_on_head(struct px_conn *c)
     int             rc;
 
     c->head_started = 0;
+    x->head_done = 1;
+    if (px_audit != NULL) {
+        int adm = aud_writer_admit(px_audit);
+
+        if (adm != AL_OK) { /* fail closed: nothing goes out unaudited */
+            PX_MINC(audit_refusals);
+            px_conn_fail(c, 503, adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
+            return;
+        }
+    }
     if (c->rq.http_major != 1) {
         px_conn_fail(c, 505, "http_version", NULL);
         return;
@@ -903,6 +1157,8 @@ px_conn_on_head(struct px_conn *c)
         px_conn_fail(c, 500, "internal", "out of memory");
         return;
     }
+    if (px_audit != NULL && c->conf->audit_strict && px_conn_audit_begin(c) != AL_OK)
+        return; /* resolving continues once the row is committed */
     px_conn_resolve(c);
 }
 
@@ -1131,6 +1387,7 @@ px_conn_finish_exchange(struct px_conn *c)
                 (long long)(al_now_us() - x->start_us));
     px_conn_count_status(x->status);
     if (x->status == 101 && x->want_upgrade) {
+        px_conn_tunnel_audit_open(c);
         px_exch_free(x);
         c->x = NULL;
         if (c->cin_len > 0 && al_bufq_write(&c->up.out, c->cin, c->cin_len) != AL_OK) {
@@ -1155,6 +1412,7 @@ px_conn_finish_exchange(struct px_conn *c)
     } else {
         px_half_close(c, &c->up);
     }
+    px_conn_audit(c, NULL);
     keep = x->req_done && !c->close_after_flush && !c->draining && x->client_keepalive;
     c->nreqs++;
     px_exch_free(x);
@@ -1195,10 +1453,13 @@ px_tunnel_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
                 return AL_ERROR;
             }
             src->inpipe -= (size_t)n;
-            if (dst == &c->cl)
+            if (dst == &c->cl) {
                 PX_MADD(bytes_down, n);
-            else
+                c->tun_down += (uint64_t)n;
+            } else {
                 PX_MADD(bytes_up, n);
+                c->tun_up += (uint64_t)n;
+            }
             c->last_activity = ev_now(c->worker->loop);
             continue;
         }
@@ -1297,6 +1558,8 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     case PX_ST_FLUSH_CLOSE:
         px_conn_flush_close_io(c, revents);
         break;
+    case PX_ST_AUDIT:
+        break; /* no watchers run while the row commits */
     case PX_ST_READ_HEAD:
     case PX_ST_RESOLVE:
     case PX_ST_EXCHANGE:
@@ -1361,6 +1624,9 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         break;
     case PX_ST_RESOLVE:
         px_conn_upstream_error(c, PX_UERR_DNS, 504, "dns_timeout", NULL);
+        break;
+    case PX_ST_AUDIT:
+        px_conn_fail(c, 503, "audit_unavailable", "audit commit took too long");
         break;
     case PX_ST_CONNECT:
         px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "connect_timeout", NULL);

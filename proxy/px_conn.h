@@ -15,6 +15,7 @@ enum px_state {
     PX_ST_EXCHANGE,      /* request body and response streaming */
     PX_ST_TUNNEL,        /* opaque relay (CONNECT, websocket) */
     PX_ST_FLUSH_CLOSE,   /* writing a final answer, then close */
+    PX_ST_AUDIT,         /* strict audit: waiting for the row's commit */
 };
 
 struct px_half {
@@ -52,6 +53,11 @@ struct px_exch {
     int                  status;
     int64_t              start_us;
     uint64_t             bytes_up, bytes_down;
+    struct aud_record   *rec;        /* strict mode: the begun row */
+    int                  audited;    /* the row for this request is handed over */
+    int                  head_done;  /* a complete head was parsed */
+    int                  deny;       /* answered 403/407 by identity or policy */
+    const char          *err_reason; /* X-Airlock-Reason of airlock's own answer */
 };
 
 struct px_conn {
@@ -74,6 +80,9 @@ struct px_conn {
     unsigned                nreqs; /* exchanges completed on this connection */
     llhttp_t                rq, rs;
     struct px_exch         *x;
+    struct aud_record      *trec; /* an open tunnel's row, completed at close */
+    uint64_t                tun_up, tun_down;
+    int64_t                 tun_start_us;
 };
 
 /*

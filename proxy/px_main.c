@@ -136,6 +136,25 @@ px_main_run(const char *config_path, int dry_run)
     px_raise_nofile();
     px_conf_set_current(px_conf_ref(c));
 
+    {
+        struct aud_conf ac;
+
+        memset(&ac, 0, sizeof(ac));
+        ac.db_path = c->audit_db;
+        ac.strict = c->audit_strict;
+        ac.flush_ms = c->audit_flush_ms;
+        ac.retention_days = c->audit_retention_days;
+        ac.log_query = c->audit_log_query;
+        al_errs_init(&errs);
+        px_audit = aud_writer_start(&ac, &errs);
+        if (px_audit == NULL) {
+            al_log_err("cannot open the audit database:\n%s", errs.text.data ? errs.text.data : "");
+            al_errs_free(&errs);
+            goto out;
+        }
+        al_errs_free(&errs);
+        al_log_info("audit: %s (%s)", c->audit_db, c->audit_strict ? "strict" : "batched");
+    }
     m.nworkers = c->workers;
     m.workers = al_calloc((size_t)m.nworkers, sizeof(*m.workers));
     if (m.workers == NULL)
@@ -175,9 +194,13 @@ px_main_run(const char *config_path, int dry_run)
     ev_run(loop, 0);
     for (int i = 0; i < m.nworkers; i++)
         pthread_join(m.workers[i].thread, NULL);
-    al_log_info("stopped");
     rc = 0;
 out:
+    /* Every row handed over is committed before exit (SIGTERM loses nothing). */
+    aud_writer_stop(px_audit);
+    px_audit = NULL;
+    if (rc == 0)
+        al_log_info("stopped");
     if (m.workers != NULL) {
         for (int i = 0; i < m.nworkers; i++)
             px_worker_destroy(&m.workers[i]);

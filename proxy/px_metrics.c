@@ -4,7 +4,8 @@
  */
 #include "px.h"
 
-struct px_metrics px_metrics;
+struct px_metrics  px_metrics;
+struct aud_writer *px_audit;
 
 static const char *const px_uerr_names[PX_UERR_N] = {"dns", "refused", "timeout", "reset", "other"};
 
@@ -61,4 +62,22 @@ px_metrics_render(struct al_dbuf *o)
                  "airlock_decisions_total{decision=\"would_deny\"} %llu\n",
                  PX_LOAD(px_metrics.decisions[0]), PX_LOAD(px_metrics.decisions[1]),
                  PX_LOAD(px_metrics.decisions[2]));
+    if (px_audit != NULL) {
+        struct aud_stats st;
+
+        aud_writer_stats(px_audit, &st);
+        al_dbuf_addf(o,
+                     "# TYPE airlock_audit_queue_depth gauge\nairlock_audit_queue_depth %llu\n"
+                     "# TYPE airlock_audit_rows_written_total counter\n"
+                     "airlock_audit_rows_written_total %llu\n"
+                     "# TYPE airlock_audit_refusals_total counter\n"
+                     "airlock_audit_refusals_total %llu\n"
+                     "# TYPE airlock_audit_rows_dropped_total counter\n"
+                     "airlock_audit_rows_dropped_total %llu\n"
+                     "# TYPE airlock_audit_errors_total counter\nairlock_audit_errors_total %llu\n"
+                     "# TYPE airlock_audit_healthy gauge\nairlock_audit_healthy %d\n",
+                     (unsigned long long)st.depth, (unsigned long long)st.written,
+                     PX_LOAD(px_metrics.audit_refusals), (unsigned long long)st.dropped,
+                     (unsigned long long)st.errors, aud_writer_healthy(px_audit));
+    }
 }

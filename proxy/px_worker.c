@@ -84,6 +84,7 @@ px_worker_wake_cb(struct ev_loop *loop, ev_async *a, int revents)
     struct px_worker *w = a->data;
 
     (void)revents;
+    px_conns_audit_committed(w);
     if (atomic_exchange(&w->want_reload, 0)) {
         struct px_conf *nc = px_conf_current();
 
@@ -112,6 +113,7 @@ px_worker_init(struct px_worker *w, int index, struct px_conf *conf, char *err, 
     struct px_dns_conf dc;
 
     memset(w, 0, sizeof(*w));
+    pthread_mutex_init(&w->done_lock, NULL);
     w->index = index;
     w->conf = px_conf_ref(conf);
     w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
@@ -182,6 +184,7 @@ px_worker_destroy(struct px_worker *w)
     if (w->loop == NULL && w->conf == NULL)
         return;
     px_worker_stop_listening(w);
+    px_conns_audit_discard(w);
     px_dns_free(w->dns);
     w->dns = NULL;
     if (w->loop != NULL)
