@@ -195,11 +195,11 @@ al_bufq_skip(struct al_bufq *q, size_t n)
         q->len -= take;
         n -= take;
         if (c->r == c->w) {
-            if (c == q->tail) {
-                c->r = c->w = 0; /* keep one chunk for reuse */
-                break;
-            }
+            /* An empty queue holds no memory: idle connections and tunnels
+             * cost their struct only. */
             q->head = c->next;
+            if (c == q->tail)
+                q->tail = NULL;
             al_free(c);
         }
     }
