@@ -246,8 +246,17 @@ pol_decide(const struct pol_policy *p, const struct pol_request *rq, struct pol_
         if (staged->action == POL_ACT_DENY && out->verdict == POL_ALLOW)
             out->verdict = POL_WOULD_DENY;
     }
-    if (p->dry_run && out->verdict == POL_DENY && !hard)
-        out->verdict = POL_WOULD_DENY;
+    if (p->dry_run && out->verdict == POL_DENY && !hard) {
+        /* A request dry-run would let through is still held to the protocol
+         * rules: an encoded slash is refused whichever rule (or none) missed. */
+        if (c.encoded_slash) {
+            out->reason = "encoded_slash";
+            out->rule_ref = NULL;
+            hard = 1;
+        } else {
+            out->verdict = POL_WOULD_DENY;
+        }
+    }
     pol_explain(&c, "-> %s by %s (%s)%s%s", pol_verdict_name(out->verdict), out->rule, out->reason,
                 staged != NULL ? ", staged rule " : "", staged != NULL ? staged->name : "");
 }

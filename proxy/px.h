@@ -73,6 +73,7 @@ struct px_conf {
     struct sockaddr_storage admin_addr;
     socklen_t               admin_addrlen;
     int                     has_admin;
+    char                    admin_token_sha256[65]; /* "" = no bearer token required */
     int                     workers;
     char                   *policy_path, *secrets_path, *ca_dir, *upstream_ca;
     char                   *audit_db;
@@ -213,6 +214,14 @@ typedef int (*px_reload_fn)(void *arg, struct al_dbuf *msg);
 int  px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn reload,
                     void *arg);
 void px_admin_stop(struct ev_loop *loop);
+
+/* Live per-sandbox tags and counters (px_tags.c); thread-safe. */
+int px_tags_set(const char *sandbox, const char *session, const char *tool_call);
+/* Fills session/tool_call from the sandbox's admin tag where they are "". */
+void px_tags_get(const char *sandbox, char *session, size_t ssz, char *tool_call, size_t tsz);
+void px_tags_count(const char *sandbox, int denied, uint64_t up, uint64_t down);
+void px_tags_render(const struct px_conf *c, struct al_dbuf *out); /* GET /v1/sandboxes */
+void px_tags_free_all(void);
 
 /* Raise RLIMIT_NOFILE soft limit to the hard limit. */
 void px_raise_nofile(void);

@@ -1,13 +1,18 @@
 /*
  * px_admin.c - the admin listener on the main thread's loop:
- * GET /healthz, GET /metrics (Prometheus text) and POST /reload. Requests are parsed with
+ * GET /healthz, GET /metrics (Prometheus text), POST /reload, and the
+ * sandbox API: GET /v1/sandboxes, PUT|DELETE /v1/sandboxes/{name}/tool-call.
+ * With admin.token_sha256 configured every route but /healthz needs
+ * "Authorization: Bearer TOKEN". Requests are parsed with
  * llhttp; each connection has a small capped buffer and a 5 s deadline, and
  * is closed after one answer. Nothing here blocks the main loop.
  */
 #include "px.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define PX_ADMIN_MAX_REQ 8192
@@ -18,7 +23,8 @@ struct px_admin_conn {
     ev_io          rio, wio;
     ev_timer       timer;
     llhttp_t       parser;
-    struct al_dbuf url, out;
+    struct al_dbuf url, out, body, field, auth;
+    int            in_auth; /* the header being read is Authorization */
     size_t         sent;
     int            done, method;
 };
@@ -38,6 +44,9 @@ px_admin_conn_free(struct ev_loop *loop, struct px_admin_conn *a)
     close(a->fd);
     al_dbuf_free(&a->url);
     al_dbuf_free(&a->out);
+    al_dbuf_free(&a->body);
+    al_dbuf_free(&a->field);
+    al_dbuf_free(&a->auth);
     al_free(a);
 }
 
@@ -47,6 +56,42 @@ px_admin_on_url(llhttp_t *p, const char *at, size_t len)
     struct px_admin_conn *a = p->data;
 
     return al_dbuf_add(&a->url, at, len) == AL_OK ? 0 : -1;
+}
+
+static int
+px_admin_on_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_admin_conn *a = p->data;
+
+    return al_dbuf_add(&a->field, at, len) == AL_OK ? 0 : -1;
+}
+
+static int
+px_admin_on_field_done(llhttp_t *p)
+{
+    struct px_admin_conn *a = p->data;
+
+    a->in_auth = a->field.data != NULL && strcasecmp(a->field.data, "authorization") == 0;
+    al_dbuf_reset(&a->field);
+    return 0;
+}
+
+static int
+px_admin_on_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_admin_conn *a = p->data;
+
+    if (!a->in_auth)
+        return 0;
+    return al_dbuf_add(&a->auth, at, len) == AL_OK ? 0 : -1;
+}
+
+static int
+px_admin_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_admin_conn *a = p->data;
+
+    return al_dbuf_add(&a->body, at, len) == AL_OK ? 0 : -1;
 }
 
 static int
@@ -71,6 +116,8 @@ px_admin_status_text(int status)
         return "Method Not Allowed";
     case 422:
         return "Unprocessable Content";
+    case 401:
+        return "Unauthorized";
     default:
         return "Bad Request";
     }
@@ -87,14 +134,88 @@ px_admin_respond(struct px_admin_conn *a, int status, const char *ctype, const s
         al_dbuf_add(&a->out, body->data, body->len);
 }
 
+/* "Authorization: Bearer TOKEN" against admin.token_sha256, when configured. */
+static int
+px_admin_authorized(const struct px_admin_conn *a, const struct px_conf *c)
+{
+    const char *v = a->auth.data;
+
+    if (c->admin_token_sha256[0] == '\0')
+        return 1;
+    if (v == NULL || strncasecmp(v, "Bearer ", 7) != 0)
+        return 0;
+    return pol_ident_token_ok(v + 7, strlen(v + 7), c->admin_token_sha256);
+}
+
+/* PUT/DELETE /v1/sandboxes/{name}/tool-call */
+static void
+px_admin_tool_call(struct px_admin_conn *a, const struct px_conf *c, const char *name,
+                   struct al_dbuf *body)
+{
+    cJSON       *j = NULL;
+    const cJSON *sess, *call;
+    const char  *bad = NULL;
+
+    if (px_conf_sandbox(c, name) == NULL) {
+        al_dbuf_adds(body, "{\"error\":\"unknown sandbox\"}\n");
+        px_admin_respond(a, 404, "application/json", body);
+        return;
+    }
+    if (a->method == HTTP_DELETE) {
+        px_tags_set(name, "", "");
+        al_dbuf_adds(body, "{\"ok\":true}\n");
+        px_admin_respond(a, 200, "application/json", body);
+        return;
+    }
+    if (a->method != HTTP_PUT) {
+        al_dbuf_adds(body, "{\"error\":\"use PUT or DELETE\"}\n");
+        px_admin_respond(a, 405, "application/json", body);
+        return;
+    }
+    j = cJSON_ParseWithLength(a->body.data ? a->body.data : "", a->body.len);
+    sess = cJSON_GetObjectItemCaseSensitive(j, "session");
+    call = cJSON_GetObjectItemCaseSensitive(j, "tool_call");
+    if (!cJSON_IsObject(j))
+        bad = "body must be a JSON object {\"session\", \"tool_call\"}";
+    else if (!cJSON_IsString(call) ||
+             !pol_ident_tag_valid(call->valuestring, strlen(call->valuestring), POL_TAG_MAX_BYTES))
+        bad = "tool_call must be 1-128 of [A-Za-z0-9._:-]";
+    else if (sess != NULL && (!cJSON_IsString(sess) ||
+                              (sess->valuestring[0] != '\0' &&
+                               !pol_ident_tag_valid(sess->valuestring, strlen(sess->valuestring),
+                                                    POL_TAG_MAX_BYTES))))
+        bad = "session must be 1-128 of [A-Za-z0-9._:-]";
+    if (bad != NULL) {
+        al_dbuf_addf(body, "{\"error\":\"%s\"}\n", bad);
+        px_admin_respond(a, 400, "application/json", body);
+    } else if (px_tags_set(name, sess != NULL ? sess->valuestring : "", call->valuestring) !=
+               AL_OK) {
+        al_dbuf_adds(body, "{\"error\":\"no memory\"}\n");
+        px_admin_respond(a, 500, "application/json", body);
+    } else {
+        al_dbuf_adds(body, "{\"ok\":true}\n");
+        px_admin_respond(a, 200, "application/json", body);
+    }
+    cJSON_Delete(j);
+}
+
 static void
 px_admin_route(struct px_admin_conn *a)
 {
-    struct al_dbuf body;
-    const char    *u = a->url.data ? a->url.data : "";
+    struct al_dbuf    body;
+    const char       *u = a->url.data ? a->url.data : "";
+    struct px_conf   *c = px_conf_current();
+    static const char pfx[] = "/v1/sandboxes/", sfx[] = "/tool-call";
+    size_t            ul = strlen(u);
 
     al_dbuf_init(&body, 1 << 20);
-    if (strcmp(u, "/reload") == 0) {
+    if (strcmp(u, "/healthz") == 0) {
+        al_dbuf_adds(&body, "ok\n");
+        px_admin_respond(a, a->method == HTTP_GET ? 200 : 405, "text/plain", &body);
+    } else if (!px_admin_authorized(a, c)) {
+        al_dbuf_adds(&body, "admin token required\n");
+        px_admin_respond(a, 401, "text/plain", &body);
+    } else if (strcmp(u, "/reload") == 0) {
         if (a->method != HTTP_POST) {
             al_dbuf_adds(&body, "use POST\n");
             px_admin_respond(a, 405, "text/plain", &body);
@@ -103,20 +224,26 @@ px_admin_route(struct px_admin_conn *a)
         } else {
             px_admin_respond(a, 422, "text/plain", &body);
         }
-    } else if (a->method != HTTP_GET) {
-        al_dbuf_adds(&body, "only GET\n");
-        px_admin_respond(a, 405, "text/plain", &body);
-    } else if (strcmp(u, "/healthz") == 0) {
-        al_dbuf_adds(&body, "ok\n");
-        px_admin_respond(a, 200, "text/plain", &body);
-    } else if (strcmp(u, "/metrics") == 0) {
+    } else if (strcmp(u, "/metrics") == 0 && a->method == HTTP_GET) {
         px_metrics_render(&body);
         px_admin_respond(a, 200, "text/plain; version=0.0.4", &body);
+    } else if (strcmp(u, "/v1/sandboxes") == 0 && a->method == HTTP_GET) {
+        px_tags_render(c, &body);
+        px_admin_respond(a, 200, "application/json", &body);
+    } else if (ul > sizeof(pfx) - 1 + sizeof(sfx) - 1 && strncmp(u, pfx, sizeof(pfx) - 1) == 0 &&
+               strcmp(u + ul - (sizeof(sfx) - 1), sfx) == 0 &&
+               ul - (sizeof(pfx) - 1) - (sizeof(sfx) - 1) <= POL_SANDBOX_MAX_BYTES) {
+        char name[POL_SANDBOX_MAX_BYTES + 1];
+
+        snprintf(name, sizeof(name), "%.*s", (int)(ul - (sizeof(pfx) - 1) - (sizeof(sfx) - 1)),
+                 u + sizeof(pfx) - 1);
+        px_admin_tool_call(a, c, name, &body);
     } else {
         al_dbuf_adds(&body, "not found\n");
         px_admin_respond(a, 404, "text/plain", &body);
     }
     al_dbuf_free(&body);
+    px_conf_unref(c);
 }
 
 static void
@@ -188,6 +315,9 @@ px_admin_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         a->fd = fd;
         al_dbuf_init(&a->url, PX_ADMIN_MAX_REQ);
+        al_dbuf_init(&a->body, PX_ADMIN_MAX_REQ);
+        al_dbuf_init(&a->field, 256);
+        al_dbuf_init(&a->auth, 512);
         al_dbuf_init(&a->out, 4 << 20);
         llhttp_init(&a->parser, HTTP_REQUEST, &px_admin_settings);
         a->parser.data = a;
@@ -212,6 +342,10 @@ px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn re
         return AL_OK;
     llhttp_settings_init(&px_admin_settings);
     px_admin_settings.on_url = px_admin_on_url;
+    px_admin_settings.on_header_field = px_admin_on_field;
+    px_admin_settings.on_header_field_complete = px_admin_on_field_done;
+    px_admin_settings.on_header_value = px_admin_on_value;
+    px_admin_settings.on_body = px_admin_on_body;
     px_admin_settings.on_message_complete = px_admin_on_complete;
     px_admin_fd = socket(conf->admin_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (px_admin_fd < 0)

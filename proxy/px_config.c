@@ -373,8 +373,11 @@ px_cfg_audit(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj, const cha
     const cJSON             *dur;
 
     al_json_check_keys(x->errs, x->doc, obj, "audit", keys);
-    al_free(c->audit_db);
-    c->audit_db = px_cfg_pathval(x, obj, "audit", "db", cfgpath);
+    if (cJSON_GetObjectItemCaseSensitive(obj, "db") != NULL) {
+        /* "db": null switches the audit trail off (benchmarks only; logged loudly). */
+        al_safefree(c->audit_db);
+        c->audit_db = px_cfg_pathval(x, obj, "audit", "db", cfgpath);
+    }
     px_cfg_int(x, obj, "audit", "flush_ms", 1, 10000, &c->audit_flush_ms);
     px_cfg_int(x, obj, "audit", "retention_days", 0, 36500, &c->audit_retention_days);
     px_cfg_bool(x, obj, "audit", "log_query", &c->audit_log_query);
@@ -511,6 +514,42 @@ px_conf_sandbox(const struct px_conf *c, const char *name)
     return NULL;
 }
 
+/* "admin": "ip:port" or {"addr": "ip:port", "token_sha256": "<hex>"}. */
+static void
+px_cfg_admin(struct px_cfgctx *x, struct px_conf *c, const cJSON *v)
+{
+    static const char *const keys[] = {"addr", "token_sha256", NULL};
+    const cJSON             *addr = v, *tok = NULL;
+    const char              *p = "admin";
+
+    if (cJSON_IsObject(v)) {
+        al_json_check_keys(x->errs, x->doc, v, "admin", keys);
+        addr = cJSON_GetObjectItemCaseSensitive(v, "addr");
+        tok = px_cfg_get(x, v, "admin", "token_sha256", cJSON_String, "a hex SHA-256 string");
+        p = "admin.addr";
+    }
+    if (addr == NULL || !cJSON_IsString(addr) ||
+        px_parse_sockaddr(addr->valuestring, &c->admin_addr, &c->admin_addrlen) != AL_OK) {
+        al_json_err(x->errs, x->doc, p, "expected \"ip:port\" or \"[ipv6]:port\"");
+        return;
+    }
+    if (tok != NULL) {
+        size_t n = strlen(tok->valuestring);
+        int    hex = n == 64;
+
+        for (size_t k = 0; hex && k < n; k++)
+            hex = strchr("0123456789abcdefABCDEF", tok->valuestring[k]) != NULL;
+        if (!hex) {
+            al_json_err(x->errs, x->doc, "admin.token_sha256",
+                        "expected 64 hex digits (sha256sum of the token)");
+            return;
+        }
+        for (size_t k = 0; k < n; k++)
+            c->admin_token_sha256[k] = (char)(tok->valuestring[k] | 0x20);
+    }
+    c->has_admin = 1;
+}
+
 static struct px_conf *
 px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs *errs)
 {
@@ -557,13 +596,9 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
         snprintf(l->text, sizeof(l->text), "127.0.0.1:3128");
         c->nlisten = 1;
     }
-    v = px_cfg_get(&x, root, "", "admin", cJSON_String, "a string \"ip:port\"");
-    if (v != NULL) {
-        if (px_parse_sockaddr(v->valuestring, &c->admin_addr, &c->admin_addrlen) != AL_OK)
-            al_json_err(errs, doc, "admin", "expected \"ip:port\" or \"[ipv6]:port\"");
-        else
-            c->has_admin = 1;
-    }
+    v = cJSON_GetObjectItemCaseSensitive(root, "admin");
+    if (v != NULL && !cJSON_IsNull(v))
+        px_cfg_admin(&x, c, v);
     px_cfg_int(&x, root, "", "workers", 0, 256, &c->workers);
     if (c->workers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);

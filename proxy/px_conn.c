@@ -359,6 +359,8 @@ px_conn_audit(struct px_conn *c, const char *error)
     if (x->decided)
         atomic_fetch_add_explicit(&px_metrics.decisions[x->decision.verdict], 1,
                                   memory_order_relaxed);
+    px_tags_count(x->sandbox, x->deny || (x->decided && x->decision.verdict == POL_DENY),
+                  x->bytes_up, x->bytes_down);
     if (px_audit == NULL)
         return;
     r = x->rec != NULL ? x->rec : aud_record_new();
@@ -609,6 +611,12 @@ px_rq_message_begin(llhttp_t *p)
 
     if (c->nreqs > 0) /* the first head's clock runs from accept */
         c->phase_start = ev_now(c->worker->loop);
+    if (c->conf != c->worker->conf && c->x == NULL) {
+        /* A reload happened: the next request on a keep-alive connection is
+         * decided by the new snapshot (the one in progress kept the old). */
+        px_conf_unref(c->conf);
+        c->conf = px_conf_ref(c->worker->conf);
+    }
     c->head_started = 1;
     px_conn_arm_timer(c);
     if (c->x == NULL) {

@@ -141,7 +141,12 @@ px_decide_identity(struct px_conn *c)
             return AL_ERROR;
         }
     }
-    return px_decide_tags(c);
+    if (px_decide_tags(c) != AL_OK)
+        return AL_ERROR;
+    if (c->x->sandbox[0] != '\0') /* tags set through the admin API fill the gaps */
+        px_tags_get(c->x->sandbox, c->x->session, sizeof(c->x->session), c->x->tool_call,
+                    sizeof(c->x->tool_call));
+    return AL_OK;
 }
 
 /* The path to forward: normalised as the policy saw it, plus the query. */

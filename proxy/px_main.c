@@ -136,7 +136,9 @@ px_main_run(const char *config_path, int dry_run)
     px_raise_nofile();
     px_conf_set_current(px_conf_ref(c));
 
-    {
+    if (c->audit_db == NULL) {
+        al_log_warnx("AUDIT DISABLED (audit.db is null): requests leave no trace");
+    } else {
         struct aud_conf ac;
 
         memset(&ac, 0, sizeof(ac));
@@ -208,5 +210,6 @@ out:
     }
     px_conf_set_current(NULL);
     px_conf_unref(c);
+    px_tags_free_all();
     return rc;
 }

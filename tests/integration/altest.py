@@ -601,7 +601,7 @@ class Airlock:
 
     seq = 0
 
-    def __init__(self, run, workers=2, limits=None, config=None, policy=None):
+    def __init__(self, run, workers=2, limits=None, config=None, policy=None, args=None):
         Airlock.seq += 1
         self.run = run
         self.dir = os.path.join(run.tmp, "airlock%d" % Airlock.seq)
@@ -615,6 +615,7 @@ class Airlock:
                        "connect_timeout_s": 10, "drain_timeout_s": 5}
         self.limits.update(limits or {})
         self.extra = config or {}
+        self.args = list(args or [])  # extra `airlock run` arguments, e.g. ["--dry-run"]
         self.policy = policy or {"default": "allow",
                                  "allow_addresses": ["127.0.0.0/8", "::1/128"],
                                  "rules": []}
@@ -648,7 +649,8 @@ class Airlock:
             self._write_config()
             logf = open(self.log_path, "ab")
             try:
-                self.proc = subprocess.Popen([self.run.airlock_bin, "run", "--config", self.cfg_path],
+                self.proc = subprocess.Popen([self.run.airlock_bin, "run", "--config", self.cfg_path]
+                                             + self.args,
                                              stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                              cwd=self.dir)
             finally:
