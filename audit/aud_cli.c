@@ -849,7 +849,7 @@ aud_cli_groups_load(struct aud_cli *c, sqlite3 *db, const char *col, int split, 
         aud_cli_msg(c, "%s", sqlite3_errmsg(db));
         goto out;
     }
-    if (split) {
+    if (split && gs->n > 0) {
         qsort(gs->g, gs->n, sizeof(*gs->g), aud_cli_group_cmp);
         if (limit > 0 && gs->n > (size_t)limit)
             gs->n = (size_t)limit;

@@ -185,6 +185,16 @@ aud_writer_ensure_db(struct aud_writer *w)
     return ret;
 }
 
+/* Idle check of the database file (writer thread, no lock held). */
+static void
+aud_writer_probe(struct aud_writer *w)
+{
+    if (w->db != NULL && !aud_db_moved(w->db))
+        return;
+    if (aud_writer_ensure_db(w) != AL_OK)
+        atomic_store(&w->healthy, 0);
+}
+
 /* Runs the batch in one transaction. Writer thread, no lock held. */
 static int
 aud_writer_flush(struct aud_writer *w)
@@ -339,6 +349,8 @@ aud_writer_ready(struct aud_writer *w, int64_t now, int64_t *deadline)
     return 0;
 }
 
+#define AUD_PROBE_MS 100
+
 static void *
 aud_writer_main(void *arg)
 {
@@ -357,11 +369,17 @@ aud_writer_main(void *arg)
             break;
         }
         if (!aud_writer_ready(w, now, &deadline)) {
-            if (deadline == 0) {
-                pthread_cond_wait(&w->cv, &w->mu);
-            } else {
-                aud_writer_timespec(deadline, &ts);
-                pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            /* Idle: wake at least every AUD_PROBE_MS to look at the file, so
+             * a removed or replaced database fails admission closed before
+             * the next request slips through, not only at the next batch. */
+            if (deadline == 0 || deadline > now + AUD_PROBE_MS * 1000)
+                deadline = now + AUD_PROBE_MS * 1000;
+            aud_writer_timespec(deadline, &ts);
+            if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT && !w->stopping &&
+                w->count == 0) {
+                pthread_mutex_unlock(&w->mu);
+                aud_writer_probe(w);
+                pthread_mutex_lock(&w->mu);
             }
             continue;
         }

@@ -1119,15 +1119,6 @@ px_conn_on_head(struct px_conn *c)
 
     c->head_started = 0;
     x->head_done = 1;
-    if (px_audit != NULL) {
-        int adm = aud_writer_admit(px_audit);
-
-        if (adm != AL_OK) { /* fail closed: nothing goes out unaudited */
-            PX_MINC(audit_refusals);
-            px_conn_fail(c, 503, adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
-            return;
-        }
-    }
     if (c->rq.http_major != 1) {
         px_conn_fail(c, 505, "http_version", NULL);
         return;
@@ -1161,6 +1152,15 @@ px_conn_on_head(struct px_conn *c)
     snprintf(x->pool_key, sizeof(x->pool_key), "%s:%u", x->target.host, x->target.port);
     if (px_decide(c) != AL_OK)
         return; /* px_decide answered the client */
+    if (px_audit != NULL) {
+        int adm = aud_writer_admit(px_audit);
+
+        if (adm != AL_OK) { /* fail closed: nothing goes out unaudited */
+            PX_MINC(audit_refusals);
+            px_conn_fail(c, 503, adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
+            return;
+        }
+    }
     if (!x->is_connect && px_conn_write_request_head(c) != AL_OK) {
         px_conn_fail(c, 500, "internal", "out of memory");
         return;
