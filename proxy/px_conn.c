@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
@@ -45,6 +46,7 @@ static void px_conn_finish_exchange(struct px_conn *c);
 static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 static void px_conn_resolve(struct px_conn *c);
 static void px_conn_audit(struct px_conn *c, const char *error);
+static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
 
 /* ---- small pieces ------------------------------------------------------- */
 
@@ -67,6 +69,20 @@ px_exch_free(struct px_exch *x)
     al_free(x->fwd_path);
     aud_record_free(x->rec);
     al_free(x);
+}
+
+/* Readies a finished exchange for the next request on the connection. */
+static void
+px_exch_reset(struct px_exch *x, size_t header_bytes)
+{
+    al_safefree(x->fwd_path);
+    aud_record_free(x->rec);
+    memset(x, 0, offsetof(struct px_exch, addrs));
+    x->addrs.naddrs = 0;
+    px_msg_reset(&x->req);
+    px_msg_reset(&x->resp);
+    x->req.buf.max = header_bytes;
+    x->resp.buf.max = header_bytes;
 }
 
 static void
@@ -235,11 +251,10 @@ px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *d
     }
     al_log_info("conn %llu: %d %s%s%s", (unsigned long long)c->id, status, reason,
                 detail ? ": " : "", detail ? detail : "");
-    if (c->x == NULL) { /* bytes that never became a request head still get a row */
+    if (c->x == NULL) /* bytes that never became a request head still get a row */
         c->x = al_calloc(1, sizeof(*c->x));
-        if (c->x != NULL)
-            c->x->start_us = al_now_us();
-    }
+    if (c->x != NULL && c->x->start_us == 0)
+        c->x->start_us = al_now_us();
     if (c->x != NULL) {
         c->x->status = status;
         c->x->resp_started = 1;
@@ -611,7 +626,7 @@ px_rq_message_begin(llhttp_t *p)
 
     if (c->nreqs > 0) /* the first head's clock runs from accept */
         c->phase_start = ev_now(c->worker->loop);
-    if (c->conf != c->worker->conf && c->x == NULL) {
+    if (c->conf != c->worker->conf) {
         /* A reload happened: the next request on a keep-alive connection is
          * decided by the new snapshot (the one in progress kept the old). */
         px_conf_unref(c->conf);
@@ -625,6 +640,8 @@ px_rq_message_begin(llhttp_t *p)
             return -1;
         px_msg_init(&c->x->req, c->conf->limits.header_bytes);
         px_msg_init(&c->x->resp, c->conf->limits.header_bytes);
+    } else {
+        px_exch_reset(c->x, c->conf->limits.header_bytes);
     }
     c->x->start_us = al_now_us();
     return 0;
@@ -960,6 +977,11 @@ px_conn_upstream_ready(struct px_conn *c)
     }
     if (e == HPE_PAUSED_UPGRADE)
         x->req_done = 1;
+    /* Write the head now: most requests never need the write watcher. */
+    if (px_half_flush(c, &c->up) == AL_ERROR) {
+        px_conn_upstream_lost(c, "write failed");
+        return;
+    }
     px_conn_feed_client(c);
     if (!c->closing)
         px_conn_update_io(c);
@@ -1423,8 +1445,8 @@ px_conn_finish_exchange(struct px_conn *c)
     px_conn_audit(c, NULL);
     keep = x->req_done && !c->close_after_flush && !c->draining && x->client_keepalive;
     c->nreqs++;
-    px_exch_free(x);
-    c->x = NULL;
+    if (keep)
+        px_exch_reset(x, c->conf->limits.header_bytes); /* reused by the next request */
     if (!keep) {
         px_conn_close(c, "exchange done, no keep-alive");
         return;

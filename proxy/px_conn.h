@@ -38,10 +38,8 @@ struct px_exch {
     char                 tool_call[POL_TAG_MAX_BYTES + 1];
     char                *fwd_path; /* normalised path + query to forward; owned */
     size_t               fwd_path_len;
-    struct px_msg        req, resp;
     struct px_target     target;
     struct px_dns_query *dnsq;
-    struct px_dns_result addrs;
     int                  addr_idx;
     char                 pool_key[PX_HOST_MAX + 8];
     char                 upstream_str[64];
@@ -58,6 +56,10 @@ struct px_exch {
     int                  head_done;  /* a complete head was parsed */
     int                  deny;       /* answered 403/407 by identity or policy */
     const char          *err_reason; /* X-Airlock-Reason of airlock's own answer */
+    /* Not cleared between keep-alive requests (px_exch_reset stops here):
+     * the big buffers are reused, addrs is valid only up to naddrs. */
+    struct px_dns_result addrs;
+    struct px_msg        req, resp;
 };
 
 struct px_conn {

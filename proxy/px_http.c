@@ -23,12 +23,13 @@ px_msg_init(struct px_msg *m, size_t cap)
 void
 px_msg_reset(struct px_msg *m)
 {
-    size_t         cap = m->buf.max;
-    struct al_dbuf keep = m->buf;
-
-    memset(m, 0, sizeof(*m));
-    m->buf = keep;
-    m->buf.max = cap;
+    /* The header slots are not cleared: px_msg_add initialises each one it
+     * hands out, so a reset costs nothing per slot. */
+    m->url = m->url_len = 0;
+    m->status_text = m->status_text_len = 0;
+    m->nhdrs = 0;
+    m->piece = PX_PIECE_NONE;
+    m->too_big = m->bad = 0;
     al_dbuf_reset(&m->buf);
 }
 
