@@ -39,25 +39,25 @@
 enum state { ST_CONNECTING, ST_CONNECT_SENT, ST_REQ, ST_HDR, ST_BODY, ST_IDLE, ST_DEAD };
 
 struct conn {
-    int fd;
+    int        fd;
     enum state st;
-    char hdr[4096];
-    size_t hlen;
-    long long body_left;
-    size_t wr_off;
+    char       hdr[4096];
+    size_t     hlen;
+    long long  body_left;
+    size_t     wr_off;
 };
 
-static struct sockaddr_in addr;
-static const char *target; /* HOST:PORT for CONNECT, or NULL */
-static const char *path = "/64k";
-static char connect_req[512];
-static char get_req[1024];
-static size_t connect_len, get_len;
-static int ep;
+static struct sockaddr_in    addr;
+static const char           *target; /* HOST:PORT for CONNECT, or NULL */
+static const char           *path = "/64k";
+static char                  connect_req[512];
+static char                  get_req[1024];
+static size_t                connect_len, get_len;
+static int                   ep;
 static volatile sig_atomic_t stop_flag;
-static long long n_requests, n_bytes, n_errors;
-static int counting;
-static char rbuf[256 * 1024];
+static long long             n_requests, n_bytes, n_errors;
+static int                   counting;
+static char                  rbuf[256 * 1024];
 
 static double
 now(void)
@@ -77,7 +77,7 @@ on_signal(int sig)
 static int
 parse_hostport(const char *s, struct sockaddr_in *out)
 {
-    char host[256];
+    char        host[256];
     const char *colon = strrchr(s, ':');
     if (!colon || (size_t)(colon - s) >= sizeof host)
         return -1;
@@ -112,7 +112,7 @@ open_conn(struct conn *c)
     c->st = ST_CONNECTING;
     c->hlen = 0;
     c->wr_off = 0;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.ptr = c };
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     return 0;
 }
@@ -120,7 +120,7 @@ open_conn(struct conn *c)
 static void
 set_events(struct conn *c, uint32_t events)
 {
-    struct epoll_event ev = { .events = events, .data.ptr = c };
+    struct epoll_event ev = {.events = events, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -263,7 +263,7 @@ on_event(struct conn *c, uint32_t events)
     if (c->st == ST_DEAD)
         return;
     if (c->st == ST_CONNECTING) {
-        int err = 0;
+        int       err = 0;
         socklen_t el = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
         if (err) {
@@ -377,9 +377,9 @@ on_event(struct conn *c, uint32_t events)
 static void
 usage(void)
 {
-    fprintf(stderr,
-            "usage: connect_bench load|idle -a HOST:PORT [-T HOST:PORT] [-c N] [-d SEC] [-w SEC] [-P PATH] "
-            "[-s SEC]\n");
+    fprintf(stderr, "usage: connect_bench load|idle -a HOST:PORT [-T HOST:PORT] [-c N] [-d SEC] "
+                    "[-w SEC] [-P PATH] "
+                    "[-s SEC]\n");
     exit(2);
 }
 
@@ -390,21 +390,37 @@ main(int argc, char **argv)
         usage();
     const char *mode = argv[1];
     const char *a = NULL;
-    int nconns = 50;
-    double duration = 10, warmup = 1, hold = 120;
-    int path_given = 0;
-    int opt;
+    int         nconns = 50;
+    double      duration = 10, warmup = 1, hold = 120;
+    int         path_given = 0;
+    int         opt;
     optind = 2;
     while ((opt = getopt(argc, argv, "a:T:c:d:w:P:s:")) != -1) {
         switch (opt) {
-        case 'a': a = optarg; break;
-        case 'T': target = optarg; break;
-        case 'c': nconns = atoi(optarg); break;
-        case 'd': duration = atof(optarg); break;
-        case 'w': warmup = atof(optarg); break;
-        case 'P': path = optarg; path_given = 1; break;
-        case 's': hold = atof(optarg); break;
-        default: usage();
+        case 'a':
+            a = optarg;
+            break;
+        case 'T':
+            target = optarg;
+            break;
+        case 'c':
+            nconns = atoi(optarg);
+            break;
+        case 'd':
+            duration = atof(optarg);
+            break;
+        case 'w':
+            warmup = atof(optarg);
+            break;
+        case 'P':
+            path = optarg;
+            path_given = 1;
+            break;
+        case 's':
+            hold = atof(optarg);
+            break;
+        default:
+            usage();
         }
     }
     if (!a || parse_hostport(a, &addr) < 0)
@@ -425,7 +441,8 @@ main(int argc, char **argv)
     }
     connect_len = (size_t)snprintf(connect_req, sizeof connect_req,
                                    "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", host, host);
-    get_len = (size_t)snprintf(get_req, sizeof get_req, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host);
+    get_len = (size_t)snprintf(get_req, sizeof get_req, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path,
+                               host);
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -446,7 +463,7 @@ main(int argc, char **argv)
     struct epoll_event evs[256];
 
     if (idle_mode) {
-        int opened = 0;
+        int    opened = 0;
         double t0 = now();
         while (!stop_flag) {
             /* Keep at most 64 handshakes in flight. */
@@ -472,7 +489,7 @@ main(int argc, char **argv)
         printf("ready %d\n", n_ready);
         fflush(stdout);
         double t1 = now();
-        int lost = 0;
+        int    lost = 0;
         while (!stop_flag && now() - t1 < hold) {
             int n = epoll_wait(ep, evs, 256, 100);
             for (int i = 0; i < n; i++)
@@ -491,7 +508,7 @@ main(int argc, char **argv)
             n_errors++;
     double start = now();
     double mstart = start + warmup, mend = mstart + duration;
-    int reopen_budget = nconns * 100;
+    int    reopen_budget = nconns * 100;
     for (;;) {
         double t = now();
         if (!counting && t >= mstart) {
