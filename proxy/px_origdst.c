@@ -29,6 +29,7 @@ px_orig_dst(int fd, struct sockaddr_storage *out)
     socklen_t               slen = sizeof(local);
     int                     rc = AL_ERROR, v4 = 0;
 
+    memset(&local, 0, sizeof(local));
     memset(&orig, 0, sizeof(orig));
     if (out == NULL) {
         errno = EINVAL;

@@ -410,13 +410,8 @@ px_sni_looks_tls(const unsigned char *buf, size_t len)
 
     if (len == 0 || buf == NULL)
         goto out;
-    if (buf[0] != PX_SNI_CT_HANDSHAKE)
-        rc = AL_DECLINED;
-    else if (len >= 2 && buf[1] != 3)
-        rc = AL_DECLINED;
-    else if (len >= 3 && buf[2] > 4)
-        rc = AL_DECLINED;
-    else if (len >= 6 && buf[5] != PX_SNI_HS_CLIENT_HELLO)
+    if (buf[0] != PX_SNI_CT_HANDSHAKE || (len >= 2 && buf[1] != 3) || (len >= 3 && buf[2] > 4) ||
+        (len >= 6 && buf[5] != PX_SNI_HS_CLIENT_HELLO))
         rc = AL_DECLINED;
     else if (len >= 6)
         rc = AL_OK;
