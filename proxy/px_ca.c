@@ -28,9 +28,16 @@
  * CA reference for the server context, the session cache for the upstream
  * context) lives in the SSL_CTX's ex_data the same way.
  *
+ * The leaf key is made through the (deprecated) EC_KEY API on purpose: an
+ * EVP_PKEY backed by a legacy EC_KEY is encoded into a certificate by its
+ * ASN.1 method in about 5 us, where a provider-native key goes through the
+ * OSSL_ENCODER machinery on every X509_set_pubkey (about 180 us with OpenSSL
+ * 3.0), which was 85% of a mint. Signing and TLS use it like any other key.
+ *
  * The CA key stays in this file: nothing else can reach it, and OpenSSL
  * wipes it when the last reference goes.
  */
+#define OPENSSL_SUPPRESS_DEPRECATED /* EC_KEY for the leaf key: see DESIGN above */
 #include "px_ca.h"
 
 #include <arpa/inet.h>
@@ -45,6 +52,7 @@
 #include <unistd.h>
 
 #include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -558,6 +566,29 @@ out:
 
 /* ---- loading the CA --------------------------------------------------------- */
 
+/* The shared leaf key: EC P-256, legacy-backed for fast encoding (DESIGN). */
+static EVP_PKEY *
+px_ca_leaf_keygen(void)
+{
+    EC_KEY   *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
+    EVP_PKEY *pk = EVP_PKEY_new();
+    EVP_PKEY *ret = NULL;
+
+    if (ec == NULL || pk == NULL || EC_KEY_generate_key(ec) != 1)
+        goto out;
+    if (EVP_PKEY_assign_EC_KEY(pk, ec) != 1)
+        goto out;
+    ec = NULL; /* owned by pk now */
+    ret = pk;
+    pk = NULL;
+out:
+    EC_KEY_free(ec);
+    EVP_PKEY_free(pk);
+    if (ret == NULL)
+        ret = EVP_EC_gen("P-256"); /* slower to mint with, but correct */
+    return ret;
+}
+
 /* Builds the extensions every leaf carries. */
 static int
 px_ca_build_exts(struct px_ca *ca)
@@ -678,7 +709,7 @@ px_ca_load_ex(const char *dir, size_t cache_entries, struct al_errs *errs)
         al_errs_add(errs, "%s: the CA certificate is not valid yet", cpath);
         goto out;
     }
-    ca->leaf_key = EVP_EC_gen("P-256");
+    ca->leaf_key = px_ca_leaf_keygen();
     if (ca->leaf_key == NULL) {
         al_errs_add(errs, "cannot generate the leaf key: %s", px_ca_ssl_reason(why, sizeof(why)));
         goto out;
@@ -988,9 +1019,11 @@ out:
 struct px_tls_sslx {
     char    *host; /* default host (server side) */
     int      is_ip;
-    char    *sess_key; /* "host:port" (upstream side) */
+    char    *sess_key;       /* "host:port" (upstream side) */
+    unsigned strict_sni : 1; /* refuse an SNI other than the default host */
     unsigned alpn_refused : 1;
-    unsigned sni_refused : 1;
+    unsigned sni_refused : 1;  /* not a host name */
+    unsigned sni_mismatch : 1; /* a host name, but not the default host */
 };
 
 struct px_tls_sess {
@@ -1154,6 +1187,17 @@ px_tls_servername_cb(SSL *ssl, int *al, void *arg)
                 x->sni_refused = 1;
             goto out;
         }
+        if (x != NULL && x->host != NULL) {
+            char want[PX_CA_HOST_MAX + 1];
+            int  want_ip = x->is_ip;
+
+            if (px_ca_host_normalize(x->host, want, sizeof(want), &want_ip) != AL_OK ||
+                want_ip != is_ip || strcmp(want, host) != 0) {
+                x->sni_mismatch = 1;
+                if (x->strict_sni)
+                    goto out; /* before minting anything for a name nobody allowed */
+            }
+        }
     } else if (x != NULL && x->host != NULL) {
         if (px_ca_host_normalize(x->host, host, sizeof(host), &is_ip) != AL_OK)
             goto out;
@@ -1215,7 +1259,7 @@ out:
 }
 
 int
-px_tls_set_default_host(SSL *ssl, const char *host, int is_ip)
+px_tls_set_default_host(SSL *ssl, const char *host, int is_ip, int strict)
 {
     struct px_tls_sslx *x = px_tls_sslx_get(ssl, 1);
     char               *copy;
@@ -1228,6 +1272,7 @@ px_tls_set_default_host(SSL *ssl, const char *host, int is_ip)
     al_free(x->host);
     x->host = copy;
     x->is_ip = is_ip;
+    x->strict_sni = strict ? 1 : 0;
     return AL_OK;
 }
 
@@ -1251,6 +1296,14 @@ px_tls_sni_refused(SSL *ssl)
     struct px_tls_sslx *x = px_tls_sslx_get(ssl, 0);
 
     return x != NULL && x->sni_refused;
+}
+
+int
+px_tls_sni_mismatch(SSL *ssl)
+{
+    struct px_tls_sslx *x = px_tls_sslx_get(ssl, 0);
+
+    return x != NULL && x->sni_mismatch;
 }
 
 /* ---- TLS toward the upstream ----------------------------------------------- */

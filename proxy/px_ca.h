@@ -112,9 +112,16 @@ size_t px_ca_cache_count(struct px_ca *ca);
  * context owned by the caller (SSL_CTX_free), or NULL (logged).
  */
 SSL_CTX *px_tls_server_ctx(struct px_ca *ca);
-/* The host to mint for when the client sends no SNI (the CONNECT host);
- * copied. Returns AL_OK or AL_ERROR (no memory). */
-int px_tls_set_default_host(SSL *ssl, const char *host, int is_ip);
+/*
+ * The CONNECT host (copied): the host minted for when the client sends no
+ * SNI, and the host an SNI is compared with (after normalisation, so
+ * "API.Test." matches "api.test"). With `strict`, an SNI naming another host
+ * fails the handshake (unrecognized_name) before anything is minted;
+ * without, the handshake goes on with a leaf for the SNI and
+ * px_tls_sni_mismatch() tells the caller to answer 421. Call before the
+ * handshake. Returns AL_OK or AL_ERROR (no memory).
+ */
+int px_tls_set_default_host(SSL *ssl, const char *host, int is_ip, int strict);
 /* The SNI the client sent, or NULL. Borrowed, valid while the SSL lives. */
 const char *px_tls_sni(SSL *ssl);
 /* 1 when the handshake failed because the client offered ALPN without
@@ -122,6 +129,9 @@ const char *px_tls_sni(SSL *ssl);
 int px_tls_alpn_refused(SSL *ssl);
 /* 1 when the handshake failed because the SNI was not a valid host name. */
 int px_tls_sni_refused(SSL *ssl);
+/* 1 when the client's SNI named a host other than the default host (the
+ * handshake failed if strict; otherwise the leaf is for the SNI's host). */
+int px_tls_sni_mismatch(SSL *ssl);
 
 /* ---- TLS toward the upstream --------------------------------------------- */
 /*

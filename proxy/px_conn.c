@@ -19,7 +19,10 @@
  * stops everything at once and the memory goes when the last reference does.
  */
 #include "px_conn.h"
+#include "px_origdst.h"
+#include "px_sni.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -47,6 +50,7 @@ static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 static void px_conn_resolve(struct px_conn *c);
 static void px_conn_audit(struct px_conn *c, const char *error);
 static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
+static void px_conn_transparent_refuse(struct px_conn *c, const char *reason);
 
 /* ---- small pieces ------------------------------------------------------- */
 
@@ -124,6 +128,8 @@ px_conn_deadline(const struct px_conn *c)
     case PX_ST_EXCHANGE:
     case PX_ST_TUNNEL:
         return c->last_activity + l->idle_timeout_s;
+    case PX_ST_PEEK:
+        return c->phase_start + l->header_timeout_s;
     case PX_ST_FLUSH_CLOSE:
         if (c->cl.shut)
             return c->last_activity + PX_LINGER_S;
@@ -316,7 +322,12 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
     px_sockaddr_str((const struct sockaddr *)&c->peer, r->client, sizeof(r->client));
     snprintf(r->mode, sizeof(r->mode), "%s",
              c->mode == PX_LISTEN_FORWARD ? "forward" : "transparent");
-    if (x->head_done) {
+    if (c->has_orig_dst)
+        px_sockaddr_str((const struct sockaddr *)&c->orig_dst, r->orig_dst, sizeof(r->orig_dst));
+    if (x->method_name != NULL) {
+        snprintf(r->method, sizeof(r->method), "%s", x->method_name);
+        snprintf(r->scheme, sizeof(r->scheme), "%s", x->is_connect ? "connect" : "http");
+    } else if (x->head_done) {
         snprintf(r->method, sizeof(r->method), "%s", llhttp_method_name(c->rq.method));
         snprintf(r->scheme, sizeof(r->scheme), "%s",
                  x->is_connect   ? "connect"
@@ -551,6 +562,7 @@ px_conn_update_io(struct px_conn *c)
     cw = al_bufq_len(&c->cl.out) > 0;
     switch (c->state) {
     case PX_ST_READ_HEAD:
+    case PX_ST_PEEK:
         cr = !c->cl.eof && c->cin_len < PX_CIN_BYTES;
         break;
     case PX_ST_RESOLVE:
@@ -943,14 +955,16 @@ px_conn_upstream_ready(struct px_conn *c)
     if (x->is_connect) {
         static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
 
-        /* Bytes the client sent after the CONNECT head belong to the tunnel. */
-        if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK ||
+        /* Bytes the client sent after the CONNECT head (or, transparent, the
+         * peeked ClientHello) belong to the tunnel. */
+        if ((!x->silent_tunnel && al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) ||
             (c->cin_len > 0 && al_bufq_write(&c->up.out, c->cin, c->cin_len) != AL_OK)) {
             px_conn_close(c, "no memory");
             return;
         }
-        al_log_info("conn %llu: CONNECT %s:%u via %s", (unsigned long long)c->id, x->target.host,
-                    x->target.port, x->upstream_str);
+        al_log_info("conn %llu: %s %s:%u via %s", (unsigned long long)c->id,
+                    x->method_name ? x->method_name : "CONNECT", x->target.host, x->target.port,
+                    x->upstream_str);
         px_conn_count_status(200);
         x->status = 200;
         px_conn_tunnel_audit_open(c);
@@ -1129,6 +1143,205 @@ px_conn_resolve(struct px_conn *c)
         px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_failed", "resolver error");
 }
 
+/* ---- transparent listeners --------------------------------------------- */
+
+static uint16_t
+px_sockaddr_port(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)(const void *)ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)(const void *)ss)->sin_port);
+}
+
+/* The original destination as an IP literal target (no name known). */
+static void
+px_conn_orig_target(struct px_conn *c, struct px_target *t)
+{
+    char ip[INET6_ADDRSTRLEN] = "";
+
+    memset(t, 0, sizeof(*t));
+    if (c->orig_dst.ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)&c->orig_dst)->sin6_addr, ip,
+                  sizeof(ip));
+        t->kind = PX_HOST_IPV6;
+    } else {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)&c->orig_dst)->sin_addr, ip, sizeof(ip));
+        t->kind = PX_HOST_IPV4;
+    }
+    snprintf(t->host, sizeof(t->host), "%s", ip);
+    t->port = px_sockaddr_port(&c->orig_dst);
+    t->path = "";
+}
+
+/* An origin-form request on a transparent listener: the name comes from the
+ * Host header, the port from the original destination. */
+static int
+px_conn_transparent_target(struct px_conn *c, const char **err)
+{
+    struct px_exch *x = c->x;
+    struct px_msg  *m = &x->req;
+    const char     *url = px_msg_str(m, m->url);
+    int             h = px_msg_find(m, "host", 0);
+    uint16_t        port = px_sockaddr_port(&c->orig_dst);
+
+    if (m->url_len == 0 || url[0] != '/') {
+        *err = "bad_target";
+        return AL_ERROR;
+    }
+    if (h < 0 || m->hdrs[h].val == UINT32_MAX || px_msg_find(m, "host", h + 1) >= 0) {
+        *err = "bad_host";
+        return AL_ERROR;
+    }
+    if (px_authority_parse(px_msg_str(m, m->hdrs[h].val), m->hdrs[h].val_len, port, &x->target,
+                           err) != AL_OK)
+        return AL_ERROR;
+    x->target.port = port; /* where the sandbox was really going */
+    x->target.tls = 0;
+    x->target.path = url;
+    x->target.path_len = m->url_len;
+    x->target.path_needs_slash = 0;
+    return AL_OK;
+}
+
+/* A transparent connection that cannot be served: audited, then closed
+ * (there is no protocol to answer in). */
+static void
+px_conn_transparent_refuse(struct px_conn *c, const char *reason)
+{
+    if (c->x == NULL)
+        c->x = al_calloc(1, sizeof(*c->x));
+    if (c->x != NULL) {
+        if (c->x->start_us == 0)
+            c->x->start_us = al_now_us();
+        if (c->x->target.host[0] == '\0' && c->has_orig_dst)
+            px_conn_orig_target(c, &c->x->target);
+        c->x->err_reason = reason;
+        px_conn_audit(c, reason);
+    }
+    al_log_info("conn %llu: transparent connection refused: %s", (unsigned long long)c->id, reason);
+    px_conn_close(c, reason);
+}
+
+/* TLS (by SNI) or raw TCP (by original destination) through a transparent
+ * listener: decided like a CONNECT, relayed opaquely. */
+static void
+px_conn_transparent_tunnel(struct px_conn *c, const char *sni)
+{
+    struct px_exch *x;
+    const char     *err = NULL;
+
+    x = c->x = al_calloc(1, sizeof(*c->x));
+    if (x == NULL) {
+        px_conn_close(c, "no memory");
+        return;
+    }
+    x->start_us = al_now_us();
+    x->is_connect = 1;
+    x->silent_tunnel = 1;
+    x->method_name = sni != NULL ? "TLS" : "TCP";
+    px_conn_orig_target(c, &x->target);
+    if (sni != NULL && sni[0] != '\0') {
+        uint16_t port = x->target.port;
+
+        if (px_host_normalize(sni, strlen(sni), x->target.host, sizeof(x->target.host),
+                              &x->target.kind, &err) != AL_OK) {
+            px_conn_transparent_refuse(c, "bad_sni");
+            return;
+        }
+        x->target.port = port;
+    }
+    /* No SNI: the destination is the original IP literal; only a rule naming
+     * it (and, for non-public space, its cidrs) lets it through. */
+    if (px_decide(c) != AL_OK)
+        return;
+    if (px_audit != NULL) {
+        int adm = aud_writer_admit(px_audit);
+
+        if (adm != AL_OK) {
+            PX_MINC(audit_refusals);
+            px_conn_transparent_refuse(c,
+                                       adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable");
+            return;
+        }
+    }
+    if (px_audit != NULL && c->conf->audit_strict && px_conn_audit_begin(c) != AL_OK)
+        return;
+    px_conn_resolve(c);
+}
+
+/* PX_ST_PEEK: the first bytes say which protocol the sandbox speaks. */
+static void
+px_conn_peek(struct px_conn *c)
+{
+    const unsigned char *b = (const unsigned char *)c->cin;
+    char                 sni[PX_SNI_HOST_BYTES];
+    int                  h2only = 0;
+    int                  rc = px_sni_looks_tls(b, c->cin_len);
+
+    if (rc == AL_OK) {
+        rc = px_sni_parse(b, c->cin_len, sni, sizeof(sni), &h2only);
+        if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES)
+            return; /* the ClientHello continues in the next segment */
+        if (rc != AL_OK) {
+            px_conn_transparent_refuse(c, "bad_client_hello");
+            return;
+        }
+        px_conn_transparent_tunnel(c, sni);
+        return;
+    }
+    if (rc == AL_AGAIN)
+        return;
+    rc = px_http_looks_like_request(b, c->cin_len);
+    if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES)
+        return;
+    if (rc == AL_OK) {
+        c->state = PX_ST_READ_HEAD; /* same clock: the head must complete in time */
+        px_conn_feed_client(c);
+        return;
+    }
+    px_conn_transparent_tunnel(c, NULL);
+}
+
+/* Accept-time checks of a transparent connection. AL_OK to go on. */
+static int
+px_conn_transparent_accept(struct px_conn *c)
+{
+    const struct px_conf *conf = c->conf;
+
+    if (px_orig_dst(c->cl.fd, &c->orig_dst) != AL_OK) {
+        px_conn_transparent_refuse(c, "not_redirected");
+        return AL_ERROR;
+    }
+    c->has_orig_dst = 1;
+    /* Loop guard: a redirected connection to airlock's own listener. */
+    for (int i = 0; i < conf->nself; i++) {
+        const struct sockaddr_storage *s = &conf->self[i];
+        int                            same = 0;
+
+        if (s->ss_family != c->orig_dst.ss_family ||
+            px_sockaddr_port(s) != px_sockaddr_port(&c->orig_dst))
+            continue;
+        if (s->ss_family == AF_INET) {
+            const struct in_addr *a = &((const struct sockaddr_in *)(const void *)s)->sin_addr;
+            const struct in_addr *o =
+                &((const struct sockaddr_in *)(const void *)&c->orig_dst)->sin_addr;
+
+            same = a->s_addr == INADDR_ANY || a->s_addr == o->s_addr;
+        } else {
+            const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)s)->sin6_addr;
+            const struct in6_addr *o =
+                &((const struct sockaddr_in6 *)(const void *)&c->orig_dst)->sin6_addr;
+
+            same = IN6_IS_ADDR_UNSPECIFIED(a) || memcmp(a, o, sizeof(*a)) == 0;
+        }
+        if (same) {
+            px_conn_transparent_refuse(c, "loop");
+            return AL_ERROR;
+        }
+    }
+    return AL_OK;
+}
+
 /* A complete request head is parsed: check it, decide, then resolve. */
 static void
 px_conn_on_head(struct px_conn *c)
@@ -1150,6 +1363,12 @@ px_conn_on_head(struct px_conn *c)
     x->req_chunked = (c->rq.flags & F_CHUNKED) != 0;
     if (x->is_connect) {
         rc = px_authority_parse(url, m->url_len, 0, &x->target, &err);
+        if (rc == AL_OK && c->mode == PX_LISTEN_TRANSPARENT) {
+            px_conn_fail(c, 400, "bad_target", "CONNECT on a transparent listener");
+            return;
+        }
+    } else if (c->mode == PX_LISTEN_TRANSPARENT) {
+        rc = px_conn_transparent_target(c, &err);
     } else if (m->url_len > 0 && url[0] == '/') {
         px_conn_fail(c, 400, "bad_target", "origin-form request to a forward proxy");
         return;
@@ -1288,7 +1507,10 @@ px_conn_client_readable(struct px_conn *c)
     c->last_activity = ev_now(c->worker->loop);
     if (n == 0) {
         c->cl.eof = 1;
-        if (c->state == PX_ST_READ_HEAD && !c->head_started && c->cin_len == 0)
+        if (c->state == PX_ST_PEEK && c->cin_len > 0)
+            px_conn_transparent_refuse(c, "client closed before a request");
+        else if (c->state == PX_ST_PEEK ||
+                 (c->state == PX_ST_READ_HEAD && !c->head_started && c->cin_len == 0))
             px_conn_close(c, "client closed");
         else if (c->state == PX_ST_READ_HEAD)
             px_conn_fail(c, 400, "bad_request", "incomplete request head");
@@ -1297,8 +1519,10 @@ px_conn_client_readable(struct px_conn *c)
         return;
     }
     c->cin_len += (size_t)n;
-    if (c->state == PX_ST_READ_HEAD && c->x == NULL && c->cin_len > 0 && !c->head_started)
-        c->head_started = 0; /* on_message_begin starts the header clock */
+    if (c->state == PX_ST_PEEK) {
+        px_conn_peek(c);
+        return;
+    }
     px_conn_feed_client(c);
 }
 
@@ -1590,6 +1814,12 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         break;
     case PX_ST_AUDIT:
         break; /* no watchers run while the row commits */
+    case PX_ST_PEEK:
+        if (is_cl && (revents & EV_READ))
+            px_conn_client_readable(c);
+        if (!c->closing)
+            px_conn_update_io(c);
+        break;
     case PX_ST_READ_HEAD:
     case PX_ST_RESOLVE:
     case PX_ST_EXCHANGE:
@@ -1657,6 +1887,9 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         break;
     case PX_ST_AUDIT:
         px_conn_fail(c, 503, "audit_unavailable", "audit commit took too long");
+        break;
+    case PX_ST_PEEK:
+        px_conn_transparent_refuse(c, "header_timeout");
         break;
     case PX_ST_CONNECT:
         px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "connect_timeout", NULL);
@@ -1734,7 +1967,13 @@ px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
         al_log_debug("conn %llu: accepted from %s", (unsigned long long)c->id, ps);
     }
     c->state = PX_ST_READ_HEAD;
-    px_conn_set_state(c, PX_ST_READ_HEAD);
+    if (mode == PX_LISTEN_TRANSPARENT) {
+        px_conn_set_state(c, PX_ST_PEEK);
+        if (px_conn_transparent_accept(c) != AL_OK)
+            return;
+    } else {
+        px_conn_set_state(c, PX_ST_READ_HEAD);
+    }
     px_conn_update_io(c);
 }
 

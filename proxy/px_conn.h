@@ -16,6 +16,7 @@ enum px_state {
     PX_ST_TUNNEL,        /* opaque relay (CONNECT, websocket) */
     PX_ST_FLUSH_CLOSE,   /* writing a final answer, then close */
     PX_ST_AUDIT,         /* strict audit: waiting for the row's commit */
+    PX_ST_PEEK,          /* transparent: first bytes tell TLS, HTTP or raw TCP */
 };
 
 struct px_half {
@@ -51,11 +52,13 @@ struct px_exch {
     int                  status;
     int64_t              start_us;
     uint64_t             bytes_up, bytes_down;
-    struct aud_record   *rec;        /* strict mode: the begun row */
-    int                  audited;    /* the row for this request is handed over */
-    int                  head_done;  /* a complete head was parsed */
-    int                  deny;       /* answered 403/407 by identity or policy */
-    const char          *err_reason; /* X-Airlock-Reason of airlock's own answer */
+    struct aud_record   *rec;           /* strict mode: the begun row */
+    int                  audited;       /* the row for this request is handed over */
+    int                  head_done;     /* a complete head was parsed */
+    int                  deny;          /* answered 403/407 by identity or policy */
+    const char          *err_reason;    /* X-Airlock-Reason of airlock's own answer */
+    const char          *method_name;   /* audit/policy method when not from llhttp ("TLS") */
+    int                  silent_tunnel; /* transparent tunnel: no "200 Connection established" */
     /* Not cleared between keep-alive requests (px_exch_reset stops here):
      * the big buffers are reused, addrs is valid only up to naddrs. */
     struct px_dns_result addrs;
@@ -82,7 +85,9 @@ struct px_conn {
     unsigned                nreqs; /* exchanges completed on this connection */
     llhttp_t                rq, rs;
     struct px_exch         *x;
-    struct aud_record      *trec; /* an open tunnel's row, completed at close */
+    struct aud_record      *trec;     /* an open tunnel's row, completed at close */
+    struct sockaddr_storage orig_dst; /* transparent: SO_ORIGINAL_DST */
+    int                     has_orig_dst;
     uint64_t                tun_up, tun_down;
     int64_t                 tun_start_us;
 };

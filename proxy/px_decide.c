@@ -119,7 +119,8 @@ static int
 px_decide_identity(struct px_conn *c)
 {
     const struct px_conf *conf = c->conf;
-    int                   rc = px_decide_basic(c);
+    /* Transparent clients are known by their source address only. */
+    int rc = c->mode == PX_LISTEN_TRANSPARENT ? AL_DECLINED : px_decide_basic(c);
 
     if (rc == AL_ERROR)
         return AL_ERROR;
@@ -195,7 +196,7 @@ px_decide(struct px_conn *c)
     rq.host = x->target.host;
     rq.host_is_ip = x->target.kind != PX_HOST_NAME;
     rq.port = x->target.port;
-    rq.method = llhttp_method_name(c->rq.method);
+    rq.method = x->method_name != NULL ? "CONNECT" : llhttp_method_name(c->rq.method);
     if (!x->is_connect) {
         rq.path = x->target.path_needs_slash ? "/" : x->target.path;
         rq.path_len = x->target.path_needs_slash ? 1 : x->target.path_len;
