@@ -11,7 +11,7 @@ CONFIG     ?= etc/airlock.json
 
 # Build and test dependencies (Debian 12 package names).
 DEB_PKGS = cmake make gcc pkg-config libssl-dev node-llhttp libev-dev libcjson-dev \
-           libsqlite3-dev libc-ares-dev libcmocka-dev libidn2-dev \
+           libsqlite3-dev libc-ares-dev libcmocka-dev libidn2-dev zlib1g-dev \
            curl python3 openssl sqlite3 clang-format iproute2 nftables
 
 .PHONY: all deps build run test unit integration check-format format bench clean

@@ -1,0 +1,819 @@
+/*
+ * sec_ac.c - multi-pattern matching for injection and redaction.
+ *
+ * Automaton: Aho-Corasick compiled to a dense DFA over byte classes (bytes
+ * that occur in no pattern share class 0), transitions premultiplied by the
+ * class count and flagged when the target state has an output, so the inner
+ * loop is one load per byte. While the DFA is at its root, a Wu-Manber
+ * 2-byte-block shift table skips ahead over text where no pattern can
+ * start; on random data most bytes are never looked at by the DFA. The
+ * worst case stays linear (a failed skip costs one lookup before a DFA step).
+ *
+ * Streams: every match [start, end) is merged with overlapping pending
+ * matches into a cluster (union of their bytes); a cluster is written out
+ * (as the replacement of its leftmost-longest match) once no future match
+ * can overlap it, i.e. when the frontier F = pos - depth(state) has passed
+ * its end. Bytes before F and outside clusters are final and written as they
+ * are. The hold-back is therefore at most the longest pattern, and
+ * overlapping / adjacent / repeated occurrences need no special cases.
+ * Adjacent matches stay separate clusters (two placeholders).
+ *
+ * Redactor automata contain the secret values' encoded forms, so they live
+ * in vault memory; they are built once per (store, mask) and cached in the
+ * store (bounded; past the bound a stream owns a private one).
+ */
+#include "sec_int.h"
+
+#include <openssl/crypto.h>
+#include <string.h>
+
+#define SEC_AC_NONE 0xffffffffu
+
+/* ---- building ------------------------------------------------------------ */
+
+struct sec_ac *
+sec_ac_build(const struct sec_ac_in *in, int n)
+{
+    struct sec_ac *ac = NULL, *ret = NULL;
+    uint32_t      *tbl, *depth, *fail = NULL, *queue = NULL;
+    int32_t       *out;
+    uint8_t       *shift = NULL;
+    size_t         maxst = 1, off, sz_tbl, sz_st, sz_shift = 0, sz_pats;
+    uint32_t       ncls = 1, nst = 1, minl = UINT32_MAX, maxl = 0;
+    int            locked;
+    char          *base;
+    uint8_t        used[256];
+
+    ac = al_calloc(1, sizeof(*ac));
+    if (ac == NULL)
+        goto out;
+    memset(used, 0, sizeof(used));
+    for (int k = 0; k < n; k++) {
+        maxst += in[k].len;
+        if (in[k].len < minl)
+            minl = in[k].len;
+        if (in[k].len > maxl)
+            maxl = in[k].len;
+        for (uint32_t j = 0; j < in[k].len; j++)
+            used[(uint8_t)in[k].p[j]] = 1;
+    }
+    if (n == 0)
+        minl = maxl = 1;
+    for (int b = 0; b < 256; b++)
+        ac->cls[b] = used[b] ? (uint8_t)ncls++ : 0;
+    if (maxst * ncls >= (size_t)SEC_AC_FLAG)
+        goto out;
+    sz_tbl = maxst * ncls * sizeof(uint32_t);
+    sz_st = maxst * sizeof(uint32_t);
+    sz_pats = (size_t)(n > 0 ? n : 1) * sizeof(struct sec_pat);
+    if (minl >= 3)
+        sz_shift = 65536;
+    ac->map = sec_vault_alloc(sz_tbl + 2 * sz_st + sz_pats + sz_shift, &ac->map_len, &locked);
+    if (ac->map == NULL)
+        goto out;
+    if (!locked)
+        al_log_warnx("secrets: could not mlock %zu bytes for a redaction automaton "
+                     "(raise RLIMIT_MEMLOCK); it is still wiped and excluded from core dumps",
+                     ac->map_len);
+    base = ac->map;
+    tbl = (uint32_t *)(void *)base;
+    off = sz_tbl;
+    depth = (uint32_t *)(void *)(base + off);
+    off += sz_st;
+    out = (int32_t *)(void *)(base + off);
+    off += sz_st;
+    ac->pats = (struct sec_pat *)(void *)(base + off);
+    off += sz_pats;
+    if (sz_shift)
+        shift = (uint8_t *)(base + off);
+    fail = al_calloc(maxst, sizeof(*fail));
+    queue = al_calloc(maxst, sizeof(*queue));
+    if (fail == NULL || queue == NULL)
+        goto out;
+    memset(tbl, 0xff, ncls * sizeof(uint32_t));
+    out[0] = -1;
+    depth[0] = 0;
+    /* trie */
+    for (int k = 0; k < n; k++) {
+        uint32_t s = 0;
+
+        ac->pats[k].secret = in[k].secret;
+        ac->pats[k].len = in[k].len;
+        for (uint32_t j = 0; j < in[k].len; j++) {
+            uint32_t c = ac->cls[(uint8_t)in[k].p[j]];
+
+            if (tbl[s * ncls + c] == SEC_AC_NONE) {
+                memset(tbl + (size_t)nst * ncls, 0xff, ncls * sizeof(uint32_t));
+                out[nst] = -1;
+                depth[nst] = depth[s] + 1;
+                tbl[s * ncls + c] = nst++;
+            }
+            s = tbl[s * ncls + c];
+        }
+        if (out[s] < 0)
+            out[s] = k;
+    }
+    ac->npats = n;
+    /* breadth-first: failure links, outputs, full transitions */
+    {
+        size_t qh = 0, qt = 0;
+
+        for (uint32_t c = 0; c < ncls; c++) {
+            uint32_t v = tbl[c];
+
+            if (v == SEC_AC_NONE) {
+                tbl[c] = 0;
+            } else {
+                fail[v] = 0;
+                queue[qt++] = v;
+            }
+        }
+        while (qh < qt) {
+            uint32_t u = queue[qh++];
+
+            if (out[u] < 0)
+                out[u] = out[fail[u]];
+            for (uint32_t c = 0; c < ncls; c++) {
+                uint32_t v = tbl[(size_t)u * ncls + c];
+
+                if (v == SEC_AC_NONE) {
+                    tbl[(size_t)u * ncls + c] = tbl[(size_t)fail[u] * ncls + c];
+                } else {
+                    fail[v] = tbl[(size_t)fail[u] * ncls + c];
+                    queue[qt++] = v;
+                }
+            }
+        }
+    }
+    /* premultiply and flag */
+    for (size_t i = 0; i < (size_t)nst * ncls; i++) {
+        uint32_t v = tbl[i];
+
+        tbl[i] = v * ncls | (out[v] >= 0 ? SEC_AC_FLAG : 0);
+    }
+    if (shift != NULL) {
+        uint32_t m = minl;
+
+        memset(shift, (int)(m - 1 > 255 ? 255 : m - 1), 65536);
+        for (int k = 0; k < n; k++) {
+            for (uint32_t q = 1; q < m; q++) {
+                unsigned blk = (uint8_t)in[k].p[q - 1] | (unsigned)(uint8_t)in[k].p[q] << 8;
+                uint32_t sh = m - 1 - q;
+
+                if (sh < shift[blk])
+                    shift[blk] = (uint8_t)sh;
+            }
+        }
+    }
+    ac->tbl = tbl;
+    ac->depth = depth;
+    ac->out = out;
+    ac->shift = shift;
+    ac->ncls = ncls;
+    ac->nstates = nst;
+    ac->min_len = minl;
+    ac->max_len = maxl;
+    ret = ac;
+    ac = NULL;
+out:
+    if (fail != NULL)
+        sec_wipe_free(fail, maxst * sizeof(*fail));
+    al_free(queue);
+    sec_ac_free(ac);
+    return ret;
+}
+
+void
+sec_ac_free(struct sec_ac *ac)
+{
+    if (ac == NULL)
+        return;
+    sec_vault_free(ac->map, ac->map_len);
+    al_free(ac);
+}
+
+/* ---- encoded forms ----------------------------------------------------- */
+
+static const char sec_b64_std[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char sec_b64_url[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+static const char sec_hex_lc[] = "0123456789abcdef";
+static const char sec_hex_uc[] = "0123456789ABCDEF";
+
+/* Base64 of (k zero bytes + v); mode 0: with padding, 1: without, 2: only
+ * the characters determined by v's bytes alone (v inside a longer text). */
+static int
+sec_form_b64(struct al_dbuf *b, const unsigned char *v, size_t n, const char *alpha, size_t k,
+             int mode)
+{
+    size_t   total = n + k, nbits = total * 8, first, last, i;
+    uint32_t acc = 0;
+    int      accb = 0, rc = AL_OK;
+    size_t   outc = 0;
+
+    /* characters j in [first, last) are fully inside v's bits [8k, 8k+8n) */
+    first = (8 * k + 5) / 6;
+    last = (8 * k + 8 * n) / 6;
+    if (mode != 2) {
+        first = 0;
+        last = (nbits + 5) / 6;
+    }
+    for (i = 0; i < total || accb > 0;) {
+        if (accb < 6 && i < total) {
+            acc = (acc << 8) | (i < k ? 0 : v[i - k]);
+            accb += 8;
+            i++;
+            continue;
+        }
+        {
+            unsigned idx;
+
+            if (accb >= 6) {
+                idx = (acc >> (accb - 6)) & 63;
+                accb -= 6;
+            } else {
+                idx = (acc << (6 - accb)) & 63;
+                accb = 0;
+            }
+            if (outc >= first && outc < last && rc == AL_OK)
+                rc = sec_dbuf_add(b, &alpha[idx], 1);
+            outc++;
+        }
+    }
+    if (mode == 0) {
+        while (outc % 4 != 0 && rc == AL_OK) {
+            rc = sec_dbuf_add(b, "=", 1);
+            outc++;
+        }
+    }
+    return rc;
+}
+
+static int
+sec_form_hex(struct al_dbuf *b, const unsigned char *v, size_t n, const char *digits,
+             const char *prefix, int only_reserved)
+{
+    int rc = AL_OK;
+
+    for (size_t i = 0; i < n && rc == AL_OK; i++) {
+        char t[8];
+        int  unres = (v[i] >= 'A' && v[i] <= 'Z') || (v[i] >= 'a' && v[i] <= 'z') ||
+                    (v[i] >= '0' && v[i] <= '9') || v[i] == '-' || v[i] == '.' || v[i] == '_' ||
+                    v[i] == '~';
+        size_t pl = strlen(prefix);
+
+        if (only_reserved && unres) {
+            rc = sec_dbuf_add(b, &v[i], 1);
+            continue;
+        }
+        memcpy(t, prefix, pl);
+        t[pl] = digits[v[i] >> 4];
+        t[pl + 1] = digits[v[i] & 15];
+        rc = sec_dbuf_add(b, t, pl + 2);
+        OPENSSL_cleanse(t, sizeof(t));
+    }
+    return rc;
+}
+
+#define SEC_JS_SLASH 1
+#define SEC_JS_NONASCII 2
+#define SEC_JS_ALL 4
+#define SEC_JS_UPPER 8
+
+static int
+sec_js_u(struct al_dbuf *b, unsigned cp, const char *digits)
+{
+    char t[6] = {'\\',
+                 'u',
+                 digits[(cp >> 12) & 15],
+                 digits[(cp >> 8) & 15],
+                 digits[(cp >> 4) & 15],
+                 digits[cp & 15]};
+    int  rc = sec_dbuf_add(b, t, 6);
+
+    OPENSSL_cleanse(t, sizeof(t));
+    return rc;
+}
+
+/* JSON string escaping of v; AL_DECLINED when v is not valid UTF-8 and the
+ * form needs code points. */
+static int
+sec_form_json(struct al_dbuf *b, const unsigned char *v, size_t n, int fl)
+{
+    const char *digits = (fl & SEC_JS_UPPER) ? sec_hex_uc : sec_hex_lc;
+    int         rc = AL_OK;
+
+    for (size_t i = 0; i < n && rc == AL_OK;) {
+        unsigned c = v[i], cp;
+        size_t   len;
+
+        if (c < 0x80) {
+            i++;
+            if (fl & SEC_JS_ALL)
+                rc = sec_js_u(b, c, digits);
+            else if (c == '"')
+                rc = sec_dbuf_add(b, "\\\"", 2);
+            else if (c == '\\')
+                rc = sec_dbuf_add(b, "\\\\", 2);
+            else if (c == '/' && (fl & SEC_JS_SLASH))
+                rc = sec_dbuf_add(b, "\\/", 2);
+            else if (c < 0x20)
+                rc = sec_js_u(b, c, digits);
+            else
+                rc = sec_dbuf_add(b, &v[i - 1], 1);
+            continue;
+        }
+        if (!(fl & (SEC_JS_ALL | SEC_JS_NONASCII))) {
+            rc = sec_dbuf_add(b, &v[i], 1);
+            i++;
+            continue;
+        }
+        if ((c & 0xe0) == 0xc0) {
+            len = 2;
+            cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3;
+            cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            return AL_DECLINED;
+        }
+        if (i + len > n)
+            return AL_DECLINED;
+        for (size_t j = 1; j < len; j++) {
+            if ((v[i + j] & 0xc0) != 0x80)
+                return AL_DECLINED;
+            cp = (cp << 6) | (v[i + j] & 0x3f);
+        }
+        i += len;
+        if (cp >= 0x10000) {
+            cp -= 0x10000;
+            rc = sec_js_u(b, 0xd800 | (cp >> 10), digits);
+            if (rc == AL_OK)
+                rc = sec_js_u(b, 0xdc00 | (cp & 0x3ff), digits);
+        } else {
+            rc = sec_js_u(b, cp, digits);
+        }
+        cp = 0;
+    }
+    return rc;
+}
+
+int
+sec_b64_encode(struct al_dbuf *b, const void *v, size_t n)
+{
+    return sec_form_b64(b, v, n, sec_b64_std, 0, 0);
+}
+
+/*
+ * Appends every encoded form of v (raw included) to buf and one entry per
+ * form to *ins (offsets into buf are stored in .p as integers until the
+ * caller rebases them: buf may move while growing).
+ */
+int
+sec_forms_add(const char *val, size_t n, int secret, struct al_dbuf *buf, struct sec_ac_in **ins,
+              int *nins, int *cap)
+{
+    const unsigned char *v = (const unsigned char *)val;
+    static const int     js[] = {0,
+                                 SEC_JS_SLASH,
+                                 SEC_JS_NONASCII,
+                                 SEC_JS_NONASCII | SEC_JS_SLASH,
+                                 SEC_JS_NONASCII | SEC_JS_UPPER,
+                                 SEC_JS_NONASCII | SEC_JS_SLASH | SEC_JS_UPPER,
+                                 SEC_JS_ALL,
+                                 SEC_JS_ALL | SEC_JS_UPPER};
+    int                  rc = AL_OK;
+
+    for (int f = 0; rc == AL_OK; f++) {
+        size_t before = buf->len;
+        int    r;
+
+        if (f == 0)
+            r = sec_dbuf_add(buf, v, n);
+        else if (f <= 10) /* 1..5 std, 6..10 url: pad, nopad, inner k=0,1,2 */
+            r = sec_form_b64(buf, v, n, f <= 5 ? sec_b64_std : sec_b64_url,
+                             (size_t)((f - 1) % 5 >= 2 ? (f - 1) % 5 - 2 : 0),
+                             (f - 1) % 5 >= 2 ? 2 : (f - 1) % 5);
+        else if (f == 11)
+            r = sec_form_hex(buf, v, n, sec_hex_lc, "", 0);
+        else if (f == 12)
+            r = sec_form_hex(buf, v, n, sec_hex_uc, "", 0);
+        else if (f == 13)
+            r = sec_form_hex(buf, v, n, sec_hex_uc, "%", 0);
+        else if (f == 14)
+            r = sec_form_hex(buf, v, n, sec_hex_lc, "%", 0);
+        else if (f == 15)
+            r = sec_form_hex(buf, v, n, sec_hex_uc, "%", 1);
+        else if (f == 16)
+            r = sec_form_hex(buf, v, n, sec_hex_lc, "%", 1);
+        else if (f - 17 < (int)(sizeof(js) / sizeof(js[0])))
+            r = sec_form_json(buf, v, n, js[f - 17]);
+        else
+            break;
+        if (r == AL_DECLINED) {
+            buf->len = before;
+            continue;
+        }
+        if (r != AL_OK) {
+            rc = r;
+            break;
+        }
+        if (buf->len == before)
+            continue;
+        if (*nins == *cap) {
+            int               ncap = *cap ? *cap * 2 : 32;
+            struct sec_ac_in *ni = al_realloc(*ins, (size_t)ncap * sizeof(*ni));
+
+            if (ni == NULL) {
+                rc = AL_ERROR;
+                break;
+            }
+            *ins = ni;
+            *cap = ncap;
+        }
+        (*ins)[*nins].p = (const char *)(uintptr_t)before;
+        (*ins)[*nins].len = (uint32_t)(buf->len - before);
+        (*ins)[*nins].secret = secret;
+        (*nins)++;
+    }
+    return rc;
+}
+
+static struct sec_ac *
+sec_redact_ac_build(const struct sec_store *s, uint64_t mask)
+{
+    struct al_dbuf    buf;
+    struct sec_ac_in *ins = NULL;
+    struct sec_ac    *ac = NULL;
+    int               nins = 0, cap = 0;
+
+    al_dbuf_init(&buf, (size_t)1 << 30);
+    for (int i = 0; i < s->n; i++) {
+        if (!(mask >> i & 1))
+            continue;
+        if (sec_forms_add(s->secs[i].value, s->secs[i].value_len, i, &buf, &ins, &nins, &cap) !=
+            AL_OK)
+            goto out;
+    }
+    for (int k = 0; k < nins; k++)
+        ins[k].p = buf.data + (uintptr_t)ins[k].p;
+    ac = sec_ac_build(ins, nins);
+out:
+    sec_dbuf_wipe(&buf);
+    al_free(ins);
+    return ac;
+}
+
+/* Returns the cached automaton for mask, or builds one: cached when there is
+ * room (borrowed from the store), else returned in *own for the caller. */
+const struct sec_ac *
+sec_redact_ac(struct sec_store *s, uint64_t mask, struct sec_ac **own)
+{
+    const struct sec_ac *ret = NULL;
+    struct sec_ac       *ac;
+
+    *own = NULL;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->ncache; i++) {
+        if (s->cache[i].mask == mask) {
+            ret = s->cache[i].ac;
+            goto out;
+        }
+    }
+    ac = sec_redact_ac_build(s, mask);
+    if (ac == NULL)
+        goto out;
+    if (s->ncache < SEC_AC_CACHE_MAX) {
+        s->cache[s->ncache].mask = mask;
+        s->cache[s->ncache].ac = ac;
+        s->ncache++;
+    } else {
+        *own = ac;
+    }
+    ret = ac;
+out:
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- streams --------------------------------------------------------------- */
+
+int
+sec_stream_init(struct sec_stream *st, const struct sec_store *s, const struct sec_ac *ac,
+                enum sec_stream_mode mode, uint64_t repl_mask)
+{
+    memset(st, 0, sizeof(*st));
+    st->store = (struct sec_store *)(uintptr_t)s;
+    st->ac = ac;
+    st->mode = mode;
+    st->repl_mask = repl_mask;
+    st->hold_cap = ac->max_len + 1;
+    st->hold = al_malloc(st->hold_cap);
+    st->clcap = (int)ac->max_len + 2;
+    st->cl = al_malloc((size_t)st->clcap * sizeof(*st->cl));
+    if (st->hold == NULL || st->cl == NULL) {
+        sec_stream_fini(st);
+        return AL_ERROR;
+    }
+    return AL_OK;
+}
+
+void
+sec_stream_fini(struct sec_stream *st)
+{
+    if (st->hold != NULL)
+        sec_wipe_free(st->hold, st->hold_cap);
+    st->hold = NULL;
+    al_safefree(st->cl);
+}
+
+static int
+sec_stream_raw(struct sec_stream *st, const char *in, uint64_t base, uint64_t a, uint64_t b,
+               struct al_dbuf *out)
+{
+    int rc = AL_OK;
+
+    if (a >= b)
+        return AL_OK;
+    if (a < base) {
+        uint64_t e = b < base ? b : base;
+
+        rc = sec_dbuf_add(out, st->hold + (a - st->hold_pos), (size_t)(e - a));
+        a = e;
+    }
+    if (rc == AL_OK && a < b)
+        rc = sec_dbuf_add(out, in + (a - base), (size_t)(b - a));
+    return rc;
+}
+
+static int
+sec_stream_repl(struct sec_stream *st, int pat, struct al_dbuf *out)
+{
+    const struct sec_secret *sec = &st->store->secs[st->ac->pats[pat].secret];
+
+    if (st->mode == SEC_MODE_REDACT)
+        return sec_dbuf_add(out, sec->placeholder, sec->ph_len);
+    if (st->mode == SEC_MODE_SUBST_PCT)
+        return sec_form_hex(out, (const unsigned char *)sec->value, sec->value_len, sec_hex_uc, "%",
+                            1);
+    return sec_dbuf_add(out, sec->value, sec->value_len);
+}
+
+/* Writes out everything final before frontier f. */
+static int
+sec_stream_advance(struct sec_stream *st, const char *in, uint64_t base, uint64_t f,
+                   struct al_dbuf *out)
+{
+    int      rc = AL_OK, done = 0;
+    uint64_t lim;
+
+    while (done < st->ncl && st->cl[done].end <= f && rc == AL_OK) {
+        rc = sec_stream_raw(st, in, base, st->emitted, st->cl[done].start, out);
+        if (rc == AL_OK)
+            rc = sec_stream_repl(st, st->cl[done].pat, out);
+        st->emitted = st->cl[done].end;
+        done++;
+    }
+    if (done > 0) {
+        memmove(st->cl, st->cl + done, (size_t)(st->ncl - done) * sizeof(*st->cl));
+        st->ncl -= done;
+    }
+    lim = st->ncl > 0 && st->cl[0].start < f ? st->cl[0].start : f;
+    if (rc == AL_OK && st->emitted < lim) {
+        rc = sec_stream_raw(st, in, base, st->emitted, lim, out);
+        st->emitted = lim;
+    }
+    return rc;
+}
+
+static int
+sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t end, uint32_t state,
+                 struct al_dbuf *out)
+{
+    const struct sec_ac *ac = st->ac;
+    uint32_t             sid = state / ac->ncls;
+    int                  pat = ac->out[sid];
+    int                  sec = ac->pats[pat].secret;
+    uint64_t             start = end - ac->pats[pat].len;
+
+    st->seen |= (uint64_t)1 << sec;
+    if (!(st->repl_mask >> sec & 1))
+        return AL_OK;
+    st->replaced |= (uint64_t)1 << sec;
+    while (st->ncl > 0 && st->cl[st->ncl - 1].end > start) {
+        struct sec_cluster *c = &st->cl[st->ncl - 1];
+
+        if (c->start <= start) {
+            /* keep the earlier-starting (then longer) match's replacement */
+            if (c->start == start && ac->pats[c->pat].len < ac->pats[pat].len)
+                c->pat = pat;
+            start = c->start;
+            pat = c->pat;
+        }
+        if (c->end > end)
+            end = c->end;
+        st->ncl--;
+    }
+    if (st->ncl == st->clcap)
+        return AL_ERROR;
+    st->cl[st->ncl].start = start;
+    st->cl[st->ncl].end = end;
+    st->cl[st->ncl].pat = pat;
+    st->ncl++;
+    /* st->pos is the end of this match: the frontier is pos - depth */
+    return sec_stream_advance(st, in, base, st->pos - ac->depth[sid], out);
+}
+
+int
+sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out)
+{
+    const struct sec_ac *ac = st->ac;
+    const uint32_t      *tbl = ac->tbl;
+    const uint8_t       *cls = ac->cls;
+    const uint8_t       *shift = ac->shift;
+    const unsigned char *u = (const unsigned char *)in;
+    size_t               m1 = ac->min_len - 1, i = 0;
+    uint64_t             base = st->pos;
+    uint32_t             s = st->state;
+    int                  rc = AL_OK;
+
+    if (n == 0)
+        return AL_OK;
+    while (i < n) {
+        if (s == 0 && shift != NULL) {
+            size_t p = i + m1;
+
+            while (p < n) {
+                uint8_t sh = shift[u[p - 1] | (unsigned)u[p] << 8];
+
+                if (sh == 0)
+                    break;
+                p += sh;
+            }
+            i = p - m1;
+            if (i >= n)
+                break;
+        }
+        do {
+            uint32_t t = tbl[s + cls[u[i]]];
+
+            s = t & ~SEC_AC_FLAG;
+            i++;
+            if (t & SEC_AC_FLAG) {
+                st->pos = base + i;
+                rc = sec_stream_match(st, in, base, base + i, s, out);
+                if (rc != AL_OK)
+                    goto out;
+            }
+        } while (s != 0 && i < n);
+    }
+    st->pos = base + n;
+    st->state = s;
+    rc = sec_stream_advance(st, in, base, st->pos - ac->depth[s / ac->ncls], out);
+    if (rc != AL_OK)
+        goto out;
+    /* keep [max(emitted, pos - max_len), pos) */
+    {
+        uint64_t keep = st->pos - (st->pos < ac->max_len ? st->pos : ac->max_len);
+        size_t   klen, from_hold = 0;
+
+        if (keep < st->emitted)
+            keep = st->emitted;
+        klen = (size_t)(st->pos - keep);
+        if (keep < base) {
+            from_hold = (size_t)(base - keep);
+            memmove(st->hold, st->hold + (keep - st->hold_pos), from_hold);
+        }
+        memcpy(st->hold + from_hold, in + (keep + from_hold - base), klen - from_hold);
+        if (st->hold_len > klen)
+            OPENSSL_cleanse(st->hold + klen, st->hold_len - klen);
+        st->hold_len = klen;
+        st->hold_pos = keep;
+    }
+out:
+    if (rc != AL_OK)
+        st->state = s;
+    return rc;
+}
+
+int
+sec_stream_finish(struct sec_stream *st, struct al_dbuf *out)
+{
+    int rc;
+
+    rc = sec_stream_advance(st, NULL, st->pos, st->pos, out);
+    OPENSSL_cleanse(st->hold, st->hold_cap);
+    st->hold_len = 0;
+    st->hold_pos = st->pos;
+    st->ncl = 0;
+    st->state = 0;
+    st->emitted = st->pos;
+    return rc;
+}
+
+uint64_t
+sec_stream_seen(const struct sec_stream *st)
+{
+    return st->seen;
+}
+
+uint64_t
+sec_stream_replaced(const struct sec_stream *st)
+{
+    return st->replaced;
+}
+
+int
+sec_stream_oneshot(struct sec_stream *st, const char *buf, size_t n, struct al_dbuf *out)
+{
+    int rc = sec_stream_feed(st, buf, n, out);
+
+    if (rc == AL_OK)
+        rc = sec_stream_finish(st, out);
+    return rc;
+}
+
+static struct sec_stream *
+sec_stream_new(const struct sec_store *cs, uint64_t mask, enum sec_stream_mode mode)
+{
+    struct sec_store    *s = (struct sec_store *)(uintptr_t)cs;
+    struct sec_stream   *st = NULL;
+    const struct sec_ac *ac;
+    struct sec_ac       *own = NULL;
+
+    if (s == NULL)
+        return NULL;
+    st = al_calloc(1, sizeof(*st));
+    if (st == NULL)
+        goto fail;
+    if (mode == SEC_MODE_SUBST) {
+        ac = s->ph_ac;
+    } else {
+        ac = sec_redact_ac(s, mask, &own);
+        if (ac == NULL)
+            goto fail;
+    }
+    if (sec_stream_init(st, s, ac, mode, mask) != AL_OK)
+        goto fail;
+    st->ac_own = own;
+    st->counted = 1;
+    sec_store_ref(s);
+    return st;
+fail:
+    sec_ac_free(own);
+    al_free(st);
+    return NULL;
+}
+
+struct sec_stream *
+sec_body_new(const struct sec_store *s, uint64_t mask)
+{
+    return sec_stream_new(s, mask, SEC_MODE_SUBST);
+}
+
+struct sec_stream *
+sec_redactor_new(const struct sec_store *s, uint64_t mask)
+{
+    return sec_stream_new(s, mask, SEC_MODE_REDACT);
+}
+
+void
+sec_stream_free(struct sec_stream *st)
+{
+    if (st == NULL)
+        return;
+    sec_stream_fini(st);
+    sec_ac_free(st->ac_own);
+    if (st->counted)
+        sec_store_unref(st->store);
+    OPENSSL_cleanse(st, sizeof(*st));
+    al_free(st);
+}
+
+int
+sec_redact_value(const struct sec_store *cs, uint64_t mask, const char *in, size_t n,
+                 struct al_dbuf *out)
+{
+    struct sec_store    *s = (struct sec_store *)(uintptr_t)cs;
+    struct sec_stream    st;
+    const struct sec_ac *ac;
+    struct sec_ac       *own = NULL;
+    int                  rc = AL_ERROR;
+
+    if (mask == 0)
+        return sec_dbuf_add(out, in, n);
+    ac = sec_redact_ac(s, mask, &own);
+    if (ac == NULL)
+        goto out;
+    if (sec_stream_init(&st, s, ac, SEC_MODE_REDACT, mask) != AL_OK)
+        goto out;
+    rc = sec_stream_oneshot(&st, in, n, out);
+    sec_stream_fini(&st);
+out:
+    sec_ac_free(own);
+    return rc;
+}

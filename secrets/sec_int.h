@@ -1,0 +1,178 @@
+/*
+ * sec_int.h - declarations shared inside secrets/ only.
+ *
+ * Memory classes: anything that holds a secret value or can reconstruct one
+ * (the values, their encoded forms, the redaction automata whose transition
+ * tables spell them out) lives in "vault" memory from sec_vault_alloc(): its
+ * own mmap, mlock'ed, MADV_DONTDUMP, MADV_WIPEONFORK, wiped by
+ * sec_vault_free(). Short-lived heap temporaries that held a value are
+ * OPENSSL_cleanse'd before al_free.
+ */
+#ifndef SEC_INT_H
+#define SEC_INT_H
+
+#include "secrets.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define SEC_MIN_VALUE_BYTES 8
+#define SEC_MAX_VALUE_BYTES 16384
+#define SEC_MIN_PH_BYTES 8
+#define SEC_MAX_PH_BYTES 256
+#define SEC_PH_PREFIX "al_ph_"
+#define SEC_PH_HEX_CHARS 32
+#define SEC_KEY_BYTES 32
+#define SEC_KEY_FILE "placeholder.key"
+#define SEC_NAME_MAX_BYTES 64
+#define SEC_HOST_MAX_BYTES 253
+#define SEC_AC_CACHE_MAX 32
+#define SEC_MAX_FILE_BYTES (1u << 20)
+
+enum sec_hp_kind { SEC_HP_EXACT = 0, SEC_HP_SUFFIX, SEC_HP_ANY };
+
+/* One "hosts" / "passthrough" entry: host[:port][/path-prefix]. */
+struct sec_scope {
+    enum sec_hp_kind kind;
+    char            *host; /* normalised; the suffix without "*." for SEC_HP_SUFFIX */
+    size_t           host_len;
+    uint16_t         port; /* 0: any */
+    char            *path; /* NULL: any */
+    size_t           path_len;
+};
+
+enum sec_in { SEC_IN_HEADER = 1, SEC_IN_QUERY = 2, SEC_IN_PATH = 4, SEC_IN_BODY = 8 };
+
+struct sec_secret {
+    char             *name;
+    char             *env_name;
+    char             *placeholder;
+    size_t            ph_len;
+    const char       *value; /* in the store's vault, NUL-terminated */
+    size_t            value_len;
+    struct sec_scope *scopes;
+    int               nscopes;
+    struct sec_scope *pass;
+    int               npass;
+    char             *hdr_name; /* NULL: no template */
+    size_t            hdr_name_len;
+    char             *hdr_pre, *hdr_post; /* format split at "{}" */
+    size_t            hdr_pre_len, hdr_post_len;
+    unsigned          in; /* enum sec_in bits */
+    int               allow_plaintext;
+};
+
+/* One pattern of an automaton: which secret, how long. */
+struct sec_pat {
+    int      secret;
+    uint32_t len;
+};
+
+/*
+ * Aho-Corasick automaton compiled to a dense DFA over byte classes.
+ * tbl[state * ncls + cls[byte]] = next state premultiplied by ncls, with
+ * SEC_AC_FLAG set when the next state has an output. out[state] is the
+ * longest pattern ending there (-1: none), depth[state] its trie depth.
+ * shift: 2-byte-block skip table (Wu-Manber) used while at the root, NULL
+ * when the shortest pattern is under 3 bytes. Immutable once built.
+ */
+#define SEC_AC_FLAG 0x80000000u
+struct sec_ac {
+    void           *map; /* vault region holding everything below */
+    size_t          map_len;
+    const uint32_t *tbl;
+    const uint32_t *depth;
+    const int32_t  *out;
+    const uint8_t  *shift;
+    struct sec_pat *pats;
+    int             npats;
+    uint32_t        ncls, nstates;
+    uint32_t        min_len, max_len;
+    uint8_t         cls[256];
+};
+
+/* Build input. */
+struct sec_ac_in {
+    const char *p;
+    uint32_t    len;
+    int         secret;
+};
+
+struct sec_ac_slot {
+    uint64_t       mask;
+    struct sec_ac *ac;
+};
+
+struct sec_store {
+    atomic_int         refs;
+    int                n;
+    struct sec_secret *secs;
+    char              *vault; /* values */
+    size_t             vault_len;
+    struct sec_ac     *ph_ac; /* every placeholder */
+    size_t             max_ph_len;
+    pthread_mutex_t    lock; /* guards the redactor cache */
+    struct sec_ac_slot cache[SEC_AC_CACHE_MAX];
+    int                ncache;
+};
+
+/* Streams (sec_ac.c). */
+struct sec_cluster {
+    uint64_t start, end;
+    int      pat;
+};
+
+/* SUBST_PCT: the value goes in percent-encoded (all but unreserved bytes), for paths and queries.
+ */
+enum sec_stream_mode { SEC_MODE_REDACT = 0, SEC_MODE_SUBST, SEC_MODE_SUBST_PCT };
+
+struct sec_stream {
+    struct sec_store    *store; /* replacement texts; a counted reference when `counted` */
+    int                  counted;
+    const struct sec_ac *ac;
+    struct sec_ac       *ac_own; /* set when not cached */
+    enum sec_stream_mode mode;
+    uint64_t             repl_mask;
+    uint32_t             state;
+    uint64_t             pos;     /* absolute offset of the next input byte */
+    uint64_t             emitted; /* everything before was written out or replaced */
+    char                *hold;    /* bytes [hold_pos, pos) still needed */
+    size_t               hold_len, hold_cap;
+    uint64_t             hold_pos;
+    struct sec_cluster  *cl;
+    int                  ncl, clcap;
+    uint64_t             seen, replaced;
+};
+
+/* sec_vault.c */
+void *sec_vault_alloc(size_t n, size_t *mapped, int *locked);
+void  sec_vault_free(void *p, size_t mapped);
+/* Appends with wipe-on-grow (no stale copies in freed memory). */
+int  sec_dbuf_add(struct al_dbuf *b, const void *p, size_t n);
+int  sec_dbuf_adds(struct al_dbuf *b, const char *s);
+void sec_wipe_free(void *p, size_t n);
+
+/* sec_scope.c */
+int  sec_scope_parse(const char *in, struct sec_scope *out, const char **why);
+void sec_scope_clear(struct sec_scope *sc);
+int  sec_scope_match(const struct sec_scope *sc, const char *host, size_t hlen, int is_ip,
+                     uint16_t port, const char *path, size_t path_len, int check_path);
+int  sec_host_is_ip(const char *host, size_t len);
+
+/* sec_ac.c */
+struct sec_ac *sec_ac_build(const struct sec_ac_in *in, int n);
+void           sec_ac_free(struct sec_ac *ac);
+/* Standard base64 with padding, appended with sec_dbuf_add. */
+int sec_b64_encode(struct al_dbuf *b, const void *v, size_t n);
+/* Encoded forms of a value for redaction, appended to *forms (vault memory
+ * is not needed: the caller wipes the buffer). */
+int sec_forms_add(const char *v, size_t n, int secret, struct al_dbuf *buf, struct sec_ac_in **ins,
+                  int *nins, int *cap);
+const struct sec_ac *sec_redact_ac(struct sec_store *s, uint64_t mask, struct sec_ac **own);
+int  sec_stream_init(struct sec_stream *st, const struct sec_store *s, const struct sec_ac *ac,
+                     enum sec_stream_mode mode, uint64_t repl_mask);
+void sec_stream_fini(struct sec_stream *st);
+/* One-shot run of an initialised stream over buf (feed + finish). */
+int sec_stream_oneshot(struct sec_stream *st, const char *buf, size_t n, struct al_dbuf *out);
+
+#endif
