@@ -4,6 +4,7 @@
  * 3 a verdict worth gating on.
  */
 #include "px.h"
+#include "px_ca.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -16,6 +17,8 @@ static const char px_usage[] =
     "  check  --config FILE                 validate config and policy (errors, warnings)\n"
     "  policy check --config FILE [--sandbox S] [--json] [--no-resolve] METHOD URL\n"
     "                                       decide one request, explained (exit 3: deny)\n"
+    "  ca     init --dir DIR [--force]      create the interception CA (ECDSA P-256)\n"
+    "  ca     env --config FILE | --dir DIR   trust variables for a sandbox\n"
     "  audit  query|stats|tail [--config FILE | --db FILE] [filters] [--format ...]\n"
     "                                       read the audit trail (airlock audit --help)\n"
     "  version                              print the version\n"
@@ -85,5 +88,7 @@ main(int argc, char **argv)
         return px_cli_policy(argc - 1, argv + 1);
     if (strcmp(argv[1], "audit") == 0)
         return px_cli_audit(argc - 1, argv + 1);
+    if (strcmp(argv[1], "ca") == 0)
+        return px_ca_cli(argc - 1, argv + 1);
     return px_usage_error("unknown command", argv[1]);
 }

@@ -133,6 +133,7 @@ struct px_metrics {
     _Atomic uint64_t reloads_ok, reloads_failed;
     _Atomic uint64_t decisions[3]; /* allow, deny, would_deny */
     _Atomic uint64_t audit_refusals;
+    _Atomic uint64_t tls_client_handshakes, tls_upstream_handshakes, tls_failures;
 };
 extern struct px_metrics px_metrics;
 #define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)
@@ -186,6 +187,11 @@ void px_conns_audit_discard(struct px_worker *w);
 
 /* The process-wide audit writer (NULL in unit tests); px_main.c owns it. */
 extern struct aud_writer *px_audit;
+/* Interception (NULL when no ca.dir is configured); px_main.c owns them. */
+struct ssl_ctx_st;
+struct px_ca;
+extern struct px_ca      *px_ca_g;
+extern struct ssl_ctx_st *px_tls_srv, *px_tls_up;
 
 /* Accept path, in px_conn.c. */
 void px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,

@@ -1,6 +1,7 @@
 /*
- * px_ca.h - the interception CA, minted leaf certificates and the TLS
- * contexts built on them (px_ca.c), plus `airlock ca ...` (px_ca_cli.c).
+ * px_ca.h - the interception CA and minted leaf certificates (px_ca.c), the
+ * TLS contexts built on them (px_ca_tls.c), and `airlock ca ...`
+ * (px_ca_cli.c).
  *
  * Ownership in one paragraph: a struct px_ca is reference counted
  * (px_ca_load returns one reference; px_tls_server_ctx takes its own, dropped

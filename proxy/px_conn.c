@@ -29,7 +29,13 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "px_ca.h"
 
 #define PX_CIN_BYTES 16384
 #define PX_FLUSH_CLOSE_S 10.0 /* to write a final answer */
@@ -51,6 +57,11 @@ static void px_conn_resolve(struct px_conn *c);
 static void px_conn_audit(struct px_conn *c, const char *error);
 static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
 static void px_conn_transparent_refuse(struct px_conn *c, const char *reason);
+static void px_conn_tls_up_start(struct px_conn *c);
+static void px_conn_upstream_ready(struct px_conn *c);
+static void px_conn_tls_up_step(struct px_conn *c);
+static void px_conn_mitm_refuse(struct px_conn *c, const char *reason);
+static void px_exch_reset(struct px_exch *x, size_t header_bytes);
 
 /* ---- small pieces ------------------------------------------------------- */
 
@@ -130,6 +141,9 @@ px_conn_deadline(const struct px_conn *c)
         return c->last_activity + l->idle_timeout_s;
     case PX_ST_PEEK:
         return c->phase_start + l->header_timeout_s;
+    case PX_ST_TLS_CLIENT:
+    case PX_ST_TLS_UP:
+        return c->phase_start + l->tls_handshake_timeout_s;
     case PX_ST_FLUSH_CLOSE:
         if (c->cl.shut)
             return c->last_activity + PX_LINGER_S;
@@ -177,6 +191,12 @@ px_half_close(struct px_conn *c, struct px_half *h)
 {
     ev_io_stop(c->worker->loop, &h->rio);
     ev_io_stop(c->worker->loop, &h->wio);
+    if (h->ssl != NULL)
+        SSL_free(h->ssl); /* frees its BIOs */
+    h->ssl = NULL;
+    h->rbio = NULL;
+    h->tls_want = 0;
+    h->plain_out = 0;
     if (h->fd >= 0)
         close(h->fd);
     h->fd = -1;
@@ -202,13 +222,33 @@ px_half_flush(struct px_conn *c, struct px_half *h)
 
         if (p == NULL)
             break;
-        w = send(h->fd, p, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return AL_AGAIN;
-            return AL_ERROR;
+        if (h->ssl != NULL && h->plain_out == 0) {
+            size_t done = 0;
+            int    err;
+
+            ERR_clear_error();
+            if (SSL_write_ex(h->ssl, p, n, &done) <= 0) {
+                err = SSL_get_error(h->ssl, 0);
+                if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
+                    h->tls_want = err == SSL_ERROR_WANT_WRITE ? EV_WRITE : EV_READ;
+                    return AL_AGAIN;
+                }
+                return AL_ERROR;
+            }
+            h->tls_want = 0;
+            w = (ssize_t)done;
+        } else {
+            if (h->plain_out > 0 && n > h->plain_out)
+                n = h->plain_out; /* e.g. "200 Connection established" before TLS */
+            w = send(h->fd, p, n, MSG_NOSIGNAL);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return AL_AGAIN;
+                return AL_ERROR;
+            }
+            h->plain_out -= h->plain_out > 0 ? (size_t)w : 0;
         }
         al_bufq_skip(&h->out, (size_t)w);
         c->last_activity = ev_now(c->worker->loop);
@@ -302,6 +342,107 @@ px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status, const c
 {
     atomic_fetch_add_explicit(&px_metrics.upstream_errors[kind], 1, memory_order_relaxed);
     px_conn_fail(c, status, reason, detail);
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+/*
+ * Reads decrypted bytes from a half. Client halves read the socket into a
+ * memory BIO first (bytes that arrived with the CONNECT head are fed in the
+ * same way); upstream halves use a socket BIO. Returns >0 bytes, 0 at EOF,
+ * -1 when it would block (h->tls_want says on what), -2 on error.
+ */
+static ssize_t
+px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
+{
+    if (h->ssl == NULL) {
+        ssize_t r = recv(h->fd, buf, n, 0);
+
+        if (r < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+        return r;
+    }
+    for (;;) {
+        size_t got = 0;
+        int    err;
+
+        ERR_clear_error();
+        if (SSL_read_ex(h->ssl, buf, n, &got) > 0) {
+            h->tls_want = 0;
+            return (ssize_t)got;
+        }
+        err = SSL_get_error(h->ssl, 0);
+        if (err == SSL_ERROR_ZERO_RETURN)
+            return 0;
+        if (err == SSL_ERROR_WANT_WRITE) {
+            h->tls_want = EV_WRITE;
+            return -1;
+        }
+        if (err != SSL_ERROR_WANT_READ)
+            return ERR_peek_error() == 0 && err == SSL_ERROR_SYSCALL ? 0 : -2;
+        h->tls_want = EV_READ;
+        if (h->rbio == NULL)
+            return -1;
+        /* Memory BIO: pull more ciphertext from the socket. */
+        {
+            char    raw[PX_READ_BYTES];
+            ssize_t r = recv(h->fd, raw, sizeof(raw), 0);
+
+            if (r < 0)
+                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+            c->last_activity = ev_now(c->worker->loop);
+            if (r == 0)
+                BIO_set_mem_eof_return(h->rbio, 0);
+            else if (BIO_write(h->rbio, raw, (int)r) != (int)r)
+                return -2;
+        }
+    }
+}
+
+/* Does the half hold decrypted or undecrypted bytes no socket event will announce? */
+static int
+px_half_tls_buffered(const struct px_half *h)
+{
+    return h->ssl != NULL &&
+           (SSL_has_pending(h->ssl) || (h->rbio != NULL && BIO_ctrl_pending(h->rbio) > 0));
+}
+
+/* One step of a TLS handshake. AL_OK done, AL_AGAIN waiting, AL_ERROR failed. */
+static int
+px_half_handshake(struct px_conn *c, struct px_half *h)
+{
+    for (;;) {
+        int err;
+
+        ERR_clear_error();
+        if (SSL_do_handshake(h->ssl) == 1) {
+            h->tls_want = 0;
+            return AL_OK;
+        }
+        err = SSL_get_error(h->ssl, 0);
+        if (err == SSL_ERROR_WANT_WRITE) {
+            h->tls_want = EV_WRITE;
+            return AL_AGAIN;
+        }
+        if (err != SSL_ERROR_WANT_READ)
+            return AL_ERROR;
+        h->tls_want = EV_READ;
+        if (h->rbio == NULL)
+            return AL_AGAIN;
+        {
+            char    raw[PX_READ_BYTES];
+            ssize_t r = recv(h->fd, raw, sizeof(raw), 0);
+
+            if (r < 0)
+                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? AL_AGAIN
+                                                                                 : AL_ERROR;
+            if (r == 0)
+                return AL_ERROR;
+            c->last_activity = ev_now(c->worker->loop);
+            if (BIO_write(h->rbio, raw, (int)r) != (int)r)
+                return AL_ERROR;
+        }
+    }
 }
 
 /* ---- audit -------------------------------------------------------------- */
@@ -586,11 +727,29 @@ px_conn_update_io(struct px_conn *c)
     case PX_ST_FLUSH_CLOSE:
         cr = c->cl.shut;
         break;
+    case PX_ST_TLS_CLIENT:
+        cr = c->cl.plain_out == 0 && c->cl.tls_want != EV_WRITE;
+        cw = cw || c->cl.tls_want == EV_WRITE;
+        break;
+    case PX_ST_TLS_UP:
+        ur = c->up.tls_want == EV_READ;
+        uw = c->up.tls_want != EV_READ;
+        break;
     }
+    /* An SSL call that needs the other direction (rare: key updates). */
+    if (c->cl.ssl != NULL && c->cl.tls_want == EV_WRITE)
+        cw = 1;
+    if (c->up.ssl != NULL && c->up.tls_want == EV_WRITE)
+        uw = 1;
     px_io_want(loop, &c->cl.rio, c->cl.fd, cr);
     px_io_want(loop, &c->cl.wio, c->cl.fd, cw);
     px_io_want(loop, &c->up.rio, c->up.fd, ur);
     px_io_want(loop, &c->up.wio, c->up.fd, uw);
+    /* Decrypted bytes waiting inside OpenSSL announce themselves to nobody. */
+    if (cr && c->cl.tls_more)
+        ev_feed_event(loop, &c->cl.rio, EV_READ);
+    if (ur && c->up.ssl != NULL && SSL_has_pending(c->up.ssl))
+        ev_feed_event(loop, &c->up.rio, EV_READ);
 }
 
 /* ---- closing ------------------------------------------------------------ */
@@ -900,6 +1059,233 @@ px_settings_init(void)
     px_resp_settings.on_message_complete = px_rs_message_complete;
 }
 
+/* ---- interception -------------------------------------------------------- */
+
+/* TCP to the upstream is up; start TLS (verified: CA, name, TLS >= 1.2). */
+static void
+px_conn_tls_up_start(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    c->up.ssl = px_tls_up != NULL ? SSL_new(px_tls_up) : NULL;
+    if (c->up.ssl == NULL || SSL_set_fd(c->up.ssl, c->up.fd) != 1 ||
+        px_tls_upstream_prepare(c->up.ssl, x->target.host, x->target.port,
+                                x->target.kind != PX_HOST_NAME) != AL_OK) {
+        px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_tls_failed", "TLS setup");
+        return;
+    }
+    SSL_set_mode(c->up.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_set_options(c->up.ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_set_connect_state(c->up.ssl);
+    px_conn_set_state(c, PX_ST_TLS_UP);
+    px_conn_tls_up_step(c);
+}
+
+static void
+px_conn_tls_up_step(struct px_conn *c)
+{
+    int rc = px_half_handshake(c, &c->up);
+
+    if (rc == AL_AGAIN) {
+        px_conn_update_io(c);
+        return;
+    }
+    if (rc != AL_OK) {
+        const char *why = px_tls_verify_error(c->up.ssl);
+
+        PX_MINC(tls_failures);
+        px_conn_upstream_error(c, PX_UERR_OTHER, 502, why != NULL ? why : "upstream_tls_failed",
+                               c->x->target.host);
+        return;
+    }
+    PX_MINC(tls_upstream_handshakes);
+    px_conn_upstream_ready(c);
+}
+
+/*
+ * An allowed CONNECT that airlock intercepts: answer 200 in the clear, then
+ * speak TLS to the client with a leaf minted for the CONNECT host (or its
+ * SNI, which must name the same host). Every request inside is parsed,
+ * decided, injected and audited on its own; the upstream connection is
+ * opened (and verified) per the first inner request and kept while reusable.
+ */
+static void
+px_conn_mitm_start(struct px_conn *c)
+{
+    struct px_exch   *x = c->x;
+    static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+    BIO              *wbio = NULL;
+
+    if (px_tls_srv == NULL) {
+        px_conn_deny(c, 403, "interception_unavailable", "no CA configured (ca.dir)", NULL);
+        return;
+    }
+    c->mitm = 1;
+    c->mitm_target = x->target;
+    c->mitm_target.path = "";
+    c->mitm_target.path_len = 0;
+    c->mitm_target.tls = 1;
+    snprintf(c->tun_sandbox, sizeof(c->tun_sandbox), "%s", x->sandbox);
+    snprintf(c->tun_session, sizeof(c->tun_session), "%s", x->session);
+    snprintf(c->tun_tool_call, sizeof(c->tun_tool_call), "%s", x->tool_call);
+    c->cl.ssl = SSL_new(px_tls_srv);
+    c->cl.rbio = BIO_new(BIO_s_mem());
+    wbio = BIO_new_socket(c->cl.fd, BIO_NOCLOSE);
+    if (c->cl.ssl == NULL || c->cl.rbio == NULL || wbio == NULL ||
+        px_tls_set_default_host(c->cl.ssl, x->target.host, x->target.kind != PX_HOST_NAME, 1) !=
+            AL_OK) {
+        BIO_free(c->cl.rbio);
+        BIO_free(wbio);
+        c->cl.rbio = NULL;
+        SSL_free(c->cl.ssl);
+        c->cl.ssl = NULL;
+        px_conn_fail(c, 500, "internal", "TLS setup");
+        return;
+    }
+    SSL_set_bio(c->cl.ssl, c->cl.rbio, wbio); /* the SSL owns both now */
+    SSL_set_mode(c->cl.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_set_options(c->cl.ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_set_accept_state(c->cl.ssl);
+    /* A ClientHello that came with the CONNECT head goes into the BIO. */
+    if (c->cin_len > 0 && BIO_write(c->cl.rbio, c->cin, (int)c->cin_len) != (int)c->cin_len) {
+        px_conn_close(c, "no memory");
+        return;
+    }
+    c->cin_len = 0;
+    if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) {
+        px_conn_close(c, "no memory");
+        return;
+    }
+    c->cl.plain_out = sizeof(ok) - 1;
+    al_log_info("conn %llu: CONNECT %s:%u intercepted", (unsigned long long)c->id, x->target.host,
+                x->target.port);
+    px_conn_count_status(200);
+    x->status = 200;
+    px_conn_audit(c, NULL); /* the CONNECT's own row; inner requests get theirs */
+    px_exch_reset(x, c->conf->limits.header_bytes);
+    llhttp_init(&c->rq, HTTP_REQUEST, &px_req_settings);
+    c->rq.data = c;
+    c->nreqs = 0;
+    px_conn_set_state(c, PX_ST_TLS_CLIENT);
+    if (px_half_flush(c, &c->cl) == AL_ERROR) {
+        px_conn_close(c, "client write error");
+        return;
+    }
+    px_conn_update_io(c);
+}
+
+/* Handshake with the client; then the inner requests start. */
+static void
+px_conn_tls_client_step(struct px_conn *c)
+{
+    int         rc;
+    const char *sni;
+
+    if (c->cl.plain_out > 0)
+        return; /* the 200 is still on its way */
+    rc = px_half_handshake(c, &c->cl);
+    if (rc == AL_AGAIN) {
+        px_conn_update_io(c);
+        return;
+    }
+    if (rc != AL_OK) {
+        const char *why = "client_tls_failed";
+
+        sni = px_tls_sni(c->cl.ssl);
+        if (px_tls_alpn_refused(c->cl.ssl))
+            why = "h2_not_supported";
+        else if (px_tls_sni_refused(c->cl.ssl))
+            why = "bad_sni";
+        else if (sni != NULL && strcasecmp(sni, c->mitm_target.host) != 0)
+            why = "sni_mismatch";
+        PX_MINC(tls_failures);
+        px_conn_mitm_refuse(c, why);
+        return;
+    }
+    sni = px_tls_sni(c->cl.ssl);
+    if (sni != NULL && sni[0] != '\0') {
+        char              host[PX_HOST_MAX + 1];
+        enum px_host_kind kind;
+        const char       *err = NULL;
+
+        if (px_host_normalize(sni, strlen(sni), host, sizeof(host), &kind, &err) != AL_OK ||
+            strcmp(host, c->mitm_target.host) != 0) {
+            PX_MINC(tls_failures);
+            px_conn_mitm_refuse(c, "sni_mismatch");
+            return;
+        }
+    }
+    PX_MINC(tls_client_handshakes);
+    px_conn_set_state(c, PX_ST_READ_HEAD);
+    px_conn_update_io(c);
+    if (px_half_tls_buffered(&c->cl))
+        c->cl.tls_more = 1, ev_feed_event(c->worker->loop, &c->cl.rio, EV_READ);
+}
+
+/* A tunnel that fails before any inner request: a row saying why, then close. */
+static void
+px_conn_mitm_refuse(struct px_conn *c, const char *reason)
+{
+    struct px_exch *x = c->x;
+
+    if (x != NULL) {
+        px_exch_reset(x, c->conf->limits.header_bytes);
+        x->start_us = al_now_us();
+        x->target = c->mitm_target;
+        x->method_name = "TLS";
+        x->is_connect = 1;
+        x->err_reason = reason;
+        snprintf(x->sandbox, sizeof(x->sandbox), "%s", c->tun_sandbox);
+        px_conn_audit(c, reason);
+    }
+    al_log_info("conn %llu: intercepted tunnel to %s refused: %s", (unsigned long long)c->id,
+                c->mitm_target.host, reason);
+    px_conn_close(c, reason);
+}
+
+/* An inner request's target is the tunnel's; its Host must name the same host. */
+static int
+px_conn_mitm_target(struct px_conn *c, const char **err)
+{
+    struct px_exch  *x = c->x;
+    struct px_msg   *m = &x->req;
+    const char      *url = px_msg_str(m, m->url);
+    int              h = px_msg_find(m, "host", 0);
+    struct px_target ht;
+
+    x->target = c->mitm_target;
+    if (m->url_len > 0 && url[0] == '/') {
+        x->target.path = url;
+        x->target.path_len = m->url_len;
+    } else {
+        struct px_target at;
+
+        if (px_url_parse_absolute(url, m->url_len, &at, err) != AL_OK)
+            return AL_ERROR;
+        if (strcmp(at.host, c->mitm_target.host) != 0 || at.port != c->mitm_target.port) {
+            *err = "misdirected";
+            return AL_DECLINED;
+        }
+        x->target.path = at.path;
+        x->target.path_len = at.path_len;
+        x->target.path_needs_slash = at.path_needs_slash;
+    }
+    if (h >= 0 && (m->hdrs[h].val == UINT32_MAX || px_msg_find(m, "host", h + 1) >= 0)) {
+        *err = "bad_host";
+        return AL_ERROR;
+    }
+    if (h >= 0) {
+        if (px_authority_parse(px_msg_str(m, m->hdrs[h].val), m->hdrs[h].val_len,
+                               c->mitm_target.port, &ht, err) != AL_OK)
+            return AL_ERROR;
+        if (strcmp(ht.host, c->mitm_target.host) != 0 || ht.port != c->mitm_target.port) {
+            *err = "misdirected";
+            return AL_DECLINED;
+        }
+    }
+    return AL_OK;
+}
+
 /* ---- from head to upstream --------------------------------------------- */
 
 /* Builds the upstream request head from the parsed request into up.out. */
@@ -1049,6 +1435,10 @@ px_conn_connect_done(struct px_conn *c)
         err = errno;
     if (err == 0) {
         PX_MINC(pool_misses);
+        if (x->target.tls) {
+            px_conn_tls_up_start(c);
+            return;
+        }
         px_conn_upstream_ready(c);
         return;
     }
@@ -1113,7 +1503,13 @@ px_conn_resolve(struct px_conn *c)
     struct px_exch *x = c->x;
     int             rc;
 
-    if (!x->is_connect && !x->want_upgrade && !x->no_pool) {
+    if (c->mitm && c->up_kept && c->up.fd >= 0 && !x->no_pool) {
+        x->from_pool = 1; /* the tunnel's upstream, kept from the previous request */
+        c->up_kept = 0;
+        px_conn_upstream_ready(c);
+        return;
+    }
+    if (!x->is_connect && !x->want_upgrade && !x->no_pool && !x->target.tls) {
         struct sockaddr_storage peer;
         int                     fd = px_pool_get(c->worker, x->pool_key, &peer);
 
@@ -1361,7 +1757,16 @@ px_conn_on_head(struct px_conn *c)
     x->is_connect = c->rq.method == HTTP_CONNECT;
     x->is_head = c->rq.method == HTTP_HEAD;
     x->req_chunked = (c->rq.flags & F_CHUNKED) != 0;
-    if (x->is_connect) {
+    if (c->mitm && x->is_connect) {
+        px_conn_fail(c, 400, "bad_request", "CONNECT inside an intercepted tunnel");
+        return;
+    } else if (c->mitm) {
+        rc = px_conn_mitm_target(c, &err);
+        if (rc == AL_DECLINED) {
+            px_conn_fail(c, 421, "misdirected", "Host does not name the tunnel's host");
+            return;
+        }
+    } else if (x->is_connect) {
         rc = px_authority_parse(url, m->url_len, 0, &x->target, &err);
         if (rc == AL_OK && c->mode == PX_LISTEN_TRANSPARENT) {
             px_conn_fail(c, 400, "bad_target", "CONNECT on a transparent listener");
@@ -1401,6 +1806,10 @@ px_conn_on_head(struct px_conn *c)
             px_conn_fail(c, 503, adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
             return;
         }
+    }
+    if (x->is_connect && x->decision.intercept) {
+        px_conn_mitm_start(c);
+        return;
     }
     if (!x->is_connect && px_conn_write_request_head(c) != AL_OK) {
         px_conn_fail(c, 500, "internal", "out of memory");
@@ -1497,10 +1906,29 @@ px_conn_client_readable(struct px_conn *c)
             return;
         }
     }
-    n = recv(c->cl.fd, c->cin + c->cin_len, PX_CIN_BYTES - c->cin_len, 0);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
+    n = px_half_recv(c, &c->cl, c->cin + c->cin_len, PX_CIN_BYTES - c->cin_len);
+    /* TLS: drain what the memory BIO holds, or no socket event will say so. */
+    while (c->cl.ssl != NULL && n > 0) {
+        ssize_t more;
+
+        c->cin_len += (size_t)n;
+        if (c->cin_len >= PX_CIN_BYTES) {
+            c->cl.tls_more = 1; /* resumed by px_conn_update_io when there is room */
+            n = -3;
+            break;
+        }
+        more = px_half_recv(c, &c->cl, c->cin + c->cin_len, PX_CIN_BYTES - c->cin_len);
+        if (more <= 0) {
+            if (more == -1)
+                c->cl.tls_more = 0;
+            n = -3; /* EOF or an error shows again on the next event */
+            break;
+        }
+        n = more;
+    }
+    if (n == -1)
+        return;
+    if (n == -2) {
         px_conn_close(c, "client read error");
         return;
     }
@@ -1518,7 +1946,8 @@ px_conn_client_readable(struct px_conn *c)
             px_conn_close(c, "client closed mid-request");
         return;
     }
-    c->cin_len += (size_t)n;
+    if (n > 0)
+        c->cin_len += (size_t)n;
     if (c->state == PX_ST_PEEK) {
         px_conn_peek(c);
         return;
@@ -1565,11 +1994,11 @@ px_conn_upstream_readable(struct px_conn *c)
     llhttp_errno_t  e;
     struct px_exch *x = c->x;
 
-    n = recv(c->up.fd, buf, sizeof(buf), 0);
+    n = px_half_recv(c, &c->up, buf, sizeof(buf));
+    if (n == -1)
+        return;
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
-        px_conn_upstream_lost(c, strerror(errno));
+        px_conn_upstream_lost(c, c->up.ssl != NULL ? "TLS read error" : strerror(errno));
         return;
     }
     c->last_activity = ev_now(c->worker->loop);
@@ -1656,8 +2085,13 @@ px_conn_finish_exchange(struct px_conn *c)
         px_conn_update_io(c);
         return;
     }
-    if (x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 && c->up.fd >= 0 &&
-        !c->draining) {
+    if (c->mitm && x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 &&
+        c->up.fd >= 0 && !c->draining) {
+        ev_io_stop(c->worker->loop, &c->up.rio);
+        ev_io_stop(c->worker->loop, &c->up.wio);
+        c->up_kept = 1; /* the next inner request reuses it */
+    } else if (x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 &&
+               c->up.fd >= 0 && !c->draining) {
         ev_io_stop(c->worker->loop, &c->up.rio);
         ev_io_stop(c->worker->loop, &c->up.wio);
         px_pool_put(c->worker, x->pool_key, c->up.fd, &x->addrs.addrs[x->addr_idx]);
@@ -1772,6 +2206,10 @@ px_conn_flush_close_io(struct px_conn *c, int revents)
             return;
         }
         if (rc == AL_OK) {
+            if (c->cl.ssl != NULL) {
+                ERR_clear_error();
+                (void)SSL_shutdown(c->cl.ssl); /* close_notify, best effort */
+            }
             (void)shutdown(c->cl.fd, SHUT_WR);
             c->cl.shut = 1;
             c->last_activity = ev_now(c->worker->loop);
@@ -1819,6 +2257,18 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
             px_conn_client_readable(c);
         if (!c->closing)
             px_conn_update_io(c);
+        break;
+    case PX_ST_TLS_CLIENT:
+        if (is_cl && (revents & EV_WRITE) && al_bufq_len(&c->cl.out) > 0 &&
+            px_half_flush(c, &c->cl) == AL_ERROR) {
+            px_conn_close(c, "client write error");
+            break;
+        }
+        px_conn_tls_client_step(c);
+        break;
+    case PX_ST_TLS_UP:
+        if (!is_cl)
+            px_conn_tls_up_step(c);
         break;
     case PX_ST_READ_HEAD:
     case PX_ST_RESOLVE:
@@ -1890,6 +2340,12 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         break;
     case PX_ST_PEEK:
         px_conn_transparent_refuse(c, "header_timeout");
+        break;
+    case PX_ST_TLS_CLIENT:
+        px_conn_mitm_refuse(c, "tls_handshake_timeout");
+        break;
+    case PX_ST_TLS_UP:
+        px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "upstream_tls_timeout", NULL);
         break;
     case PX_ST_CONNECT:
         px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "connect_timeout", NULL);

@@ -5,6 +5,8 @@
 #ifndef PX_CONN_H
 #define PX_CONN_H
 
+#include <openssl/ssl.h>
+
 #include "px.h"
 #include "px_http.h"
 
@@ -17,10 +19,17 @@ enum px_state {
     PX_ST_FLUSH_CLOSE,   /* writing a final answer, then close */
     PX_ST_AUDIT,         /* strict audit: waiting for the row's commit */
     PX_ST_PEEK,          /* transparent: first bytes tell TLS, HTTP or raw TCP */
+    PX_ST_TLS_CLIENT,    /* intercepting: TLS handshake with the client */
+    PX_ST_TLS_UP,        /* TLS handshake with the upstream */
 };
 
 struct px_half {
-    int             fd; /* -1 once closed */
+    int             fd;        /* -1 once closed */
+    SSL            *ssl;       /* owned; NULL on plain TCP */
+    BIO            *rbio;      /* client side: memory BIO the socket bytes are fed into */
+    int             tls_want;  /* EV_READ / EV_WRITE an SSL call is waiting for, or 0 */
+    size_t          plain_out; /* leading bytes of `out` to send before TLS starts */
+    int             tls_more;  /* reading stopped on backpressure with TLS bytes buffered */
     ev_io           rio, wio;
     struct al_bufq  out;     /* bytes queued *to* this side */
     int             eof;     /* we read EOF from this side */
@@ -87,9 +96,15 @@ struct px_conn {
     struct px_exch         *x;
     struct aud_record      *trec;     /* an open tunnel's row, completed at close */
     struct sockaddr_storage orig_dst; /* transparent: SO_ORIGINAL_DST */
-    int                     has_orig_dst;
-    uint64_t                tun_up, tun_down;
-    int64_t                 tun_start_us;
+    /* Interception: the tunnel's target and identity, for every inner request. */
+    int              mitm, up_kept;
+    struct px_target mitm_target;
+    char             tun_sandbox[POL_SANDBOX_MAX_BYTES + 1];
+    char             tun_session[POL_TAG_MAX_BYTES + 1];
+    char             tun_tool_call[POL_TAG_MAX_BYTES + 1];
+    int              has_orig_dst;
+    uint64_t         tun_up, tun_down;
+    int64_t          tun_start_us;
 };
 
 /*

@@ -119,8 +119,17 @@ static int
 px_decide_identity(struct px_conn *c)
 {
     const struct px_conf *conf = c->conf;
+    int                   rc;
+
+    if (c->mitm) {
+        /* Inside an intercepted tunnel: the identity the CONNECT established. */
+        snprintf(c->x->sandbox, sizeof(c->x->sandbox), "%s", c->tun_sandbox);
+        snprintf(c->x->session, sizeof(c->x->session), "%s", c->tun_session);
+        snprintf(c->x->tool_call, sizeof(c->x->tool_call), "%s", c->tun_tool_call);
+        return px_decide_tags(c);
+    }
     /* Transparent clients are known by their source address only. */
-    int rc = c->mode == PX_LISTEN_TRANSPARENT ? AL_DECLINED : px_decide_basic(c);
+    rc = c->mode == PX_LISTEN_TRANSPARENT ? AL_DECLINED : px_decide_basic(c);
 
     if (rc == AL_ERROR)
         return AL_ERROR;

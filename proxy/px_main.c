@@ -7,6 +7,7 @@
  * nothing (the errors are logged); a good one becomes the snapshot for new
  * connections. Listener addresses and the worker count need a restart.
  */
+#include "px_ca.h"
 #include "px_worker.h"
 
 #include <signal.h>
@@ -157,6 +158,25 @@ px_main_run(const char *config_path, int dry_run)
         al_errs_free(&errs);
         al_log_info("audit: %s (%s)", c->audit_db, c->audit_strict ? "strict" : "batched");
     }
+    if (c->ca_dir != NULL) {
+        al_errs_init(&errs);
+        px_ca_g = px_ca_load(c->ca_dir, &errs);
+        if (px_ca_g != NULL)
+            px_tls_srv = px_tls_server_ctx(px_ca_g);
+        if (px_ca_g != NULL && px_tls_srv != NULL)
+            px_tls_up = px_tls_upstream_ctx(c->upstream_ca, &errs);
+        if (px_tls_up == NULL) {
+            al_log_err("cannot set up TLS interception (ca.dir %s; create a CA with `airlock ca "
+                       "init --dir %s`):\n%s",
+                       c->ca_dir, c->ca_dir, errs.text.data ? errs.text.data : "");
+            al_errs_free(&errs);
+            goto out;
+        }
+        if (errs.text.data != NULL)
+            al_log_warnx("%s", errs.text.data);
+        al_errs_free(&errs);
+        al_log_info("interception CA loaded from %s", c->ca_dir);
+    }
     m.nworkers = c->workers;
     m.workers = al_calloc((size_t)m.nworkers, sizeof(*m.workers));
     if (m.workers == NULL)
@@ -201,6 +221,11 @@ out:
     /* Every row handed over is committed before exit (SIGTERM loses nothing). */
     aud_writer_stop(px_audit);
     px_audit = NULL;
+    SSL_CTX_free(px_tls_srv);
+    SSL_CTX_free(px_tls_up);
+    px_tls_srv = px_tls_up = NULL;
+    px_ca_free(px_ca_g);
+    px_ca_g = NULL;
     if (rc == 0)
         al_log_info("stopped");
     if (m.workers != NULL) {

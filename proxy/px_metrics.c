@@ -3,9 +3,12 @@
  * admin listener. Workers bump them with relaxed atomics; nothing locks.
  */
 #include "px.h"
+#include "px_ca.h"
 
 struct px_metrics  px_metrics;
 struct aud_writer *px_audit;
+struct px_ca      *px_ca_g;
+SSL_CTX           *px_tls_srv, *px_tls_up;
 
 static const char *const px_uerr_names[PX_UERR_N] = {"dns", "refused", "timeout", "reset", "other"};
 
@@ -62,6 +65,23 @@ px_metrics_render(struct al_dbuf *o)
                  "airlock_decisions_total{decision=\"would_deny\"} %llu\n",
                  PX_LOAD(px_metrics.decisions[0]), PX_LOAD(px_metrics.decisions[1]),
                  PX_LOAD(px_metrics.decisions[2]));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_tls_handshakes_total counter\n"
+                 "airlock_tls_handshakes_total{side=\"client\"} %llu\n"
+                 "airlock_tls_handshakes_total{side=\"upstream\"} %llu\n"
+                 "# TYPE airlock_tls_failures_total counter\nairlock_tls_failures_total %llu\n",
+                 PX_LOAD(px_metrics.tls_client_handshakes),
+                 PX_LOAD(px_metrics.tls_upstream_handshakes), PX_LOAD(px_metrics.tls_failures));
+    if (px_ca_g != NULL) {
+        uint64_t mints = 0, hits = 0;
+
+        px_ca_stats(px_ca_g, &mints, &hits);
+        al_dbuf_addf(o,
+                     "# TYPE airlock_certs_minted_total counter\nairlock_certs_minted_total %llu\n"
+                     "# TYPE airlock_cert_cache_hits_total counter\n"
+                     "airlock_cert_cache_hits_total %llu\n",
+                     (unsigned long long)mints, (unsigned long long)hits);
+    }
     if (px_audit != NULL) {
         struct aud_stats st;
 
