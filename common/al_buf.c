@@ -103,6 +103,7 @@ al_bufq_init(struct al_bufq *q, size_t max)
     q->head = q->tail = NULL;
     q->len = 0;
     q->max = max;
+    q->sensitive = 0;
 }
 
 static struct al_chunk *
@@ -200,6 +201,8 @@ al_bufq_skip(struct al_bufq *q, size_t n)
             q->head = c->next;
             if (c == q->tail)
                 q->tail = NULL;
+            if (q->sensitive)
+                explicit_bzero(c->data, sizeof(c->data));
             al_free(c);
         }
     }
@@ -225,6 +228,8 @@ al_bufq_free(struct al_bufq *q)
     while (c != NULL) {
         struct al_chunk *next = c->next;
 
+        if (q->sensitive)
+            explicit_bzero(c->data, sizeof(c->data));
         al_free(c);
         c = next;
     }

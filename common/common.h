@@ -83,8 +83,9 @@ struct al_chunk {
 };
 struct al_bufq {
     struct al_chunk *head, *tail;
-    size_t           len; /* bytes queued */
-    size_t           max; /* high watermark: al_bufq_full() beyond it */
+    size_t           len;       /* bytes queued */
+    size_t           max;       /* high watermark: al_bufq_full() beyond it */
+    int              sensitive; /* chunks are wiped before they are freed */
 };
 void al_bufq_init(struct al_bufq *q, size_t max);
 /* Appends n bytes (may exceed max by less than one write; callers stop

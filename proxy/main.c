@@ -19,6 +19,7 @@ static const char px_usage[] =
     "                                       decide one request, explained (exit 3: deny)\n"
     "  ca     init --dir DIR [--force]      create the interception CA (ECDSA P-256)\n"
     "  ca     env --config FILE | --dir DIR   trust variables for a sandbox\n"
+    "  secrets env --config FILE [--sandbox S]  NAME=placeholder lines for a sandbox\n"
     "  audit  query|stats|tail [--config FILE | --db FILE] [filters] [--format ...]\n"
     "                                       read the audit trail (airlock audit --help)\n"
     "  version                              print the version\n"
@@ -90,5 +91,7 @@ main(int argc, char **argv)
         return px_cli_audit(argc - 1, argv + 1);
     if (strcmp(argv[1], "ca") == 0)
         return px_ca_cli(argc - 1, argv + 1);
+    if (strcmp(argv[1], "secrets") == 0)
+        return px_cli_secrets(argc - 1, argv + 1);
     return px_usage_error("unknown command", argv[1]);
 }

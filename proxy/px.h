@@ -18,6 +18,7 @@
 #include "audit.h"
 #include "common.h"
 #include "policy.h"
+#include "secrets.h"
 #include "px_dns.h"
 #include "px_url.h"
 
@@ -87,9 +88,10 @@ struct px_conf {
     enum al_log_level       log_level;
     struct px_sandbox      *sandboxes;
     int                     nsandboxes;
-    int                     any_token;                  /* some sandbox authenticates by token */
-    struct pol_policy      *policy;                     /* set by px_conf_load_all */
-    int                     dry_run;                    /* airlock run --dry-run */
+    int                     any_token; /* some sandbox authenticates by token */
+    struct pol_policy      *policy;    /* set by px_conf_load_all */
+    struct sec_store       *secrets;   /* set by px_conf_load_all when "secrets" is given */
+    int                     dry_run;   /* airlock run --dry-run */
     struct sockaddr_storage self[PX_MAX_LISTENERS + 1]; /* own listening addresses */
     int                     nself;
 };
@@ -134,6 +136,7 @@ struct px_metrics {
     _Atomic uint64_t decisions[3]; /* allow, deny, would_deny */
     _Atomic uint64_t audit_refusals;
     _Atomic uint64_t tls_client_handshakes, tls_upstream_handshakes, tls_failures;
+    _Atomic uint64_t secrets_injected, secrets_refused;
 };
 extern struct px_metrics px_metrics;
 #define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)
@@ -214,6 +217,8 @@ int px_cli_policy(int argc, char **argv);
 /* `airlock audit ...`: maps --config FILE to the config's --db, then runs
  * aud_cli_main. argv[0] is "audit". */
 int px_cli_audit(int argc, char **argv);
+/* `airlock secrets env --config FILE [--sandbox S]`. argv[0] is "secrets". */
+int px_cli_secrets(int argc, char **argv);
 /* Admin listener on the main loop; px_admin.c. `reload` (POST /reload)
  * rebuilds the snapshot; it returns AL_OK, or AL_ERROR with the reasons in msg. */
 typedef int (*px_reload_fn)(void *arg, struct al_dbuf *msg);

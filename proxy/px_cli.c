@@ -267,3 +267,52 @@ out:
     al_free(av);
     return rc;
 }
+
+int
+px_cli_secrets(int argc, char **argv)
+{
+    const char     *config = NULL, *sandbox = NULL;
+    struct al_errs  errs;
+    struct px_conf *c = NULL;
+    int             rc = 2;
+
+    al_errs_init(&errs);
+    if (argc < 2 || strcmp(argv[1], "env") != 0) {
+        fprintf(stderr, "usage: airlock secrets env --config FILE [--sandbox S]\n");
+        goto out;
+    }
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            config = argv[++i];
+        else if (strcmp(argv[i], "--sandbox") == 0 && i + 1 < argc)
+            sandbox = argv[++i];
+        else {
+            fprintf(stderr, "airlock secrets: unknown option \"%s\"\n", argv[i]);
+            goto out;
+        }
+    }
+    if (config == NULL) {
+        fprintf(stderr, "airlock secrets: --config FILE is required\n");
+        goto out;
+    }
+    c = px_conf_load_all(config, 0, &errs);
+    if (c == NULL) {
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        goto out;
+    }
+    if (sandbox != NULL && px_conf_sandbox(c, sandbox) == NULL) {
+        fprintf(stderr, "airlock secrets: unknown sandbox \"%s\"\n", sandbox);
+        goto out;
+    }
+    if (c->secrets == NULL) {
+        fprintf(stderr, "airlock secrets: %s has no \"secrets\" file\n", config);
+        goto out;
+    }
+    /* Placeholders only: the same for every sandbox (they are inert outside
+     * airlock); --sandbox checks the name so scripts fail early on typos. */
+    rc = sec_print_env(c->secrets, stdout) == AL_OK ? 0 : 1;
+out:
+    px_conf_unref(c);
+    al_errs_free(&errs);
+    return rc;
+}

@@ -61,6 +61,7 @@ px_conf_unref(struct px_conf *c)
     }
     al_free(c->sandboxes);
     pol_policy_unref(c->policy);
+    sec_store_unref(c->secrets);
     al_free(c);
 }
 
@@ -687,7 +688,27 @@ px_conf_load_all(const char *path, int dry_run, struct al_errs *errs)
     for (int i = 0; i < c->nsandboxes; i++)
         names[i] = c->sandboxes[i].name;
     c->policy = pol_load(c->policy_path, names, c->nsandboxes, dry_run, errs);
+    if (c->secrets_path != NULL) {
+        /* Placeholders are derived with a key kept next to the CA. */
+        c->secrets = sec_load(c->secrets_path, c->ca_dir, errs);
+        if (c->secrets == NULL)
+            goto fail;
+    }
     if (c->policy == NULL)
+        goto fail;
+    for (int i = 0; i < pol_policy_rule_count(c->policy); i++) {
+        const char *const *inj = NULL;
+        int                n = pol_policy_rule_inject(c->policy, i, &inj);
+
+        for (int k = 0; k < n; k++) {
+            if (c->secrets == NULL || sec_find(c->secrets, inj[k]) < 0)
+                al_errs_add(errs, "%s: rule \"%s\" injects \"%s\", which %s", c->policy_path,
+                            pol_policy_rule_name(c->policy, i), inj[k],
+                            c->secrets == NULL ? "needs a \"secrets\" file in the config"
+                                               : "the secrets file does not define");
+        }
+    }
+    if (errs->count > 0)
         goto fail;
     al_free(names);
     return c;

@@ -83,6 +83,8 @@ px_exch_free(struct px_exch *x)
     px_msg_free(&x->resp);
     al_free(x->fwd_path);
     aud_record_free(x->rec);
+    sec_stream_free(x->redactor);
+    sec_stream_free(x->body_sub);
     al_free(x);
 }
 
@@ -92,6 +94,8 @@ px_exch_reset(struct px_exch *x, size_t header_bytes)
 {
     al_safefree(x->fwd_path);
     aud_record_free(x->rec);
+    sec_stream_free(x->redactor);
+    sec_stream_free(x->body_sub);
     memset(x, 0, offsetof(struct px_exch, addrs));
     x->addrs.naddrs = 0;
     px_msg_reset(&x->req);
@@ -496,6 +500,22 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
         if (!x->deny && x->err_reason != NULL)
             snprintf(r->error, sizeof(r->error), "%s", x->err_reason);
     }
+    if (x->injected != 0 && c->conf->secrets != NULL) {
+        size_t n = 0;
+
+        for (int i = 0; i < sec_count(c->conf->secrets) && i < 64; i++) {
+            if (!(x->injected & (1ULL << i)))
+                continue;
+            n += (size_t)snprintf(r->secrets + n,
+                                  n < sizeof(r->secrets) ? sizeof(r->secrets) - n : 0, "%s%s",
+                                  n ? "," : "", sec_name(c->conf->secrets, i));
+            if (n >= sizeof(r->secrets))
+                break;
+        }
+    }
+    if (x->secret_refused != NULL)
+        snprintf(r->error, sizeof(r->error), "%s: %s", x->err_reason ? x->err_reason : "refused",
+                 x->secret_refused);
     r->status = x->status;
     r->bytes_up = (int64_t)x->bytes_up;
     r->bytes_down = (int64_t)x->bytes_down;
@@ -861,12 +881,54 @@ px_rq_headers_complete(llhttp_t *p)
     return HPE_PAUSED; /* decide, resolve and connect before any body byte moves */
 }
 
+/* Appends one chunk ("%zx\r\n" data "\r\n") or raw bytes to q. */
+static int
+px_frame(struct al_bufq *q, int chunked, const char *at, size_t len)
+{
+    char hdr[24];
+    int  n;
+
+    if (len == 0)
+        return AL_OK;
+    if (!chunked)
+        return al_bufq_write(q, at, len);
+    n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+    if (al_bufq_write(q, hdr, (size_t)n) != AL_OK || al_bufq_write(q, at, len) != AL_OK ||
+        al_bufq_write(q, "\r\n", 2) != AL_OK)
+        return AL_ERROR;
+    return AL_OK;
+}
+
+/* Request body through the placeholder substitution stream (always chunked out). */
+static int
+px_rq_body_sub(struct px_conn *c, const char *at, size_t len, int last)
+{
+    struct px_exch *x = c->x;
+    struct al_dbuf  d;
+    int             rc;
+
+    al_dbuf_init(&d, len + 65536);
+    rc = last ? sec_stream_finish(x->body_sub, &d) : sec_stream_feed(x->body_sub, at, len, &d);
+    if (rc == AL_OK)
+        rc = px_frame(&c->up.out, 1, d.data, d.len);
+    sec_dbuf_wipe(&d);
+    return rc;
+}
+
 static int
 px_rq_body(llhttp_t *p, const char *at, size_t len)
 {
     struct px_conn *c = p->data;
     struct px_exch *x = c->x;
     char            hdr[24];
+
+    if (x->body_sub != NULL) {
+        if (px_rq_body_sub(c, at, len, 0) != AL_OK)
+            return -1;
+        x->bytes_up += len;
+        x->req_body_bytes_sent = 1;
+        return 0;
+    }
 
     if (x->req_chunked) {
         int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
@@ -889,6 +951,8 @@ px_rq_message_complete(llhttp_t *p)
     struct px_conn *c = p->data;
     struct px_exch *x = c->x;
 
+    if (x->body_sub != NULL && px_rq_body_sub(c, NULL, 0, 1) != AL_OK)
+        return -1;
     if (x->req_chunked && al_bufq_write(&c->up.out, "0\r\n\r\n", 5) != AL_OK)
         return -1;
     x->req_done = 1;
@@ -929,6 +993,30 @@ px_rs_piece_end(llhttp_t *p)
     return px_msg_end_piece(&c->x->resp);
 }
 
+/* Response headers from a host that received a secret: every value scrubbed. */
+static int
+px_write_headers_redacted(struct px_conn *c, const struct px_msg *m, struct al_dbuf *out)
+{
+    for (int i = 0; i < m->nhdrs; i++) {
+        const struct px_hdr *h = &m->hdrs[i];
+        struct al_dbuf       v;
+        int                  rc;
+
+        if (h->drop)
+            continue;
+        al_dbuf_init(&v, (size_t)h->val_len * 4 + 256);
+        rc = h->val == UINT32_MAX ? AL_OK
+                                  : sec_redact_value(c->conf->secrets, c->x->redact_mask,
+                                                     px_msg_str(m, h->val), h->val_len, &v);
+        if (rc == AL_OK)
+            rc = al_dbuf_addf(out, "%s: %s\r\n", px_msg_str(m, h->name), v.data ? v.data : "");
+        sec_dbuf_wipe(&v);
+        if (rc != AL_OK)
+            return AL_ERROR;
+    }
+    return AL_OK;
+}
+
 /* Re-serialises the response head toward the client and picks the framing. */
 static int
 px_rs_headers_complete(llhttp_t *p)
@@ -949,11 +1037,32 @@ px_rs_headers_complete(llhttp_t *p)
     if (status == 101 && !upgrade)
         return -1; /* a switch nobody asked for */
     px_msg_drop_hop_by_hop(m, upgrade);
+    if (x->redact_mask != 0 && !interim) {
+        int ce = px_msg_find(m, "content-encoding", 0);
+
+        /* We asked for identity; a compressed body can't be scanned, so it
+         * is refused rather than passed on unscanned. */
+        if (ce >= 0 && m->hdrs[ce].val != UINT32_MAX &&
+            !al_strcaseeq_n(px_msg_str(m, m->hdrs[ce].val), m->hdrs[ce].val_len, "identity") &&
+            !nobody) {
+            x->resp_compressed = 1;
+            return -1;
+        }
+        if (!nobody) {
+            x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask);
+            if (x->redactor == NULL)
+                return -1;
+            for (int i = px_msg_find(m, "content-length", 0); i >= 0;
+                 i = px_msg_find(m, "content-length", i + 1))
+                m->hdrs[i].drop = 1; /* redaction changes the length */
+        }
+    }
     al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
     rc = al_dbuf_addf(&d, "HTTP/1.1 %d %s\r\n", status,
                       m->status_text_len ? px_msg_str(m, m->status_text) : "");
     if (rc == AL_OK)
-        rc = px_msg_write_headers(m, &d);
+        rc =
+            x->redact_mask != 0 ? px_write_headers_redacted(c, m, &d) : px_msg_write_headers(m, &d);
     if (!interim) {
         x->status = status;
         x->upstream_keepalive = llhttp_should_keep_alive(p);
@@ -962,7 +1071,7 @@ px_rs_headers_complete(llhttp_t *p)
         if (upgrade) {
             if (rc == AL_OK)
                 rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
-        } else if (!nobody && (p->flags & F_CHUNKED)) {
+        } else if (!nobody && (p->flags & F_CHUNKED || x->redactor != NULL)) {
             if (client11)
                 x->resp_chunked_out = 1;
             else
@@ -993,12 +1102,36 @@ px_rs_headers_complete(llhttp_t *p)
     return x->is_head ? 1 : 0; /* 1: a HEAD response has no body whatever it says */
 }
 
+/* Response body through the redactor; the length changes, so the client
+ * side is chunked (or close-delimited) whenever a redactor runs. */
+static int
+px_rs_body_redact(struct px_conn *c, const char *at, size_t len, int last)
+{
+    struct px_exch *x = c->x;
+    struct al_dbuf  d;
+    int             rc;
+
+    al_dbuf_init(&d, len + 65536);
+    rc = last ? sec_stream_finish(x->redactor, &d) : sec_stream_feed(x->redactor, at, len, &d);
+    if (rc == AL_OK)
+        rc = px_frame(&c->cl.out, x->resp_chunked_out, d.data, d.len);
+    sec_dbuf_wipe(&d);
+    return rc;
+}
+
 static int
 px_rs_body(llhttp_t *p, const char *at, size_t len)
 {
     struct px_conn *c = p->data;
     struct px_exch *x = c->x;
     char            hdr[24];
+
+    if (x->redactor != NULL) {
+        if (px_rs_body_redact(c, at, len, 0) != AL_OK)
+            return -1;
+        x->bytes_down += len;
+        return 0;
+    }
 
     if (x->resp_chunked_out) {
         int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
@@ -1025,6 +1158,8 @@ px_rs_message_complete(llhttp_t *p)
         px_msg_reset(&x->resp); /* interim answer forwarded; the final one follows */
         return 0;
     }
+    if (x->redactor != NULL && px_rs_body_redact(c, NULL, 0, 1) != AL_OK)
+        return -1;
     if (x->resp_chunked_out && al_bufq_write(&c->cl.out, "0\r\n\r\n", 5) != AL_OK)
         return -1;
     x->resp_done = 1;
@@ -1288,36 +1423,145 @@ px_conn_mitm_target(struct px_conn *c, const char **err)
 
 /* ---- from head to upstream --------------------------------------------- */
 
-/* Builds the upstream request head from the parsed request into up.out. */
+/* Status for a secret refusal (X-Airlock-Reason is the refusal itself). */
+static int
+px_secret_refusal_status(const char *refusal)
+{
+    if (strcmp(refusal, SEC_REFUSE_COMPRESSED) == 0)
+        return 415;
+    if (strcmp(refusal, SEC_REFUSE_TRACE) == 0)
+        return 405;
+    return 403;
+}
+
+/*
+ * Header block and target after secret injection. Returns AL_OK (hb and tb
+ * filled: wipe with sec_dbuf_wipe), AL_DECLINED after answering the client
+ * (a placeholder that may not go there), or AL_ERROR.
+ */
+static int
+px_conn_apply_secrets(struct px_conn *c, const char *target, size_t tlen, struct al_dbuf *hb,
+                      struct al_dbuf *tb)
+{
+    struct px_exch   *x = c->x;
+    struct px_msg    *m = &x->req;
+    struct sec_hdr    hdrs[PX_HTTP_MAX_HEADERS];
+    struct sec_dest   d;
+    struct sec_result res;
+    int               n = 0, rc;
+
+    for (int i = 0; i < m->nhdrs; i++) {
+        if (m->hdrs[i].drop)
+            continue;
+        hdrs[n].name = px_msg_str(m, m->hdrs[i].name);
+        hdrs[n].name_len = m->hdrs[i].name_len;
+        hdrs[n].value = m->hdrs[i].val == UINT32_MAX ? "" : px_msg_str(m, m->hdrs[i].val);
+        hdrs[n].value_len = m->hdrs[i].val == UINT32_MAX ? 0 : m->hdrs[i].val_len;
+        n++;
+    }
+    memset(&d, 0, sizeof(d));
+    d.host = x->target.host;
+    d.port = x->target.port;
+    d.path = target;
+    d.path_len = tlen;
+    d.tls = x->target.tls;
+    memset(&res, 0, sizeof(res));
+    rc = sec_apply_head(c->conf->secrets, &d, llhttp_method_name(c->rq.method), hdrs, n, target,
+                        tlen, hb, tb, &res);
+    if (rc == AL_DECLINED) {
+        x->secret_refused =
+            res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
+        x->decision.verdict = POL_DENY; /* audited as a deny with the refusal as reason */
+        x->decision.reason = res.refusal;
+        PX_MINC(secrets_refused);
+        px_conn_deny(c, px_secret_refusal_status(res.refusal), res.refusal, x->secret_refused,
+                     NULL);
+        return AL_DECLINED;
+    }
+    if (rc != AL_OK)
+        return AL_ERROR;
+    x->injected = res.injected;
+    x->redact_mask = res.redact_mask;
+    x->body_mask = res.body_mask;
+    return AL_OK;
+}
+
+/*
+ * Builds the upstream request head from the parsed request into up.out.
+ * Returns AL_OK, AL_DECLINED (a secret refusal was answered) or AL_ERROR.
+ */
 static int
 px_conn_write_request_head(struct px_conn *c)
 {
     struct px_exch   *x = c->x;
     struct px_msg    *m = &x->req;
     struct px_target *t = &x->target;
-    struct al_dbuf    d;
-    int               rc;
+    struct al_dbuf    d, hb, tb;
+    int               rc = AL_OK;
     int               default_port = t->port == (t->tls ? 443 : 80);
     const char       *lb = t->kind == PX_HOST_IPV6 ? "[" : "";
     const char       *rb = t->kind == PX_HOST_IPV6 ? "]" : "";
+    const char       *target = x->fwd_path;
+    char              slash[2] = "/";
+    size_t            tlen = x->fwd_path_len;
+    int               secret_host = 0;
 
     px_msg_drop_hop_by_hop(m, x->want_upgrade);
     for (int i = px_msg_find(m, "host", 0); i >= 0; i = px_msg_find(m, "host", i + 1))
         m->hdrs[i].drop = 1; /* the request-target's authority wins (RFC 9112 3.2.2) */
-    al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
-    if (x->fwd_path != NULL)
-        rc = al_dbuf_addf(&d, "%s %s HTTP/1.1\r\nHost: %s%s%s", llhttp_method_name(c->rq.method),
-                          x->fwd_path, lb, t->host, rb);
-    else
-        rc = al_dbuf_addf(&d, "%s %s%.*s HTTP/1.1\r\nHost: %s%s%s",
-                          llhttp_method_name(c->rq.method), t->path_needs_slash ? "/" : "",
-                          (int)t->path_len, t->path, lb, t->host, rb);
+    if (target == NULL) {
+        target = t->path_needs_slash ? slash : t->path;
+        tlen = t->path_needs_slash ? 1 : t->path_len;
+    }
+    al_dbuf_init(&d, c->conf->limits.header_bytes * 2 + 4096);
+    al_dbuf_init(&hb, c->conf->limits.header_bytes * 2 + 4096);
+    al_dbuf_init(&tb, tlen * 3 + 4096);
+    if (c->conf->secrets != NULL) {
+        secret_host = sec_any_scope_host(c->conf->secrets, t->host, t->port);
+        if (secret_host) /* bodies from such hosts must stay scannable */
+            for (int i = px_msg_find(m, "accept-encoding", 0); i >= 0;
+                 i = px_msg_find(m, "accept-encoding", i + 1))
+                m->hdrs[i].drop = 1;
+        rc = px_conn_apply_secrets(c, target, tlen, &hb, &tb);
+        if (rc == AL_OK && x->body_mask != 0 && px_msg_find(m, "content-length", 0) >= 0 &&
+            (c->rq.flags & F_CONTENT_LENGTH) && c->rq.content_length > 0) {
+            /* The body changes length: send it chunked instead. */
+            for (int i = px_msg_find(m, "content-length", 0); i >= 0;
+                 i = px_msg_find(m, "content-length", i + 1))
+                m->hdrs[i].drop = 1;
+            sec_dbuf_wipe(&hb);
+            sec_dbuf_wipe(&tb);
+            al_dbuf_init(&hb, c->conf->limits.header_bytes * 2 + 4096);
+            al_dbuf_init(&tb, tlen * 3 + 4096);
+            rc = px_conn_apply_secrets(c, target, tlen, &hb, &tb);
+            x->req_chunked = 1;
+        }
+        if (rc == AL_OK && x->body_mask != 0 &&
+            ((c->rq.flags & F_CHUNKED) || c->rq.content_length > 0)) {
+            x->body_sub = sec_body_new(c->conf->secrets, x->body_mask);
+            if (x->body_sub == NULL)
+                rc = AL_ERROR;
+        }
+        if (rc == AL_OK && x->injected != 0) {
+            c->up.out.sensitive = 1; /* chunks holding values are wiped when freed */
+            PX_MINC(secrets_injected);
+        }
+        target = tb.data;
+        tlen = tb.len;
+    } else {
+        rc = px_msg_write_headers(m, &hb);
+    }
+    if (rc == AL_OK)
+        rc = al_dbuf_addf(&d, "%s %.*s HTTP/1.1\r\nHost: %s%s%s", llhttp_method_name(c->rq.method),
+                          (int)tlen, target, lb, t->host, rb);
     if (rc == AL_OK && !default_port)
         rc = al_dbuf_addf(&d, ":%u", t->port);
     if (rc == AL_OK)
         rc = al_dbuf_add(&d, "\r\n", 2);
-    if (rc == AL_OK)
-        rc = px_msg_write_headers(m, &d);
+    if (rc == AL_OK && hb.len > 0)
+        rc = al_dbuf_add(&d, hb.data, hb.len);
+    if (rc == AL_OK && secret_host)
+        rc = al_dbuf_adds(&d, "Accept-Encoding: identity\r\n");
     if (rc == AL_OK && x->req_chunked)
         rc = al_dbuf_adds(&d, "Transfer-Encoding: chunked\r\n");
     if (rc == AL_OK && x->want_upgrade)
@@ -1325,9 +1569,11 @@ px_conn_write_request_head(struct px_conn *c)
     if (rc == AL_OK)
         rc = al_dbuf_add(&d, "\r\n", 2);
     if (rc == AL_OK)
-        return px_dbuf_to_bufq(&d, &c->up.out);
-    al_dbuf_free(&d);
-    return rc;
+        rc = al_bufq_write(&c->up.out, d.data, d.len);
+    sec_dbuf_wipe(&d);
+    sec_dbuf_wipe(&hb);
+    sec_dbuf_wipe(&tb);
+    return rc == AL_DECLINED ? AL_DECLINED : rc;
 }
 
 static void
@@ -1650,6 +1896,12 @@ px_conn_transparent_tunnel(struct px_conn *c, const char *sni)
      * it (and, for non-public space, its cidrs) lets it through. */
     if (px_decide(c) != AL_OK)
         return;
+    if (c->conf->secrets != NULL &&
+        sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)) {
+        /* Transparent TLS is relayed opaquely: never toward a secret's host. */
+        px_conn_transparent_refuse(c, "opaque_tunnel_to_secret_host");
+        return;
+    }
     if (px_audit != NULL) {
         int adm = aud_writer_admit(px_audit);
 
@@ -1807,13 +2059,26 @@ px_conn_on_head(struct px_conn *c)
             return;
         }
     }
-    if (x->is_connect && x->decision.intercept) {
+    if (x->is_connect && (x->decision.intercept ||
+                          (c->conf->secrets != NULL &&
+                           sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)))) {
+        /* A host some secret is scoped to is always intercepted: a
+         * placeholder must never leave unseen inside an opaque tunnel. */
+        if (x->silent_tunnel) {
+            px_conn_transparent_refuse(c, "opaque_tunnel_to_secret_host");
+            return;
+        }
         px_conn_mitm_start(c);
         return;
     }
-    if (!x->is_connect && px_conn_write_request_head(c) != AL_OK) {
-        px_conn_fail(c, 500, "internal", "out of memory");
-        return;
+    if (!x->is_connect) {
+        rc = px_conn_write_request_head(c);
+        if (rc == AL_DECLINED)
+            return; /* a secret refusal was answered */
+        if (rc != AL_OK) {
+            px_conn_fail(c, 500, "internal", "out of memory");
+            return;
+        }
     }
     if (px_audit != NULL && c->conf->audit_strict && px_conn_audit_begin(c) != AL_OK)
         return; /* resolving continues once the row is committed */
@@ -1974,7 +2239,8 @@ px_conn_upstream_lost(struct px_conn *c, const char *detail)
         x->no_pool = 1;
         x->upstream_reusable = 0;
         if (px_conn_write_request_head(c) != AL_OK) {
-            px_conn_fail(c, 500, "internal", "out of memory");
+            if (!c->closing && c->state != PX_ST_FLUSH_CLOSE)
+                px_conn_fail(c, 500, "internal", "out of memory");
             return;
         }
         px_conn_resolve(c);
@@ -2027,7 +2293,10 @@ px_conn_upstream_readable(struct px_conn *c)
                 return;
             }
         } else if (e != HPE_OK) {
-            if (!x->resp_started)
+            if (x->resp_compressed)
+                px_conn_upstream_error(c, PX_UERR_OTHER, 502, "compressed_response",
+                                       "a host that received a secret answered compressed");
+            else if (!x->resp_started)
                 px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_bad_response",
                                        llhttp_errno_name(e));
             else

@@ -61,13 +61,20 @@ struct px_exch {
     int                  status;
     int64_t              start_us;
     uint64_t             bytes_up, bytes_down;
-    struct aud_record   *rec;           /* strict mode: the begun row */
-    int                  audited;       /* the row for this request is handed over */
-    int                  head_done;     /* a complete head was parsed */
-    int                  deny;          /* answered 403/407 by identity or policy */
-    const char          *err_reason;    /* X-Airlock-Reason of airlock's own answer */
-    const char          *method_name;   /* audit/policy method when not from llhttp ("TLS") */
-    int                  silent_tunnel; /* transparent tunnel: no "200 Connection established" */
+    struct aud_record   *rec;             /* strict mode: the begun row */
+    int                  audited;         /* the row for this request is handed over */
+    int                  head_done;       /* a complete head was parsed */
+    int                  deny;            /* answered 403/407 by identity or policy */
+    const char          *err_reason;      /* X-Airlock-Reason of airlock's own answer */
+    const char          *method_name;     /* audit/policy method when not from llhttp ("TLS") */
+    int                  silent_tunnel;   /* transparent tunnel: no "200 Connection established" */
+    uint64_t             injected;        /* secrets whose values went out (audit: names) */
+    uint64_t             redact_mask;     /* secrets scrubbed from the response */
+    uint64_t             body_mask;       /* secrets substituted in the request body */
+    const char          *secret_refused;  /* name of the secret a refusal is about */
+    struct sec_stream   *redactor;        /* response body scrubber; owned */
+    struct sec_stream   *body_sub;        /* request body substitution; owned */
+    int                  resp_compressed; /* compressed answer to a redacted request */
     /* Not cleared between keep-alive requests (px_exch_reset stops here):
      * the big buffers are reused, addrs is valid only up to naddrs. */
     struct px_dns_result addrs;
