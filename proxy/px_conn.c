@@ -65,8 +65,12 @@ static void px_exch_reset(struct px_exch *x, size_t header_bytes);
 
 /* ---- small pieces ------------------------------------------------------- */
 
-static const char *const px_state_names[] = {"read_head", "resolve",     "connect", "exchange",
-                                             "tunnel",    "flush_close", "audit"};
+/* Indexed by enum px_state; the static assert keeps the two in step. */
+static const char *const px_state_names[] = {"read_head",  "resolve",     "connect", "exchange",
+                                             "tunnel",     "flush_close", "audit",   "peek",
+                                             "tls_client", "tls_up"};
+_Static_assert(sizeof(px_state_names) / sizeof(px_state_names[0]) == PX_ST_TLS_UP + 1,
+               "px_state_names must name every px_state");
 
 static void
 px_conn_ref(struct px_conn *c)
@@ -297,6 +301,14 @@ px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *d
     if (c->x != NULL && c->x->resp_started) {
         al_log_info("conn %llu: aborted mid-response: %s", (unsigned long long)c->id, reason);
         px_conn_close(c, reason);
+        return;
+    }
+    if (c->x != NULL && c->x->silent_tunnel) {
+        /* Transparent TLS or raw TCP: there is no HTTP to answer in. The
+         * row records the status airlock would have given. */
+        c->x->status = status;
+        c->x->err_reason = reason;
+        px_conn_transparent_refuse(c, reason);
         return;
     }
     al_log_info("conn %llu: %d %s%s%s", (unsigned long long)c->id, status, reason,
@@ -599,6 +611,7 @@ px_conn_tunnel_audit_close(struct px_conn *c, const char *why)
     r->bytes_down = (int64_t)c->tun_down;
     if (why != NULL && strcmp(why, "tunnel done") != 0)
         snprintf(r->error, sizeof(r->error), "%s", why);
+    px_tags_count(r->sandbox, 0, c->tun_up, c->tun_down);
     px_audit_hand_over(r);
 }
 
@@ -1599,6 +1612,7 @@ px_conn_upstream_ready(struct px_conn *c)
                     x->upstream_str);
         px_conn_count_status(200);
         x->status = 200;
+        x->bytes_up += c->cin_len; /* they go up the tunnel too */
         px_conn_tunnel_audit_open(c);
         c->cin_len = 0;
         al_safefree(c->cin);
@@ -1857,7 +1871,12 @@ px_conn_transparent_refuse(struct px_conn *c, const char *reason)
             c->x->start_us = al_now_us();
         if (c->x->target.host[0] == '\0' && c->has_orig_dst)
             px_conn_orig_target(c, &c->x->target);
-        c->x->err_reason = reason;
+        if (c->x->sandbox[0] == '\0')
+            px_decide_sandbox_by_source(c, c->x->sandbox, sizeof(c->x->sandbox));
+        if (c->x->err_reason == NULL)
+            c->x->err_reason = reason;
+        if (c->x->method_name == NULL && !c->x->head_done)
+            c->x->method_name = "TCP";
         px_conn_audit(c, reason);
     }
     al_log_info("conn %llu: transparent connection refused: %s", (unsigned long long)c->id, reason);
@@ -1919,7 +1938,7 @@ px_conn_transparent_tunnel(struct px_conn *c, const char *sni)
 
 /* PX_ST_PEEK: the first bytes say which protocol the sandbox speaks. */
 static void
-px_conn_peek(struct px_conn *c)
+px_conn_peek(struct px_conn *c, int eof)
 {
     const unsigned char *b = (const unsigned char *)c->cin;
     char                 sni[PX_SNI_HOST_BYTES];
@@ -1928,7 +1947,7 @@ px_conn_peek(struct px_conn *c)
 
     if (rc == AL_OK) {
         rc = px_sni_parse(b, c->cin_len, sni, sizeof(sni), &h2only);
-        if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES)
+        if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES && !eof)
             return; /* the ClientHello continues in the next segment */
         if (rc != AL_OK) {
             px_conn_transparent_refuse(c, "bad_client_hello");
@@ -1937,10 +1956,10 @@ px_conn_peek(struct px_conn *c)
         px_conn_transparent_tunnel(c, sni);
         return;
     }
-    if (rc == AL_AGAIN)
+    if (rc == AL_AGAIN && !eof)
         return;
     rc = px_http_looks_like_request(b, c->cin_len);
-    if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES)
+    if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES && !eof)
         return;
     if (rc == AL_OK) {
         c->state = PX_ST_READ_HEAD; /* same clock: the head must complete in time */
@@ -2201,7 +2220,7 @@ px_conn_client_readable(struct px_conn *c)
     if (n == 0) {
         c->cl.eof = 1;
         if (c->state == PX_ST_PEEK && c->cin_len > 0)
-            px_conn_transparent_refuse(c, "client closed before a request");
+            px_conn_peek(c, 1); /* the sandbox said all it will say: decide now */
         else if (c->state == PX_ST_PEEK ||
                  (c->state == PX_ST_READ_HEAD && !c->head_started && c->cin_len == 0))
             px_conn_close(c, "client closed");
@@ -2214,7 +2233,7 @@ px_conn_client_readable(struct px_conn *c)
     if (n > 0)
         c->cin_len += (size_t)n;
     if (c->state == PX_ST_PEEK) {
-        px_conn_peek(c);
+        px_conn_peek(c, 0);
         return;
     }
     px_conn_feed_client(c);

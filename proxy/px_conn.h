@@ -122,6 +122,8 @@ struct px_conn {
  */
 int px_decide(struct px_conn *c);
 int px_decide_addrs(struct px_conn *c);
+/* The sandbox whose cidrs hold the client's address, into out ("" if none). */
+void px_decide_sandbox_by_source(const struct px_conn *c, char *out, size_t outsz);
 /* Answers the client with an error (status, X-Airlock-Reason, optional extra
  * header lines ending in CRLF) and closes after writing it. */
 void px_conn_deny(struct px_conn *c, int status, const char *reason, const char *detail,

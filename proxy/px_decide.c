@@ -115,6 +115,23 @@ px_decide_tags(struct px_conn *c)
     return AL_OK;
 }
 
+void
+px_decide_sandbox_by_source(const struct px_conn *c, char *out, size_t outsz)
+{
+    const struct px_conf *conf = c->conf;
+
+    out[0] = '\0';
+    for (int i = 0; i < conf->nsandboxes; i++) {
+        const struct px_sandbox *sb = &conf->sandboxes[i];
+
+        if (sb->ncidrs > 0 &&
+            pol_ident_source_match(sb->cidrs, sb->ncidrs, (const struct sockaddr *)&c->peer)) {
+            snprintf(out, outsz, "%s", sb->name);
+            return;
+        }
+    }
+}
+
 static int
 px_decide_identity(struct px_conn *c)
 {
@@ -134,15 +151,7 @@ px_decide_identity(struct px_conn *c)
     if (rc == AL_ERROR)
         return AL_ERROR;
     if (rc == AL_DECLINED) {
-        for (int i = 0; i < conf->nsandboxes; i++) {
-            const struct px_sandbox *sb = &conf->sandboxes[i];
-
-            if (sb->ncidrs > 0 &&
-                pol_ident_source_match(sb->cidrs, sb->ncidrs, (const struct sockaddr *)&c->peer)) {
-                snprintf(c->x->sandbox, sizeof(c->x->sandbox), "%s", sb->name);
-                break;
-            }
-        }
+        px_decide_sandbox_by_source(c, c->x->sandbox, sizeof(c->x->sandbox));
         if (c->x->sandbox[0] == '\0' && conf->nsandboxes > 0) {
             if (conf->any_token)
                 px_conn_deny(c, 407, "auth_required", NULL, PX_AUTH_CHALLENGE);
