@@ -61,6 +61,7 @@ static void px_conn_tls_up_start(struct px_conn *c);
 static void px_conn_upstream_ready(struct px_conn *c);
 static void px_conn_tls_up_step(struct px_conn *c);
 static void px_conn_mitm_refuse(struct px_conn *c, const char *reason);
+static void px_conn_tls_client_step(struct px_conn *c);
 static void px_exch_reset(struct px_exch *x, size_t header_bytes);
 
 /* ---- small pieces ------------------------------------------------------- */
@@ -1300,11 +1301,13 @@ px_conn_mitm_start(struct px_conn *c)
         return;
     }
     c->cin_len = 0;
-    if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) {
-        px_conn_close(c, "no memory");
-        return;
+    if (!x->silent_tunnel) {
+        if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) {
+            px_conn_close(c, "no memory");
+            return;
+        }
+        c->cl.plain_out = sizeof(ok) - 1;
     }
-    c->cl.plain_out = sizeof(ok) - 1;
     al_log_info("conn %llu: CONNECT %s:%u intercepted", (unsigned long long)c->id, x->target.host,
                 x->target.port);
     px_conn_count_status(200);
@@ -1319,7 +1322,12 @@ px_conn_mitm_start(struct px_conn *c)
         px_conn_close(c, "client write error");
         return;
     }
-    px_conn_update_io(c);
+    /* A ClientHello already in the BIO (coalesced with the CONNECT head, or
+     * peeked by a transparent listener) will not be announced by the socket. */
+    if (c->cl.plain_out == 0)
+        px_conn_tls_client_step(c);
+    else
+        px_conn_update_io(c);
 }
 
 /* Handshake with the client; then the inner requests start. */
@@ -1915,9 +1923,21 @@ px_conn_transparent_tunnel(struct px_conn *c, const char *sni)
      * it (and, for non-public space, its cidrs) lets it through. */
     if (px_decide(c) != AL_OK)
         return;
+    if (sni != NULL && (x->decision.intercept ||
+                        (c->conf->secrets != NULL &&
+                         sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)))) {
+        /* Intercepted exactly as through CONNECT, minus the 200: the peeked
+         * ClientHello goes straight into the TLS engine. */
+        if (px_tls_srv == NULL || x->target.kind != PX_HOST_NAME) {
+            px_conn_transparent_refuse(c, "interception_unavailable");
+            return;
+        }
+        px_conn_mitm_start(c);
+        return;
+    }
     if (c->conf->secrets != NULL &&
         sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)) {
-        /* Transparent TLS is relayed opaquely: never toward a secret's host. */
+        /* Raw TCP to a secret's host would carry placeholders unseen. */
         px_conn_transparent_refuse(c, "opaque_tunnel_to_secret_host");
         return;
     }

@@ -24,6 +24,7 @@ Diagnosis only: TTP_DIAG_LOG_LEVEL=info overrides airlock's log_level
 
 import hashlib
 import json
+import time
 import os
 import re
 import ssl
@@ -581,6 +582,48 @@ def test_tls_sni_allowed_own_resolution(t):
            decision="allow", rule="api")
     check(row["bytes_up"] > 0 and row["bytes_down"] > 0,
           "tunnel bytes up/down %r/%r" % (row["bytes_up"], row["bytes_down"]))
+
+
+@test
+def test_tls_intercepted_with_secret(t):
+    """A secret's host reached through the transparent listener is
+    intercepted exactly like a CONNECT (minus the 200): airlock's minted leaf
+    (trusted by the sandbox), the header template injected toward the
+    upstream, the echoed value redacted back to the placeholder, one row per
+    request with the secret's name, and the value nowhere in the audit file
+    or the log."""
+    secret = "SECRET-VALUE-transparent-7e57"
+    up = tls_upstream(t)
+    cadir = os.path.join(t.tmp, "interception-ca")
+    p = subprocess.run([t.run.airlock_bin, "ca", "init", "--dir", cadir],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    eq(p.returncode, 0, "airlock ca init")
+    sec = os.path.join(t.tmp, "secrets.json")
+    with open(sec, "w") as fh:
+        json.dump({"secrets": {"api_token": {
+            "from": {"value": secret}, "hosts": ["api.test"],
+            "header": {"name": "Authorization", "format": "Bearer {}"}}}}, fh)
+    al = start(t, [API_RULE], config={"ca": {"dir": cadir}, "upstream_ca": t.run.ca_pem,
+                                      "secrets": sec})
+    ns = make_ns(t, {up.port: al.tport})
+    r = ns_curl(t, ns, ["--cacert", os.path.join(cadir, "ca.pem"),
+                        "--resolve", "api.test:%d:%s" % (up.port, FAKE),
+                        "https://api.test:%d/echo" % up.port])
+    curl_ok(r, "intercepted curl from the sandbox")
+    got = up.requests[-1]
+    auth = [v for k, v in got["headers"] if k.lower() == "authorization"]
+    eq(auth, ["Bearer " + secret], "Authorization at the upstream")
+    check(secret.encode() not in r.body, "the echoed value reached the sandbox")
+    check(b"al_ph_" in r.body, "the echo shows the placeholder instead")
+    row = wait_row(al, "inner request", method="GET", host="api.test")
+    fields(row, "inner request", mode="transparent", sandbox="sbx", status=200)
+    check("api_token" in str(row["secrets"]), "secret name in the row: %r" % row["secrets"])
+    time.sleep(0.3)
+    db = os.path.join(al.dir, "audit.db")
+    for path in (db, db + "-wal", al.log_path):
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                check(secret.encode() not in fh.read(), "secret value found in %s" % path)
 
 
 @test
