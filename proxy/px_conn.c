@@ -464,6 +464,16 @@ px_half_handshake(struct px_conn *c, struct px_half *h)
 
 /* ---- audit -------------------------------------------------------------- */
 
+/* Copies a NUL-terminated string into a fixed field, truncating; this runs
+ * for every request, so no printf machinery. */
+static void
+px_cpy(char *dst, size_t dstsz, const char *src)
+{
+    if (memccpy(dst, src, '\0', dstsz - 1) == NULL)
+        dst[dstsz - 1] = '\0';
+}
+#define PX_CPY(field, src) px_cpy((field), sizeof(field), (src))
+
 /* Fills an audit row from the request as far as it got. */
 static void
 px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
@@ -474,44 +484,39 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
     r->ts_us = x->start_us;
     r->duration_us = al_now_us() - x->start_us;
     r->conn_id = c->id;
-    snprintf(r->sandbox, sizeof(r->sandbox), "%s", x->sandbox);
-    snprintf(r->session, sizeof(r->session), "%s", x->session);
-    snprintf(r->tool_call, sizeof(r->tool_call), "%s", x->tool_call);
+    PX_CPY(r->sandbox, x->sandbox);
+    PX_CPY(r->session, x->session);
+    PX_CPY(r->tool_call, x->tool_call);
     px_sockaddr_str((const struct sockaddr *)&c->peer, r->client, sizeof(r->client));
-    snprintf(r->mode, sizeof(r->mode), "%s",
-             c->mode == PX_LISTEN_FORWARD ? "forward" : "transparent");
+    PX_CPY(r->mode, c->mode == PX_LISTEN_FORWARD ? "forward" : "transparent");
     if (c->has_orig_dst)
         px_sockaddr_str((const struct sockaddr *)&c->orig_dst, r->orig_dst, sizeof(r->orig_dst));
     if (x->method_name != NULL) {
-        snprintf(r->method, sizeof(r->method), "%s", x->method_name);
-        snprintf(r->scheme, sizeof(r->scheme), "%s", x->is_connect ? "connect" : "http");
+        PX_CPY(r->method, x->method_name);
+        PX_CPY(r->scheme, x->is_connect ? "connect" : "http");
     } else if (x->head_done) {
-        snprintf(r->method, sizeof(r->method), "%s", llhttp_method_name(c->rq.method));
-        snprintf(r->scheme, sizeof(r->scheme), "%s",
-                 x->is_connect   ? "connect"
-                 : x->target.tls ? "https"
-                                 : "http");
+        PX_CPY(r->method, llhttp_method_name(c->rq.method));
+        PX_CPY(r->scheme, x->is_connect ? "connect" : x->target.tls ? "https" : "http");
     }
-    snprintf(r->host, sizeof(r->host), "%s", x->target.host);
+    PX_CPY(r->host, x->target.host);
     r->port = x->target.port;
     if (x->fwd_path != NULL)
-        snprintf(r->path, sizeof(r->path), "%s", x->fwd_path);
+        PX_CPY(r->path, x->fwd_path);
     else if (x->target.path != NULL && !x->is_connect)
         snprintf(r->path, sizeof(r->path), "%s%.*s", x->target.path_needs_slash ? "/" : "",
                  (int)(x->target.path_len > 2000 ? 2000 : x->target.path_len), x->target.path);
-    snprintf(r->upstream, sizeof(r->upstream), "%s", x->upstream_str);
+    PX_CPY(r->upstream, x->upstream_str);
     if (x->decided) {
-        snprintf(r->decision, sizeof(r->decision), "%s", pol_verdict_name(d->verdict));
-        snprintf(r->rule, sizeof(r->rule), "%s",
-                 d->verdict == POL_WOULD_DENY && d->staged_rule ? d->staged_rule : d->rule);
-        snprintf(r->reason, sizeof(r->reason), "%s", d->reason);
+        PX_CPY(r->decision, pol_verdict_name(d->verdict));
+        PX_CPY(r->rule, d->verdict == POL_WOULD_DENY && d->staged_rule ? d->staged_rule : d->rule);
+        PX_CPY(r->reason, d->reason);
         if (x->err_reason != NULL && d->verdict != POL_DENY)
-            snprintf(r->error, sizeof(r->error), "%s", x->err_reason);
+            PX_CPY(r->error, x->err_reason);
     } else {
-        snprintf(r->decision, sizeof(r->decision), "%s", x->deny ? "deny" : "error");
-        snprintf(r->reason, sizeof(r->reason), "%s", x->err_reason ? x->err_reason : "");
+        PX_CPY(r->decision, x->deny ? "deny" : "error");
+        PX_CPY(r->reason, x->err_reason ? x->err_reason : "");
         if (!x->deny && x->err_reason != NULL)
-            snprintf(r->error, sizeof(r->error), "%s", x->err_reason);
+            PX_CPY(r->error, x->err_reason);
     }
     if (x->injected != 0 && c->conf->secrets != NULL) {
         size_t n = 0;
