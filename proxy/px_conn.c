@@ -38,8 +38,9 @@
 #include "px_ca.h"
 
 #define PX_CIN_BYTES 16384
-#define PX_FLUSH_CLOSE_S 10.0 /* to write a final answer */
-#define PX_LINGER_S 2.0       /* to drain input after it */
+#define PX_HOLD_BODY_BYTES (1024 * 1024) /* request bodies held until scanned */
+#define PX_FLUSH_CLOSE_S 10.0            /* to write a final answer */
+#define PX_LINGER_S 2.0                  /* to drain input after it */
 
 static _Atomic uint64_t  px_conn_next_id = 1;
 static llhttp_settings_t px_req_settings, px_resp_settings;
@@ -754,7 +755,7 @@ px_conn_update_io(struct px_conn *c)
     case PX_ST_EXCHANGE:
         cr = !c->cl.eof && x != NULL && !x->req_done && c->cin_len < PX_CIN_BYTES &&
              !al_bufq_full(&c->up.out);
-        uw = al_bufq_len(&c->up.out) > 0;
+        uw = al_bufq_len(&c->up.out) > 0 && (x == NULL || !x->hold_up);
         ur = x != NULL && !x->resp_done && !al_bufq_full(&c->cl.out);
         break;
     case PX_ST_TUNNEL:
@@ -900,6 +901,16 @@ px_rq_headers_complete(llhttp_t *p)
     return HPE_PAUSED; /* decide, resolve and connect before any body byte moves */
 }
 
+/* Ends the hold on a scanned request: its bytes may go upstream now. */
+static void
+px_conn_release_hold(struct px_conn *c)
+{
+    c->x->hold_up = 0;
+    c->up.out.max = PX_BUF_HIGH_BYTES;
+    if (!c->closing && c->state == PX_ST_EXCHANGE)
+        px_conn_update_io(c);
+}
+
 /* Appends one chunk ("%zx\r\n" data "\r\n") or raw bytes to q. */
 static int
 px_frame(struct al_bufq *q, int chunked, const char *at, size_t len)
@@ -919,17 +930,44 @@ px_frame(struct al_bufq *q, int chunked, const char *at, size_t len)
 }
 
 /* Request body through the placeholder substitution stream (always chunked out). */
+/*
+ * Request body through the secrets stream: placeholders of the secrets in
+ * body_mask become values; any other placeholder is judged before the bytes
+ * that complete it are forwarded (the stream holds back a possible prefix),
+ * so an out-of-scope placeholder stops the request instead of leaving.
+ * Returns AL_OK, AL_DECLINED (x->body_refusal set) or AL_ERROR.
+ */
 static int
 px_rq_body_sub(struct px_conn *c, const char *at, size_t len, int last)
 {
     struct px_exch *x = c->x;
     struct al_dbuf  d;
+    uint64_t        seen;
     int             rc;
 
     al_dbuf_init(&d, len + 65536);
     rc = last ? sec_stream_finish(x->body_sub, &d) : sec_stream_feed(x->body_sub, at, len, &d);
+    seen = sec_stream_seen(x->body_sub) & ~x->body_mask;
+    if (rc == AL_OK && seen != 0) {
+        struct sec_dest   dest;
+        struct sec_result res;
+
+        memset(&dest, 0, sizeof(dest));
+        dest.host = x->target.host;
+        dest.port = x->target.port;
+        dest.path = x->fwd_path != NULL ? x->fwd_path : x->target.path;
+        dest.path_len = x->fwd_path != NULL ? x->fwd_path_len : x->target.path_len;
+        dest.tls = x->target.tls;
+        memset(&res, 0, sizeof(res));
+        if (sec_body_verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
+            x->body_refusal = res.refusal != NULL ? res.refusal : SEC_REFUSE_OUT_OF_SCOPE;
+            x->secret_refused =
+                res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
+            rc = AL_DECLINED;
+        }
+    }
     if (rc == AL_OK)
-        rc = px_frame(&c->up.out, 1, d.data, d.len);
+        rc = px_frame(&c->up.out, x->req_chunked, d.data, d.len);
     sec_dbuf_wipe(&d);
     return rc;
 }
@@ -975,7 +1013,9 @@ px_rq_message_complete(llhttp_t *p)
     if (x->req_chunked && al_bufq_write(&c->up.out, "0\r\n\r\n", 5) != AL_OK)
         return -1;
     x->req_done = 1;
-    return HPE_PAUSED; /* the next pipelined request waits for this response */
+    if (x->hold_up)
+        px_conn_release_hold(c); /* the whole body was scanned: send it */
+    return HPE_PAUSED;           /* the next pipelined request waits for this response */
 }
 
 /* ---- response parsing callbacks ---------------------------------------- */
@@ -1562,11 +1602,18 @@ px_conn_write_request_head(struct px_conn *c)
             rc = px_conn_apply_secrets(c, target, tlen, &hb, &tb);
             x->req_chunked = 1;
         }
-        if (rc == AL_OK && x->body_mask != 0 &&
-            ((c->rq.flags & F_CHUNKED) || c->rq.content_length > 0)) {
+        if (rc == AL_OK && ((c->rq.flags & F_CHUNKED) || c->rq.content_length > 0)) {
+            /* Every body is scanned: substituted where a secret opts in,
+             * judged for placeholders that may not go here. */
             x->body_sub = sec_body_new(c->conf->secrets, x->body_mask);
             if (x->body_sub == NULL)
                 rc = AL_ERROR;
+            /* Hold the head and body until the body is scanned (up to a cap),
+             * so a refused placeholder means the upstream saw nothing. */
+            if (!(c->rq.flags & F_CONTENT_LENGTH) || c->rq.content_length <= PX_HOLD_BODY_BYTES) {
+                x->hold_up = 1;
+                c->up.out.max = PX_HOLD_BODY_BYTES + 65536;
+            }
         }
         if (rc == AL_OK && x->injected != 0) {
             c->up.out.sensitive = 1; /* chunks holding values are wiped when freed */
@@ -1651,7 +1698,7 @@ px_conn_upstream_ready(struct px_conn *c)
     if (e == HPE_PAUSED_UPGRADE)
         x->req_done = 1;
     /* Write the head now: most requests never need the write watcher. */
-    if (px_half_flush(c, &c->up) == AL_ERROR) {
+    if (!x->hold_up && px_half_flush(c, &c->up) == AL_ERROR) {
         px_conn_upstream_lost(c, "write failed");
         return;
     }
@@ -2134,6 +2181,18 @@ px_conn_parse_error(struct px_conn *c, llhttp_errno_t e)
 {
     struct px_exch *x = c->x;
 
+    if (x != NULL && x->body_refusal != NULL) {
+        /* A placeholder in the body that may not go there: the upstream got
+         * a truncated request (never the whole placeholder); cut it off. */
+        PX_MINC(secrets_refused);
+        x->decision.verdict = POL_DENY;
+        x->decision.reason = x->body_refusal;
+        px_half_close(c, &c->up);
+        px_conn_deny(c, px_secret_refusal_status(x->body_refusal), x->body_refusal,
+                     x->secret_refused, NULL);
+        return;
+    }
+
     if (x != NULL && (x->req.too_big)) {
         px_conn_fail(c, 431, "header_too_large", NULL);
         return;
@@ -2156,6 +2215,9 @@ px_conn_feed_client(struct px_conn *c)
         llhttp_errno_t e;
         size_t         used;
 
+        if (!in_head && c->state == PX_ST_EXCHANGE && c->x != NULL && c->x->hold_up &&
+            al_bufq_full(&c->up.out))
+            px_conn_release_hold(c); /* bigger than the hold: stream the rest */
         if (!in_head && (c->state != PX_ST_EXCHANGE || c->x == NULL || c->x->req_done ||
                          al_bufq_full(&c->up.out)))
             break;

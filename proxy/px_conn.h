@@ -75,6 +75,8 @@ struct px_exch {
     struct sec_stream   *redactor;        /* response body scrubber; owned */
     struct sec_stream   *body_sub;        /* request body substitution; owned */
     int                  resp_compressed; /* compressed answer to a redacted request */
+    const char          *body_refusal;    /* a placeholder in the body that may not go there */
+    int                  hold_up;         /* request held back until its body is scanned */
     /* Not cleared between keep-alive requests (px_exch_reset stops here):
      * the big buffers are reused, addrs is valid only up to naddrs. */
     struct px_dns_result addrs;

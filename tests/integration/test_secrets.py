@@ -1,0 +1,1157 @@
+#!/usr/bin/env python3
+"""TLS interception and secret injection suite (issue 5): real curl and python
+`ssl` clients trusting airlock's interception CA, through CONNECT tunnels, to
+an HTTPS upstream whose certificate is signed by the harness's test CA.
+
+    python3 tests/integration/test_secrets.py --airlock build/proxy/airlock [-k NAME]
+
+Every client-visible output (bodies, heads, curl stderr, CLI output) is kept in
+RUN.tmp/client-output.bin; the last test (leak_check) greps it, every airlock
+log and every audit.db / -wal / -shm for the secret values in any encoding.
+"""
+
+import base64
+import gzip
+import json
+import os
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import altest  # noqa: E402
+import upstream as upstream_mod  # noqa: E402
+from altest import TestFailure, check, eq, expect_error, test, wait_until  # noqa: E402
+
+# Recognisable secret values: all start with STEM, so the leak check can also
+# look for the stem alone.
+STEM = "SECRET-VALUE-c0ffee"
+VAL_HDR = STEM + "-1234"    # "hdr": header template, scope hdr.test
+VAL_KEY = STEM + "-5678"    # "key": placeholder-only, scope api.test, header+query+body
+VAL_NOQ = STEM + "-9abc"    # "noq": placeholder-only, scope api.test, header only (env)
+VAL_PLAIN = STEM + "-def0"  # "plain": scope plain.test, allow_plaintext (file)
+VALUES = [VAL_HDR, VAL_KEY, VAL_NOQ, VAL_PLAIN]
+ENV_NOQ = "AL_TSEC_NOQ_VALUE"
+
+SEC_HOSTS = ["api.test", "hdr.test", "plain.test"]
+OTHER_HOSTS = ["other.test", "pass.test", "bad-untrusted.test", "bad-expired.test",
+               "bad-name.test", "one.test"]
+LOOP = ["127.0.0.0/8"]
+
+
+# ---------------------------------------------------------------------------
+# run-wide fixtures: certificates, airlock's CA, client-output log
+
+class _G:
+    ready = False
+
+
+G = _G()
+
+
+def _openssl(cwd, *args):
+    p = subprocess.run(["openssl"] + list(args), cwd=cwd, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    if p.returncode != 0:
+        raise RuntimeError("openssl %s failed: %s" % (args[0], p.stderr.decode()))
+
+
+def _leaf(d, name, sans, ca_pem, ca_key, days="2"):
+    _openssl(d, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + sans[0])
+    with open(os.path.join(d, name + ".ext"), "w") as fh:
+        fh.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                 "extendedKeyUsage=serverAuth\nsubjectAltName=%s\n" %
+                 ",".join(("IP:" if s[0].isdigit() else "DNS:") + s for s in sans))
+    _openssl(d, "x509", "-req", "-in", name + ".csr", "-CA", ca_pem, "-CAkey", ca_key,
+             "-CAcreateserial", "-out", name + ".pem", "-days", days, "-extfile", name + ".ext")
+    return os.path.join(d, name + ".pem"), os.path.join(d, name + ".key")
+
+
+def setup():
+    if G.ready:
+        return
+    run = altest.RUN
+    d = os.path.join(run.tmp, "sec")
+    os.makedirs(d, exist_ok=True)
+    G.dir = d
+    G.out_log = os.path.join(run.tmp, "client-output.bin")
+    ca_pem, ca_key = run.ca_pem, os.path.join(run.tmp, "ca.key")
+    G.good = _leaf(d, "good", SEC_HOSTS + ["other.test", "pass.test", "one.test",
+                                           "upstream.test", "localhost", "127.0.0.1"],
+                   ca_pem, ca_key)
+    G.expired = _leaf(d, "expired", ["bad-expired.test"], ca_pem, ca_key, days="-1")
+    G.mismatch = _leaf(d, "mismatch", ["somewhere-else.test"], ca_pem, ca_key)
+    _openssl(d, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "rogue.key", "-out", "rogue.pem", "-days", "2",
+             "-subj", "/CN=rogue CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    G.untrusted = _leaf(d, "untrusted", ["bad-untrusted.test"], os.path.join(d, "rogue.pem"),
+                        os.path.join(d, "rogue.key"))
+    G.plain_file = os.path.join(d, "plain.secret")
+    with open(G.plain_file, "w") as fh:
+        fh.write(VAL_PLAIN + "\n")
+    os.environ[ENV_NOQ] = VAL_NOQ
+    # airlock's interception CA (shared: placeholders are stable across airlocks)
+    G.aca = os.path.join(d, "aca")
+    p = subprocess.run([run.airlock_bin, "ca", "init", "--dir", G.aca], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=30)
+    seen(p.stdout)
+    if p.returncode != 0:
+        raise TestFailure("airlock ca init failed: %r" % p.stdout)
+    G.aca_pem = os.path.join(G.aca, "ca.pem")
+    G.ready = True
+
+
+def seen(*chunks):
+    """Appends client-visible output to the run's client-output log."""
+    path = getattr(G, "out_log", None) or os.path.join(altest.RUN.tmp, "client-output.bin")
+    with open(path, "ab") as fh:
+        for c in chunks:
+            if c is None:
+                continue
+            if isinstance(c, str):
+                c = c.encode("utf-8", "replace")
+            fh.write(c + b"\n")
+
+
+def ctx_for(certkey):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certkey[0], certkey[1])
+    return ctx
+
+
+def client_ctx(alpn=None):
+    ctx = ssl.create_default_context(cafile=G.aca_pem)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+# ---------------------------------------------------------------------------
+# the upstream: altest's upstream plus endpoints that keep the body and
+# reflect a received header value in various encodings
+
+class Handler(upstream_mod._Handler):
+    def _read_body(self):
+        te = self.headers.get("Transfer-Encoding", "")
+        body = bytearray()
+        if "chunked" in te.lower():
+            while True:
+                line = self.rfile.readline(65537)
+                if not line:
+                    raise ConnectionError("eof in chunk size")
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while True:
+                        t = self.rfile.readline(65537)
+                        if t in (b"\r\n", b"\n", b""):
+                            break
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline(3)
+        else:
+            n = int(self.headers.get("Content-Length", "0") or "0")
+            if n:
+                body += self.rfile.read(n)
+        self._body = bytes(body)
+        return len(body), altest.sha256(self._body)
+
+    def _record(self, body_len, body_sha):
+        rec = super()._record(body_len, body_sha)
+        rec["body"] = getattr(self, "_body", b"").decode("latin-1")
+        return rec
+
+    def _do2(self):
+        u = urllib.parse.urlsplit(self.path)
+        parts = u.path.split("/")
+        if len(parts) > 1 and parts[1] in ("reflect", "gzip"):
+            try:
+                n, sha = self._read_body()
+            except (ConnectionError, ValueError, OSError):
+                self.close_connection = True
+                return
+            self._record(n, sha)
+            if parts[1] == "gzip":
+                body = gzip.compress(b"compressed body\n")
+                self._send(200, body, "text/plain", extra=[("Content-Encoding", "gzip")])
+                return
+            form = parts[2] if len(parts) > 2 else "raw"
+            q = urllib.parse.parse_qs(u.query)
+            hname = q.get("h", ["X-Api-Key"])[0]
+            v = (self.headers.get(hname) or "").encode("latin-1")
+            if v.lower().startswith(b"bearer "):
+                v = v[7:]
+            self._reflect(form, v)
+            return
+        super()._do2()
+
+    def _reflect(self, form, v):
+        if form == "header":
+            self._send(200, b"see header\n", "text/plain", extra=[("X-Echo", v.decode())])
+            return
+        if form in ("split", "splitb64"):
+            if form == "splitb64":
+                v = base64.b64encode(v)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            half = len(v) // 2
+            for piece in (b"before:" + v[:half], v[half:] + b":after\n"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+                time.sleep(0.15)  # two TLS records, two reads at the proxy
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        enc = {
+            "raw": lambda b: b,
+            "b64": base64.b64encode,
+            "b64url": lambda b: base64.urlsafe_b64encode(b).rstrip(b"="),
+            "hex": lambda b: b.hex().encode(),
+            "HEX": lambda b: b.hex().upper().encode(),
+            "pct": lambda b: "".join("%%%02X" % c for c in b).encode(),
+            "json": lambda b: json.dumps(b.decode()).encode()[1:-1],
+            "jsonu": lambda b: "".join("\\u%04x" % c for c in b).encode(),
+        }[form]
+        body = b'{"got": "' + enc(v) + b'"}\n'
+        self._send(200, body, "application/json")
+
+
+def make_upstream(t, certkey=None):
+    setup()
+    u = upstream_mod.Upstream(ctx_for(certkey or G.good))
+    u.RequestHandlerClass = Handler
+    t.defer(u.stop)
+    return u
+
+
+def plain_upstream(t):
+    u = upstream_mod.Upstream(None)
+    u.RequestHandlerClass = Handler
+    t.defer(u.stop)
+    return u
+
+
+# ---------------------------------------------------------------------------
+# airlock with secrets
+
+def secrets_doc(**over):
+    doc = {"secrets": {
+        "hdr": {"from": {"value": VAL_HDR}, "hosts": ["hdr.test"],
+                "header": {"name": "Authorization", "format": "Bearer {}"}},
+        "key": {"from": {"value": VAL_KEY}, "hosts": ["api.test"],
+                "passthrough": ["pass.test"], "in": ["header", "query", "body"]},
+        "noq": {"from": {"env": ENV_NOQ}, "hosts": ["api.test"]},
+        "plain": {"from": {"file": G.plain_file}, "hosts": ["plain.test"],
+                  "allow_plaintext": True},
+    }}
+    for k, v in over.items():
+        if v is None:
+            doc["secrets"].pop(k, None)
+        else:
+            doc["secrets"][k] = v
+    return doc
+
+
+def default_policy(extra_rules=()):
+    return {"default": "deny", "allow_addresses": ["127.0.0.0/8", "::1/128"],
+            "rules": list(extra_rules) + [
+                {"name": "secret-hosts", "hosts": SEC_HOSTS, "action": "allow"},
+                {"name": "intercepted", "hosts": OTHER_HOSTS + ["*.many.test"], "action": "allow",
+                 "intercept": True}]}
+
+
+def start(t, secrets=None, policy=None, ca=True, config=None, resolve=None, **kw):
+    setup()
+    sec_path = t.file("secrets.json", json.dumps(secrets or secrets_doc()).encode())
+    res = {h: "127.0.0.1" for h in SEC_HOSTS + OTHER_HOSTS}
+    res.update(resolve or {})
+    cfg = {"secrets": sec_path, "upstream_ca": altest.RUN.ca_pem, "resolve": res}
+    if ca:
+        cfg["ca"] = {"dir": G.aca}
+    cfg.update(config or {})
+    al = t.airlock(config=cfg, policy=policy or default_policy(), **kw)
+    al.ph = placeholders(al)
+    return al
+
+
+def placeholders(al):
+    p = subprocess.run([al.run.airlock_bin, "secrets", "env", "--config", al.cfg_path],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    seen(p.stdout, p.stderr)
+    if p.returncode != 0:
+        raise TestFailure("airlock secrets env: rc=%d %r" % (p.returncode, p.stderr))
+    out = {}
+    for line in p.stdout.decode().splitlines():
+        k, _, v = line.partition("=")
+        out[k.strip().lower()] = v.strip()
+    return out
+
+
+def scurl(al, args, **kw):
+    """curl through airlock trusting airlock's CA; output recorded."""
+    r = al.curl(["--cacert", G.aca_pem] + list(args), **kw)
+    seen(r.body, r.stderr, r.stdout, json.dumps(r.heads))
+    return r
+
+
+def connect(t, al, host, port, timeout=10):
+    """CONNECT host:port on a fresh connection; returns (Conn, Resp)."""
+    c = t.conn(al.port, timeout=timeout)
+    c.send(("CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host, port, host, port)).encode())
+    r = c.read_response("CONNECT")
+    seen(r.head_raw, r.body)
+    return c, r
+
+
+def tunnel(t, al, host, port, sni=None, alpn=None, timeout=10):
+    """A TLS connection to airlock through CONNECT (trusting airlock's CA)."""
+    c, r = connect(t, al, host, port, timeout)
+    if r.status != 200:
+        raise TestFailure("CONNECT %s:%d: %r" % (host, port, r))
+    check(c.buf == b"", "bytes after the CONNECT answer: %r" % c.buf[:100])
+    s = client_ctx(alpn).wrap_socket(c.sock, server_hostname=sni or host)
+    tc = altest.Conn(0, sock=s, timeout=timeout)
+    t.defer(tc.close)
+    return tc
+
+
+def request(host, port, path, method="GET", headers=(), body=None, chunked=False):
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (host, port)]
+    lines += ["%s: %s" % kv for kv in headers]
+    if body is not None:
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        elif not any(k.lower() == "content-length" for k, _ in headers):
+            lines.append("Content-Length: %d" % len(body))
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if body is None:
+        return head
+    if chunked:
+        return head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else head + b"0\r\n\r\n"
+    return head + body
+
+
+def rt(tc, data, method="GET"):
+    """Sends data on a tunnel, reads one response (recorded)."""
+    tc.send(data)
+    r = tc.read_response(method)
+    seen(r.head_raw, r.body)
+    return r
+
+
+def up_hdrs(rec, name):
+    return [v for k, v in rec["headers"] if k.lower() == name.lower()]
+
+
+def one(up, prefix, what):
+    recs = wait_until(lambda: up.find(prefix), 5, "upstream request %s (%s)" % (prefix, what))
+    eq(len(recs), 1, "upstream requests for %s (%s)" % (prefix, what))
+    return recs[0]
+
+
+def none_upstream(up, prefix, what):
+    # a refused request must not reach the upstream; give a forwarded one a moment
+    time.sleep(0.2)
+    recs = up.find(prefix)
+    check(not recs, "%s: the upstream received %r" % (what, [r["requestline"] for r in recs]))
+
+
+def no_value(data, what):
+    if isinstance(data, str):
+        data = data.encode("latin-1", "replace")
+    for v in VALUES:
+        for form, f in FORMS.items():
+            if f(v) in data:
+                raise TestFailure("%s: the secret value (%s form) is visible: %r" %
+                                  (what, form, data[:300]))
+
+
+FORMS = {
+    "raw": lambda v: v.encode(),
+    "b64": lambda v: base64.b64encode(v.encode()).rstrip(b"="),
+    "b64url": lambda v: base64.urlsafe_b64encode(v.encode()).rstrip(b"="),
+    "hex": lambda v: v.encode().hex().encode(),
+    "HEX": lambda v: v.encode().hex().upper().encode(),
+    "pct": lambda v: "".join("%%%02X" % c for c in v.encode()).encode(),
+    "pctl": lambda v: "".join("%%%02x" % c for c in v.encode()).encode(),
+    "jsonu": lambda v: "".join("\\u%04x" % c for c in v.encode()).encode(),
+}
+
+
+# audit rows -------------------------------------------------------------
+
+def rows(al, where="", args=()):
+    path = os.path.join(al.dir, "audit.db")
+    if not os.path.isfile(path):
+        return []
+    c = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=5)
+    c.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in c.execute("SELECT * FROM requests %s ORDER BY id" % where, args)]
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return []
+        raise
+    finally:
+        c.close()
+
+
+def wait_row(al, pred, what, timeout=5, n=1):
+    def f():
+        got = [r for r in rows(al) if pred(r)]
+        return got if len(got) >= n else None
+    got = wait_until(f, timeout, "audit row: " + what)
+    for r in got:
+        seen(json.dumps(r, default=str))
+    return got
+
+
+def rowstr(r):
+    return {k: r.get(k) for k in ("method", "host", "port", "path", "decision", "reason",
+                                  "status", "secrets", "error", "rule")}
+
+
+# ---------------------------------------------------------------------------
+# header template
+
+@test
+def test_header_template_added(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["https://hdr.test:%d/echo?t=added" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = one(up, "/echo?t=added", "template")
+    eq(up_hdrs(rec, "Authorization"), ["Bearer " + VAL_HDR], "Authorization at the upstream")
+    no_value(r.body, "client body (echo of the injected header)")
+    check(al.ph["hdr"].encode() in r.body, "the echoed Authorization should show the "
+          "placeholder instead of the value: %r" % r.body[:400])
+
+
+@test
+def test_header_template_replaces_client_header(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "Authorization: Bearer client-own-token",
+                   "https://hdr.test:%d/echo?t=repl" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = one(up, "/echo?t=repl", "replace")
+    eq(up_hdrs(rec, "Authorization"), ["Bearer " + VAL_HDR],
+       "Authorization at the upstream (client's own must be replaced, not duplicated)")
+    check("client-own-token" not in rec["raw_head"], "client's token reached the upstream")
+    # the same through a python ssl tunnel, two Authorization headers from the client
+    tc = tunnel(t, al, "hdr.test", up.port)
+    r = rt(tc, request("hdr.test", up.port, "/echo?t=repl2",
+                       headers=[("Authorization", "Basic Zm9vOmJhcg=="),
+                                ("authorization", "Bearer x")]))
+    eq(r.status, 200, "status")
+    rec = one(up, "/echo?t=repl2", "replace 2")
+    eq(up_hdrs(rec, "Authorization"), ["Bearer " + VAL_HDR], "Authorization at the upstream")
+
+
+# ---------------------------------------------------------------------------
+# placeholder substitution
+
+@test
+def test_placeholder_x_api_key(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"], "https://api.test:%d/echo?t=xk" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = one(up, "/echo?t=xk", "x-api-key")
+    eq(up_hdrs(rec, "X-Api-Key"), [VAL_KEY], "X-Api-Key at the upstream")
+    no_value(r.body, "client body")
+    check(al.ph["key"].encode() in r.body, "echo shows no placeholder: %r" % r.body[:300])
+
+
+@test
+def test_placeholder_bearer(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "Authorization: Bearer " + al.ph["key"],
+                   "https://api.test:%d/echo?t=bearer" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = one(up, "/echo?t=bearer", "bearer")
+    eq(up_hdrs(rec, "Authorization"), ["Bearer " + VAL_KEY], "Authorization at the upstream")
+    no_value(r.body, "client body")
+
+
+@test
+def test_placeholder_basic(t):
+    up = make_upstream(t)
+    al = start(t)
+    # curl -u builds Authorization: Basic base64(user:placeholder)
+    r = scurl(al, ["-u", "someuser:" + al.ph["key"], "https://api.test:%d/echo?t=basic" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = one(up, "/echo?t=basic", "basic")
+    got = up_hdrs(rec, "Authorization")
+    eq(len(got), 1, "Authorization headers at the upstream")
+    check(got[0].startswith("Basic "), "not Basic at the upstream: %r" % got[0])
+    eq(base64.b64decode(got[0][6:]).decode(), "someuser:" + VAL_KEY, "decoded Basic credentials")
+    no_value(r.body, "client body")
+    j = json.loads(r.body)
+    echoed = [v for k, v in j["headers"] if k.lower() == "authorization"]
+    for v in echoed:
+        try:
+            dec = base64.b64decode(v.split(" ", 1)[1] + "==")
+        except Exception:  # noqa: BLE001
+            dec = b""
+        check(VAL_KEY.encode() not in dec,
+              "the echoed Basic header decodes to the real value at the client: %r" % v)
+
+
+@test
+def test_placeholder_query_opt_in(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["https://api.test:%d/echo?t=q&api_key=%s" % (up.port, al.ph["key"])])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = one(up, "/echo?t=q&", "query")
+    eq(rec["path"], "/echo?t=q&api_key=" + VAL_KEY, "target at the upstream")
+    no_value(r.body, "client body")
+    # "noq" did not opt into the query: refused, nothing forwarded
+    r = scurl(al, ["https://api.test:%d/echo?t=noq&api_key=%s" % (up.port, al.ph["noq"])])
+    check(r.status == 403 and r.header("X-Airlock-Reason") == "secret_location_not_allowed",
+          "placeholder of a header-only secret in the query: %r" % r)
+    none_upstream(up, "/echo?t=noq", "query placeholder without opt-in")
+    # ... while in a header it works (secret from an env var)
+    r = scurl(al, ["-H", "X-Other-Key: " + al.ph["noq"], "https://api.test:%d/echo?t=noqh" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = one(up, "/echo?t=noqh", "noq header")
+    eq(up_hdrs(rec, "X-Other-Key"), [VAL_NOQ], "X-Other-Key at the upstream")
+
+
+def _body_check(up, prefix, want_body, what):
+    rec = one(up, prefix, what)
+    eq(rec["body"], want_body, "body at the upstream (%s)" % what)
+    return rec
+
+
+@test
+def test_placeholder_json_body_content_length(t):
+    up = make_upstream(t)
+    al = start(t)
+    body = '{"api_key": "%s", "n": 1}' % al.ph["key"]
+    r = scurl(al, ["-H", "Content-Type: application/json", "--data-binary", body,
+                   "https://api.test:%d/echo?t=jcl" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = _body_check(up, "/echo?t=jcl", '{"api_key": "%s", "n": 1}' % VAL_KEY, "CL body")
+    te = up_hdrs(rec, "Transfer-Encoding")
+    cl = up_hdrs(rec, "Content-Length")
+    check(te == ["chunked"] or cl == [str(len(rec["body"]))],
+          "body framing at the upstream: TE=%r CL=%r for %d bytes" % (te, cl, len(rec["body"])))
+    no_value(r.body, "client body")
+
+
+@test
+def test_placeholder_json_body_chunked(t):
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    body = ('{"api_key": "%s"}' % al.ph["key"]).encode()
+    r = rt(tc, request("api.test", up.port, "/echo?t=jch", "POST",
+                       headers=[("Content-Type", "application/json")], body=body, chunked=True))
+    eq(r.status, 200, "status")
+    _body_check(up, "/echo?t=jch", '{"api_key": "%s"}' % VAL_KEY, "chunked body")
+
+
+@test
+def test_placeholder_split_two_writes(t):
+    """The placeholder in a header arrives in two TCP writes (two TLS records)."""
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    tc.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    data = request("api.test", up.port, "/echo?t=split", headers=[("X-Api-Key", al.ph["key"])])
+    cut = data.index(al.ph["key"].encode()) + 9
+    tc.send(data[:cut])
+    time.sleep(0.2)  # make it two reads at the proxy
+    tc.send(data[cut:])
+    r = tc.read_response()
+    seen(r.head_raw, r.body)
+    eq(r.status, 200, "status")
+    rec = one(up, "/echo?t=split", "split header")
+    eq(up_hdrs(rec, "X-Api-Key"), [VAL_KEY], "X-Api-Key at the upstream")
+
+
+@test
+def test_placeholder_split_chunk_boundary(t):
+    """A JSON body placeholder split across two chunks sent in two writes."""
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    ph = al.ph["key"].encode()
+    head = request("api.test", up.port, "/echo?t=chsplit", "POST",
+                   headers=[("Content-Type", "application/json"),
+                            ("Transfer-Encoding", "chunked")])
+    p1 = b'{"k": "' + ph[:11]
+    p2 = ph[11:] + b'"}'
+    tc.send(head + b"%x\r\n%s\r\n" % (len(p1), p1))
+    time.sleep(0.2)
+    tc.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(p2), p2))
+    r = tc.read_response()
+    seen(r.head_raw, r.body)
+    eq(r.status, 200, "status")
+    _body_check(up, "/echo?t=chsplit", '{"k": "%s"}' % VAL_KEY, "chunk-split body")
+    # the same with a Content-Length body split in two writes
+    tc2 = tunnel(t, al, "api.test", up.port)
+    body = b'{"k": "' + ph + b'"}'
+    head = request("api.test", up.port, "/echo?t=clsplit", "POST",
+                   headers=[("Content-Length", str(len(body)))])
+    cut = body.index(ph) + 5
+    tc2.send(head + body[:cut])
+    time.sleep(0.2)
+    tc2.send(body[cut:])
+    r = tc2.read_response()
+    seen(r.head_raw, r.body)
+    eq(r.status, 200, "status (CL)")
+    _body_check(up, "/echo?t=clsplit", '{"k": "%s"}' % VAL_KEY, "CL body split in two writes")
+
+
+# ---------------------------------------------------------------------------
+# scope: out of scope, passthrough
+
+@test
+def test_out_of_scope_refused(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"], "https://other.test:%d/echo?t=oos" % up.port])
+    check(r.status == 403 and r.header("X-Airlock-Reason") == "secret_out_of_scope",
+          "placeholder toward other.test: %r" % r)
+    none_upstream(up, "/echo?t=oos", "out-of-scope request")
+    got = wait_row(al, lambda x: x["host"] == "other.test" and x["method"] == "GET", "oos row")
+    row = got[-1]
+    check("secret_out_of_scope: key" in (row.get("error") or ""),
+          "audit row error should contain 'secret_out_of_scope: key': %r" % rowstr(row))
+    eq(row["status"], 403, "audit status")
+
+
+@test
+def test_out_of_scope_body_refused(t):
+    """A body placeholder of a secret that opted into "body", toward a host
+    outside its scope (allowed, intercepted): refused like a header one."""
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "other.test", up.port)
+    r = rt(tc, request("other.test", up.port, "/echo?t=oosb", "POST",
+                       body=('{"k":"%s"}' % al.ph["key"]).encode()))
+    expect_error(r, 403, "secret_out_of_scope")
+    none_upstream(up, "/echo?t=oosb", "out-of-scope body")
+
+
+@test
+def test_body_placeholder_location_not_allowed(t):
+    """The placeholder of a header-only secret ("noq") in a JSON body toward
+    its in-scope host, where body substitution applies for another secret:
+    refused secret_location_not_allowed (as in the query), not passed on
+    unsubstituted."""
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/echo?t=noqb", "POST",
+                       body=('{"k":"%s"}' % al.ph["noq"]).encode()))
+    expect_error(r, 403, "secret_location_not_allowed")
+    none_upstream(up, "/echo?t=noqb", "header-only placeholder in a body")
+
+
+@test
+def test_passthrough_unchanged(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"], "https://pass.test:%d/echo?t=pass" % up.port])
+    check(r.rc == 0 and r.status == 200, "placeholder toward its passthrough host: %r" % r)
+    rec = one(up, "/echo?t=pass", "passthrough")
+    eq(up_hdrs(rec, "X-Api-Key"), [al.ph["key"]], "X-Api-Key at the passthrough upstream")
+
+
+# ---------------------------------------------------------------------------
+# redaction
+
+def _redact_req(t, al, up, form, sec="key"):
+    tc = tunnel(t, al, "api.test", up.port)
+    return rt(tc, request("api.test", up.port, "/reflect/%s?t=%s" % (form, form),
+                          headers=[("X-Api-Key", al.ph[sec])]))
+
+
+@test
+def test_redact_header(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = _redact_req(t, al, up, "header")
+    eq(r.status, 200, "status")
+    eq(up_hdrs(one(up, "/reflect/header", "hdr"), "X-Api-Key"), [VAL_KEY], "upstream got")
+    eq(r.header("X-Echo"), al.ph["key"], "X-Echo at the client")
+    no_value(r.head_raw, "response head")
+    # with the header template secret, via curl
+    r = scurl(al, ["https://hdr.test:%d/reflect/header?h=Authorization" % up.port])
+    eq(r.header("X-Echo"), al.ph["hdr"], "X-Echo at the client (template secret)")
+
+
+@test
+def test_redact_body_raw(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = _redact_req(t, al, up, "raw")
+    eq(r.status, 200, "status")
+    eq(r.body, b'{"got": "' + al.ph["key"].encode() + b'"}\n', "body at the client")
+    cl = r.header("Content-Length")
+    check(cl is None or int(cl) == len(r.body), "Content-Length %r for %d bytes" % (cl, len(r.body)))
+
+
+def _redact_form(t, form):
+    up = make_upstream(t)
+    al = start(t)
+    r = _redact_req(t, al, up, form)
+    eq(r.status, 200, "status")
+    no_value(r.body, "%s body at the client" % form)
+    check(al.ph["key"].encode() in r.body or
+          any(f(al.ph["key"]) in r.body for f in FORMS.values()),
+          "%s: no placeholder (in any form) in place of the value: %r" % (form, r.body))
+
+
+@test
+def test_redact_body_base64(t):
+    _redact_form(t, "b64")
+
+
+@test
+def test_redact_body_base64url(t):
+    _redact_form(t, "b64url")
+
+
+@test
+def test_redact_body_hex(t):
+    _redact_form(t, "hex")
+
+
+@test
+def test_redact_body_hex_upper(t):
+    _redact_form(t, "HEX")
+
+
+@test
+def test_redact_body_percent(t):
+    _redact_form(t, "pct")
+
+
+@test
+def test_redact_body_json_escaped(t):
+    _redact_form(t, "jsonu")
+
+
+@test
+def test_redact_split_chunks(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = _redact_req(t, al, up, "split")
+    eq(r.status, 200, "status")
+    eq(r.body, b"before:" + al.ph["key"].encode() + b":after\n", "body split across chunks")
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"],
+                   "https://api.test:%d/reflect/splitb64?t=sb" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    no_value(r.body, "base64 body split across chunks")
+
+
+# ---------------------------------------------------------------------------
+# refusals
+
+@test
+def test_no_ca_interception_unavailable(t):
+    setup()
+    up = make_upstream(t)
+    sec = secrets_doc()
+    for s in sec["secrets"].values():
+        s["placeholder"] = None
+    sec["secrets"]["hdr"]["placeholder"] = "al_test_ph_hdr_0001"
+    sec["secrets"]["key"]["placeholder"] = "al_test_ph_key_0002"
+    sec["secrets"]["noq"]["placeholder"] = "al_test_ph_noq_0003"
+    sec["secrets"]["plain"]["placeholder"] = "al_test_ph_plain_0004"
+    al = start(t, secrets=sec, ca=False)
+    c, r = connect(t, al, "api.test", up.port)
+    expect_error(r, 403, "interception_unavailable")
+    eq(up.connections, 0, "upstream TCP connections")
+    r = scurl(al, ["https://hdr.test:%d/echo?t=noca" % up.port])
+    check(r.status == 403 or "403" in r.stderr, "curl to a secret host without CA: %r" % r)
+    none_upstream(up, "/echo", "no CA")
+
+
+@test
+def test_plaintext_refused(t):
+    up = plain_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"], "http://api.test:%d/echo?t=pt" % up.port])
+    check(r.status == 403 and r.header("X-Airlock-Reason") == "secret_plaintext",
+          "placeholder over cleartext: %r" % r)
+    none_upstream(up, "/echo?t=pt", "cleartext placeholder")
+    # a header-template host over cleartext: never gets the value
+    r = scurl(al, ["http://hdr.test:%d/echo?t=pth" % up.port])
+    for rec in up.find("/echo?t=pth"):
+        check(VAL_HDR not in rec["raw_head"], "value sent over cleartext: %r" % rec["raw_head"])
+    seen(r.body)
+
+
+@test
+def test_plaintext_allowed(t):
+    up = plain_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["plain"], "http://plain.test:%d/echo?t=pa" % up.port])
+    check(r.rc == 0 and r.status == 200, "allow_plaintext secret over cleartext: %r" % r)
+    rec = one(up, "/echo?t=pa", "allow_plaintext")
+    eq(up_hdrs(rec, "X-Api-Key"), [VAL_PLAIN], "X-Api-Key at the upstream")
+    no_value(r.body, "client body")
+
+
+@test
+def test_trace_refused(t):
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/echo?t=trace", "TRACE"))
+    expect_error(r, 405, "trace_to_secret_host")
+    r = scurl(al, ["-X", "TRACE", "https://hdr.test:%d/echo?t=trace2" % up.port])
+    check(r.status == 405 and r.header("X-Airlock-Reason") == "trace_to_secret_host",
+          "curl TRACE: %r" % r)
+    none_upstream(up, "/echo?t=trace", "TRACE")
+
+
+@test
+def test_compressed_request_body_refused(t):
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    body = gzip.compress(('{"k": "%s"}' % al.ph["key"]).encode())
+    r = rt(tc, request("api.test", up.port, "/echo?t=gz", "POST",
+                       headers=[("Content-Encoding", "gzip")], body=body))
+    expect_error(r, 415, "secret_in_compressed_body")
+    none_upstream(up, "/echo?t=gz", "compressed body")
+
+
+@test
+def test_accept_encoding_identity(t):
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "Accept-Encoding: gzip, br", "-H", "X-Api-Key: " + al.ph["key"],
+                   "https://api.test:%d/echo?t=ae" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    rec = one(up, "/echo?t=ae", "accept-encoding")
+    eq(up_hdrs(rec, "Accept-Encoding"), ["identity"], "Accept-Encoding at the upstream")
+    r = scurl(al, ["--compressed", "https://hdr.test:%d/echo?t=ae2" % up.port])
+    rec = one(up, "/echo?t=ae2", "accept-encoding template")
+    eq(up_hdrs(rec, "Accept-Encoding"), ["identity"], "Accept-Encoding at the upstream (template)")
+
+
+@test
+def test_compressed_response_refused(t):
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/gzip?t=1", headers=[("X-Api-Key", al.ph["key"])]))
+    expect_error(r, 502, "compressed_response")
+
+
+@test
+def test_sni_mismatch(t):
+    up = make_upstream(t)
+    al = start(t)
+    try:
+        tc = tunnel(t, al, "api.test", up.port, sni="other.test")
+        r = rt(tc, request("api.test", up.port, "/echo?t=sni", headers=[("X-Api-Key", al.ph["key"])]))
+        raise TestFailure("SNI other.test inside CONNECT api.test: handshake succeeded, got %r" % r)
+    except (ssl.SSLError, ConnectionError, OSError) as e:
+        seen(str(e))
+    none_upstream(up, "/echo?t=sni", "SNI mismatch")
+    got = wait_row(al, lambda x: "sni_mismatch" in ((x.get("reason") or "") + (x.get("error") or "")),
+                   "sni_mismatch")
+    check(got, "no sni_mismatch row")
+
+
+@test
+def test_h2_only_refused(t):
+    up = make_upstream(t)
+    al = start(t)
+    try:
+        tunnel(t, al, "api.test", up.port, alpn=["h2"])
+        raise TestFailure("h2-only client: TLS handshake succeeded")
+    except (ssl.SSLError, ConnectionError, OSError) as e:
+        seen(str(e))
+    wait_row(al, lambda x: "h2_not_supported" in ((x.get("reason") or "") + (x.get("error") or "")),
+             "h2_not_supported")
+    # offering both: http/1.1 is chosen and it works
+    tc = tunnel(t, al, "api.test", up.port, alpn=["h2", "http/1.1"])
+    eq(tc.sock.selected_alpn_protocol(), "http/1.1", "ALPN selected")
+    r = rt(tc, request("api.test", up.port, "/echo?t=alpn"))
+    eq(r.status, 200, "status")
+    r = scurl(al, ["--http2", "https://api.test:%d/echo?t=curlh2" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl --http2 (falls back to 1.1): %r" % r)
+
+
+@test
+def test_inner_host_mismatch(t):
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    data = ("GET /echo?t=host HTTP/1.1\r\nHost: other.test:%d\r\nX-Api-Key: %s\r\n\r\n" %
+            (up.port, al.ph["key"])).encode()
+    r = rt(tc, data)
+    expect_error(r, 421, "misdirected")
+    none_upstream(up, "/echo?t=host", "inner Host mismatch")
+
+
+def _bad_cert(t, certkey, host, reason):
+    up = make_upstream(t, certkey)
+    al = start(t)
+    r = scurl(al, ["https://%s:%d/echo?t=bad" % (host, up.port)])
+    check(r.status == 502 and r.header("X-Airlock-Reason") == reason,
+          "upstream %s: want 502 %s, got %r" % (host, reason, r))
+    eq(up.find("/"), [], "requests the upstream received")
+
+
+@test
+def test_upstream_cert_untrusted(t):
+    setup()
+    _bad_cert(t, G.untrusted, "bad-untrusted.test", "upstream_cert_untrusted")
+
+
+@test
+def test_upstream_cert_expired(t):
+    setup()
+    _bad_cert(t, G.expired, "bad-expired.test", "upstream_cert_expired")
+
+
+@test
+def test_upstream_cert_name_mismatch(t):
+    setup()
+    _bad_cert(t, G.mismatch, "bad-name.test", "upstream_cert_name_mismatch")
+
+
+@test
+def test_upstream_cert_bad_to_secret_host(t):
+    """A secret's host with a bad certificate: 502 and the value goes nowhere."""
+    setup()
+    up = make_upstream(t, G.untrusted)
+    al = start(t, resolve={"api.test": "127.0.0.1"})
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"], "https://api.test:%d/echo?t=badsec" % up.port])
+    check(r.status == 502 and r.header("X-Airlock-Reason") == "upstream_cert_untrusted",
+          "secret host with an untrusted cert: %r" % r)
+    eq(up.find("/"), [], "requests the upstream received")
+
+
+# ---------------------------------------------------------------------------
+# tunnels: keep-alive, per-request policy and audit
+
+@test
+def test_keepalive_and_audit_rows(t):
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    for i in range(3):
+        r = rt(tc, request("api.test", up.port, "/echo?t=ka%d" % i,
+                           headers=[("X-Api-Key", al.ph["key"])]))
+        eq(r.status, 200, "request %d" % i)
+    r = rt(tc, request("api.test", up.port, "/echo?t=ka-none"))
+    eq(r.status, 200, "request without a placeholder")
+    conns = {one(up, "/echo?t=ka%d" % i, "ka")["conn"] for i in range(3)}
+    eq(len(conns), 1, "upstream connections used by 3 requests in one tunnel")
+    tc.close()
+    got = wait_row(al, lambda x: x["host"] == "api.test" and x["method"] == "GET", "4 inner rows",
+                   n=4)
+    eq(len(got), 4, "inner GET rows")
+    for x in got[:3]:
+        check("key" in (x.get("secrets") or "").split(","),
+              "row without the secret's name: %r" % rowstr(x))
+        eq(x["status"], 200, "row status")
+    check("key" not in (got[3].get("secrets") or ""),
+          "request without a placeholder lists secrets: %r" % rowstr(got[3]))
+    wait_row(al, lambda x: x["host"] == "api.test" and x["method"] == "CONNECT", "CONNECT row")
+    for x in rows(al):
+        seen(json.dumps(x, default=str))
+        no_value(json.dumps(x, default=str), "audit row")
+
+
+@test
+def test_inner_policy_method_path(t):
+    up = make_upstream(t)
+    pol = {"default": "deny", "allow_addresses": LOOP,
+           "rules": [{"name": "api-get", "hosts": ["api.test"], "methods": ["GET"],
+                      "paths": ["/echo", "/echo/**"], "action": "allow", "intercept": True}]}
+    al = start(t, policy=pol)
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/echo?t=g", headers=[("X-Api-Key", al.ph["key"])]))
+    eq(r.status, 200, "allowed GET")
+    r = rt(tc, request("api.test", up.port, "/echo?t=p", "POST", body=b"x"))
+    check(r.status == 403, "POST under a GET-only rule: %r" % r)
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/bytes/5"))
+    check(r.status == 403, "path outside the rule: %r" % r)
+    none_upstream(up, "/echo?t=p", "denied POST")
+    none_upstream(up, "/bytes", "denied path")
+    wait_row(al, lambda x: x["method"] == "POST" and x["decision"] == "deny", "deny row for POST")
+
+
+@test
+def test_ca_env_bundle(t):
+    """`airlock ca env` bundle works as a trust store for curl."""
+    up = make_upstream(t)
+    al = start(t)
+    p = subprocess.run([al.run.airlock_bin, "ca", "env", "--dir", G.aca], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    seen(p.stdout, p.stderr)
+    eq(p.returncode, 0, "ca env rc")
+    out = p.stdout.decode()
+    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"):
+        check(var in out, "ca env lacks %s: %r" % (var, out))
+    bundle = os.path.join(G.aca, "bundle.pem")
+    check(os.path.isfile(bundle), "no bundle.pem")
+    r = al.curl(["--cacert", bundle, "https://one.test:%d/echo?t=bundle" % up.port])
+    seen(r.body, r.stderr)
+    check(r.rc == 0 and r.status == 200, "curl with the bundle: %r" % r)
+
+
+# ---------------------------------------------------------------------------
+# certificates: cache and minting
+
+def _handshake(al, host, port, timeout=10):
+    c = altest.Conn(al.port, timeout=timeout)
+    try:
+        c.send(("CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host, port, host, port)).encode())
+        r = c.read_response("CONNECT")
+        if r.status != 200:
+            raise TestFailure("CONNECT %s: %r" % (host, r))
+        s = client_ctx().wrap_socket(c.sock, server_hostname=host)
+        cert = s.getpeercert()
+        s.close()
+        return cert
+    finally:
+        c.close()
+
+
+@test
+def test_cert_cache_second_connection(t):
+    up = make_upstream(t)
+    al = start(t)
+    m0 = al.metrics()
+    mint0 = m0.need("airlock_certs_minted_total")
+    hit0 = m0.need("airlock_cert_cache_hits_total")
+    r = scurl(al, ["https://one.test:%d/echo?t=c1" % up.port])
+    check(r.rc == 0 and r.status == 200, "first: %r" % r)
+    m1 = al.metrics()
+    eq(m1.need("airlock_certs_minted_total") - mint0, 1.0, "leaves minted by the first connection")
+    r = scurl(al, ["https://one.test:%d/echo?t=c2" % up.port])
+    check(r.rc == 0 and r.status == 200, "second: %r" % r)
+    m2 = al.metrics()
+    eq(m2.need("airlock_certs_minted_total"), m1.need("airlock_certs_minted_total"),
+       "leaves minted by a second connection to the same host")
+    check(m2.need("airlock_cert_cache_hits_total") > hit0,
+          "cache hits did not grow: %r -> %r" % (hit0, m2.need("airlock_cert_cache_hits_total")))
+
+
+@test
+def test_cert_ip_literal(t):
+    """CONNECT to an IP literal under an intercepting rule, no SNI: the leaf
+    carries an IP SAN."""
+    up = make_upstream(t)
+    pol = default_policy([{"name": "ip", "hosts": ["127.0.0.1"], "action": "allow",
+                           "intercept": True}])
+    al = start(t, policy=pol)
+    c, r = connect(t, al, "127.0.0.1", up.port)
+    eq(r.status, 200, "CONNECT 127.0.0.1")
+    ctx = client_ctx()
+    ctx.check_hostname = False
+    s = ctx.wrap_socket(c.sock, server_hostname=None)
+    cert = s.getpeercert()
+    ips = [v for k, v in cert.get("subjectAltName", ()) if k == "IP Address"]
+    eq(ips, ["127.0.0.1"], "IP SANs of the leaf")
+    tc = altest.Conn(0, sock=s)
+    t.defer(tc.close)
+    r = rt(tc, request("127.0.0.1", up.port, "/echo?t=ip"))
+    eq(r.status, 200, "request over the IP-literal tunnel")
+
+
+@test
+def test_cert_mint_500_hosts(t):
+    """500 distinct intercepted hosts: each gets a leaf for its own name;
+    minting grows and airlock stays up. (The 1024-entry bound itself is not
+    checked: that would need >1024 hosts; no cache-size metric is exported.)"""
+    up = make_upstream(t)
+    n = 500
+    hosts = ["h%03d.many.test" % i for i in range(n)]
+    al = start(t, resolve={h: "127.0.0.1" for h in hosts})
+    mint0 = al.metrics().need("airlock_certs_minted_total")
+    errs = []
+    lock = threading.Lock()
+
+    def worker(chunk):
+        for h in chunk:
+            try:
+                cert = _handshake(al, h, up.port)
+                sans = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+                if sans != [h]:
+                    raise TestFailure("leaf for %s has SANs %r" % (h, sans))
+            except Exception as e:  # noqa: BLE001
+                with lock:
+                    errs.append("%s: %s" % (h, e))
+    ths = [threading.Thread(target=worker, args=(hosts[i::4],)) for i in range(4)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(80)
+    check(not errs, "%d handshakes failed, first: %s" % (len(errs), errs[:3]))
+    check(al.alive(), "airlock died")
+    mint = al.metrics().need("airlock_certs_minted_total")
+    eq(mint - mint0, float(n), "leaves minted for %d distinct hosts" % n)
+    # a repeat of an early host still works (cached or re-minted)
+    _handshake(al, hosts[0], up.port)
+    check(al.alive(), "airlock died")
+
+
+# ---------------------------------------------------------------------------
+# the leak check: must be the last test
+
+@test
+def test_leak_check(t):
+    """Greps every airlock log, every audit db/-wal/-shm and every client-
+    visible output of the run for the secret values in any encoding."""
+    up = make_upstream(t)
+    al = start(t)
+    # make sure there is something to look at even when run alone
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"], "https://api.test:%d/reflect/raw" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    r = scurl(al, ["https://hdr.test:%d/echo?t=leak" % up.port])
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    eq(up_hdrs(one(up, "/echo?t=leak", "leak"), "Authorization"), ["Bearer " + VAL_HDR],
+       "upstream got the value")
+    wait_row(al, lambda x: x["host"] == "hdr.test" and x["method"] == "GET", "row")
+    pr = al.stop()
+    check(pr is None, "airlock stop: %s" % pr)
+    files = []
+    for dirpath, _, names in os.walk(altest.RUN.tmp):
+        for nm in names:
+            if nm == "airlock.log" or nm.startswith("audit.db") or nm == "client-output.bin":
+                files.append(os.path.join(dirpath, nm))
+    check(any(f.endswith("client-output.bin") for f in files), "no client output recorded")
+    check(any(f.endswith("airlock.log") for f in files), "no airlock log found")
+    check(any(f.endswith("audit.db") for f in files), "no audit db found")
+    leaks = []
+    for f in files:
+        with open(f, "rb") as fh:
+            data = fh.read()
+        if STEM.encode() in data:
+            leaks.append("%s: stem %r" % (f, STEM))
+            continue
+        try:
+            no_value(data, f)
+        except TestFailure as e:
+            leaks.append(str(e)[:200])
+    check(not leaks, "secret values found: %s" % "; ".join(leaks))
+
+
+if __name__ == "__main__":
+    sys.exit(altest.main())
