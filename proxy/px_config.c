@@ -414,6 +414,26 @@ px_cfg_limits(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj)
     px_cfg_int(x, obj, "limits", "drain_timeout_s", 0, 3600, &c->limits.drain_timeout_s);
 }
 
+/* A token digest: 64 hex digits (`sha256sum` output), stored lowercase in out[65]. */
+static int
+px_cfg_sha256_hex(struct px_cfgctx *x, const cJSON *v, const char *jpath, char *out)
+{
+    size_t n = strlen(v->valuestring);
+
+    for (size_t k = 0; k < n; k++) {
+        if (strchr("0123456789abcdefABCDEF", v->valuestring[k]) == NULL)
+            n = 0;
+    }
+    if (n != 64) {
+        al_json_err(x->errs, x->doc, jpath, "expected 64 hex digits (sha256sum of the token)");
+        return AL_ERROR;
+    }
+    for (size_t k = 0; k < n; k++)
+        out[k] = (char)(v->valuestring[k] | 0x20);
+    out[n] = '\0';
+    return AL_OK;
+}
+
 static void
 px_cfg_sandbox_cidrs(struct px_cfgctx *x, struct px_sandbox *sb, const cJSON *arr, const char *p)
 {
@@ -484,18 +504,9 @@ px_cfg_sandboxes(struct px_cfgctx *x, struct px_conf *c, const cJSON *arr)
             continue;
         }
         if (tok != NULL) {
-            size_t n = strlen(tok->valuestring);
-            int    hex = n == 64;
-
-            for (size_t k = 0; hex && k < n; k++)
-                hex = strchr("0123456789abcdefABCDEF", tok->valuestring[k]) != NULL;
-            if (!hex) {
-                snprintf(pn, sizeof(pn), "%s.token_sha256", p);
-                al_json_err(x->errs, x->doc, pn, "expected 64 hex digits (sha256sum of the token)");
+            snprintf(pn, sizeof(pn), "%s.token_sha256", p);
+            if (px_cfg_sha256_hex(x, tok, pn, sb->token_sha256) != AL_OK)
                 continue;
-            }
-            for (size_t k = 0; k < n; k++)
-                sb->token_sha256[k] = (char)(tok->valuestring[k] | 0x20);
             c->any_token = 1;
         }
         sb->name = al_strdup(name->valuestring);
@@ -534,20 +545,9 @@ px_cfg_admin(struct px_cfgctx *x, struct px_conf *c, const cJSON *v)
         al_json_err(x->errs, x->doc, p, "expected \"ip:port\" or \"[ipv6]:port\"");
         return;
     }
-    if (tok != NULL) {
-        size_t n = strlen(tok->valuestring);
-        int    hex = n == 64;
-
-        for (size_t k = 0; hex && k < n; k++)
-            hex = strchr("0123456789abcdefABCDEF", tok->valuestring[k]) != NULL;
-        if (!hex) {
-            al_json_err(x->errs, x->doc, "admin.token_sha256",
-                        "expected 64 hex digits (sha256sum of the token)");
-            return;
-        }
-        for (size_t k = 0; k < n; k++)
-            c->admin_token_sha256[k] = (char)(tok->valuestring[k] | 0x20);
-    }
+    if (tok != NULL &&
+        px_cfg_sha256_hex(x, tok, "admin.token_sha256", c->admin_token_sha256) != AL_OK)
+        return;
     c->has_admin = 1;
 }
 

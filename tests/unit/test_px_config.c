@@ -156,6 +156,51 @@ test_missing_policy_and_bad_json(void **state)
 }
 
 static void
+test_sandboxes_and_admin(void **state)
+{
+    struct al_errs  errs;
+    struct px_conf *c;
+    const char     *tok = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+
+    (void)state;
+    al_errs_init(&errs);
+    c = px_conf_load(
+        t_write("s.json", "{\"policy\": \"p.json\",\n"
+                          " \"admin\": {\"addr\": \"127.0.0.1:9180\", \"token_sha256\": "
+                          "\"9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08\"},\n"
+                          " \"sandboxes\": [{\"name\": \"ci\", \"token_sha256\": "
+                          "\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"},\n"
+                          "  {\"name\": \"dev\", \"cidrs\": [\"10.8.0.0/24\"]}]}"),
+        &errs);
+    if (c == NULL)
+        fail_msg("%s", errs.text.data);
+    assert_int_equal(c->nsandboxes, 2);
+    assert_true(c->any_token);
+    assert_non_null(px_conf_sandbox(c, "dev"));
+    assert_null(px_conf_sandbox(c, "nope"));
+    assert_int_equal(px_conf_sandbox(c, "dev")->ncidrs, 1);
+    assert_string_equal(c->admin_token_sha256, px_conf_sandbox(c, "ci")->token_sha256);
+    assert_int_equal(strlen(c->admin_token_sha256), strlen(tok));
+    px_conf_unref(c);
+    al_errs_free(&errs);
+
+    al_errs_init(&errs);
+    c = px_conf_load(t_write("s2.json", "{\"policy\": \"p.json\",\n"
+                                        " \"sandboxes\": [{\"name\": \"a b\", \"cidrs\": []},\n"
+                                        "  {\"name\": \"x\", \"token_sha256\": \"abc\"},\n"
+                                        "  {\"name\": \"y\"},\n"
+                                        "  {\"name\": \"z\", \"cidrs\": [\"10.0.0.1/8\"]}]}"),
+                     &errs);
+    assert_null(c);
+    assert_int_equal(errs.count, 4);
+    assert_non_null(strstr(errs.text.data, ":2:25: sandboxes[0].name: sandbox names"));
+    assert_non_null(strstr(errs.text.data, ":3:33: sandboxes[1].token_sha256: expected 64 hex"));
+    assert_non_null(strstr(errs.text.data, ":4:3: sandboxes[2]: needs \"cidrs\""));
+    assert_non_null(strstr(errs.text.data, "sandboxes[3].cidrs[0]: expected a CIDR"));
+    al_errs_free(&errs);
+}
+
+static void
 test_embedded_default(void **state)
 {
     struct al_errs  errs;
@@ -179,6 +224,7 @@ main(void)
         cmocka_unit_test(test_full_config),
         cmocka_unit_test(test_every_error_reported_with_location),
         cmocka_unit_test(test_missing_policy_and_bad_json),
+        cmocka_unit_test(test_sandboxes_and_admin),
         cmocka_unit_test(test_embedded_default),
     };
 
