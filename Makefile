@@ -6,15 +6,17 @@
 BUILD      ?= build
 TEST_BUILD ?= build-test
 BENCH_BUILD?= build-release
+FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CONFIG     ?= etc/airlock.json
 
 # Build and test dependencies (Debian 12 package names).
 DEB_PKGS = cmake make gcc pkg-config libssl-dev node-llhttp libev-dev libcjson-dev \
            libsqlite3-dev libc-ares-dev libcmocka-dev libidn2-dev zlib1g-dev \
-           curl python3 openssl sqlite3 clang-format iproute2 nftables
+           curl python3 openssl sqlite3 clang-format iproute2 nftables \
+           clang libclang-rt-14-dev
 
-.PHONY: all deps build run test unit integration check-format format bench clean
+.PHONY: all deps build run test fuzz check-format format bench clean
 
 all: build
 
@@ -43,11 +45,19 @@ run: build
 
 # The whole suite, under AddressSanitizer + UBSan, warnings as errors.
 test: deps check-format
+	$(MAKE) --no-print-directory fuzz
 	@cmake -S . -B $(TEST_BUILD) -DAL_SANITIZE=ON -DAL_WERROR=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	cmake --build $(TEST_BUILD) -j $(JOBS)
 	cd $(TEST_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure --timeout 600
+
+# libFuzzer smoke: every harness in tests/fuzz for a few seconds on its corpus
+# (clang; ASan+UBSan). A crash fails the run; the input is left in $(FUZZ_BUILD).
+fuzz: deps
+	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DAL_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	cd $(FUZZ_BUILD) && ctest --output-on-failure -R '^fuzz\.'
 
 check-format: deps
 	@files=$$(git ls-files '*.c' '*.h' 2>/dev/null || find common proxy policy secrets audit tests -name '*.[ch]'); \
@@ -63,4 +73,4 @@ bench: deps
 	AIRLOCK=$(CURDIR)/$(BENCH_BUILD)/proxy/airlock bash bench/run.sh
 
 clean:
-	rm -rf $(BUILD) $(TEST_BUILD) $(BENCH_BUILD)
+	rm -rf $(BUILD) $(TEST_BUILD) $(BENCH_BUILD) $(FUZZ_BUILD)

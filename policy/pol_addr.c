@@ -229,8 +229,9 @@ pol_addr_parse_literal(const char *s, size_t len, struct sockaddr_storage *out)
             return AL_DECLINED;
         memcpy(buf, s, len);
         buf[len] = '\0';
-        /* inet_aton accepts trailing junk after a space; refuse that */
-        if (memchr(buf, ' ', len) != NULL || inet_aton(buf, &a4) == 0)
+        /* inet_aton stops at NUL or any whitespace and ignores what follows;
+         * only the characters of a numeric literal may be there at all. */
+        if (strspn(buf, "0123456789abcdefABCDEFxX.") != len || inet_aton(buf, &a4) == 0)
             return AL_DECLINED;
         ((struct sockaddr_in *)out)->sin_family = AF_INET;
         ((struct sockaddr_in *)out)->sin_addr = a4;
@@ -240,7 +241,9 @@ pol_addr_parse_literal(const char *s, size_t len, struct sockaddr_storage *out)
         return AL_DECLINED;
     memcpy(buf, s, len);
     buf[len] = '\0';
-    if (inet_pton(AF_INET6, buf, &((struct sockaddr_in6 *)out)->sin6_addr) != 1)
+    /* inet_pton reads up to a NUL; nothing but literal characters may follow. */
+    if (strspn(buf, "0123456789abcdefABCDEF:.") != len ||
+        inet_pton(AF_INET6, buf, &((struct sockaddr_in6 *)out)->sin6_addr) != 1)
         return AL_DECLINED;
     ((struct sockaddr_in6 *)out)->sin6_family = AF_INET6;
     return AL_OK;

@@ -72,7 +72,7 @@ struct pol_request {
     const char *path;   /* raw request path incl. query; NULL for CONNECT */
     size_t      path_len;
     int         want_explain; /* fill decision.explain (policy check); costs time */
-    char       *scratch;      /* optional buffer >= path_len for path normalisation; */
+    char       *scratch;      /* optional buffer >= path_len + 1 for path normalisation; */
     size_t      scratch_len;  /* when NULL a POL_PATH_STACK_BYTES stack buffer is used */
 };
 

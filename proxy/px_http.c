@@ -56,6 +56,10 @@ px_msg_end_piece(struct px_msg *m)
         break;
     case PX_PIECE_FIELD:
         m->hdrs[m->nhdrs - 1].name_len = end - m->hdrs[m->nhdrs - 1].name;
+        if (m->hdrs[m->nhdrs - 1].name_len == 0) {
+            m->bad = 1; /* ": x" would re-serialise as a nameless header */
+            return -1;
+        }
         break;
     case PX_PIECE_VALUE:
         m->hdrs[m->nhdrs - 1].val_len = end - m->hdrs[m->nhdrs - 1].val;
@@ -79,6 +83,8 @@ px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len
         m->bad = 1;
         return -1;
     }
+    /* A piece may be empty (llhttp flushes spans at read boundaries); an
+     * empty *name* is caught when the piece ends. */
     if (piece == PX_PIECE_FIELD && !px_http_is_token(at, len)) {
         m->bad = 1;
         return -1;

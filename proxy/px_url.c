@@ -384,13 +384,14 @@ int
 px_url_parse_absolute(const char *url, size_t len, struct px_target *out, const char **err)
 {
     struct px_target t;
-    const char      *auth, *end = url + len, *p;
+    const char      *auth, *end, *p;
     const char      *reason = "bad_target";
     size_t           skip;
     int              tls, rc = AL_ERROR;
 
     if (url == NULL || out == NULL || len == 0 || len > PX_URL_MAX_BYTES)
         goto out;
+    end = url + len; /* after the NULL check: no arithmetic on NULL */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)url[i];
 

@@ -141,6 +141,7 @@ test_smuggling_shapes_rejected(void **state)
         "GET\thttp://a/ HTTP/1.1\r\n\r\n",
         "GET http://a/ HTTP/1.1\r\nX Foo: 1\r\n\r\n",
         "GET http://a/ HTTP/1.1\r\nX-A: \x01\r\n\r\n",
+        "GET http://a/ HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n", /* found by fuzz_head */
     };
 
     (void)state;
