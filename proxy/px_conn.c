@@ -1697,6 +1697,19 @@ px_conn_upstream_ready(struct px_conn *c)
     }
     if (e == HPE_PAUSED_UPGRADE)
         x->req_done = 1;
+    if (x->hold_up && px_msg_find(&x->req, "expect", 0) >= 0) {
+        int i = px_msg_find(&x->req, "expect", 0);
+
+        /* The head waits for the scanned body, so the upstream can't say
+         * "100 Continue": airlock does, or the client stalls for a second. */
+        if (x->req.hdrs[i].val != UINT32_MAX &&
+            al_strcaseeq_n(px_msg_str(&x->req, x->req.hdrs[i].val), x->req.hdrs[i].val_len,
+                           "100-continue") &&
+            al_bufq_write(&c->cl.out, "HTTP/1.1 100 Continue\r\n\r\n", 25) != AL_OK) {
+            px_conn_close(c, "no memory");
+            return;
+        }
+    }
     /* Write the head now: most requests never need the write watcher. */
     if (!x->hold_up && px_half_flush(c, &c->up) == AL_ERROR) {
         px_conn_upstream_lost(c, "write failed");
