@@ -552,6 +552,26 @@ def test_placeholder_json_body_content_length(t):
 
 
 @test
+def test_held_body_expect_100_continue(t):
+    """A body held for scanning can't get its 100 Continue from the upstream
+    (the head waits too): airlock sends it, so the client doesn't stall for
+    curl's one-second Expect timeout."""
+    up = make_upstream(t)
+    al = start(t)
+    body = '{"api_key": "%s", "pad": "%s"}' % (al.ph["key"], "x" * 3000)
+    t0 = time.monotonic()
+    r = scurl(al, ["-H", "Content-Type: application/json", "-H", "Expect: 100-continue",
+                   "--expect100-timeout", "5", "--data-binary", body,
+                   "https://api.test:%d/echo?t=e100" % up.port])
+    took = time.monotonic() - t0
+    check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    check(took < 3.0, "Expect: 100-continue upload took %.2f s (stalled)" % took)
+    _body_check(up, "/echo?t=e100", '{"api_key": "%s", "pad": "%s"}' % (VAL_KEY, "x" * 3000),
+                "held body with Expect")
+    no_value(r.body, "client body")
+
+
+@test
 def test_placeholder_json_body_chunked(t):
     up = make_upstream(t)
     al = start(t)
