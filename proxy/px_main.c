@@ -11,6 +11,8 @@
 #include "px_worker.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -135,6 +137,13 @@ px_main_run(const char *config_path, int dry_run)
     al_log_set_level(c->log_level);
     signal(SIGPIPE, SIG_IGN);
     px_raise_nofile();
+    if (c->secrets != NULL) {
+        struct rlimit nocore = {0, 0};
+
+        /* Secret values never end up in a core file or under ptrace. */
+        (void)setrlimit(RLIMIT_CORE, &nocore);
+        (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     px_conf_set_current(px_conf_ref(c));
 
     if (c->audit_db == NULL) {
