@@ -1,0 +1,168 @@
+# extra_lib.sh - helpers shared by bench/run_tls.sh, run_transparent.sh and
+# run_audit.sh (sourced; same conventions as bench/run.sh: every process is
+# started in the background and tracked by PID, an EXIT trap stops them by
+# PID and removes the temp directory).
+# The sourcing script sets TMP (a mktemp -d directory) before calling
+# start_bg, and T_START.
+
+export PATH="$PATH:/usr/sbin:/sbin"
+PIDS=()
+CLEANUP_HOOKS=()
+
+log() { printf '[%s %3ds] %s\n' "${LOG_TAG:-bench}" "$(($(date +%s) - T_START))" "$*" >&2; }
+
+# All PIDs descending from $1 (itself included), from /proc/*/stat.
+descendants() {
+    local root=$1 line pid rest ppid
+    local -A kids=()
+    for s in /proc/[0-9]*/stat; do
+        { read -r line <"$s"; } 2>/dev/null || continue
+        pid=${line%% *}
+        rest=${line##*) }
+        ppid=${rest#* }
+        ppid=${ppid%% *}
+        kids[$ppid]+=" $pid"
+    done
+    local queue=("$root") out=()
+    while [ ${#queue[@]} -gt 0 ]; do
+        local p=${queue[0]}
+        queue=("${queue[@]:1}")
+        out+=("$p")
+        for c in ${kids[$p]:-}; do queue+=("$c"); done
+    done
+    echo "${out[@]}"
+}
+
+# Sum of VmRSS (KiB) over $1 and its descendants.
+rss_tree() {
+    local total=0 v
+    for p in $(descendants "$1"); do
+        v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+fds_tree() {
+    local total=0
+    for p in $(descendants "$1"); do
+        total=$((total + $(ls "/proc/$p/fd" 2>/dev/null | wc -l)))
+    done
+    echo "$total"
+}
+
+stop_pid() { # pid: TERM the process (and its descendants), KILL after 5 s
+    local pid=$1 all i
+    kill -0 "$pid" 2>/dev/null || return 0
+    all=$(descendants "$pid")
+    kill -TERM "$pid" 2>/dev/null
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    for p in $all; do kill -KILL "$p" 2>/dev/null; done
+    wait "$pid" 2>/dev/null
+}
+
+cleanup() {
+    local i
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}"
+    done
+    for h in "${CLEANUP_HOOKS[@]}"; do eval "$h"; done
+    [ -n "${TMP:-}" ] && [ -z "${KEEP_TMP:-}" ] && rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT TERM
+
+# start_bg NAME CMD...: output in $TMP/NAME.out; sets LAST_PID.
+start_bg() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.out" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# wait_port PID PORT [SECS] [ADDR]: until ADDR:PORT accepts and PID is alive.
+wait_port() {
+    local pid=$1 port=$2 secs=${3:-10} a=${4:-127.0.0.1} i
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/$a/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+PICKED=" "
+pick_port() { # a port in 20000-32767 nobody listens on (below the ephemeral range)
+    local used p
+    used=" $(ss -Htan 2>/dev/null | awk '{n=split($4,a,":"); print a[n]}' | tr '\n' ' ') "
+    for _ in $(seq 500); do
+        p=$((20000 + RANDOM % 12768))
+        case "$used$PICKED" in *" $p "*) continue ;; esac
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
+        PICKED="$PICKED$p "
+        echo "$p"
+        return 0
+    done
+    log "fatal: no free port"
+    exit 1
+}
+
+raise_nofile() {
+    local hard
+    hard=$(ulimit -Hn)
+    if [ "$hard" = unlimited ] || [ "$hard" -ge 65536 ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
+    NOFILE=$(ulimit -n)
+}
+
+ratio() { # a b -> a/b with 2 decimals, or n/a
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN{ if (a == "" || b == "" || a+0 <= 0 || b+0 <= 0) print "n/a"; else printf "%.2f", a/b }'
+}
+verdict() { # value op target
+    awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN{ if (v == "n/a" || v == "") { print "n/a"; exit }
+        ok = (op == ">=") ? (v+0 >= t+0) : (v+0 <= t+0); print ok ? "PASS" : "FAIL" }'
+}
+better() { awk -v a="${1:-0}" -v b="${2:-}" 'BEGIN{ exit !(b == "" || a+0 > b+0) }'; }
+fmt_num() { awk -v v="${1:-}" 'BEGIN{ if (v == "") print "-"; else printf "%.0f", v }'; }
+
+nginx_common() { # dir
+    cat <<EOT
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+daemon off;
+master_process on;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections $((NOFILE / 2)); }
+EOT
+}
+nginx_http_common() { # dir
+    cat <<EOT
+    access_log off;
+    default_type application/octet-stream;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    client_header_timeout 300s;
+    tcp_nodelay on;
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path $1/tmp/proxy;
+    fastcgi_temp_path $1/tmp/fastcgi;
+    uwsgi_temp_path $1/tmp/uwsgi;
+    scgi_temp_path $1/tmp/scgi;
+EOT
+}
+
+# hey_parse FILE -> "RPS BAD" (BAD = non-200 statuses + transport errors, or "all")
+hey_parse() {
+    awk '
+        /Requests\/sec:/ {rps = $2}
+        /Status code distribution/ {s = 1; e = 0; next}
+        /Error distribution/ {s = 0; e = 1; next}
+        s && /\[[0-9]+\]/ { if ($1 == "[200]") ok += $2; else bad += $2 }
+        e && /\[[0-9]+\]/ { c = $1; gsub(/[][]/, "", c); bad += c }
+        END { if (ok + 0 == 0) print 0, "all"; else printf "%s %d\n", rps, bad }' "$1"
+}
