@@ -36,6 +36,9 @@ px_msg_reset(struct px_msg *m)
 void
 px_msg_free(struct px_msg *m)
 {
+    al_safefree(m->hdrs);
+    m->hdrs_cap = 0;
+    m->nhdrs = 0;
     al_dbuf_free(&m->buf);
 }
 
@@ -103,6 +106,21 @@ px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len
             if (m->nhdrs >= PX_HTTP_MAX_HEADERS) {
                 m->too_big = 1;
                 return -1;
+            }
+            if (m->nhdrs == m->hdrs_cap) {
+                /* Most heads have a dozen headers: start small, double. */
+                int            ncap = m->hdrs_cap ? m->hdrs_cap * 2 : PX_HTTP_FIRST_HEADERS;
+                struct px_hdr *nh;
+
+                if (ncap > PX_HTTP_MAX_HEADERS)
+                    ncap = PX_HTTP_MAX_HEADERS;
+                nh = al_realloc(m->hdrs, (size_t)ncap * sizeof(*nh));
+                if (nh == NULL) {
+                    m->too_big = 1;
+                    return -1;
+                }
+                m->hdrs = nh;
+                m->hdrs_cap = ncap;
             }
             memset(&m->hdrs[m->nhdrs], 0, sizeof(m->hdrs[0]));
             m->hdrs[m->nhdrs].name = (uint32_t)m->buf.len;

@@ -17,6 +17,7 @@
 #include "common.h"
 
 #define PX_HTTP_MAX_HEADERS 256
+#define PX_HTTP_FIRST_HEADERS 24 /* slots allocated on the first header */
 
 struct px_hdr {
     uint32_t name, name_len; /* offsets into px_msg.buf */
@@ -36,7 +37,8 @@ struct px_msg {
     struct al_dbuf    buf; /* capped at header_bytes */
     uint32_t          url, url_len;
     uint32_t          status_text, status_text_len;
-    struct px_hdr     hdrs[PX_HTTP_MAX_HEADERS];
+    struct px_hdr    *hdrs; /* grown on demand up to PX_HTTP_MAX_HEADERS */
+    int               hdrs_cap;
     int               nhdrs;
     enum px_msg_piece piece;   /* what the last data callback appended to */
     int               too_big; /* the head went over the cap */
