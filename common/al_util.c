@@ -137,3 +137,55 @@ al_strcaseeq_n(const char *s, size_t n, const char *lit)
     }
     return lit[i] == '\0';
 }
+
+/* Shared by the policy and secrets loaders (neither may include the other). */
+int
+al_host_labels_ok(const char *s, size_t len, int *nlabels, const char **why)
+{
+    size_t start = 0;
+    int    n = 0, numeric = 1;
+
+    if (len == 0 || len > 253) {
+        *why = len == 0 ? "empty host name" : "host name longer than 253 bytes";
+        return AL_ERROR;
+    }
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || s[i] == '.') {
+            size_t ll = i - start;
+
+            if (ll == 0) {
+                *why = "empty label in host name";
+                return AL_ERROR;
+            }
+            if (ll > 63) {
+                *why = "label longer than 63 bytes in host name";
+                return AL_ERROR;
+            }
+            if (s[start] == '-' || s[i - 1] == '-') {
+                *why = "label starts or ends with '-' in host name";
+                return AL_ERROR;
+            }
+            n++;
+            if (i < len)
+                numeric = 1;
+            start = i + 1;
+            continue;
+        }
+        if (s[i] >= '0' && s[i] <= '9')
+            continue;
+        numeric = 0;
+        if ((s[i] >= 'a' && s[i] <= 'z') || s[i] == '-' || s[i] == '_')
+            continue;
+        if ((unsigned char)s[i] >= 0x80)
+            *why = "non-ASCII host name: write it in punycode (xn--...)";
+        else
+            *why = "invalid character in host name (allowed: letters, digits, '-', '_', '.')";
+        return AL_ERROR;
+    }
+    if (numeric) {
+        *why = "last label is numeric: not a host name (write IPv4 addresses as a.b.c.d)";
+        return AL_ERROR;
+    }
+    *nlabels = n;
+    return AL_OK;
+}

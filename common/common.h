@@ -152,6 +152,10 @@ int64_t al_now_us(void);
 int64_t al_mono_us(void);
 /* Constant-time comparison of n bytes. */
 int al_ct_equal(const void *a, const void *b, size_t n);
+/* Checks a lowercased ASCII DNS name without trailing dot: 1..253 bytes,
+ * labels 1..63 of [a-z0-9_-] not starting or ending with '-', last label not
+ * all digits. AL_OK with *nlabels, or AL_ERROR with a static *why. */
+int al_host_labels_ok(const char *s, size_t len, int *nlabels, const char **why);
 /* Case-insensitive ASCII compare of s (length n) against NUL-terminated lit. */
 int al_strcaseeq_n(const char *s, size_t n, const char *lit);
 

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define POL_LABEL_MAX_BYTES 63
 
 uint64_t
 pol_hash(const char *s, size_t n)
@@ -35,55 +34,6 @@ pol_hash(const char *s, size_t n)
         h *= 1099511628211ULL;
     }
     return h;
-}
-
-/* Checks an ASCII, lowercased name without trailing dot. */
-static int
-pol_host_labels_ok(const char *s, size_t len, int *nlabels, const char **why)
-{
-    size_t start = 0;
-    int    n = 0, numeric = 1;
-
-    if (len == 0 || len > POL_HOST_MAX_BYTES) {
-        *why = len == 0 ? "empty host name" : "host name longer than 253 bytes";
-        return AL_ERROR;
-    }
-    for (size_t i = 0; i <= len; i++) {
-        if (i == len || s[i] == '.') {
-            size_t ll = i - start;
-
-            if (ll == 0) {
-                *why = "empty label in host name";
-                return AL_ERROR;
-            }
-            if (ll > POL_LABEL_MAX_BYTES) {
-                *why = "label longer than 63 bytes in host name";
-                return AL_ERROR;
-            }
-            if (s[start] == '-' || s[i - 1] == '-') {
-                *why = "label starts or ends with '-' in host name";
-                return AL_ERROR;
-            }
-            n++;
-            if (i < len)
-                numeric = 1;
-            start = i + 1;
-            continue;
-        }
-        if (s[i] >= '0' && s[i] <= '9')
-            continue;
-        numeric = 0;
-        if ((s[i] >= 'a' && s[i] <= 'z') || s[i] == '-' || s[i] == '_')
-            continue;
-        *why = "invalid character in host name (allowed: letters, digits, '-', '_', '.')";
-        return AL_ERROR;
-    }
-    if (numeric) {
-        *why = "last label is numeric: not a host name (write IPv4 addresses as a.b.c.d)";
-        return AL_ERROR;
-    }
-    *nlabels = n;
-    return AL_OK;
 }
 
 /*
@@ -144,7 +94,7 @@ pol_host_name_norm(const char *in, char *out, size_t outsz, int *nlabels, const 
         }
         memcpy(buf, idn, len + 1);
     }
-    if (pol_host_labels_ok(buf, len, nlabels, why) != AL_OK)
+    if (al_host_labels_ok(buf, len, nlabels, why) != AL_OK)
         goto out;
     if (len + 1 > outsz) {
         *why = "host name too long";

@@ -23,59 +23,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define SEC_LABEL_MAX_BYTES 63
-
-static int
-sec_host_labels_ok(const char *s, size_t len, int *nlabels, const char **why)
-{
-    size_t start = 0;
-    int    n = 0, numeric = 1;
-
-    if (len == 0 || len > SEC_HOST_MAX_BYTES) {
-        *why = len == 0 ? "empty host name" : "host name longer than 253 bytes";
-        return AL_ERROR;
-    }
-    for (size_t i = 0; i <= len; i++) {
-        if (i == len || s[i] == '.') {
-            size_t ll = i - start;
-
-            if (ll == 0) {
-                *why = "empty label in host name";
-                return AL_ERROR;
-            }
-            if (ll > SEC_LABEL_MAX_BYTES) {
-                *why = "label longer than 63 bytes in host name";
-                return AL_ERROR;
-            }
-            if (s[start] == '-' || s[i - 1] == '-') {
-                *why = "label starts or ends with '-' in host name";
-                return AL_ERROR;
-            }
-            n++;
-            if (i < len)
-                numeric = 1;
-            start = i + 1;
-            continue;
-        }
-        if (s[i] >= '0' && s[i] <= '9')
-            continue;
-        numeric = 0;
-        if ((s[i] >= 'a' && s[i] <= 'z') || s[i] == '-' || s[i] == '_')
-            continue;
-        if ((unsigned char)s[i] >= 0x80)
-            *why = "non-ASCII host name: write it in punycode (xn--...)";
-        else
-            *why = "invalid character in host name (allowed: letters, digits, '-', '_', '.')";
-        return AL_ERROR;
-    }
-    if (numeric) {
-        *why = "last label is numeric: not a host name (write IPv4 addresses as a.b.c.d)";
-        return AL_ERROR;
-    }
-    *nlabels = n;
-    return AL_OK;
-}
-
 /* Normalises host text h (length n) into out; sets *is_ip. */
 static int
 sec_host_norm(const char *h, size_t n, char *out, size_t outsz, int *is_ip, int *nlabels,
@@ -123,7 +70,7 @@ sec_host_norm(const char *h, size_t n, char *out, size_t outsz, int *is_ip, int 
         *is_ip = 1;
         return inet_ntop(AF_INET, &a4, out, (socklen_t)outsz) != NULL ? AL_OK : AL_ERROR;
     }
-    if (sec_host_labels_ok(buf, n, nlabels, why) != AL_OK)
+    if (al_host_labels_ok(buf, n, nlabels, why) != AL_OK)
         return AL_ERROR;
     if (n + 1 > outsz) {
         *why = "host name too long";
