@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <string.h>
 
-
 uint64_t
 pol_hash(const char *s, size_t n)
 {
