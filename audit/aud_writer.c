@@ -434,6 +434,8 @@ aud_writer_start(const struct aud_conf *conf, struct al_errs *errs)
     atomic_store(&w->healthy, 1);
     w->retention_us = al_mono_us();
     rc = pthread_create(&w->thread, NULL, aud_writer_main, w);
+    if (rc == 0)
+        (void)pthread_setname_np(w->thread, "airlock-audit");
     if (rc != 0) {
         al_errs_add(errs, "audit: cannot start the writer thread: %s", strerror(rc));
         goto fail;

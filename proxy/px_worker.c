@@ -165,7 +165,13 @@ px_worker_main(void *arg)
 int
 px_worker_start(struct px_worker *w)
 {
-    return pthread_create(&w->thread, NULL, px_worker_main, w) == 0 ? AL_OK : AL_ERROR;
+    char name[16];
+
+    if (pthread_create(&w->thread, NULL, px_worker_main, w) != 0)
+        return AL_ERROR;
+    snprintf(name, sizeof(name), "airlock-w%d", w->index); /* visible in top -H, perf */
+    (void)pthread_setname_np(w->thread, name);
+    return AL_OK;
 }
 
 void
