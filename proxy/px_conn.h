@@ -116,6 +116,23 @@ struct px_conn {
     int64_t          tun_start_us;
 };
 
+/* Connection internals shared by px_conn.c and px_conn_audit.c. */
+void px_conn_ref(struct px_conn *c);
+void px_conn_unref(struct px_conn *c); /* frees once closing && refs == 0 */
+void px_conn_set_state(struct px_conn *c, enum px_state st);
+void px_conn_update_io(struct px_conn *c);
+void px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail);
+void px_conn_resolve(struct px_conn *c);
+
+/* Audit rows (px_conn_audit.c). */
+void px_conn_audit_fill(const struct px_conn *c, struct aud_record *r);
+void px_conn_audit(struct px_conn *c, const char *error); /* once per request */
+void px_conn_tunnel_audit_open(struct px_conn *c);
+void px_conn_tunnel_audit_close(struct px_conn *c, const char *why);
+/* Strict mode: AL_AGAIN while the row commits (state PX_ST_AUDIT), AL_ERROR
+ * after answering 503. */
+int px_conn_audit_begin(struct px_conn *c);
+
 /*
  * The decision hooks (px_decide.c). px_decide() runs once per request head
  * before anything is resolved; px_decide_addrs() filters the resolved

@@ -1,0 +1,265 @@
+/*
+ * px_conn_audit.c - a connection's audit rows: filled from the exchange as far
+ * as it got (plain copies, no printf: this runs per request), handed to the
+ * writer once per request (px_conn_audit) or once per tunnel at its close,
+ * and, in strict mode, begun and committed before anything goes upstream:
+ * the writer thread's commit notice comes back to the worker through a
+ * locked list and the worker's ev_async (px_conns_audit_committed).
+ */
+#include "px_conn.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Copies a NUL-terminated string into a fixed field, truncating; this runs
+ * for every request, so no printf machinery. */
+static void
+px_cpy(char *dst, size_t dstsz, const char *src)
+{
+    if (memccpy(dst, src, '\0', dstsz - 1) == NULL)
+        dst[dstsz - 1] = '\0';
+}
+#define PX_CPY(field, src) px_cpy((field), sizeof(field), (src))
+
+/* Fills an audit row from the request as far as it got. */
+void
+px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
+{
+    const struct px_exch      *x = c->x;
+    const struct pol_decision *d = &x->decision;
+
+    r->ts_us = x->start_us;
+    r->duration_us = al_now_us() - x->start_us;
+    r->conn_id = c->id;
+    PX_CPY(r->sandbox, x->sandbox);
+    PX_CPY(r->session, x->session);
+    PX_CPY(r->tool_call, x->tool_call);
+    px_sockaddr_str((const struct sockaddr *)&c->peer, r->client, sizeof(r->client));
+    PX_CPY(r->mode, c->mode == PX_LISTEN_FORWARD ? "forward" : "transparent");
+    if (c->has_orig_dst)
+        px_sockaddr_str((const struct sockaddr *)&c->orig_dst, r->orig_dst, sizeof(r->orig_dst));
+    if (x->method_name != NULL) {
+        PX_CPY(r->method, x->method_name);
+        PX_CPY(r->scheme, x->is_connect ? "connect" : "http");
+    } else if (x->head_done) {
+        PX_CPY(r->method, llhttp_method_name(c->rq.method));
+        PX_CPY(r->scheme, x->is_connect ? "connect" : x->target.tls ? "https" : "http");
+    }
+    PX_CPY(r->host, x->target.host);
+    r->port = x->target.port;
+    if (x->fwd_path != NULL)
+        PX_CPY(r->path, x->fwd_path);
+    else if (x->target.path != NULL && !x->is_connect)
+        snprintf(r->path, sizeof(r->path), "%s%.*s", x->target.path_needs_slash ? "/" : "",
+                 (int)(x->target.path_len > 2000 ? 2000 : x->target.path_len), x->target.path);
+    PX_CPY(r->upstream, x->upstream_str);
+    if (x->decided) {
+        PX_CPY(r->decision, pol_verdict_name(d->verdict));
+        PX_CPY(r->rule, d->verdict == POL_WOULD_DENY && d->staged_rule ? d->staged_rule : d->rule);
+        PX_CPY(r->reason, d->reason);
+        if (x->err_reason != NULL && d->verdict != POL_DENY)
+            PX_CPY(r->error, x->err_reason);
+    } else {
+        PX_CPY(r->decision, x->deny ? "deny" : "error");
+        PX_CPY(r->reason, x->err_reason ? x->err_reason : "");
+        if (!x->deny && x->err_reason != NULL)
+            PX_CPY(r->error, x->err_reason);
+    }
+    if (x->injected != 0 && c->conf->secrets != NULL) {
+        size_t n = 0;
+
+        for (int i = 0; i < sec_count(c->conf->secrets) && i < 64; i++) {
+            if (!(x->injected & (1ULL << i)))
+                continue;
+            n += (size_t)snprintf(r->secrets + n,
+                                  n < sizeof(r->secrets) ? sizeof(r->secrets) - n : 0, "%s%s",
+                                  n ? "," : "", sec_name(c->conf->secrets, i));
+            if (n >= sizeof(r->secrets))
+                break;
+        }
+    }
+    if (x->secret_refused != NULL)
+        snprintf(r->error, sizeof(r->error), "%s: %s", x->err_reason ? x->err_reason : "refused",
+                 x->secret_refused);
+    r->status = x->status;
+    r->bytes_up = (int64_t)x->bytes_up;
+    r->bytes_down = (int64_t)x->bytes_down;
+}
+
+static void
+px_audit_hand_over(struct aud_record *r)
+{
+    int rc = r->row_id != 0 ? aud_complete(px_audit, r) : aud_submit(px_audit, r);
+
+    if (rc == AL_DECLINED)
+        PX_MINC(audit_refusals);
+}
+
+/*
+ * Hands this request's row to the writer, once. `error` describes an abort
+ * (client gone, upstream reset mid-response) when there is one.
+ */
+void
+px_conn_audit(struct px_conn *c, const char *error)
+{
+    struct px_exch    *x = c->x;
+    struct aud_record *r;
+
+    if (x == NULL || x->audited || x->start_us == 0)
+        return;
+    x->audited = 1;
+    if (x->decided)
+        atomic_fetch_add_explicit(&px_metrics.decisions[x->decision.verdict], 1,
+                                  memory_order_relaxed);
+    px_tags_count(x->sandbox, x->deny || (x->decided && x->decision.verdict == POL_DENY),
+                  x->bytes_up, x->bytes_down);
+    if (px_audit == NULL)
+        return;
+    r = x->rec != NULL ? x->rec : aud_record_new();
+    x->rec = NULL;
+    if (r == NULL) {
+        al_log_err("conn %llu: audit row lost: out of memory", (unsigned long long)c->id);
+        return;
+    }
+    px_conn_audit_fill(c, r);
+    if (error != NULL && r->error[0] == '\0')
+        snprintf(r->error, sizeof(r->error), "%s", error);
+    px_audit_hand_over(r);
+}
+
+/* A tunnel's row is written when it closes, with its bytes and duration. */
+void
+px_conn_tunnel_audit_open(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    x->audited = 1;
+    if (x->decided)
+        atomic_fetch_add_explicit(&px_metrics.decisions[x->decision.verdict], 1,
+                                  memory_order_relaxed);
+    if (px_audit == NULL)
+        return;
+    c->trec = x->rec != NULL ? x->rec : aud_record_new();
+    x->rec = NULL;
+    if (c->trec == NULL) {
+        al_log_err("conn %llu: audit row lost: out of memory", (unsigned long long)c->id);
+        return;
+    }
+    px_conn_audit_fill(c, c->trec);
+    c->tun_start_us = x->start_us;
+    c->tun_up = x->bytes_up;
+    c->tun_down = x->bytes_down;
+}
+
+void
+px_conn_tunnel_audit_close(struct px_conn *c, const char *why)
+{
+    struct aud_record *r = c->trec;
+
+    if (r == NULL)
+        return;
+    c->trec = NULL;
+    r->duration_us = al_now_us() - c->tun_start_us;
+    r->bytes_up = (int64_t)c->tun_up;
+    r->bytes_down = (int64_t)c->tun_down;
+    if (why != NULL && strcmp(why, "tunnel done") != 0)
+        snprintf(r->error, sizeof(r->error), "%s", why);
+    px_tags_count(r->sandbox, 0, c->tun_up, c->tun_down);
+    px_audit_hand_over(r);
+}
+
+/* Writer thread: a strict row committed (or failed); bounce to the worker. */
+static void
+px_conn_audit_done(void *arg, int ok, int64_t row_id)
+{
+    struct px_conn     *c = arg;
+    struct px_worker   *w = c->worker;
+    struct px_aud_done *d = al_calloc(1, sizeof(*d));
+
+    if (d == NULL) {
+        /* The connection times out in PX_ST_AUDIT and fails closed. */
+        al_log_err("conn %llu: lost an audit commit notice", (unsigned long long)c->id);
+        return;
+    }
+    d->conn = c;
+    d->ok = ok;
+    d->row_id = row_id;
+    pthread_mutex_lock(&w->done_lock);
+    d->next = w->done_head;
+    w->done_head = d;
+    pthread_mutex_unlock(&w->done_lock);
+    ev_async_send(w->loop, &w->wake);
+}
+
+/*
+ * Strict durability: the row exists, committed with synchronous=FULL, before
+ * a single byte of the request goes upstream. Returns AL_AGAIN while the
+ * commit is pending (the connection waits in PX_ST_AUDIT), AL_ERROR after
+ * answering 503.
+ */
+int
+px_conn_audit_begin(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    int             rc;
+
+    x->rec = aud_record_new();
+    if (x->rec == NULL) {
+        px_conn_fail(c, 503, "audit_unavailable", "out of memory");
+        return AL_ERROR;
+    }
+    px_conn_audit_fill(c, x->rec);
+    px_conn_ref(c); /* held until the commit notice arrives */
+    rc = aud_begin(px_audit, x->rec, px_conn_audit_done, c);
+    if (rc != AL_OK) {
+        px_conn_unref(c);
+        aud_record_free(x->rec);
+        x->rec = NULL;
+        PX_MINC(audit_refusals);
+        px_conn_fail(c, 503, rc == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
+        return AL_ERROR;
+    }
+    px_conn_set_state(c, PX_ST_AUDIT);
+    px_conn_update_io(c);
+    return AL_AGAIN;
+}
+
+static void
+px_conn_audit_committed(struct px_conn *c, int ok, int64_t row_id)
+{
+    if (!c->closing && c->state == PX_ST_AUDIT && c->x != NULL) {
+        if (ok && c->x->rec != NULL) {
+            c->x->rec->row_id = row_id;
+            px_conn_resolve(c);
+        } else {
+            if (c->x->rec != NULL)
+                c->x->rec->row_id = 0;
+            px_conn_fail(c, 503, "audit_unavailable", "audit commit failed");
+        }
+    }
+    px_conn_unref(c);
+}
+
+void
+px_conns_audit_committed(struct px_worker *w)
+{
+    struct px_aud_done *d;
+
+    pthread_mutex_lock(&w->done_lock);
+    d = w->done_head;
+    w->done_head = NULL;
+    pthread_mutex_unlock(&w->done_lock);
+    while (d != NULL) {
+        struct px_aud_done *next = d->next;
+
+        px_conn_audit_committed(d->conn, d->ok, d->row_id);
+        al_free(d);
+        d = next;
+    }
+}
+
+void
+px_conns_audit_discard(struct px_worker *w)
+{
+    px_conns_audit_committed(w); /* every conn is closing by now: only unrefs */
+}
