@@ -37,7 +37,6 @@
 
 #include "px_ca.h"
 
-#define PX_CIN_BYTES 16384
 #define PX_HOLD_BODY_BYTES (1024 * 1024) /* request bodies held until scanned */
 #define PX_FLUSH_CLOSE_S 10.0            /* to write a final answer */
 #define PX_LINGER_S 2.0                  /* to drain input after it */
@@ -48,13 +47,10 @@ static pthread_once_t    px_settings_once = PTHREAD_ONCE_INIT;
 
 static void px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
-static void px_conn_feed_client(struct px_conn *c);
-static void px_conn_close(struct px_conn *c, const char *why);
 static void px_conn_connect_next(struct px_conn *c);
 static void px_conn_finish_exchange(struct px_conn *c);
 static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
-static void px_conn_transparent_refuse(struct px_conn *c, const char *reason);
 static void px_conn_tls_up_start(struct px_conn *c);
 static void px_conn_upstream_ready(struct px_conn *c);
 static void px_conn_tls_up_step(struct px_conn *c);
@@ -536,7 +532,7 @@ px_conn_update_io(struct px_conn *c)
 
 /* ---- closing ------------------------------------------------------------ */
 
-static void
+void
 px_conn_close(struct px_conn *c, const char *why)
 {
     struct px_worker *w = c->worker;
@@ -1045,7 +1041,7 @@ px_conn_tls_up_step(struct px_conn *c)
  * decided, injected and audited on its own; the upstream connection is
  * opened (and verified) per the first inner request and kept while reusable.
  */
-static void
+void
 px_conn_mitm_start(struct px_conn *c)
 {
     struct px_exch   *x = c->x;
@@ -1614,228 +1610,6 @@ px_conn_resolve(struct px_conn *c)
         px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_failed", "resolver error");
 }
 
-/* ---- transparent listeners --------------------------------------------- */
-
-static uint16_t
-px_sockaddr_port(const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)(const void *)ss)->sin6_port);
-    return ntohs(((const struct sockaddr_in *)(const void *)ss)->sin_port);
-}
-
-/* The original destination as an IP literal target (no name known). */
-static void
-px_conn_orig_target(struct px_conn *c, struct px_target *t)
-{
-    char ip[INET6_ADDRSTRLEN] = "";
-
-    memset(t, 0, sizeof(*t));
-    if (c->orig_dst.ss_family == AF_INET6) {
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)&c->orig_dst)->sin6_addr, ip,
-                  sizeof(ip));
-        t->kind = PX_HOST_IPV6;
-    } else {
-        inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)&c->orig_dst)->sin_addr, ip, sizeof(ip));
-        t->kind = PX_HOST_IPV4;
-    }
-    snprintf(t->host, sizeof(t->host), "%s", ip);
-    t->port = px_sockaddr_port(&c->orig_dst);
-    t->path = "";
-}
-
-/* An origin-form request on a transparent listener: the name comes from the
- * Host header, the port from the original destination. */
-static int
-px_conn_transparent_target(struct px_conn *c, const char **err)
-{
-    struct px_exch *x = c->x;
-    struct px_msg  *m = &x->req;
-    const char     *url = px_msg_str(m, m->url);
-    int             h = px_msg_find(m, "host", 0);
-    uint16_t        port = px_sockaddr_port(&c->orig_dst);
-
-    if (m->url_len == 0 || url[0] != '/') {
-        *err = "bad_target";
-        return AL_ERROR;
-    }
-    if (h < 0 || m->hdrs[h].val == UINT32_MAX || px_msg_find(m, "host", h + 1) >= 0) {
-        *err = "bad_host";
-        return AL_ERROR;
-    }
-    if (px_authority_parse(px_msg_str(m, m->hdrs[h].val), m->hdrs[h].val_len, port, &x->target,
-                           err) != AL_OK)
-        return AL_ERROR;
-    x->target.port = port; /* where the sandbox was really going */
-    x->target.tls = 0;
-    x->target.path = url;
-    x->target.path_len = m->url_len;
-    x->target.path_needs_slash = 0;
-    return AL_OK;
-}
-
-/* A transparent connection that cannot be served: audited, then closed
- * (there is no protocol to answer in). */
-static void
-px_conn_transparent_refuse(struct px_conn *c, const char *reason)
-{
-    if (c->x == NULL)
-        c->x = al_calloc(1, sizeof(*c->x));
-    if (c->x != NULL) {
-        if (c->x->start_us == 0)
-            c->x->start_us = al_now_us();
-        if (c->x->target.host[0] == '\0' && c->has_orig_dst)
-            px_conn_orig_target(c, &c->x->target);
-        if (c->x->sandbox[0] == '\0')
-            px_decide_sandbox_by_source(c, c->x->sandbox, sizeof(c->x->sandbox));
-        if (c->x->err_reason == NULL)
-            c->x->err_reason = reason;
-        if (c->x->method_name == NULL && !c->x->head_done)
-            c->x->method_name = "TCP";
-        px_conn_audit(c, reason);
-    }
-    al_log_info("conn %llu: transparent connection refused: %s", (unsigned long long)c->id, reason);
-    px_conn_close(c, reason);
-}
-
-/* TLS (by SNI) or raw TCP (by original destination) through a transparent
- * listener: decided like a CONNECT, relayed opaquely. */
-static void
-px_conn_transparent_tunnel(struct px_conn *c, const char *sni)
-{
-    struct px_exch *x;
-    const char     *err = NULL;
-
-    x = c->x = al_calloc(1, sizeof(*c->x));
-    if (x == NULL) {
-        px_conn_close(c, "no memory");
-        return;
-    }
-    x->start_us = al_now_us();
-    x->is_connect = 1;
-    x->silent_tunnel = 1;
-    x->method_name = sni != NULL ? "TLS" : "TCP";
-    px_conn_orig_target(c, &x->target);
-    if (sni != NULL && sni[0] != '\0') {
-        uint16_t port = x->target.port;
-
-        if (px_host_normalize(sni, strlen(sni), x->target.host, sizeof(x->target.host),
-                              &x->target.kind, &err) != AL_OK) {
-            px_conn_transparent_refuse(c, "bad_sni");
-            return;
-        }
-        x->target.port = port;
-    }
-    /* No SNI: the destination is the original IP literal; only a rule naming
-     * it (and, for non-public space, its cidrs) lets it through. */
-    if (px_decide(c) != AL_OK)
-        return;
-    if (sni != NULL && (x->decision.intercept ||
-                        (c->conf->secrets != NULL &&
-                         sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)))) {
-        /* Intercepted exactly as through CONNECT, minus the 200: the peeked
-         * ClientHello goes straight into the TLS engine. */
-        if (px_tls_srv == NULL || x->target.kind != PX_HOST_NAME) {
-            px_conn_transparent_refuse(c, "interception_unavailable");
-            return;
-        }
-        px_conn_mitm_start(c);
-        return;
-    }
-    if (c->conf->secrets != NULL &&
-        sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)) {
-        /* Raw TCP to a secret's host would carry placeholders unseen. */
-        px_conn_transparent_refuse(c, "opaque_tunnel_to_secret_host");
-        return;
-    }
-    if (px_audit != NULL) {
-        int adm = aud_writer_admit(px_audit);
-
-        if (adm != AL_OK) {
-            PX_MINC(audit_refusals);
-            px_conn_transparent_refuse(c,
-                                       adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable");
-            return;
-        }
-    }
-    if (px_audit != NULL && c->conf->audit_strict && px_conn_audit_begin(c) != AL_OK)
-        return;
-    px_conn_resolve(c);
-}
-
-/* PX_ST_PEEK: the first bytes say which protocol the sandbox speaks. */
-static void
-px_conn_peek(struct px_conn *c, int eof)
-{
-    const unsigned char *b = (const unsigned char *)c->cin;
-    char                 sni[PX_SNI_HOST_BYTES];
-    int                  h2only = 0;
-    int                  rc = px_sni_looks_tls(b, c->cin_len);
-
-    if (rc == AL_OK) {
-        rc = px_sni_parse(b, c->cin_len, sni, sizeof(sni), &h2only);
-        if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES && !eof)
-            return; /* the ClientHello continues in the next segment */
-        if (rc != AL_OK) {
-            px_conn_transparent_refuse(c, "bad_client_hello");
-            return;
-        }
-        px_conn_transparent_tunnel(c, sni);
-        return;
-    }
-    if (rc == AL_AGAIN && !eof)
-        return;
-    rc = px_http_looks_like_request(b, c->cin_len);
-    if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES && !eof)
-        return;
-    if (rc == AL_OK) {
-        c->state = PX_ST_READ_HEAD; /* same clock: the head must complete in time */
-        px_conn_feed_client(c);
-        return;
-    }
-    px_conn_transparent_tunnel(c, NULL);
-}
-
-/* Accept-time checks of a transparent connection. AL_OK to go on. */
-static int
-px_conn_transparent_accept(struct px_conn *c)
-{
-    const struct px_conf *conf = c->conf;
-
-    if (px_orig_dst(c->cl.fd, &c->orig_dst) != AL_OK) {
-        px_conn_transparent_refuse(c, "not_redirected");
-        return AL_ERROR;
-    }
-    c->has_orig_dst = 1;
-    /* Loop guard: a redirected connection to airlock's own listener. */
-    for (int i = 0; i < conf->nself; i++) {
-        const struct sockaddr_storage *s = &conf->self[i];
-        int                            same = 0;
-
-        if (s->ss_family != c->orig_dst.ss_family ||
-            px_sockaddr_port(s) != px_sockaddr_port(&c->orig_dst))
-            continue;
-        if (s->ss_family == AF_INET) {
-            const struct in_addr *a = &((const struct sockaddr_in *)(const void *)s)->sin_addr;
-            const struct in_addr *o =
-                &((const struct sockaddr_in *)(const void *)&c->orig_dst)->sin_addr;
-
-            same = a->s_addr == INADDR_ANY || a->s_addr == o->s_addr;
-        } else {
-            const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)s)->sin6_addr;
-            const struct in6_addr *o =
-                &((const struct sockaddr_in6 *)(const void *)&c->orig_dst)->sin6_addr;
-
-            same = IN6_IS_ADDR_UNSPECIFIED(a) || memcmp(a, o, sizeof(*a)) == 0;
-        }
-        if (same) {
-            px_conn_transparent_refuse(c, "loop");
-            return AL_ERROR;
-        }
-    }
-    return AL_OK;
-}
-
 /* A complete request head is parsed: check it, decide, then resolve. */
 static void
 px_conn_on_head(struct px_conn *c)
@@ -1962,7 +1736,7 @@ px_conn_parse_error(struct px_conn *c, llhttp_errno_t e)
 }
 
 /* Feeds buffered client bytes to the request parser as far as the state allows. */
-static void
+void
 px_conn_feed_client(struct px_conn *c)
 {
     while (c->cin_len > 0 && !c->closing) {

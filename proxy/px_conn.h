@@ -10,6 +10,8 @@
 #include "px.h"
 #include "px_http.h"
 
+#define PX_CIN_BYTES 16384 /* client bytes buffered for the parser */
+
 enum px_state {
     PX_ST_READ_HEAD = 0, /* waiting for / reading a request head */
     PX_ST_RESOLVE,       /* DNS query pending */
@@ -123,6 +125,19 @@ void px_conn_set_state(struct px_conn *c, enum px_state st);
 void px_conn_update_io(struct px_conn *c);
 void px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail);
 void px_conn_resolve(struct px_conn *c);
+
+void px_conn_close(struct px_conn *c, const char *why);
+/* Parses buffered client bytes as far as the state allows. */
+void px_conn_feed_client(struct px_conn *c);
+/* Starts intercepting an allowed CONNECT (or transparent TLS) toward x->target. */
+void px_conn_mitm_start(struct px_conn *c);
+
+/* Transparent listeners (px_conn_transparent.c). */
+int  px_conn_transparent_accept(struct px_conn *c); /* AL_OK, or refused and closed */
+void px_conn_peek(struct px_conn *c, int eof);      /* PX_ST_PEEK: which protocol */
+/* Origin-form target: name from Host, port from the original destination. */
+int  px_conn_transparent_target(struct px_conn *c, const char **err);
+void px_conn_transparent_refuse(struct px_conn *c, const char *reason); /* row, close */
 
 /* Audit rows (px_conn_audit.c). */
 void px_conn_audit_fill(const struct px_conn *c, struct aud_record *r);
