@@ -696,6 +696,7 @@ px_rq_body_sub(struct px_conn *c, const char *at, size_t len, int last)
         dest.path = x->fwd_path != NULL ? x->fwd_path : x->target.path;
         dest.path_len = x->fwd_path != NULL ? x->fwd_path_len : x->target.path_len;
         dest.tls = x->target.tls;
+        dest.only = x->inject_only;
         memset(&res, 0, sizeof(res));
         if (sec_body_verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
             x->body_refusal = res.refusal != NULL ? res.refusal : SEC_REFUSE_OUT_OF_SCOPE;
@@ -1227,6 +1228,22 @@ px_conn_mitm_target(struct px_conn *c, const char **err)
 
 /* ---- from head to upstream --------------------------------------------- */
 
+/* The secrets the allowing rule's "inject" list names (0: no list). */
+static uint64_t
+px_conn_inject_mask(const struct px_conn *c)
+{
+    const struct pol_decision *d = &c->x->decision;
+    uint64_t                   mask = 0;
+
+    for (int k = 0; k < d->ninject; k++) {
+        int i = sec_find(c->conf->secrets, d->inject[k]);
+
+        if (i >= 0 && i < 64)
+            mask |= 1ULL << i;
+    }
+    return mask;
+}
+
 /* Status for a secret refusal (X-Airlock-Reason is the refusal itself). */
 static int
 px_secret_refusal_status(const char *refusal)
@@ -1269,6 +1286,7 @@ px_conn_apply_secrets(struct px_conn *c, const char *target, size_t tlen, struct
     d.path = target;
     d.path_len = tlen;
     d.tls = x->target.tls;
+    d.only = x->inject_only = px_conn_inject_mask(c);
     memset(&res, 0, sizeof(res));
     rc = sec_apply_head(c->conf->secrets, &d, llhttp_method_name(c->rq.method), hdrs, n, target,
                         tlen, hb, tb, &res);

@@ -79,6 +79,7 @@ struct px_exch {
     int                  resp_compressed; /* compressed answer to a redacted request */
     const char          *body_refusal;    /* a placeholder in the body that may not go there */
     int                  hold_up;         /* request held back until its body is scanned */
+    uint64_t             inject_only;     /* the allowing rule's "inject" list, as a mask */
     /* Not cleared between keep-alive requests (px_exch_reset stops here):
      * the big buffers are reused, addrs is valid only up to naddrs. */
     struct px_dns_result addrs;

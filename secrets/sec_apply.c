@@ -32,6 +32,8 @@ sec_in_scope(const struct sec_store *s, int i, const struct sec_dest *d)
     size_t                   hl;
     int                      ip = sec_dest_host(d, &hl);
 
+    if (d->only != 0 && !(d->only >> i & 1))
+        return 0; /* the rule that allowed this request injects other secrets */
     for (int k = 0; k < x->nscopes; k++) {
         if (sec_scope_match(&x->scopes[k], d->host, hl, ip, d->port, d->path, d->path_len, 1))
             return 1;

@@ -62,6 +62,10 @@ struct sec_dest {
     const char *path;
     size_t      path_len;
     int         tls;
+    /* Secrets the deciding policy rule names in "inject" (bit i = secret i);
+     * 0 = no such list, every secret scoped here may be used. A secret not
+     * in a non-zero mask counts as out of scope for this request. */
+    uint64_t only;
 };
 
 /* 1 when destination d is in secret i's scope (host pattern, optional port,

@@ -473,6 +473,25 @@ def test_placeholder_x_api_key(t):
 
 
 @test
+def test_rule_inject_list(t):
+    """A rule's "inject" list narrows which in-scope secrets its requests may
+    use: the listed secret is substituted; another secret scoped to the same
+    host is treated as out of scope (refused, the upstream sees nothing)."""
+    up = make_upstream(t)
+    pol = default_policy([{"name": "only-noq", "hosts": ["api.test"], "action": "allow",
+                           "inject": ["noq"]}])
+    al = start(t, policy=pol)
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["noq"], "https://api.test:%d/echo?t=inj1" % up.port])
+    check(r.rc == 0 and r.status == 200, "listed secret: %r" % r)
+    rec = one(up, "/echo?t=inj1", "x-api-key")
+    eq(up_hdrs(rec, "X-Api-Key"), [VAL_NOQ], "X-Api-Key at the upstream (listed secret)")
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"], "https://api.test:%d/echo?t=inj2" % up.port])
+    eq(r.status, 403, "unlisted secret's placeholder: status")
+    eq(r.header("X-Airlock-Reason"), "secret_out_of_scope", "unlisted secret: reason")
+    eq([q for q in up.requests if q["path"] == "/echo?t=inj2"], [], "upstream saw the refused request")
+
+
+@test
 def test_placeholder_bearer(t):
     up = make_upstream(t)
     al = start(t)

@@ -75,7 +75,7 @@ t_apply(struct t_out *o, const char *host, uint16_t port, int tls, const char *m
 {
     struct sec_hdr  h[16];
     int             n = 0;
-    struct sec_dest d = {host, port, target, strlen(target), tls};
+    struct sec_dest d = {host, port, target, strlen(target), tls, 0};
 
     for (; hv[2 * n] != NULL; n++) {
         h[n].name = hv[2 * n];
@@ -301,7 +301,7 @@ test_body_rules(void **state)
     struct t_out      o;
     const char *const hz[] = {"Content-Encoding", "gzip", NULL};
     const char *const hi[] = {"Content-Encoding", "identity", NULL};
-    struct sec_dest   d = {"basic.test", 443, "/", 1, 1};
+    struct sec_dest   d = {"basic.test", 443, "/", 1, 1, 0};
     struct sec_result res;
 
     (void)state;
@@ -351,10 +351,55 @@ test_apply_alloc_failures(void **state)
     }
 }
 
+static void
+test_rule_inject_list_narrows(void **state)
+{
+    /* A rule's "inject" list: a secret outside it is out of scope here. */
+    struct al_errs    errs;
+    static const char text[] =
+        "{\"secrets\": {\"a\": {\"from\": {\"value\": \"SECRET-VALUE-aaaa\"}, \"hosts\": "
+        "[\"api.test\"], \"header\": {\"name\": \"Authorization\", \"format\": \"Bearer {}\"}},"
+        "\"b\": {\"from\": {\"value\": \"SECRET-VALUE-bbbb\"}, \"hosts\": [\"api.test\"], "
+        "\"header\": {\"name\": \"X-B\", \"format\": \"{}\"}}}}";
+    struct sec_store *s;
+    struct sec_dest   d = {"api.test", 443, "/", 1, 1, 0};
+    struct sec_result res;
+    struct al_dbuf    hb, tb;
+    char              dir[] = "/tmp/al_only_XXXXXX";
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    al_errs_init(&errs);
+    s = sec_load_text("s.json", text, strlen(text), dir, &errs);
+    assert_non_null(s);
+    assert_int_equal(sec_in_scope(s, 0, &d), 1);
+    d.only = 1ULL << sec_find(s, "b");
+    assert_int_equal(sec_in_scope(s, sec_find(s, "a"), &d), 0);
+    assert_int_equal(sec_in_scope(s, sec_find(s, "b"), &d), 1);
+    al_dbuf_init(&hb, 65536);
+    al_dbuf_init(&tb, 65536);
+    memset(&res, 0, sizeof(res));
+    assert_int_equal(sec_apply_head(s, &d, "GET", NULL, 0, "/", 1, &hb, &tb, &res), AL_OK);
+    assert_non_null(strstr(hb.data, "X-B: SECRET-VALUE-bbbb"));
+    assert_null(strstr(hb.data, "SECRET-VALUE-aaaa"));
+    assert_int_equal(res.injected, 1ULL << sec_find(s, "b"));
+    sec_dbuf_wipe(&hb);
+    sec_dbuf_wipe(&tb);
+    sec_store_unref(s);
+    al_errs_free(&errs);
+    {
+        char cmd[64];
+
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rule_inject_list_narrows),
         cmocka_unit_test(test_template_replaces),
         cmocka_unit_test(test_placeholder_substitution),
         cmocka_unit_test(test_out_of_scope_and_passthrough),

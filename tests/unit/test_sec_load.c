@@ -408,7 +408,7 @@ test_scope_match(void **state)
                NULL, &errs, &cap);
     assert_non_null(s);
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
-        struct sec_dest d = {v[i].host, v[i].port, v[i].path, strlen(v[i].path), 1};
+        struct sec_dest d = {v[i].host, v[i].port, v[i].path, strlen(v[i].path), 1, 0};
 
         if (sec_in_scope(s, 0, &d) != v[i].a || sec_in_scope(s, 1, &d) != v[i].b ||
             sec_in_scope(s, 2, &d) != v[i].c) {
