@@ -51,12 +51,6 @@ static void px_conn_connect_next(struct px_conn *c);
 static void px_conn_finish_exchange(struct px_conn *c);
 static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
-static void px_conn_tls_up_start(struct px_conn *c);
-static void px_conn_upstream_ready(struct px_conn *c);
-static void px_conn_tls_up_step(struct px_conn *c);
-static void px_conn_mitm_refuse(struct px_conn *c, const char *reason);
-static void px_conn_tls_client_step(struct px_conn *c);
-static void px_exch_reset(struct px_exch *x, size_t header_bytes);
 
 /* ---- small pieces ------------------------------------------------------- */
 
@@ -88,7 +82,7 @@ px_exch_free(struct px_exch *x)
 }
 
 /* Readies a finished exchange for the next request on the connection. */
-static void
+void
 px_exch_reset(struct px_exch *x, size_t header_bytes)
 {
     al_safefree(x->fwd_path);
@@ -215,7 +209,7 @@ px_half_close(struct px_conn *c, struct px_half *h)
 
 /* Writes as much of h->out as the socket takes. AL_OK when empty, AL_AGAIN
  * when bytes remain, AL_ERROR when the peer is gone. */
-static int
+int
 px_half_flush(struct px_conn *c, struct px_half *h)
 {
     while (al_bufq_len(&h->out) > 0) {
@@ -272,7 +266,7 @@ px_dbuf_to_bufq(struct al_dbuf *d, struct al_bufq *q)
     return rc;
 }
 
-static void
+void
 px_conn_count_status(int status)
 {
     int cls = status / 100;
@@ -347,113 +341,12 @@ px_conn_deny(struct px_conn *c, int status, const char *reason, const char *deta
     px_conn_fail_ex(c, status, reason, detail, extra_headers);
 }
 
-static void
+void
 px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status, const char *reason,
                        const char *detail)
 {
     atomic_fetch_add_explicit(&px_metrics.upstream_errors[kind], 1, memory_order_relaxed);
     px_conn_fail(c, status, reason, detail);
-}
-
-/* ---- TLS ---------------------------------------------------------------- */
-
-/*
- * Reads decrypted bytes from a half. Client halves read the socket into a
- * memory BIO first (bytes that arrived with the CONNECT head are fed in the
- * same way); upstream halves use a socket BIO. Returns >0 bytes, 0 at EOF,
- * -1 when it would block (h->tls_want says on what), -2 on error.
- */
-static ssize_t
-px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
-{
-    if (h->ssl == NULL) {
-        ssize_t r = recv(h->fd, buf, n, 0);
-
-        if (r < 0)
-            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
-        return r;
-    }
-    for (;;) {
-        size_t got = 0;
-        int    err;
-
-        ERR_clear_error();
-        if (SSL_read_ex(h->ssl, buf, n, &got) > 0) {
-            h->tls_want = 0;
-            return (ssize_t)got;
-        }
-        err = SSL_get_error(h->ssl, 0);
-        if (err == SSL_ERROR_ZERO_RETURN)
-            return 0;
-        if (err == SSL_ERROR_WANT_WRITE) {
-            h->tls_want = EV_WRITE;
-            return -1;
-        }
-        if (err != SSL_ERROR_WANT_READ)
-            return ERR_peek_error() == 0 && err == SSL_ERROR_SYSCALL ? 0 : -2;
-        h->tls_want = EV_READ;
-        if (h->rbio == NULL)
-            return -1;
-        /* Memory BIO: pull more ciphertext from the socket. */
-        {
-            char    raw[PX_READ_BYTES];
-            ssize_t r = recv(h->fd, raw, sizeof(raw), 0);
-
-            if (r < 0)
-                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
-            c->last_activity = ev_now(c->worker->loop);
-            if (r == 0)
-                BIO_set_mem_eof_return(h->rbio, 0);
-            else if (BIO_write(h->rbio, raw, (int)r) != (int)r)
-                return -2;
-        }
-    }
-}
-
-/* Does the half hold decrypted or undecrypted bytes no socket event will announce? */
-static int
-px_half_tls_buffered(const struct px_half *h)
-{
-    return h->ssl != NULL &&
-           (SSL_has_pending(h->ssl) || (h->rbio != NULL && BIO_ctrl_pending(h->rbio) > 0));
-}
-
-/* One step of a TLS handshake. AL_OK done, AL_AGAIN waiting, AL_ERROR failed. */
-static int
-px_half_handshake(struct px_conn *c, struct px_half *h)
-{
-    for (;;) {
-        int err;
-
-        ERR_clear_error();
-        if (SSL_do_handshake(h->ssl) == 1) {
-            h->tls_want = 0;
-            return AL_OK;
-        }
-        err = SSL_get_error(h->ssl, 0);
-        if (err == SSL_ERROR_WANT_WRITE) {
-            h->tls_want = EV_WRITE;
-            return AL_AGAIN;
-        }
-        if (err != SSL_ERROR_WANT_READ)
-            return AL_ERROR;
-        h->tls_want = EV_READ;
-        if (h->rbio == NULL)
-            return AL_AGAIN;
-        {
-            char    raw[PX_READ_BYTES];
-            ssize_t r = recv(h->fd, raw, sizeof(raw), 0);
-
-            if (r < 0)
-                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? AL_AGAIN
-                                                                                 : AL_ERROR;
-            if (r == 0)
-                return AL_ERROR;
-            c->last_activity = ev_now(c->worker->loop);
-            if (BIO_write(h->rbio, raw, (int)r) != (int)r)
-                return AL_ERROR;
-        }
-    }
 }
 
 /* ---- watcher bookkeeping ------------------------------------------------ */
@@ -992,238 +885,12 @@ px_settings_init(void)
     px_resp_settings.on_message_complete = px_rs_message_complete;
 }
 
-/* ---- interception -------------------------------------------------------- */
-
-/* TCP to the upstream is up; start TLS (verified: CA, name, TLS >= 1.2). */
-static void
-px_conn_tls_up_start(struct px_conn *c)
-{
-    struct px_exch *x = c->x;
-
-    c->up.ssl = px_tls_up != NULL ? SSL_new(px_tls_up) : NULL;
-    if (c->up.ssl == NULL || SSL_set_fd(c->up.ssl, c->up.fd) != 1 ||
-        px_tls_upstream_prepare(c->up.ssl, x->target.host, x->target.port,
-                                x->target.kind != PX_HOST_NAME) != AL_OK) {
-        px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_tls_failed", "TLS setup");
-        return;
-    }
-    SSL_set_mode(c->up.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_set_options(c->up.ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
-    SSL_set_connect_state(c->up.ssl);
-    px_conn_set_state(c, PX_ST_TLS_UP);
-    px_conn_tls_up_step(c);
-}
-
-static void
-px_conn_tls_up_step(struct px_conn *c)
-{
-    int rc = px_half_handshake(c, &c->up);
-
-    if (rc == AL_AGAIN) {
-        px_conn_update_io(c);
-        return;
-    }
-    if (rc != AL_OK) {
-        const char *why = px_tls_verify_error(c->up.ssl);
-
-        PX_MINC(tls_failures);
-        px_conn_upstream_error(c, PX_UERR_OTHER, 502, why != NULL ? why : "upstream_tls_failed",
-                               c->x->target.host);
-        return;
-    }
-    PX_MINC(tls_upstream_handshakes);
-    px_conn_upstream_ready(c);
-}
-
-/*
- * An allowed CONNECT that airlock intercepts: answer 200 in the clear, then
- * speak TLS to the client with a leaf minted for the CONNECT host (or its
- * SNI, which must name the same host). Every request inside is parsed,
- * decided, injected and audited on its own; the upstream connection is
- * opened (and verified) per the first inner request and kept while reusable.
- */
 void
-px_conn_mitm_start(struct px_conn *c)
+px_conn_parser_reset(struct px_conn *c)
 {
-    struct px_exch   *x = c->x;
-    static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-    BIO              *wbio = NULL;
-
-    if (px_tls_srv == NULL) {
-        px_conn_deny(c, 403, "interception_unavailable", "no CA configured (ca.dir)", NULL);
-        return;
-    }
-    c->mitm = 1;
-    c->mitm_target = x->target;
-    c->mitm_target.path = "";
-    c->mitm_target.path_len = 0;
-    c->mitm_target.tls = 1;
-    snprintf(c->tun_sandbox, sizeof(c->tun_sandbox), "%s", x->sandbox);
-    snprintf(c->tun_session, sizeof(c->tun_session), "%s", x->session);
-    snprintf(c->tun_tool_call, sizeof(c->tun_tool_call), "%s", x->tool_call);
-    c->cl.ssl = SSL_new(px_tls_srv);
-    c->cl.rbio = BIO_new(BIO_s_mem());
-    wbio = BIO_new_socket(c->cl.fd, BIO_NOCLOSE);
-    if (c->cl.ssl == NULL || c->cl.rbio == NULL || wbio == NULL ||
-        px_tls_set_default_host(c->cl.ssl, x->target.host, x->target.kind != PX_HOST_NAME, 1) !=
-            AL_OK) {
-        BIO_free(c->cl.rbio);
-        BIO_free(wbio);
-        c->cl.rbio = NULL;
-        SSL_free(c->cl.ssl);
-        c->cl.ssl = NULL;
-        px_conn_fail(c, 500, "internal", "TLS setup");
-        return;
-    }
-    SSL_set_bio(c->cl.ssl, c->cl.rbio, wbio); /* the SSL owns both now */
-    SSL_set_mode(c->cl.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_set_options(c->cl.ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
-    SSL_set_accept_state(c->cl.ssl);
-    /* A ClientHello that came with the CONNECT head goes into the BIO. */
-    if (c->cin_len > 0 && BIO_write(c->cl.rbio, c->cin, (int)c->cin_len) != (int)c->cin_len) {
-        px_conn_close(c, "no memory");
-        return;
-    }
-    c->cin_len = 0;
-    if (!x->silent_tunnel) {
-        if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) {
-            px_conn_close(c, "no memory");
-            return;
-        }
-        c->cl.plain_out = sizeof(ok) - 1;
-    }
-    al_log_info("conn %llu: CONNECT %s:%u intercepted", (unsigned long long)c->id, x->target.host,
-                x->target.port);
-    px_conn_count_status(200);
-    x->status = 200;
-    px_conn_audit(c, NULL); /* the CONNECT's own row; inner requests get theirs */
-    px_exch_reset(x, c->conf->limits.header_bytes);
+    pthread_once(&px_settings_once, px_settings_init);
     llhttp_init(&c->rq, HTTP_REQUEST, &px_req_settings);
     c->rq.data = c;
-    c->nreqs = 0;
-    px_conn_set_state(c, PX_ST_TLS_CLIENT);
-    if (px_half_flush(c, &c->cl) == AL_ERROR) {
-        px_conn_close(c, "client write error");
-        return;
-    }
-    /* A ClientHello already in the BIO (coalesced with the CONNECT head, or
-     * peeked by a transparent listener) will not be announced by the socket. */
-    if (c->cl.plain_out == 0)
-        px_conn_tls_client_step(c);
-    else
-        px_conn_update_io(c);
-}
-
-/* Handshake with the client; then the inner requests start. */
-static void
-px_conn_tls_client_step(struct px_conn *c)
-{
-    int         rc;
-    const char *sni;
-
-    if (c->cl.plain_out > 0)
-        return; /* the 200 is still on its way */
-    rc = px_half_handshake(c, &c->cl);
-    if (rc == AL_AGAIN) {
-        px_conn_update_io(c);
-        return;
-    }
-    if (rc != AL_OK) {
-        const char *why = "client_tls_failed";
-
-        sni = px_tls_sni(c->cl.ssl);
-        if (px_tls_alpn_refused(c->cl.ssl))
-            why = "h2_not_supported";
-        else if (px_tls_sni_refused(c->cl.ssl))
-            why = "bad_sni";
-        else if (sni != NULL && strcasecmp(sni, c->mitm_target.host) != 0)
-            why = "sni_mismatch";
-        PX_MINC(tls_failures);
-        px_conn_mitm_refuse(c, why);
-        return;
-    }
-    sni = px_tls_sni(c->cl.ssl);
-    if (sni != NULL && sni[0] != '\0') {
-        char              host[PX_HOST_MAX + 1];
-        enum px_host_kind kind;
-        const char       *err = NULL;
-
-        if (px_host_normalize(sni, strlen(sni), host, sizeof(host), &kind, &err) != AL_OK ||
-            strcmp(host, c->mitm_target.host) != 0) {
-            PX_MINC(tls_failures);
-            px_conn_mitm_refuse(c, "sni_mismatch");
-            return;
-        }
-    }
-    PX_MINC(tls_client_handshakes);
-    px_conn_set_state(c, PX_ST_READ_HEAD);
-    px_conn_update_io(c);
-    if (px_half_tls_buffered(&c->cl))
-        c->cl.tls_more = 1, ev_feed_event(c->worker->loop, &c->cl.rio, EV_READ);
-}
-
-/* A tunnel that fails before any inner request: a row saying why, then close. */
-static void
-px_conn_mitm_refuse(struct px_conn *c, const char *reason)
-{
-    struct px_exch *x = c->x;
-
-    if (x != NULL) {
-        px_exch_reset(x, c->conf->limits.header_bytes);
-        x->start_us = al_now_us();
-        x->target = c->mitm_target;
-        x->method_name = "TLS";
-        x->is_connect = 1;
-        x->err_reason = reason;
-        snprintf(x->sandbox, sizeof(x->sandbox), "%s", c->tun_sandbox);
-        px_conn_audit(c, reason);
-    }
-    al_log_info("conn %llu: intercepted tunnel to %s refused: %s", (unsigned long long)c->id,
-                c->mitm_target.host, reason);
-    px_conn_close(c, reason);
-}
-
-/* An inner request's target is the tunnel's; its Host must name the same host. */
-static int
-px_conn_mitm_target(struct px_conn *c, const char **err)
-{
-    struct px_exch  *x = c->x;
-    struct px_msg   *m = &x->req;
-    const char      *url = px_msg_str(m, m->url);
-    int              h = px_msg_find(m, "host", 0);
-    struct px_target ht;
-
-    x->target = c->mitm_target;
-    if (m->url_len > 0 && url[0] == '/') {
-        x->target.path = url;
-        x->target.path_len = m->url_len;
-    } else {
-        struct px_target at;
-
-        if (px_url_parse_absolute(url, m->url_len, &at, err) != AL_OK)
-            return AL_ERROR;
-        if (strcmp(at.host, c->mitm_target.host) != 0 || at.port != c->mitm_target.port) {
-            *err = "misdirected";
-            return AL_DECLINED;
-        }
-        x->target.path = at.path;
-        x->target.path_len = at.path_len;
-        x->target.path_needs_slash = at.path_needs_slash;
-    }
-    if (h >= 0 && (m->hdrs[h].val == UINT32_MAX || px_msg_find(m, "host", h + 1) >= 0)) {
-        *err = "bad_host";
-        return AL_ERROR;
-    }
-    if (h >= 0) {
-        if (px_authority_parse(px_msg_str(m, m->hdrs[h].val), m->hdrs[h].val_len,
-                               c->mitm_target.port, &ht, err) != AL_OK)
-            return AL_ERROR;
-        if (strcmp(ht.host, c->mitm_target.host) != 0 || ht.port != c->mitm_target.port) {
-            *err = "misdirected";
-            return AL_DECLINED;
-        }
-    }
-    return AL_OK;
 }
 
 /* ---- from head to upstream --------------------------------------------- */
@@ -1405,7 +1072,7 @@ px_conn_write_request_head(struct px_conn *c)
     return rc == AL_DECLINED ? AL_DECLINED : rc;
 }
 
-static void
+void
 px_conn_upstream_ready(struct px_conn *c)
 {
     struct px_exch *x = c->x;

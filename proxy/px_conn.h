@@ -133,6 +133,25 @@ void px_conn_feed_client(struct px_conn *c);
 /* Starts intercepting an allowed CONNECT (or transparent TLS) toward x->target. */
 void px_conn_mitm_start(struct px_conn *c);
 
+int  px_half_flush(struct px_conn *c, struct px_half *h); /* AL_OK | AL_AGAIN | AL_ERROR */
+void px_conn_count_status(int status);
+void px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status, const char *reason,
+                            const char *detail);
+void px_conn_upstream_ready(struct px_conn *c);
+void px_exch_reset(struct px_exch *x, size_t header_bytes);
+void px_conn_parser_reset(struct px_conn *c); /* a fresh request parser */
+
+/* TLS halves and interception (px_conn_tls.c). */
+ssize_t px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n);
+int     px_half_tls_buffered(const struct px_half *h);
+int     px_half_handshake(struct px_conn *c, struct px_half *h);
+void    px_conn_tls_up_start(struct px_conn *c);
+void    px_conn_tls_up_step(struct px_conn *c);
+void    px_conn_tls_client_step(struct px_conn *c);
+void    px_conn_mitm_refuse(struct px_conn *c, const char *reason);
+/* An inner request's target: AL_OK, AL_DECLINED (misdirected), AL_ERROR. */
+int px_conn_mitm_target(struct px_conn *c, const char **err);
+
 /* Transparent listeners (px_conn_transparent.c). */
 int  px_conn_transparent_accept(struct px_conn *c); /* AL_OK, or refused and closed */
 void px_conn_peek(struct px_conn *c, int eof);      /* PX_ST_PEEK: which protocol */
