@@ -492,6 +492,20 @@ def test_rule_inject_list(t):
 
 
 @test
+def test_websocket_upgrade_with_secret_refused(t):
+    """After 101 Switching Protocols the connection is relayed as raw frames
+    nothing scans, so an upgrade that would carry a credential is refused."""
+    up = make_upstream(t)
+    al = start(t)
+    r = scurl(al, ["-H", "Connection: Upgrade", "-H", "Upgrade: websocket",
+                   "-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZQ==",
+                   "https://hdr.test:%d/echo?t=ws" % up.port])
+    eq(r.status, 403, "upgrade toward a secret's host: status")
+    eq(r.header("X-Airlock-Reason"), "upgrade_with_secret", "reason")
+    eq([q for q in up.requests if q["path"] == "/echo?t=ws"], [], "upstream saw the upgrade")
+
+
+@test
 def test_placeholder_bearer(t):
     up = make_upstream(t)
     al = start(t)
