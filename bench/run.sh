@@ -74,62 +74,13 @@ HAVE_TINY=0; command -v tinyproxy >/dev/null 2>&1 && HAVE_TINY=1
 # ---------------------------------------------------------------- sandbox
 TMP=$(mktemp -d /tmp/airlock-bench.XXXXXX) || exit 1
 chmod 755 "$TMP" # nginx workers / squid / tinyproxy may drop to nobody/proxy
+# Shared with run_tls.sh, run_transparent.py and run_audit.sh: process
+# tracking, cleanup, ports, RSS, ratios.
+# shellcheck source=extra_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/extra_lib.sh"
 PIDS=()          # every background process we started, by PID
 NAMES=()
 
-# All PIDs descending from $1 (itself included), from /proc/*/stat.
-descendants() {
-    local root=$1 line pid rest ppid
-    local -A kids=()
-    for s in /proc/[0-9]*/stat; do
-        read -r line <"$s" 2>/dev/null || continue
-        pid=${line%% *}
-        rest=${line##*) }
-        ppid=${rest#* }
-        ppid=${ppid%% *}
-        kids[$ppid]+=" $pid"
-    done
-    local queue=("$root") out=()
-    while [ ${#queue[@]} -gt 0 ]; do
-        local p=${queue[0]}
-        queue=("${queue[@]:1}")
-        out+=("$p")
-        for c in ${kids[$p]:-}; do queue+=("$c"); done
-    done
-    echo "${out[@]}"
-}
-
-# Sum of VmRSS (KiB) over $1 and its descendants.
-rss_tree() {
-    local total=0 v
-    for p in $(descendants "$1"); do
-        v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
-stop_pid() { # pid: TERM the process (and its descendants), KILL after 5 s
-    local pid=$1 all i
-    kill -0 "$pid" 2>/dev/null || return 0
-    all=$(descendants "$pid")
-    kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    for p in $all; do kill -KILL "$p" 2>/dev/null; done
-    wait "$pid" 2>/dev/null
-}
-
-cleanup() {
-    local i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}"
-    done
-    rm -rf "$TMP"
-}
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM
 
@@ -152,22 +103,6 @@ wait_port() {
         sleep 0.1
     done
     return 1
-}
-
-PICKED=" "
-pick_port() { # a port in 20000-32767 nobody listens on (below the ephemeral range)
-    local used p
-    used=" $(ss -Htan 2>/dev/null | awk '{n=split($4,a,":"); print a[n]}' | tr '\n' ' ') "
-    for _ in $(seq 500); do
-        p=$((20000 + RANDOM % 12768))
-        case "$used$PICKED" in *" $p "*) continue ;; esac
-        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
-        PICKED="$PICKED$p "
-        echo "$p"
-        return 0
-    done
-    log "fatal: no free port"
-    exit 1
 }
 
 # Raise the fd limit for everything started from here on (2000 tunnels need
@@ -543,14 +478,6 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for n in "${FWD[@]}"; do cb_run "$n" "${PORT_OF[$n]}"; done
 done
 
-# ---------------------------------------------------------------- report
-ratio() { # a b -> a/b with 2 decimals, or n/a
-    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN{ if (a == "" || b == "" || a+0 <= 0 || b+0 <= 0) print "n/a"; else printf "%.2f", a/b }'
-}
-verdict() { # value op target
-    awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN{ if (v == "n/a" || v == "") { print "n/a"; exit }
-        ok = (op == ">=") ? (v+0 >= t+0) : (v+0 <= t+0); print ok ? "PASS" : "FAIL" }'
-}
 fmt_num() { awk -v v="${1:-}" 'BEGIN{ if (v == "") print "-"; else printf "%.0f", v }'; }
 
 REPORT=$TMP/report.txt
