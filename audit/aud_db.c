@@ -15,6 +15,12 @@
  *   v2  + mode, orig_dst, conn_id, pending; indexes (x, ts) for sandbox,
  *       host, decision, tool_call so "exact filter + --since" is one range
  *       scan; plain ts index kept.
+ *   v3  the sandbox, tool_call and decision indexes are partial: they hold
+ *       only the rows worth finding by that column (tagged rows; decisions
+ *       other than allow). Every index entry is a B-tree insert on the
+ *       writer thread, so an untagged allowed request now costs two (ts,
+ *       host) instead of five; the read side adds the matching term
+ *       (`sandbox != ''`, ...) so the planner can use them.
  */
 #include "aud_int.h"
 
@@ -45,12 +51,17 @@ static const char aud_db_schema_v1[] =
     "CREATE INDEX requests_host ON requests(host);"
     "CREATE INDEX requests_decision ON requests(decision);";
 
-static const char aud_db_indexes_v2[] =
+/* The partial indexes' WHERE terms are repeated by aud_query_where(): keep
+ * them the same text. */
+static const char aud_db_indexes_v3[] =
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);"
-    "CREATE INDEX IF NOT EXISTS requests_sandbox_ts ON requests(sandbox, ts);"
     "CREATE INDEX IF NOT EXISTS requests_host_ts ON requests(host, ts);"
-    "CREATE INDEX IF NOT EXISTS requests_decision_ts ON requests(decision, ts);"
-    "CREATE INDEX IF NOT EXISTS requests_tool_call_ts ON requests(tool_call, ts);";
+    "CREATE INDEX IF NOT EXISTS requests_sandbox_ts ON requests(sandbox, ts) "
+    "WHERE " AUD_IDX_SANDBOX ";"
+    "CREATE INDEX IF NOT EXISTS requests_tool_call_ts ON requests(tool_call, ts) "
+    "WHERE " AUD_IDX_TOOL_CALL ";"
+    "CREATE INDEX IF NOT EXISTS requests_decision_ts ON requests(decision, ts) "
+    "WHERE " AUD_IDX_DECISION ";";
 
 static const char aud_db_schema_v2[] =
     "CREATE TABLE schema_version (version INTEGER NOT NULL, applied_us INTEGER NOT NULL);"
@@ -66,6 +77,12 @@ static const char aud_db_migrate_v1_v2[] =
     "DROP INDEX IF EXISTS requests_sandbox;"
     "DROP INDEX IF EXISTS requests_host;"
     "DROP INDEX IF EXISTS requests_decision;";
+
+/* v2 -> v3: the full-table tag and decision indexes become partial ones
+ * (created by aud_db_indexes_v3 right after). */
+static const char aud_db_migrate_v2_v3[] = "DROP INDEX IF EXISTS requests_sandbox_ts;"
+                                           "DROP INDEX IF EXISTS requests_tool_call_ts;"
+                                           "DROP INDEX IF EXISTS requests_decision_ts;";
 
 static const char aud_db_sql_insert[] =
     "INSERT INTO requests (ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, "
@@ -194,7 +211,17 @@ aud_db_migrate(sqlite3 *db, const char *path, struct al_errs *errs)
             goto out;
         v = 2;
     }
-    if (aud_db_exec(db, aud_db_indexes_v2, path, "creating indexes", errs) != AL_OK)
+    if (v == 2) {
+        al_log_info("audit: %s: migrating schema v2 -> v3 (partial tag and decision indexes; "
+                    "a large file takes a while)",
+                    path);
+        if (aud_db_exec(db, aud_db_migrate_v2_v3, path, "migrating v2 -> v3", errs) != AL_OK)
+            goto out;
+        if (aud_db_mark_version(db, 3, path, errs) != AL_OK)
+            goto out;
+        v = 3;
+    }
+    if (aud_db_exec(db, aud_db_indexes_v3, path, "creating indexes", errs) != AL_OK)
         goto out;
     ret = AL_OK;
 out:

@@ -15,6 +15,12 @@
 
 #define AUD_BUSY_TIMEOUT_MS 2000
 
+/* WHERE terms of the partial indexes (schema v3). A query filtering on the
+ * column adds the same term, which is what lets sqlite's planner use them. */
+#define AUD_IDX_SANDBOX "sandbox != ''"
+#define AUD_IDX_TOOL_CALL "tool_call != ''"
+#define AUD_IDX_DECISION "decision != 'allow'"
+
 /* ---- aud_db.c: the writer's connection -------------------------------- */
 struct aud_db {
     sqlite3      *db;

@@ -138,6 +138,8 @@ aud_query_where(struct al_dbuf *sql, struct aud_binds *b, const struct aud_filte
     if (f->sandbox != NULL) {
         AUD_Q_ADD("sandbox = ?");
         aud_binds_text(b, f->sandbox);
+        if (f->sandbox[0] != '\0')
+            AUD_Q_ADD(AUD_IDX_SANDBOX);
     }
     if (f->session != NULL) {
         AUD_Q_ADD("session = ?");
@@ -146,6 +148,8 @@ aud_query_where(struct al_dbuf *sql, struct aud_binds *b, const struct aud_filte
     if (f->tool_call != NULL) {
         AUD_Q_ADD("tool_call = ?");
         aud_binds_text(b, f->tool_call);
+        if (f->tool_call[0] != '\0')
+            AUD_Q_ADD(AUD_IDX_TOOL_CALL);
     }
     if (f->host != NULL) {
         if (aud_glob_has_meta(f->host)) {
@@ -166,6 +170,8 @@ aud_query_where(struct al_dbuf *sql, struct aud_binds *b, const struct aud_filte
     if (f->decision != NULL) {
         AUD_Q_ADD("decision = ?");
         aud_binds_text(b, f->decision);
+        if (strcmp(f->decision, "allow") != 0)
+            AUD_Q_ADD(AUD_IDX_DECISION);
     }
     if (f->rule != NULL) {
         AUD_Q_ADD("rule = ?");

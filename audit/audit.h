@@ -24,7 +24,7 @@
 /* Rows deleted per retention step (one small transaction between batches). */
 #define AUD_RETENTION_CHUNK_ROWS 1000
 /* Current on-disk schema version (table schema_version). */
-#define AUD_SCHEMA_VERSION 2
+#define AUD_SCHEMA_VERSION 3
 /* aud_writer_stop() keeps retrying a failing database this long before it drops. */
 #define AUD_STOP_RETRY_MS 5000
 

@@ -120,16 +120,45 @@ px_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
     return AL_ERROR; /* names are not accepted for listening addresses */
 }
 
+/* Writes v in decimal (no NUL); returns the number of digits. */
+static size_t
+px_u32_str(char *out, uint32_t v)
+{
+    char   tmp[10];
+    size_t n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
 void
 px_sockaddr_str(const struct sockaddr *sa, char *out, size_t outsz)
 {
     char ip[INET6_ADDRSTRLEN];
 
+    if (outsz == 0)
+        return;
     if (sa->sa_family == AF_INET) {
+        /* Per request (audit rows): digits by hand, no printf machinery. */
         const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)sa;
+        const unsigned char      *a = (const unsigned char *)&sin->sin_addr;
+        char                      tmp[sizeof("255.255.255.255:65535")];
+        size_t                    n = 0;
 
-        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
-        snprintf(out, outsz, "%s:%u", ip, ntohs(sin->sin_port));
+        for (int i = 0; i < 4; i++) {
+            n += px_u32_str(tmp + n, a[i]);
+            tmp[n++] = i < 3 ? '.' : ':';
+        }
+        n += px_u32_str(tmp + n, ntohs(sin->sin_port));
+        if (n >= outsz)
+            n = outsz - 1;
+        memcpy(out, tmp, n);
+        out[n] = '\0';
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)(const void *)sa;
 

@@ -361,17 +361,30 @@ test_aud_migrate_v1(void **state)
     aud_writer_stop(w);
 
     assert_int_equal(sqlite3_open(e->db, &db), SQLITE_OK);
-    assert_int_equal(aud_db_schema_version(db), 2);
+    assert_int_equal(aud_db_schema_version(db), AUD_SCHEMA_VERSION);
     {
-        sqlite3_stmt *st = NULL;
+        /* v3: the tag and decision indexes are partial, host and ts full */
+        static const char *const partial[] = {"requests_tool_call_ts", "requests_sandbox_ts",
+                                              "requests_decision_ts"};
+        sqlite3_stmt            *st = NULL;
 
         assert_int_equal(sqlite3_prepare_v2(db,
-                                            "SELECT count(*) FROM sqlite_master WHERE type = "
-                                            "'index' AND name = 'requests_tool_call_ts'",
+                                            "SELECT name, sql FROM sqlite_master WHERE type = "
+                                            "'index' AND name LIKE 'requests_%' ORDER BY name",
                                             -1, &st, NULL),
                          SQLITE_OK);
-        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-        assert_int_equal(sqlite3_column_int(st, 0), 1);
+        for (int k = 0; k < 5; k++) {
+            const char *name, *sql;
+            int         is_partial = 0;
+
+            assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+            name = (const char *)sqlite3_column_text(st, 0);
+            sql = (const char *)sqlite3_column_text(st, 1);
+            for (size_t i = 0; i < sizeof(partial) / sizeof(partial[0]); i++)
+                is_partial |= strcmp(name, partial[i]) == 0;
+            assert_true((strstr(sql, " WHERE ") != NULL) == is_partial);
+        }
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
         sqlite3_finalize(st);
     }
     sqlite3_close(db);

@@ -10,6 +10,9 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "proxy/px.h"
 
 static char t_dir[64];
@@ -216,6 +219,41 @@ test_embedded_default(void **state)
     al_errs_free(&errs);
 }
 
+/* Audit rows and logs name peers as ip:port; IPv4 is formatted by hand. */
+static void
+test_sockaddr_str(void **state)
+{
+    struct sockaddr_in  sin;
+    struct sockaddr_in6 sin6;
+    char                out[64], small[8];
+
+    (void)state;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(3128);
+    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+    px_sockaddr_str((struct sockaddr *)&sin, out, sizeof(out));
+    assert_string_equal(out, "127.0.0.1:3128");
+    sin.sin_port = htons(0);
+    inet_pton(AF_INET, "0.0.0.0", &sin.sin_addr);
+    px_sockaddr_str((struct sockaddr *)&sin, out, sizeof(out));
+    assert_string_equal(out, "0.0.0.0:0");
+    sin.sin_port = htons(65535);
+    inet_pton(AF_INET, "255.255.255.255", &sin.sin_addr);
+    px_sockaddr_str((struct sockaddr *)&sin, out, sizeof(out));
+    assert_string_equal(out, "255.255.255.255:65535");
+    sin.sin_port = htons(80);
+    inet_pton(AF_INET, "10.20.3.40", &sin.sin_addr);
+    px_sockaddr_str((struct sockaddr *)&sin, small, sizeof(small));
+    assert_string_equal(small, "10.20.3"); /* truncated, still terminated */
+    memset(&sin6, 0, sizeof(sin6));
+    sin6.sin6_family = AF_INET6;
+    sin6.sin6_port = htons(443);
+    inet_pton(AF_INET6, "::1", &sin6.sin6_addr);
+    px_sockaddr_str((struct sockaddr *)&sin6, out, sizeof(out));
+    assert_string_equal(out, "[::1]:443");
+}
+
 int
 main(void)
 {
@@ -226,6 +264,7 @@ main(void)
         cmocka_unit_test(test_missing_policy_and_bad_json),
         cmocka_unit_test(test_sandboxes_and_admin),
         cmocka_unit_test(test_embedded_default),
+        cmocka_unit_test(test_sockaddr_str),
     };
 
     return cmocka_run_group_tests(tests, t_setup, t_teardown);
