@@ -36,6 +36,8 @@
 #define PX_READ_BYTES 16384           /* one read(2) */
 #define PX_POOL_IDLE_S 30             /* idle upstream keep-alive lifetime */
 #define PX_POOL_MAX_PER_WORKER 512
+#define PX_MALLOC_TRIM_BYTES (32 << 20) /* free heap top kept before trimming */
+#define PX_MALLOC_MMAP_BYTES (1 << 20)  /* allocations from mmap(2) above this */
 
 enum px_listen_mode { PX_LISTEN_FORWARD = 0, PX_LISTEN_TRANSPARENT };
 

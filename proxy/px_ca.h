@@ -32,6 +32,9 @@
 #define PX_CA_HOST_MAX 253      /* longest DNS name accepted */
 #define PX_CA_CN_MAX 64         /* ub-common-name; longer names are cut in the CN */
 #define PX_TLS_SESS_ENTRIES 256 /* upstream sessions kept (host:port, LRU) */
+#ifndef PX_TLS_TICKETS
+#define PX_TLS_TICKETS 1 /* TLS 1.3 session tickets sent to each intercepted client */
+#endif
 #define PX_CA_SYSTEM_ROOTS "/etc/ssl/certs/ca-certificates.crt"
 #define PX_CA_CERT_FILE "ca.pem"
 #define PX_CA_KEY_FILE "ca.key"

@@ -376,6 +376,10 @@ px_conn_update_io(struct px_conn *c)
     case PX_ST_READ_HEAD:
     case PX_ST_PEEK:
         cr = !c->cl.eof && c->cin_len < PX_CIN_BYTES;
+        /* A kept upstream stays watched between requests: if it closes or
+         * talks out of turn it is dropped at once, and the watcher is not
+         * stopped and restarted around every request (epoll_ctl calls). */
+        ur = c->up_kept && c->up.fd >= 0;
         break;
     case PX_ST_RESOLVE:
     case PX_ST_AUDIT:
@@ -419,8 +423,8 @@ px_conn_update_io(struct px_conn *c)
     /* Decrypted bytes waiting inside OpenSSL announce themselves to nobody. */
     if (cr && c->cl.tls_more)
         ev_feed_event(loop, &c->cl.rio, EV_READ);
-    if (ur && c->up.ssl != NULL && SSL_has_pending(c->up.ssl))
-        ev_feed_event(loop, &c->up.rio, EV_READ);
+    if (ur && c->up.ssl != NULL && c->up.tls_want != EV_READ && SSL_has_pending(c->up.ssl))
+        ev_feed_event(loop, &c->up.rio, EV_READ); /* not after "want read": a partial record */
 }
 
 /* ---- closing ------------------------------------------------------------ */
@@ -1644,6 +1648,33 @@ px_conn_upstream_readable(struct px_conn *c)
         px_conn_update_io(c);
 }
 
+/*
+ * A kept upstream (intercepted tunnel, between requests) became readable.
+ * TLS records that carry no data (a session ticket, a key update) are taken
+ * in stride; data nobody asked for, a close or an error drop it, and the
+ * next request opens a new one.
+ */
+static void
+px_conn_kept_upstream_readable(struct px_conn *c)
+{
+    if (c->up.ssl != NULL) {
+        char   buf[512];
+        size_t got = 0;
+
+        ERR_clear_error();
+        if (SSL_read_ex(c->up.ssl, buf, sizeof(buf), &got) <= 0 &&
+            SSL_get_error(c->up.ssl, 0) == SSL_ERROR_WANT_READ) {
+            c->up.tls_want = EV_READ;
+            return;
+        }
+        ERR_clear_error();
+    }
+    al_log_debug("conn %llu: kept upstream closed or spoke out of turn: dropped",
+                 (unsigned long long)c->id);
+    px_half_close(c, &c->up);
+    c->up_kept = 0;
+}
+
 /* How much of a path may be logged: never the query (it may carry tokens). */
 static int
 px_log_path_len(const char *path, size_t len)
@@ -1686,9 +1717,7 @@ px_conn_finish_exchange(struct px_conn *c)
     }
     if (c->mitm && x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 &&
         c->up.fd >= 0 && !c->draining) {
-        ev_io_stop(c->worker->loop, &c->up.rio);
-        ev_io_stop(c->worker->loop, &c->up.wio);
-        c->up_kept = 1; /* the next inner request reuses it */
+        c->up_kept = 1; /* the next inner request reuses it; watched while idle */
     } else if (x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 &&
                c->up.fd >= 0 && !c->draining) {
         ev_io_stop(c->worker->loop, &c->up.rio);
@@ -1898,6 +1927,8 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
             px_conn_client_readable(c);
         else if (!is_cl && (revents & EV_READ) && c->state == PX_ST_EXCHANGE)
             px_conn_upstream_readable(c);
+        else if (!is_cl && (revents & EV_READ) && c->up_kept)
+            px_conn_kept_upstream_readable(c);
         if (!c->closing)
             px_conn_update_io(c);
         break;

@@ -32,6 +32,8 @@ struct px_half {
     int             tls_want;  /* EV_READ / EV_WRITE an SSL call is waiting for, or 0 */
     size_t          plain_out; /* leading bytes of `out` to send before TLS starts */
     int             tls_more;  /* reading stopped on backpressure with TLS bytes buffered */
+    int             rdrained;  /* a short recv emptied the socket in loop iteration rdrained_iter */
+    unsigned int    rdrained_iter;
     ev_io           rio, wio;
     struct al_bufq  out;     /* bytes queued *to* this side */
     int             eof;     /* we read EOF from this side */

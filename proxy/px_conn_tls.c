@@ -23,6 +23,36 @@
 #include <openssl/ssl.h>
 
 /*
+ * Memory BIO: pulls more ciphertext from the socket into h->rbio. Returns 1
+ * (bytes fed), 0 at EOF, -1 when it would block, -2 on error. A read shorter
+ * than the buffer emptied the socket's queue: until the loop polls again the
+ * next attempt answers "would block" without a recv(2) that can only say
+ * EAGAIN (level-triggered polling reports bytes that arrive meanwhile).
+ */
+static int
+px_half_fill_rbio(struct px_conn *c, struct px_half *h)
+{
+    char         raw[PX_READ_BYTES];
+    unsigned int iter = ev_iteration(c->worker->loop);
+    ssize_t      r;
+
+    if (h->rdrained && h->rdrained_iter == iter)
+        return -1;
+    h->rdrained = 0;
+    r = recv(h->fd, raw, sizeof(raw), 0);
+    if (r < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+    if (r == 0)
+        return 0;
+    c->last_activity = ev_now(c->worker->loop);
+    if ((size_t)r < sizeof(raw)) {
+        h->rdrained = 1;
+        h->rdrained_iter = iter;
+    }
+    return BIO_write(h->rbio, raw, (int)r) == (int)r ? 1 : -2;
+}
+
+/*
  * Reads decrypted bytes from a half. Client halves read the socket into a
  * memory BIO first (bytes that arrived with the CONNECT head are fed in the
  * same way); upstream halves use a socket BIO. Returns >0 bytes, 0 at EOF,
@@ -59,18 +89,14 @@ px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
         h->tls_want = EV_READ;
         if (h->rbio == NULL)
             return -1;
-        /* Memory BIO: pull more ciphertext from the socket. */
-        {
-            char    raw[PX_READ_BYTES];
-            ssize_t r = recv(h->fd, raw, sizeof(raw), 0);
-
-            if (r < 0)
-                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
-            c->last_activity = ev_now(c->worker->loop);
-            if (r == 0)
-                BIO_set_mem_eof_return(h->rbio, 0);
-            else if (BIO_write(h->rbio, raw, (int)r) != (int)r)
-                return -2;
+        switch (px_half_fill_rbio(c, h)) {
+        case -1:
+            return -1;
+        case -2:
+            return -2;
+        case 0:
+            BIO_set_mem_eof_return(h->rbio, 0);
+            break;
         }
     }
 }
@@ -105,18 +131,12 @@ px_half_handshake(struct px_conn *c, struct px_half *h)
         h->tls_want = EV_READ;
         if (h->rbio == NULL)
             return AL_AGAIN;
-        {
-            char    raw[PX_READ_BYTES];
-            ssize_t r = recv(h->fd, raw, sizeof(raw), 0);
-
-            if (r < 0)
-                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? AL_AGAIN
-                                                                                 : AL_ERROR;
-            if (r == 0)
-                return AL_ERROR;
-            c->last_activity = ev_now(c->worker->loop);
-            if (BIO_write(h->rbio, raw, (int)r) != (int)r)
-                return AL_ERROR;
+        switch (px_half_fill_rbio(c, h)) {
+        case -1:
+            return AL_AGAIN;
+        case -2:
+        case 0:
+            return AL_ERROR;
         }
     }
 }

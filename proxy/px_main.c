@@ -10,6 +10,7 @@
 #include "px_ca.h"
 #include "px_worker.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -136,6 +137,12 @@ px_main_run(const char *config_path, int dry_run)
         al_log_info("policy in dry-run: denies are recorded as would_deny and let through");
     al_log_set_level(c->log_level);
     signal(SIGPIPE, SIG_IGN);
+    /* TLS record buffers (released between records, SSL_MODE_RELEASE_BUFFERS)
+     * and queue chunks come and go at the top of the worker arenas; with the
+     * default 128 KiB trim threshold glibc hands those pages back with
+     * madvise(2) and faults them in again, request after request. */
+    (void)mallopt(M_TRIM_THRESHOLD, PX_MALLOC_TRIM_BYTES);
+    (void)mallopt(M_MMAP_THRESHOLD, PX_MALLOC_MMAP_BYTES);
     px_raise_nofile();
     if (c->secrets != NULL) {
         struct rlimit nocore = {0, 0};
