@@ -317,7 +317,7 @@ aud_db_open(const char *path, int strict, int log_query, struct al_errs *errs)
     sqlite3_busy_timeout(d->db, AUD_BUSY_TIMEOUT_MS);
     snprintf(pragmas, sizeof(pragmas),
              "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA temp_store=MEMORY; "
-             "PRAGMA cache_size=-32768; PRAGMA wal_autocheckpoint=8192;",
+             "PRAGMA cache_size=-8192; PRAGMA wal_autocheckpoint=8192;",
              strict ? "FULL" : "NORMAL");
     rc = sqlite3_exec(d->db, pragmas, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {

@@ -69,7 +69,10 @@ if [[ $PART == *a* ]]; then
     start_bg origin nginx -e "$TMP/origin/error.log" -p "$TMP/origin" -c "$TMP/origin/nginx.conf"
     wait_port "$LAST_PID" "$P_ORIGIN" || { log "fatal: origin nginx did not start"; exit 1; }
 
-    declare -A PORT=() RPS=() ERR=() CLOSES=() UPN=()
+    declare -A PORT=() RPS=() ERR=() CLOSES=() UPN=() APID=() CPU_T=() CPU_N=()
+    # utime + stime of a process, in clock ticks
+    proc_cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+    HZ=$(getconf CLK_TCK)
     MODES="off batched strict"
     for m in $MODES; do
         d=$TMP/al-$m
@@ -83,7 +86,7 @@ if [[ $PART == *a* ]]; then
         echo '{"default":"allow","allow_addresses":["127.0.0.0/8"],"rules":[]}' >"$d/policy.json"
         echo "{\"listen\":[{\"addr\":\"127.0.0.1:${PORT[$m]}\",\"mode\":\"forward\"}],\"workers\":1,\"policy\":\"policy.json\",\"audit\":$audit,\"log_level\":\"warn\"}" >"$d/cfg.json"
         (cd "$d" && exec "$AIRLOCK" run --config cfg.json) >"$TMP/al-$m.out" 2>&1 &
-        LAST_PID=$!; PIDS+=("$LAST_PID")
+        LAST_PID=$!; PIDS+=("$LAST_PID"); APID[$m]=$LAST_PID
         if wait_port "$LAST_PID" "${PORT[$m]}"; then
             UPN[$m]=1
             log "airlock audit=$m pid $LAST_PID on :${PORT[$m]}"
@@ -97,8 +100,16 @@ if [[ $PART == *a* ]]; then
             [ -n "${UPN[$m]:-}" ] || continue
             url=http://127.0.0.1:${PORT[$m]}/
             BENCH_TARGET=$TARGET wrk -t1 -c"$CONNS" -s "$BENCH_DIR/proxy.lua" -d"${WARMUP}s" "$url" >/dev/null 2>&1
+            pid=${APID[$m]}
+            c0=$(proc_cpu_ticks "$pid")
             o=$(BENCH_TARGET=$TARGET wrk -t1 -c"$CONNS" -s "$BENCH_DIR/proxy.lua" -d"${DURATION}s" "$url" 2>&1)
+            c1=$(proc_cpu_ticks "$pid")
             echo "$o" >"$TMP/wrk-$m-r$r.txt"
+            nreq=$(echo "$o" | awk '/requests in/{print $1}')
+            # CPU the whole airlock process (workers + audit writer) spent per
+            # request: unlike req/s, this does not move with other load
+            CPU_T[$m]=$(( ${CPU_T[$m]:-0} + c1 - c0 ))
+            CPU_N[$m]=$(( ${CPU_N[$m]:-0} + ${nreq:-0} ))
             rps=$(echo "$o" | awk '/^Requests\/sec:/{print $2}')
             non2xx=$(echo "$o" | awk -F: '/Non-2xx/{gsub(/ /,"",$2); print $2}')
             sock=$(echo "$o" | awk '/Socket errors/{gsub(/,/,""); print $4 + $8 + $10}')
@@ -112,10 +123,13 @@ if [[ $PART == *a* ]]; then
     rows_b=$(sqlite3 "$TMP/al-batched/audit.db" 'select count(*) from requests' 2>/dev/null)
     rows_s=$(sqlite3 "$TMP/al-strict/audit.db" 'select count(*) from requests' 2>/dev/null)
     out "(a) Proxy HTTP GET /100b keep-alive, $CONNS connections, workers 1 (wrk -t1 -c$CONNS -s bench/proxy.lua; best of $ROUNDS x ${DURATION}s)"
-    out "$(printf '   %-10s %12s %10s %8s %8s' audit "req/s" "vs off" errors closes)"
+    out "$(printf '   %-10s %12s %10s %8s %8s %14s' audit "req/s" "vs off" errors closes "cpu us/req")"
     for m in $MODES; do
-        out "$(printf '   %-10s %12s %10s %8s %8s' "$m" "$(fmt_num "${RPS[$m]:-}")" "$(ratio "${RPS[$m]:-}" "${RPS[off]:-}")" "${ERR[$m]:--}" "${CLOSES[$m]:--}")"
+        cpu=$(awk -v t="${CPU_T[$m]:-0}" -v n="${CPU_N[$m]:-0}" -v hz="$HZ" 'BEGIN{ if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }')
+        out "$(printf '   %-10s %12s %10s %8s %8s %14s' "$m" "$(fmt_num "${RPS[$m]:-}")" "$(ratio "${RPS[$m]:-}" "${RPS[off]:-}")" "${ERR[$m]:--}" "${CLOSES[$m]:--}" "$cpu")"
     done
+    out "   (cpu us/req: user+sys of the whole airlock process over all measured rounds / requests;"
+    out "    on a shared machine this moves less than req/s; its off/batched ratio is the audit's cost)"
     out "   rows written: batched ${rows_b:-?}, strict ${rows_s:-?}"
     rb=$(ratio "${RPS[batched]:-}" "${RPS[off]:-}")
     rs=$(ratio "${RPS[strict]:-}" "${RPS[batched]:-}")
