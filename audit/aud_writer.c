@@ -35,6 +35,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
@@ -423,6 +424,18 @@ aud_writer_main(void *arg)
     struct timespec    ts;
     int64_t            now, deadline;
 
+    if (!w->strict) {
+        /* Batched rows wait flush_ms anyway: as SCHED_BATCH the writer never
+         * preempts a worker on wake-up (it woke to run a whole batch), so
+         * request threads keep their core; it still gets its fair CPU share
+         * and a full queue still fails requests closed. Strict mode keeps
+         * the normal policy: requests wait for its commits. */
+        struct sched_param sp;
+
+        memset(&sp, 0, sizeof(sp));
+        if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp) != 0)
+            al_log_debug("audit: writer thread stays SCHED_OTHER");
+    }
     pthread_mutex_lock(&w->mu);
     for (;;) {
         now = al_mono_us();
