@@ -27,6 +27,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -285,6 +286,22 @@ aud_db_prepare(struct aud_db *d, const char *sql, sqlite3_stmt **st, struct al_e
     return AL_OK;
 }
 
+static void
+aud_sqlite_config(void)
+{
+    /* sqlite's memory statistics take a global mutex on every allocation;
+     * nothing here reads them. Only possible before sqlite initialises. */
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
+void
+aud_sqlite_setup(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+    pthread_once(&once, aud_sqlite_config);
+}
+
 struct aud_db *
 aud_db_open(const char *path, int strict, int log_query, struct al_errs *errs)
 {
@@ -307,6 +324,7 @@ aud_db_open(const char *path, int strict, int log_query, struct al_errs *errs)
     }
     if (aud_db_create_file(path, &d->dev, &d->ino, errs) != AL_OK)
         goto fail;
+    aud_sqlite_setup();
     rc = sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         al_errs_add(errs, "%s: cannot open audit database: %s", path,

@@ -31,6 +31,8 @@ struct aud_db {
     int           strict, log_query;
 };
 
+/* Process-wide sqlite settings, once, before the first connection. */
+void aud_sqlite_setup(void);
 /* Opens or creates `path` (0600), WAL, schema + migrations, statements.
  * Returns a handle owned by the caller (aud_db_close) or NULL + errs. */
 struct aud_db *aud_db_open(const char *path, int strict, int log_query, struct al_errs *errs);

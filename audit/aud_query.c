@@ -38,6 +38,7 @@ aud_db_open_ro(const char *path, struct al_errs *errs)
     int      rc;
     int      v;
 
+    aud_sqlite_setup();
     rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
     if (rc != SQLITE_OK) {
         al_errs_add(errs, "%s: cannot open audit database: %s", path,
