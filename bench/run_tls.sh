@@ -401,7 +401,8 @@ REPORT=$TMP/report.txt
     done
     echo
     echo "3. RSS with $IDLE idle intercepted connections (CONNECT + TLS handshake verified against the proxy's CA;"
-    echo "   'get': then one GET /100b each, so the upstream TLS connection exists too; 'hs': handshake only)"
+    echo "   'get': then one GET /100b each, so the upstream TLS connection was opened too (airlock parks it in"
+    echo "   its pool after 1 s idle, at most 8 per host; squid closes it); 'hs': handshake only)"
     printf '   %-16s %12s %14s %12s %8s\n' proxy "base KiB" "loaded KiB" "KiB/conn" fds
     for v in get hs; do
         for n in airlock squid; do

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include <ev.h>
+#include <openssl/types.h>
 #include <llhttp.h>
 
 #include "audit.h"
@@ -36,6 +37,8 @@
 #define PX_READ_BYTES 16384           /* one read(2) */
 #define PX_POOL_IDLE_S 30             /* idle upstream keep-alive lifetime */
 #define PX_POOL_MAX_PER_WORKER 512
+#define PX_POOL_TLS_PER_HOST 8 /* parked TLS upstreams per host:port and worker */
+#define PX_IDLE_TRIM_S 1.0     /* idle keep-alive: request state freed, TLS upstream parked */
 #define PX_MALLOC_TRIM_BYTES (32 << 20) /* free heap top kept before trimming */
 #define PX_MALLOC_MMAP_BYTES (1 << 20)  /* allocations from mmap(2) above this */
 
@@ -209,6 +212,12 @@ void px_conns_close_all(struct px_worker *w);
 /* Upstream keep-alive pool, per worker, in px_pool.c. Keys are "host:port". */
 int  px_pool_get(struct px_worker *w, const char *key, struct sockaddr_storage *peer);
 void px_pool_put(struct px_worker *w, const char *key, int fd, const struct sockaddr_storage *peer);
+/* Verified TLS upstreams (intercepted tunnels): the SSL travels with the fd;
+ * get takes only one made from ctx. */
+int  px_pool_get_tls(struct px_worker *w, const char *key, SSL_CTX *ctx,
+                     struct sockaddr_storage *peer, SSL **ssl);
+void px_pool_put_tls(struct px_worker *w, const char *key, int fd, SSL *ssl,
+                     const struct sockaddr_storage *peer);
 void px_pool_clear(struct px_worker *w);
 
 /* ---- the daemon and CLI entry points (main.c) --------------------------- */

@@ -51,6 +51,7 @@ static void px_conn_connect_next(struct px_conn *c);
 static void px_conn_finish_exchange(struct px_conn *c);
 static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
+static void px_conn_idle_trim(struct px_conn *c);
 
 /* ---- small pieces ------------------------------------------------------- */
 
@@ -128,6 +129,8 @@ px_conn_deadline(const struct px_conn *c)
          * until the next head starts. */
         if (c->head_started || c->nreqs == 0)
             return c->phase_start + l->header_timeout_s;
+        if ((c->x != NULL || c->up_kept) && PX_IDLE_TRIM_S < l->idle_timeout_s)
+            return c->last_activity + PX_IDLE_TRIM_S; /* px_conn_idle_trim first */
         return c->last_activity + l->idle_timeout_s;
     case PX_ST_RESOLVE:
     case PX_ST_CONNECT:
@@ -388,8 +391,13 @@ px_conn_update_io(struct px_conn *c)
         uw = 1;
         break;
     case PX_ST_EXCHANGE:
-        cr = !c->cl.eof && x != NULL && !x->req_done && c->cin_len < PX_CIN_BYTES &&
-             !al_bufq_full(&c->up.out);
+        /* After a complete request the client stays watched too (bytes it
+         * pipelines wait in cin, bounded; EOF is noted for after the
+         * response), so keep-alive does not stop and restart the watcher
+         * around every response. Not before a possible 101: what follows an
+         * upgrade request is not HTTP. */
+        cr = !c->cl.eof && x != NULL && c->cin_len < PX_CIN_BYTES &&
+             (x->req_done ? !x->want_upgrade : !al_bufq_full(&c->up.out));
         uw = al_bufq_len(&c->up.out) > 0 && (x == NULL || !x->hold_up);
         ur = x != NULL && !x->resp_done && !al_bufq_full(&c->cl.out);
         break;
@@ -446,6 +454,8 @@ px_conn_close(struct px_conn *c, const char *why)
     px_conn_tunnel_audit_close(c, why);
     if (c->state == PX_ST_TUNNEL)
         PX_MDEC(tunnels_open);
+    if (c->up_kept && c->mitm)
+        px_conn_idle_trim(c); /* the next tunnel to this host may use the upstream */
     ev_timer_stop(w->loop, &c->timer);
     px_half_close(c, &c->cl);
     px_half_close(c, &c->up);
@@ -1279,6 +1289,29 @@ px_conn_resolve(struct px_conn *c)
         px_conn_upstream_ready(c);
         return;
     }
+    if (c->mitm && x->target.tls && !x->no_pool && c->up.fd < 0 && px_tls_up != NULL) {
+        struct sockaddr_storage peer;
+        SSL                    *ssl = NULL;
+        int fd = px_pool_get_tls(c->worker, x->pool_key, px_tls_up, &peer, &ssl);
+
+        if (fd >= 0) { /* a verified upstream another tunnel to this host parked */
+            PX_MINC(pool_hits);
+            x->from_pool = 1;
+            x->addrs.naddrs = 1;
+            x->addrs.addrs[0] = peer;
+            x->addr_idx = 0;
+            if (px_decide_addrs(c) != AL_OK) {
+                SSL_free(ssl);
+                close(fd);
+                return;
+            }
+            px_half_init(&c->up, c, fd);
+            c->up.ssl = ssl;
+            c->up.out.max = PX_BUF_HIGH_BYTES;
+            px_conn_upstream_ready(c);
+            return;
+        }
+    }
     if (!x->is_connect && !x->want_upgrade && !x->no_pool && !x->target.tls) {
         struct sockaddr_storage peer;
         int                     fd = px_pool_get(c->worker, x->pool_key, &peer);
@@ -1541,6 +1574,8 @@ px_conn_client_readable(struct px_conn *c)
             px_conn_close(c, "client closed");
         else if (c->state == PX_ST_READ_HEAD)
             px_conn_fail(c, 400, "bad_request", "incomplete request head");
+        else if (c->state == PX_ST_EXCHANGE && c->x != NULL && c->x->req_done)
+            return; /* the response still goes out; nothing more will come */
         else
             px_conn_close(c, "client closed mid-request");
         return;
@@ -1675,6 +1710,42 @@ px_conn_kept_upstream_readable(struct px_conn *c)
     c->up_kept = 0;
 }
 
+/*
+ * A keep-alive connection idle for PX_IDLE_TRIM_S between requests: the
+ * request state is freed (the next request allocates it again) and a kept
+ * TLS upstream is parked in the worker's pool, where any tunnel to the same
+ * host may take it (PX_POOL_TLS_PER_HOST at most; the rest are closed). An
+ * idle intercepted connection then holds its client TLS state only.
+ */
+static void
+px_conn_idle_trim(struct px_conn *c)
+{
+    if (c->up_kept && c->up.fd >= 0) {
+        struct sockaddr_storage peer;
+        socklen_t               sl = sizeof(peer);
+        char                    key[PX_HOST_MAX + 8];
+
+        if (c->mitm && c->up.ssl != NULL && al_bufq_len(&c->up.out) == 0 &&
+            c->up.tls_want != EV_WRITE && !SSL_has_pending(c->up.ssl) &&
+            getpeername(c->up.fd, (struct sockaddr *)&peer, &sl) == 0) {
+            snprintf(key, sizeof(key), "%s:%u", c->mitm_target.host, c->mitm_target.port);
+            ev_io_stop(c->worker->loop, &c->up.rio);
+            ev_io_stop(c->worker->loop, &c->up.wio);
+            px_pool_put_tls(c->worker, key, c->up.fd, c->up.ssl, &peer);
+            c->up.fd = -1;
+            c->up.ssl = NULL;
+        }
+        px_half_close(c, &c->up);
+    }
+    c->up_kept = 0;
+    if (c->x != NULL) {
+        px_dns_cancel(c->x->dnsq);
+        c->x->dnsq = NULL;
+        px_exch_free(c->x);
+        c->x = NULL;
+    }
+}
+
 /* How much of a path may be logged: never the query (it may carry tokens). */
 static int
 px_log_path_len(const char *path, size_t len)
@@ -1729,7 +1800,8 @@ px_conn_finish_exchange(struct px_conn *c)
         px_half_close(c, &c->up);
     }
     px_conn_audit(c, NULL);
-    keep = x->req_done && !c->close_after_flush && !c->draining && x->client_keepalive;
+    keep = x->req_done && !c->close_after_flush && !c->draining && x->client_keepalive &&
+           !(c->cl.eof && c->cin_len == 0);
     c->nreqs++;
     if (keep)
         px_exch_reset(x, c->conf->limits.header_bytes); /* reused by the next request */
@@ -1743,6 +1815,15 @@ px_conn_finish_exchange(struct px_conn *c)
         al_safefree(c->cin); /* idle keep-alive connections hold no buffer */
     px_conn_update_io(c);
     px_conn_feed_client(c);
+    if (!c->closing && c->state == PX_ST_READ_HEAD && c->cl.eof) {
+        /* The client closed while the response was on its way: what it
+         * pipelined before is answered, then the connection ends. */
+        if (c->head_started || c->cin_len > 0)
+            px_conn_fail(c, 400, "bad_request", "incomplete request head");
+        else
+            px_conn_close(c, "client closed");
+        return;
+    }
     if (!c->closing)
         px_conn_update_io(c);
 }
@@ -1955,7 +2036,12 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
     switch (c->state) {
     case PX_ST_READ_HEAD:
-        if (c->head_started)
+        if (!c->head_started && c->nreqs > 0 && (c->x != NULL || c->up_kept) &&
+            PX_IDLE_TRIM_S < c->conf->limits.idle_timeout_s) {
+            px_conn_idle_trim(c);
+            px_conn_update_io(c);
+            px_conn_arm_timer(c); /* now the idle timeout proper */
+        } else if (c->head_started)
             px_conn_fail(c, 408, "header_timeout", NULL);
         else if (c->nreqs == 0)
             px_conn_close(c, "no request within header_timeout_s");

@@ -374,6 +374,38 @@ def test_pipelining(t):
 
 
 @test
+def test_half_close_after_request(t):
+    """A client that shuts down writing right after its request (the watcher
+    stays on during the response) still gets the whole answer, then EOF; so
+    do requests it pipelined before the FIN."""
+    up = t.upstream()
+    al = t.airlock()
+    c = t.conn(al.port)
+    c.send(req(up, "/slow/200000?rate=400000"))
+    c.sock.shutdown(socket.SHUT_WR)
+    r = c.read_response()
+    check(r.status == 200 and r.body == pattern(200000), "response after half-close: %r" % r)
+    check(c.wait_closed(3), "proxy kept the connection open after the client's FIN")
+    c = t.conn(al.port)
+    c.send(req(up, "/slow/100000?rate=400000") + req(up, "/bytes/10"))
+    time.sleep(0.05)
+    c.sock.shutdown(socket.SHUT_WR)
+    r1 = c.read_response()
+    r2 = c.read_response()
+    check(r1.status == 200 and r1.body == pattern(100000), "pipelined response 1: %r" % r1)
+    check(r2.status == 200 and r2.body == pattern(10), "pipelined response 2: %r" % r2)
+    check(c.wait_closed(3), "proxy kept the connection open after the pipelined answers")
+    c = t.conn(al.port)
+    c.send(req(up, "/slow/100000?rate=400000") + b"GET http://upstream.test")
+    time.sleep(0.05)
+    c.sock.shutdown(socket.SHUT_WR)
+    r1 = c.read_response()
+    check(r1.status == 200, "response before the cut head: %r" % r1)
+    r2 = c.read_response()
+    eq(r2.status, 400, "an incomplete head after the FIN")
+
+
+@test
 def test_client_connection_close(t):
     up = t.upstream()
     al = t.airlock()

@@ -1029,6 +1029,96 @@ def test_keepalive_and_audit_rows(t):
         no_value(json.dumps(x, default=str), "audit row")
 
 
+class IdleCloseHandler(Handler):
+    timeout = 0.5  # the upstream closes a keep-alive connection idle this long
+
+
+def _close_wait_to(port):
+    """Sockets in CLOSE_WAIT (peer closed, not us) toward 127.0.0.1:port."""
+    n = 0
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            f = line.split()
+            if f[2].endswith(":%04X" % port) and f[3] == "08":
+                n += 1
+    return n
+
+
+@test
+def test_kept_upstream_closed_while_idle(t):
+    """The upstream of an intercepted tunnel stays watched between requests:
+    when the origin closes it, airlock closes its end at once (no CLOSE_WAIT
+    socket kept until the next request) and the next request opens a new one."""
+    up = make_upstream(t)
+    up.RequestHandlerClass = IdleCloseHandler
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/echo?t=kc1", headers=[("X-Api-Key", al.ph["key"])]))
+    eq(r.status, 200, "first request")
+    wait_until(lambda: up.connections >= 1, 5, "upstream connection")
+    time.sleep(1.0)  # the origin's idle close
+    wait_until(lambda: _close_wait_to(up.port) == 0 or None, 3,
+               "airlock closing the upstream the origin closed")
+    r = rt(tc, request("api.test", up.port, "/echo?t=kc2", headers=[("X-Api-Key", al.ph["key"])]))
+    eq(r.status, 200, "request after the origin closed the kept connection")
+    eq(one(up, "/echo?t=kc2", "after idle close")["conn"] !=
+       one(up, "/echo?t=kc1", "before idle close")["conn"], True, "a new upstream connection")
+    got = wait_row(al, lambda x: x["host"] == "api.test" and x["method"] == "GET", "2 rows", n=2)
+    eq([x["status"] for x in got], [200, 200], "row statuses")
+
+
+def _established_to(port):
+    """Established sockets toward 127.0.0.1:port (airlock's upstream ends)."""
+    n = 0
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            f = line.split()
+            if f[2].endswith(":%04X" % port) and f[3] == "01":
+                n += 1
+    return n
+
+
+@test
+def test_upstream_parked_and_shared(t):
+    """A tunnel's verified upstream outlives the tunnel: closed (or idle for
+    a second) it is parked in the worker's pool, and the next tunnel to the
+    same host takes it (no new upstream handshake); at most 8 per host stay
+    parked, the rest are closed."""
+    up = make_upstream(t)
+    al = start(t, workers=1)
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/echo?t=pk1", headers=[("X-Api-Key", al.ph["key"])]))
+    eq(r.status, 200, "first tunnel")
+    tc.close()
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/echo?t=pk2", headers=[("X-Api-Key", al.ph["key"])]))
+    eq(r.status, 200, "second tunnel")
+    eq(one(up, "/echo?t=pk2", "second")["conn"], one(up, "/echo?t=pk1", "first")["conn"],
+       "the second tunnel's request on the first tunnel's upstream connection")
+    eq(up.connections, 1, "upstream connections")
+    time.sleep(1.5)  # idle: the upstream is parked while the tunnel stays open
+    tc2 = tunnel(t, al, "api.test", up.port)
+    r = rt(tc2, request("api.test", up.port, "/echo?t=pk3"))
+    eq(r.status, 200, "third tunnel while the second idles")
+    eq(one(up, "/echo?t=pk3", "third")["conn"], one(up, "/echo?t=pk1", "first")["conn"],
+       "the idle tunnel's parked upstream taken by another tunnel")
+    r = rt(tc, request("api.test", up.port, "/echo?t=pk4"))
+    eq(r.status, 200, "the idle tunnel's next request (a new upstream)")
+    tc.close()
+    tc2.close()
+    tcs = [tunnel(t, al, "api.test", up.port) for _ in range(12)]
+    for i, x in enumerate(tcs):
+        x.send(request("api.test", up.port, "/echo?t=pkm%d" % i))
+    for x in tcs:
+        eq(x.read_response().status, 200, "one of 12 tunnels")
+    for x in tcs:
+        x.close()
+    wait_until(lambda: _established_to(up.port) == 8 or None, 5,
+               "8 parked upstream connections (had %d)" % _established_to(up.port))
+    got = wait_row(al, lambda x: x["host"] == "api.test" and x["method"] == "GET", "rows", n=16)
+    eq(sorted(set(x["status"] for x in got)), [200], "row statuses")
+
+
 @test
 def test_inner_policy_method_path(t):
     up = make_upstream(t)
