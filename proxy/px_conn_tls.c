@@ -234,6 +234,7 @@ px_conn_mitm_start(struct px_conn *c)
         return;
     }
     c->cin_len = 0;
+    al_safefree(c->cin); /* the inner requests get a buffer when they come */
     if (!x->silent_tunnel) {
         if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) {
             px_conn_close(c, "no memory");
