@@ -95,9 +95,14 @@ px_metrics_render(struct al_dbuf *o)
                      "# TYPE airlock_audit_rows_dropped_total counter\n"
                      "airlock_audit_rows_dropped_total %llu\n"
                      "# TYPE airlock_audit_errors_total counter\nairlock_audit_errors_total %llu\n"
-                     "# TYPE airlock_audit_healthy gauge\nairlock_audit_healthy %d\n",
+                     "# TYPE airlock_audit_healthy gauge\nairlock_audit_healthy %d\n"
+                     "# TYPE airlock_audit_commits_total counter\n"
+                     "airlock_audit_commits_total %llu\n"
+                     "# TYPE airlock_audit_rows_deleted_total counter\n"
+                     "airlock_audit_rows_deleted_total %llu\n",
                      (unsigned long long)st.depth, (unsigned long long)st.written,
                      PX_LOAD(px_metrics.audit_refusals), (unsigned long long)st.dropped,
-                     (unsigned long long)st.errors, aud_writer_healthy(px_audit));
+                     (unsigned long long)st.errors, aud_writer_healthy(px_audit),
+                     (unsigned long long)st.batches, (unsigned long long)st.deleted);
     }
 }

@@ -488,6 +488,8 @@ def test_strict_row_before_forwarding(t):
     fields(rs[0], "completed strict row", status=200, bytes_down=n, decision="allow")
     check(rs[0]["duration_us"] >= 1000000, "duration_us %d for a ~2 s response" %
           rs[0]["duration_us"])
+    # the begin and the completion were committed: both show as commits
+    check(al.metrics().need("airlock_audit_commits_total") >= 2, "airlock_audit_commits_total")
 
 
 @test

@@ -295,6 +295,50 @@ test_aud_strict(void **state)
     assert_int_equal(rs.rows[1].pending, 1); /* never completed: visible as such */
 }
 
+/* Strict begins that arrive together share commits (one fsync per group),
+ * and every one is answered ok with its own row. */
+static void
+test_aud_strict_group_commit(void **state)
+{
+    struct aud_t_env  *e = *state;
+    struct aud_writer *w = aud_t_start(e->db, 1, 0, 1000, 0);
+    struct aud_t_done  d[40];
+    struct aud_stats   st;
+    struct aud_t_rows  rs;
+    int                i, k, all;
+
+    for (k = 0; k < 40; k++) {
+        struct aud_record *r = aud_t_rec("ci", "example.com", "/", "allow");
+
+        memset(&d[k], 0, sizeof(d[k]));
+        pthread_mutex_init(&d[k].mu, NULL);
+        assert_int_equal(aud_begin(w, r, aud_t_done_cb, &d[k]), AL_OK);
+        aud_record_free(r);
+        if (k == 0) /* a first lone begin goes at once; the rest arrive as a crowd */
+            for (i = 0; i < 200 && aud_t_done_calls(&d[0]) == 0; i++)
+                aud_t_sleep_ms(5);
+    }
+    for (i = 0; i < 400; i++) {
+        for (k = 0, all = 1; k < 40; k++)
+            all &= aud_t_done_calls(&d[k]) == 1;
+        if (all)
+            break;
+        aud_t_sleep_ms(5);
+    }
+    for (k = 0; k < 40; k++) {
+        assert_int_equal(d[k].calls, 1);
+        assert_int_equal(d[k].ok, 1);
+        assert_true(k == 0 || d[k].row_id > d[k - 1].row_id);
+    }
+    aud_writer_stats(w, &st);
+    assert_true(st.batches < 20); /* 40 begins, grouped */
+    aud_writer_stop(w);
+    aud_t_read(e->db, NULL, &rs);
+    assert_int_equal(rs.n, 40);
+    for (k = 0; k < 40; k++)
+        pthread_mutex_destroy(&d[k].mu);
+}
+
 static void
 test_aud_queue_full(void **state)
 {
@@ -563,6 +607,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_aud_round_trip, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_strict, aud_t_setup, aud_t_teardown),
+        cmocka_unit_test_setup_teardown(test_aud_strict_group_commit, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_queue_full, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_migrate_v1, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_recovery, aud_t_setup, aud_t_teardown),
