@@ -713,8 +713,11 @@ px_write_headers_redacted(struct px_conn *c, const struct px_msg *m, struct al_d
         rc = h->val == UINT32_MAX ? AL_OK
                                   : sec_redact_value(c->conf->secrets, c->x->redact_mask,
                                                      px_msg_str(m, h->val), h->val_len, &v);
-        if (rc == AL_OK)
-            rc = al_dbuf_addf(out, "%s: %s\r\n", px_msg_str(m, h->name), v.data ? v.data : "");
+        if (rc == AL_OK && (al_dbuf_add(out, px_msg_str(m, h->name), h->name_len) != AL_OK ||
+                            al_dbuf_add(out, ": ", 2) != AL_OK ||
+                            (v.len > 0 && al_dbuf_add(out, v.data, v.len) != AL_OK) ||
+                            al_dbuf_add(out, "\r\n", 2) != AL_OK))
+            rc = AL_ERROR; /* no printf per header */
         sec_dbuf_wipe(&v);
         if (rc != AL_OK)
             return AL_ERROR;
