@@ -45,7 +45,9 @@
 #define AUD_ERRLOG_INTERVAL_US (5 * 1000000LL)
 /* Strict group commit: how long a group may wait to fill, and the size that
  * goes at once. */
+#ifndef AUD_GROUP_WAIT_US
 #define AUD_GROUP_WAIT_US 300
+#endif
 #define AUD_GROUP_MAX 32
 #define AUD_RETENTION_IDLE_US (60 * 1000000LL)
 
