@@ -339,6 +339,41 @@ test_aud_strict_group_commit(void **state)
         pthread_mutex_destroy(&d[k].mu);
 }
 
+/* Strict: a completion waits at most flush_ms for its own commit, even while
+ * begins keep the writer busy with commits that requests wait for. */
+static void
+test_aud_strict_completion_due(void **state)
+{
+    struct aud_t_env  *e = *state;
+    struct aud_writer *w = aud_t_start(e->db, 1, 0, 100, 0);
+    struct aud_record *r = aud_t_rec("ci", "example.com", "/", "allow");
+    struct aud_t_done  d = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
+    struct aud_t_done  more = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
+    struct aud_t_rows  rs;
+    int                i, completed = 0;
+
+    assert_int_equal(aud_begin(w, r, aud_t_done_cb, &d), AL_OK);
+    for (i = 0; i < 200 && aud_t_done_calls(&d) == 0; i++)
+        aud_t_sleep_ms(5);
+    assert_int_equal(d.ok, 1);
+    r->row_id = d.row_id;
+    r->status = 204;
+    assert_int_equal(aud_complete(w, r), AL_OK); /* takes r */
+    for (i = 0; i < 60 && !completed; i++) {     /* a begin every 10 ms for up to 600 ms */
+        struct aud_record *b = aud_t_rec("ci", "example.org", "/", "allow");
+
+        assert_int_equal(aud_begin(w, b, aud_t_done_cb, &more), AL_OK);
+        aud_record_free(b);
+        aud_t_sleep_ms(10);
+        aud_t_read(e->db, NULL, &rs);
+        completed = rs.n > 0 && rs.rows[0].pending == 0;
+    }
+    assert_true(completed);
+    assert_int_equal(rs.rows[0].status, 204);
+    assert_true(i <= 40); /* well within flush_ms (100) plus scheduling */
+    aud_writer_stop(w);
+}
+
 static void
 test_aud_queue_full(void **state)
 {
@@ -608,6 +643,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_aud_round_trip, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_strict, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_strict_group_commit, aud_t_setup, aud_t_teardown),
+        cmocka_unit_test_setup_teardown(test_aud_strict_completion_due, aud_t_setup,
+                                        aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_queue_full, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_migrate_v1, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_recovery, aud_t_setup, aud_t_teardown),
