@@ -412,39 +412,21 @@ aud_writer_retention(struct aud_writer *w)
         w->retention_us = al_mono_us(); /* more to do: next round, after any inserts */
 }
 
-/*
- * Moves up to max_batch jobs from the ring into the batch. Lock held. With
- * `begins_only`, only strict begins move (requests are waiting for those)
- * and the other jobs stay queued, in order, for a batch of their own within
- * flush_ms: a completion (an UPDATE) has nobody waiting for it, so it does
- * not lengthen the commit that requests wait for.
- */
+/* Moves up to max_batch jobs from the ring into the batch. Lock held. */
 static void
-aud_writer_take(struct aud_writer *w, int begins_only)
+aud_writer_take(struct aud_writer *w)
 {
-    size_t n = w->count, kept = 0, i;
+    while (w->count > 0 && w->nbatch < (size_t)w->max_batch) {
+        struct aud_job *j = &w->ring[w->head];
 
-    for (i = 0; i < n && w->nbatch < (size_t)w->max_batch; i++) {
-        struct aud_job *j = &w->ring[(w->head + i) % w->cap];
-
-        if (begins_only && j->kind != AUD_JOB_BEGIN) {
-            /* kept <= i: the slot written is one already read */
-            w->ring[(w->head + kept) % w->cap] = *j;
-            kept++;
-            continue;
-        }
         w->batch[w->nbatch++] = *j;
         if (j->kind == AUD_JOB_BEGIN)
             w->nbegin--;
         j->r = NULL;
+        w->head = (w->head + 1) % w->cap;
+        w->count--;
     }
-    for (; i < n; i++, kept++) /* batch full: the rest stays, in order */
-        w->ring[(w->head + kept) % w->cap] = w->ring[(w->head + i) % w->cap];
-    w->count = kept;
-    if (w->count == 0)
-        w->oldest_us = 0;
-    else if (!begins_only)
-        w->oldest_us = al_mono_us();
+    w->oldest_us = w->count > 0 ? al_mono_us() : 0;
     atomic_store(&w->depth, w->count);
 }
 
@@ -454,12 +436,12 @@ aud_writer_drop_all(struct aud_writer *w)
 {
     uint64_t n = w->nbatch + w->count;
 
-    aud_writer_take(w, 0);
+    aud_writer_take(w);
     while (w->nbatch > 0) {
         for (size_t i = 0; i < w->nbatch; i++)
             aud_writer_job_finish(&w->batch[i], 0);
         w->nbatch = 0;
-        aud_writer_take(w, 0);
+        aud_writer_take(w);
     }
     if (n > 0) {
         al_log_err("audit: %s: shutting down with the database unwritable: %llu audit "
@@ -548,10 +530,7 @@ aud_writer_main(void *arg)
             }
             continue;
         }
-        /* strict begins alone unless the rest is due too */
-        aud_writer_take(w, w->nbegin > 0 && !w->stopping && w->retry_us == 0 &&
-                               w->count < (size_t)w->max_batch &&
-                               now < w->oldest_us + (int64_t)w->flush_ms * 1000);
+        aud_writer_take(w);
         pthread_mutex_unlock(&w->mu);
         if (w->nbatch > 0)
             (void)aud_writer_flush(w);
