@@ -43,15 +43,6 @@
 #define AUD_RETRY_MIN_MS 50
 #define AUD_RETRY_MAX_MS 2000
 #define AUD_ERRLOG_INTERVAL_US (5 * 1000000LL)
-/* Strict group commit: how long a group may wait to fill, and the size that
- * goes at once. Measured with 50 connections on a 2-core VM (fdatasync
- * ~0.2-0.6 ms): 0 us -> ~17 requests per fsync, 1 ms -> ~26 and 2-12 % more
- * req/s with less CPU per request on both threads (fewer commit notices to
- * the worker); 2.5 ms was worse again. */
-#ifndef AUD_GROUP_WAIT_US
-#define AUD_GROUP_WAIT_US 1000
-#endif
-#define AUD_GROUP_MAX 32
 #define AUD_RETENTION_IDLE_US (60 * 1000000LL)
 
 enum aud_job_kind { AUD_JOB_INSERT = 0, AUD_JOB_BEGIN, AUD_JOB_COMPLETE };
@@ -74,10 +65,8 @@ struct aud_writer {
     pthread_cond_t  cv; /* writer waits for work */
     struct aud_job *ring;
     size_t          head, count;
-    size_t          nbegin;     /* begin jobs in the ring: flush soon */
-    int64_t         begin_us;   /* monotonic time the oldest queued begin arrived */
-    size_t          last_group; /* begins in the last batch taken (group commit size) */
-    int64_t         oldest_us;  /* monotonic time the oldest queued job arrived */
+    size_t          nbegin;    /* begin jobs in the ring: flush soon */
+    int64_t         oldest_us; /* monotonic time the oldest queued job arrived */
     int             stopping;
     int64_t         stop_us; /* monotonic time stop was asked */
 
@@ -427,24 +416,17 @@ aud_writer_retention(struct aud_writer *w)
 static void
 aud_writer_take(struct aud_writer *w)
 {
-    size_t begins = 0;
-
     while (w->count > 0 && w->nbatch < (size_t)w->max_batch) {
         struct aud_job *j = &w->ring[w->head];
 
         w->batch[w->nbatch++] = *j;
-        if (j->kind == AUD_JOB_BEGIN) {
+        if (j->kind == AUD_JOB_BEGIN)
             w->nbegin--;
-            begins++;
-        }
         j->r = NULL;
         w->head = (w->head + 1) % w->cap;
         w->count--;
     }
-    w->last_group = begins;
     w->oldest_us = w->count > 0 ? al_mono_us() : 0;
-    if (w->nbegin > 0)
-        w->begin_us = al_mono_us();
     atomic_store(&w->depth, w->count);
 }
 
@@ -487,17 +469,8 @@ aud_writer_ready(struct aud_writer *w, int64_t now, int64_t *deadline)
         if (w->stopping || w->count >= (size_t)w->max_batch)
             return 1;
         d = w->oldest_us + (int64_t)w->flush_ms * 1000;
-        if (w->nbegin > 0) {
-            /* Group commit: one fsync per group, so while requests arrive
-             * together (the last group had company) give the group up to
-             * AUD_GROUP_WAIT_US to fill; a lone request goes at once. */
-            int64_t g = w->begin_us + AUD_GROUP_WAIT_US;
-
-            if (w->last_group <= 1 || w->nbegin >= AUD_GROUP_MAX || now >= g)
-                return 1;
-            if (g < d)
-                d = g;
-        }
+        if (w->nbegin > 0)
+            return 1; /* strict: a waiting request; later begins join the next group */
         if (now >= d)
             return 1;
     }
@@ -679,13 +652,15 @@ aud_writer_push(struct aud_writer *w, enum aud_job_kind kind, struct aud_record 
     w->count++;
     if (w->count == 1)
         w->oldest_us = al_mono_us();
-    if (kind == AUD_JOB_BEGIN && w->nbegin++ == 0)
-        w->begin_us = al_mono_us();
+    if (kind == AUD_JOB_BEGIN)
+        w->nbegin++;
     atomic_store(&w->depth, w->count);
     atomic_fetch_add(&w->queued, 1);
-    /* wake the writer for what changes its plan, not for every job */
+    /* Wake the writer for what changes its plan, not for every job: strict
+     * begins that arrive while a commit runs join the next group anyway (it
+     * looks at the queue before it sleeps). */
     wake = w->count == 1 || w->count == (size_t)w->max_batch ||
-           (kind == AUD_JOB_BEGIN && (w->nbegin == 1 || w->nbegin == AUD_GROUP_MAX));
+           (kind == AUD_JOB_BEGIN && w->nbegin == 1);
     if (wake)
         pthread_cond_signal(&w->cv);
 out:
