@@ -65,7 +65,7 @@ struct aud_writer {
     pthread_cond_t  cv; /* writer waits for work */
     struct aud_job *ring;
     size_t          head, count;
-    size_t          nbegin;    /* begin jobs in the ring: flush soon */
+    size_t          nbegin;    /* begin jobs in the ring: flush now */
     int64_t         oldest_us; /* monotonic time the oldest queued job arrived */
     int             stopping;
     int64_t         stop_us; /* monotonic time stop was asked */
@@ -106,7 +106,6 @@ struct aud_writer {
 #define AUD_RECORD_CACHE_MAX 4096
 #endif
 
-#if AUD_RECORD_CACHE_MAX > 0
 struct aud_record_node {
     struct aud_record_node *next;
 };
@@ -114,6 +113,21 @@ struct aud_record_node {
 static pthread_mutex_t         aud_record_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct aud_record_node *aud_record_cache;
 static size_t                  aud_record_ncache;
+static const size_t            aud_record_cache_max = AUD_RECORD_CACHE_MAX;
+
+/* Keeps r for reuse if the list has room. aud_record_mu held. 1: kept. */
+static int
+aud_record_cache_put(struct aud_record *r)
+{
+    struct aud_record_node *n = (struct aud_record_node *)(void *)r;
+
+    if (aud_record_ncache >= aud_record_cache_max)
+        return 0;
+    n->next = aud_record_cache;
+    aud_record_cache = n;
+    aud_record_ncache++;
+    return 1;
+}
 
 struct aud_record *
 aud_record_new(void)
@@ -136,66 +150,32 @@ aud_record_new(void)
 void
 aud_record_free(struct aud_record *r)
 {
-    struct aud_record_node *n = (struct aud_record_node *)(void *)r;
+    int kept;
 
     if (r == NULL)
         return;
     pthread_mutex_lock(&aud_record_mu);
-    if (aud_record_ncache < AUD_RECORD_CACHE_MAX) {
-        n->next = aud_record_cache;
-        aud_record_cache = n;
-        aud_record_ncache++;
-        n = NULL;
-    }
+    kept = aud_record_cache_put(r);
     pthread_mutex_unlock(&aud_record_mu);
-    al_free(n);
+    if (!kept)
+        al_free(r);
 }
 
 /* aud_record_free for a whole batch of jobs, under one lock. */
 static void
 aud_records_free_jobs(struct aud_job *jobs, size_t n)
 {
-    size_t i = 0;
-
     pthread_mutex_lock(&aud_record_mu);
-    for (; i < n && aud_record_ncache < AUD_RECORD_CACHE_MAX; i++) {
-        struct aud_record_node *node = (struct aud_record_node *)(void *)jobs[i].r;
-
-        jobs[i].r = NULL;
-        if (node == NULL)
-            continue;
-        node->next = aud_record_cache;
-        aud_record_cache = node;
-        aud_record_ncache++;
+    for (size_t i = 0; i < n; i++) {
+        if (jobs[i].r != NULL && aud_record_cache_put(jobs[i].r))
+            jobs[i].r = NULL;
     }
     pthread_mutex_unlock(&aud_record_mu);
-    for (; i < n; i++) {
-        al_free(jobs[i].r);
-        jobs[i].r = NULL;
-    }
-}
-#else
-struct aud_record *
-aud_record_new(void)
-{
-    return al_calloc(1, sizeof(struct aud_record));
-}
-
-void
-aud_record_free(struct aud_record *r)
-{
-    al_free(r);
-}
-
-static void
-aud_records_free_jobs(struct aud_job *jobs, size_t n)
-{
     for (size_t i = 0; i < n; i++) {
         al_free(jobs[i].r);
         jobs[i].r = NULL;
     }
 }
-#endif
 
 static void
 aud_writer_timespec(int64_t mono_us, struct timespec *ts)
@@ -221,12 +201,19 @@ aud_writer_log_failure(struct aud_writer *w, const char *what, const char *detai
     w->errs_since_log = 0;
 }
 
+/* Tells a strict begin's request whether its row committed. */
+static void
+aud_writer_job_answer(const struct aud_job *j, int ok)
+{
+    if (j->kind == AUD_JOB_BEGIN && j->done != NULL)
+        j->done(j->arg, ok, ok ? j->r->row_id : 0);
+}
+
 /* Answers and frees the job at batch index i (success or failure). */
 static void
 aud_writer_job_finish(struct aud_job *j, int ok)
 {
-    if (j->kind == AUD_JOB_BEGIN && j->done != NULL)
-        j->done(j->arg, ok, ok ? j->r->row_id : 0);
+    aud_writer_job_answer(j, ok);
     aud_record_free(j->r);
     j->r = NULL;
 }
@@ -354,10 +341,8 @@ aud_writer_flush(struct aud_writer *w)
     w->errlog_us = 0;
     atomic_fetch_add(&w->written, w->nbatch);
     atomic_fetch_add(&w->batches, 1);
-    for (i = 0; i < w->nbatch; i++) {
-        if (w->batch[i].kind == AUD_JOB_BEGIN && w->batch[i].done != NULL)
-            w->batch[i].done(w->batch[i].arg, 1, w->batch[i].r->row_id);
-    }
+    for (i = 0; i < w->nbatch; i++)
+        aud_writer_job_answer(&w->batch[i], 1);
     aud_records_free_jobs(w->batch, w->nbatch);
     w->nbatch = 0;
     return AL_OK;
@@ -466,11 +451,9 @@ aud_writer_ready(struct aud_writer *w, int64_t now, int64_t *deadline)
         return w->stopping && now - w->stop_us >= (int64_t)AUD_STOP_RETRY_MS * 1000;
     }
     if (w->count > 0) {
-        if (w->stopping || w->count >= (size_t)w->max_batch)
+        if (w->stopping || w->nbegin > 0 || w->count >= (size_t)w->max_batch)
             return 1;
         d = w->oldest_us + (int64_t)w->flush_ms * 1000;
-        if (w->nbegin > 0)
-            return 1; /* strict: a waiting request; later begins join the next group */
         if (now >= d)
             return 1;
     }

@@ -1280,6 +1280,34 @@ px_conn_dns_done(void *arg, const struct px_dns_result *res)
     px_conn_unref(c);
 }
 
+/*
+ * A pooled upstream (plain, or TLS with `ssl`) carries this request. Its
+ * peer was checked under the policy of its time, so the address guard runs
+ * again; a refusal there has answered the client and closes the socket.
+ */
+static void
+px_conn_use_pooled(struct px_conn *c, int fd, const struct sockaddr_storage *peer, SSL *ssl)
+{
+    struct px_exch *x = c->x;
+
+    PX_MINC(pool_hits);
+    x->from_pool = 1;
+    x->addrs.naddrs = 1;
+    x->addrs.addrs[0] = *peer;
+    x->addr_idx = 0;
+    if (px_decide_addrs(c) != AL_OK) {
+        if (ssl != NULL)
+            SSL_free(ssl);
+        close(fd);
+        return;
+    }
+    px_half_init(&c->up, c, fd);
+    if (ssl != NULL)
+        c->up.ssl = ssl;
+    c->up.out.max = PX_BUF_HIGH_BYTES;
+    px_conn_upstream_ready(c);
+}
+
 void
 px_conn_resolve(struct px_conn *c)
 {
@@ -1298,20 +1326,7 @@ px_conn_resolve(struct px_conn *c)
         int fd = px_pool_get_tls(c->worker, x->pool_key, px_tls_up, &peer, &ssl);
 
         if (fd >= 0) { /* a verified upstream another tunnel to this host parked */
-            PX_MINC(pool_hits);
-            x->from_pool = 1;
-            x->addrs.naddrs = 1;
-            x->addrs.addrs[0] = peer;
-            x->addr_idx = 0;
-            if (px_decide_addrs(c) != AL_OK) {
-                SSL_free(ssl);
-                close(fd);
-                return;
-            }
-            px_half_init(&c->up, c, fd);
-            c->up.ssl = ssl;
-            c->up.out.max = PX_BUF_HIGH_BYTES;
-            px_conn_upstream_ready(c);
+            px_conn_use_pooled(c, fd, &peer, ssl);
             return;
         }
     }
@@ -1320,19 +1335,7 @@ px_conn_resolve(struct px_conn *c)
         int                     fd = px_pool_get(c->worker, x->pool_key, &peer);
 
         if (fd >= 0) {
-            PX_MINC(pool_hits);
-            x->from_pool = 1;
-            x->addrs.naddrs = 1;
-            x->addrs.addrs[0] = peer;
-            x->addr_idx = 0;
-            /* The pooled peer was checked under the policy of its time. */
-            if (px_decide_addrs(c) != AL_OK) {
-                close(fd);
-                return;
-            }
-            px_half_init(&c->up, c, fd);
-            c->up.out.max = PX_BUF_HIGH_BYTES;
-            px_conn_upstream_ready(c);
+            px_conn_use_pooled(c, fd, &peer, NULL);
             return;
         }
     }

@@ -1033,15 +1033,20 @@ class IdleCloseHandler(Handler):
     timeout = 0.5  # the upstream closes a keep-alive connection idle this long
 
 
-def _close_wait_to(port):
-    """Sockets in CLOSE_WAIT (peer closed, not us) toward 127.0.0.1:port."""
+def _sockets_to(port, state):
+    """Sockets toward 127.0.0.1:port in a /proc/net/tcp state ("01"
+    established, "08" CLOSE_WAIT: the peer closed, we did not)."""
     n = 0
     with open("/proc/net/tcp") as fh:
         for line in fh.readlines()[1:]:
             f = line.split()
-            if f[2].endswith(":%04X" % port) and f[3] == "08":
+            if f[2].endswith(":%04X" % port) and f[3] == state:
                 n += 1
     return n
+
+
+def _close_wait_to(port):
+    return _sockets_to(port, "08")
 
 
 @test
@@ -1068,14 +1073,7 @@ def test_kept_upstream_closed_while_idle(t):
 
 
 def _established_to(port):
-    """Established sockets toward 127.0.0.1:port (airlock's upstream ends)."""
-    n = 0
-    with open("/proc/net/tcp") as fh:
-        for line in fh.readlines()[1:]:
-            f = line.split()
-            if f[2].endswith(":%04X" % port) and f[3] == "01":
-                n += 1
-    return n
+    return _sockets_to(port, "01")
 
 
 @test

@@ -226,22 +226,23 @@ test_sockaddr_str(void **state)
     struct sockaddr_in  sin;
     struct sockaddr_in6 sin6;
     char                out[64], small[8];
+    static const struct {
+        const char *ip;
+        uint16_t    port;
+        const char *want;
+    } cases[] = {{"127.0.0.1", 3128, "127.0.0.1:3128"},
+                 {"0.0.0.0", 0, "0.0.0.0:0"},
+                 {"255.255.255.255", 65535, "255.255.255.255:65535"}};
 
     (void)state;
     memset(&sin, 0, sizeof(sin));
     sin.sin_family = AF_INET;
-    sin.sin_port = htons(3128);
-    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
-    px_sockaddr_str((struct sockaddr *)&sin, out, sizeof(out));
-    assert_string_equal(out, "127.0.0.1:3128");
-    sin.sin_port = htons(0);
-    inet_pton(AF_INET, "0.0.0.0", &sin.sin_addr);
-    px_sockaddr_str((struct sockaddr *)&sin, out, sizeof(out));
-    assert_string_equal(out, "0.0.0.0:0");
-    sin.sin_port = htons(65535);
-    inet_pton(AF_INET, "255.255.255.255", &sin.sin_addr);
-    px_sockaddr_str((struct sockaddr *)&sin, out, sizeof(out));
-    assert_string_equal(out, "255.255.255.255:65535");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        sin.sin_port = htons(cases[i].port);
+        assert_int_equal(inet_pton(AF_INET, cases[i].ip, &sin.sin_addr), 1);
+        px_sockaddr_str((struct sockaddr *)&sin, out, sizeof(out));
+        assert_string_equal(out, cases[i].want);
+    }
     sin.sin_port = htons(80);
     inet_pton(AF_INET, "10.20.3.40", &sin.sin_addr);
     px_sockaddr_str((struct sockaddr *)&sin, small, sizeof(small));
