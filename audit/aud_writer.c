@@ -44,6 +44,11 @@
 #define AUD_RETRY_MAX_MS 2000
 #define AUD_ERRLOG_INTERVAL_US (5 * 1000000LL)
 #define AUD_RETENTION_IDLE_US (60 * 1000000LL)
+/* A held strict begin goes by itself after this long once the writer looks
+ * (aud_release() is the normal way: the caller's event-loop iteration ends
+ * microseconds later; a held begin does not wake a sleeping writer, whose
+ * idle probe, AUD_PROBE_MS, bounds a release that never comes). */
+#define AUD_HOLD_MAX_US 2000
 
 enum aud_job_kind { AUD_JOB_INSERT = 0, AUD_JOB_BEGIN, AUD_JOB_COMPLETE };
 
@@ -65,7 +70,9 @@ struct aud_writer {
     pthread_cond_t  cv; /* writer waits for work */
     struct aud_job *ring;
     size_t          head, count;
-    size_t          nbegin;    /* begin jobs in the ring: flush now */
+    size_t          nbegin;    /* begin jobs in the ring */
+    int             begin_go;  /* a begin was released: commit them now */
+    int64_t         begin_us;  /* monotonic time the oldest queued begin arrived */
     int64_t         oldest_us; /* monotonic time the oldest queued job arrived */
     int             stopping;
     int64_t         stop_us; /* monotonic time stop was asked */
@@ -412,6 +419,10 @@ aud_writer_take(struct aud_writer *w)
         w->count--;
     }
     w->oldest_us = w->count > 0 ? al_mono_us() : 0;
+    if (w->nbegin == 0)
+        w->begin_go = 0; /* what is left waits for its own release */
+    else
+        w->begin_us = w->oldest_us;
     atomic_store(&w->depth, w->count);
 }
 
@@ -451,9 +462,11 @@ aud_writer_ready(struct aud_writer *w, int64_t now, int64_t *deadline)
         return w->stopping && now - w->stop_us >= (int64_t)AUD_STOP_RETRY_MS * 1000;
     }
     if (w->count > 0) {
-        if (w->stopping || w->nbegin > 0 || w->count >= (size_t)w->max_batch)
+        if (w->stopping || (w->nbegin > 0 && w->begin_go) || w->count >= (size_t)w->max_batch)
             return 1;
         d = w->oldest_us + (int64_t)w->flush_ms * 1000;
+        if (w->nbegin > 0 && w->begin_us + AUD_HOLD_MAX_US < d)
+            d = w->begin_us + AUD_HOLD_MAX_US; /* a release that never came */
         if (now >= d)
             return 1;
     }
@@ -614,7 +627,7 @@ aud_writer_stop(struct aud_writer *w)
  */
 static int
 aud_writer_push(struct aud_writer *w, enum aud_job_kind kind, struct aud_record *r,
-                void (*done)(void *arg, int ok, int64_t row_id), void *arg, size_t limit)
+                void (*done)(void *arg, int ok, int64_t row_id), void *arg, size_t limit, int held)
 {
     struct aud_job *j;
     int             ret = AL_OK;
@@ -635,15 +648,20 @@ aud_writer_push(struct aud_writer *w, enum aud_job_kind kind, struct aud_record 
     w->count++;
     if (w->count == 1)
         w->oldest_us = al_mono_us();
-    if (kind == AUD_JOB_BEGIN)
-        w->nbegin++;
+    if (kind == AUD_JOB_BEGIN && w->nbegin++ == 0)
+        w->begin_us = w->count == 1 ? w->oldest_us : al_mono_us();
     atomic_store(&w->depth, w->count);
     atomic_fetch_add(&w->queued, 1);
     /* Wake the writer for what changes its plan, not for every job: strict
      * begins that arrive while a commit runs join the next group anyway (it
-     * looks at the queue before it sleeps). */
-    wake = w->count == 1 || w->count == (size_t)w->max_batch ||
-           (kind == AUD_JOB_BEGIN && w->nbegin == 1);
+     * looks at the queue before it sleeps). A held begin wakes nobody: its
+     * aud_release() does, once the caller has queued all it had. */
+    if (kind == AUD_JOB_BEGIN && !held && !w->begin_go) {
+        w->begin_go = 1;
+        wake = 1;
+    } else {
+        wake = !held && (w->count == 1 || w->count == (size_t)w->max_batch);
+    }
     if (wake)
         pthread_cond_signal(&w->cv);
 out:
@@ -663,7 +681,7 @@ aud_writer_hand_over(struct aud_writer *w, enum aud_job_kind kind, struct aud_re
         aud_record_free(r);
         return AL_ERROR;
     }
-    rc = aud_writer_push(w, kind, r, NULL, NULL, w->cap);
+    rc = aud_writer_push(w, kind, r, NULL, NULL, w->cap, 0);
     if (rc == AL_ERROR) {
         al_log_err("audit: %s: queue hard limit (%zu) reached: audit record of conn %llu DROPPED",
                    w->db_path, w->cap, (unsigned long long)r->conn_id);
@@ -691,9 +709,9 @@ aud_complete(struct aud_writer *w, struct aud_record *r)
     return aud_writer_hand_over(w, AUD_JOB_COMPLETE, r);
 }
 
-int
-aud_begin(struct aud_writer *w, const struct aud_record         *r,
-          void (*done)(void *arg, int ok, int64_t row_id), void *arg)
+static int
+aud_writer_begin(struct aud_writer *w, const struct aud_record         *r,
+                 void (*done)(void *arg, int ok, int64_t row_id), void *arg, int held)
 {
     struct aud_record *copy = NULL;
     int                rc;
@@ -705,13 +723,40 @@ aud_begin(struct aud_writer *w, const struct aud_record         *r,
         return AL_ERROR;
     memcpy(copy, r, sizeof(*copy));
     copy->row_id = 0;
-    rc = aud_writer_push(w, AUD_JOB_BEGIN, copy, done, arg, w->queue_max);
+    rc = aud_writer_push(w, AUD_JOB_BEGIN, copy, done, arg, w->queue_max, held);
     if (rc != AL_OK) {
         atomic_fetch_add(&w->refused, 1);
         aud_record_free(copy);
         return AL_DECLINED;
     }
     return AL_OK;
+}
+
+int
+aud_begin(struct aud_writer *w, const struct aud_record         *r,
+          void (*done)(void *arg, int ok, int64_t row_id), void *arg)
+{
+    return aud_writer_begin(w, r, done, arg, 0);
+}
+
+int
+aud_begin_held(struct aud_writer *w, const struct aud_record         *r,
+               void (*done)(void *arg, int ok, int64_t row_id), void *arg)
+{
+    return aud_writer_begin(w, r, done, arg, 1);
+}
+
+void
+aud_release(struct aud_writer *w)
+{
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&w->mu);
+    if (w->nbegin > 0 && !w->begin_go) {
+        w->begin_go = 1;
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
 }
 
 int

@@ -132,6 +132,19 @@ int aud_begin(struct aud_writer *w, const struct aud_record         *r,
               void (*done)(void *arg, int ok, int64_t row_id), void *arg);
 
 /*
+ * aud_begin() for a caller that queues several begins in a row (an event
+ * loop answering a burst of readable connections): the row waits for
+ * aud_release() (or for any aud_begin()) so all of them join one group
+ * commit instead of the first going alone and the rest waiting a whole fsync
+ * for the next. Call aud_release() before the thread sleeps (an ev_prepare
+ * watcher). Without a release the rows still go: 2 ms after they arrive if
+ * the writer is awake, else at its next idle probe (100 ms).
+ */
+int  aud_begin_held(struct aud_writer *w, const struct aud_record         *r,
+                    void (*done)(void *arg, int ok, int64_t row_id), void *arg);
+void aud_release(struct aud_writer *w);
+
+/*
  * Strict mode, at request end: updates the row r->row_id with status, bytes,
  * duration, error and decision (and upstream, rule, reason, secrets when
  * non-empty). Takes ownership of `r` always. r->row_id == 0 inserts a new

@@ -179,6 +179,8 @@ struct px_worker {
     struct px_conf       *conf;      /* snapshot for new connections */
     pthread_mutex_t       done_lock; /* strict audit commits, from the writer thread */
     struct px_aud_done   *done_head;
+    ev_prepare            aud_release; /* lets this iteration's strict begins go together */
+    int                   aud_held;    /* begins queued since the last release */
 };
 
 /* One strict-mode audit commit handed from the writer thread to a worker. */
@@ -190,6 +192,8 @@ struct px_aud_done {
 };
 /* Runs on the worker: delivers the commits queued by the writer thread. */
 void px_conns_audit_committed(struct px_worker *w);
+/* ev_prepare callback: releases the strict begins of this loop iteration. */
+void px_worker_audit_release(struct ev_loop *loop, ev_prepare *p, int revents);
 /* Drops what is still queued (after the writer stopped), freeing conns. */
 void px_conns_audit_discard(struct px_worker *w);
 

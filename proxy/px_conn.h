@@ -96,7 +96,9 @@ struct px_conn {
     enum px_state           state; /* written only by px_conn_set_state() */
     unsigned                refs;
     unsigned                closing : 1, draining : 1, close_after_flush : 1, head_started : 1;
-    struct px_head_scan     head_scan; /* raw head checks across reads */
+    unsigned                aud_waiting : 1; /* a strict begin's commit notice is due */
+    struct px_aud_done      aud_done;        /* that notice (filled on the writer thread) */
+    struct px_head_scan     head_scan;       /* raw head checks across reads */
     enum px_listen_mode     mode;
     struct px_half          cl, up;
     ev_timer                timer;

@@ -168,19 +168,16 @@ px_conn_tunnel_audit_close(struct px_conn *c, const char *why)
     px_audit_hand_over(r);
 }
 
-/* Writer thread: a strict row committed (or failed); bounce to the worker. */
+/* Writer thread: a strict row committed (or failed); bounce to the worker.
+ * The notice lives in the connection (one begin at a time, and the begin's
+ * reference keeps the connection alive until the worker has read it). */
 static void
 px_conn_audit_done(void *arg, int ok, int64_t row_id)
 {
     struct px_conn     *c = arg;
     struct px_worker   *w = c->worker;
-    struct px_aud_done *d = al_calloc(1, sizeof(*d));
+    struct px_aud_done *d = &c->aud_done;
 
-    if (d == NULL) {
-        /* The connection times out in PX_ST_AUDIT and fails closed. */
-        al_log_err("conn %llu: lost an audit commit notice", (unsigned long long)c->id);
-        return;
-    }
     d->conn = c;
     d->ok = ok;
     d->row_id = row_id;
@@ -203,6 +200,10 @@ px_conn_audit_begin(struct px_conn *c)
     struct px_exch *x = c->x;
     int             rc;
 
+    if (c->aud_waiting) { /* cannot happen: the state machine waits in PX_ST_AUDIT */
+        px_conn_fail(c, 503, "audit_unavailable", "audit commit already pending");
+        return AL_ERROR;
+    }
     x->rec = aud_record_new();
     if (x->rec == NULL) {
         px_conn_fail(c, 503, "audit_unavailable", "out of memory");
@@ -210,8 +211,10 @@ px_conn_audit_begin(struct px_conn *c)
     }
     px_conn_audit_fill(c, x->rec);
     px_conn_ref(c); /* held until the commit notice arrives */
-    rc = aud_begin(px_audit, x->rec, px_conn_audit_done, c);
+    c->aud_waiting = 1;
+    rc = aud_begin_held(px_audit, x->rec, px_conn_audit_done, c);
     if (rc != AL_OK) {
+        c->aud_waiting = 0;
         px_conn_unref(c);
         aud_record_free(x->rec);
         x->rec = NULL;
@@ -219,6 +222,7 @@ px_conn_audit_begin(struct px_conn *c)
         px_conn_fail(c, 503, rc == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
         return AL_ERROR;
     }
+    c->worker->aud_held = 1; /* released when this loop iteration ends */
     px_conn_set_state(c, PX_ST_AUDIT);
     px_conn_update_io(c);
     return AL_AGAIN;
@@ -227,6 +231,7 @@ px_conn_audit_begin(struct px_conn *c)
 static void
 px_conn_audit_committed(struct px_conn *c, int ok, int64_t row_id)
 {
+    c->aud_waiting = 0;
     if (!c->closing && c->state == PX_ST_AUDIT && c->x != NULL) {
         if (ok && c->x->rec != NULL) {
             c->x->rec->row_id = row_id;
@@ -253,8 +258,22 @@ px_conns_audit_committed(struct px_worker *w)
         struct px_aud_done *next = d->next;
 
         px_conn_audit_committed(d->conn, d->ok, d->row_id);
-        al_free(d);
         d = next;
+    }
+}
+
+/* ev_prepare: the loop is about to poll, so every strict begin this
+ * iteration queued is in: one group commit for all of them. */
+void
+px_worker_audit_release(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    struct px_worker *w = p->data;
+
+    (void)loop;
+    (void)revents;
+    if (w->aud_held) {
+        w->aud_held = 0;
+        aud_release(px_audit);
     }
 }
 

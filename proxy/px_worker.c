@@ -148,6 +148,9 @@ px_worker_init(struct px_worker *w, int index, struct px_conf *conf, char *err, 
     ev_async_init(&w->wake, px_worker_wake_cb);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
+    ev_prepare_init(&w->aud_release, px_worker_audit_release);
+    w->aud_release.data = w;
+    ev_prepare_start(w->loop, &w->aud_release);
     return AL_OK;
 }
 

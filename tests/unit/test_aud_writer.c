@@ -246,6 +246,38 @@ aud_t_done_calls(struct aud_t_done *d)
     return n;
 }
 
+/* Queues one strict begin for "example.com" answered into d (reset here). */
+static void
+aud_t_begin(struct aud_writer *w, struct aud_t_done *d, int held)
+{
+    struct aud_record *r = aud_t_rec("ci", "example.com", "/", "allow");
+
+    memset(d, 0, sizeof(*d));
+    pthread_mutex_init(&d->mu, NULL);
+    assert_int_equal((held ? aud_begin_held : aud_begin)(w, r, aud_t_done_cb, d), AL_OK);
+    aud_record_free(r);
+}
+
+/* Waits (bounded) until every one of d[0..n) was answered, then checks
+ * each was answered once, ok, with rows in queue order. */
+static void
+aud_t_expect_answered(struct aud_t_done *d, int n)
+{
+    int i, k, all;
+
+    for (i = 0, all = 0; i < 400 && !all; i++) {
+        for (k = 0, all = 1; k < n; k++)
+            all &= aud_t_done_calls(&d[k]) == 1;
+        if (!all)
+            aud_t_sleep_ms(5);
+    }
+    for (k = 0; k < n; k++) {
+        assert_int_equal(d[k].calls, 1);
+        assert_int_equal(d[k].ok, 1);
+        assert_true(k == 0 || d[k].row_id > d[k - 1].row_id);
+    }
+}
+
 static void
 test_aud_strict(void **state)
 {
@@ -305,37 +337,77 @@ test_aud_strict_group_commit(void **state)
     struct aud_t_done  d[40];
     struct aud_stats   st;
     struct aud_t_rows  rs;
-    int                i, k, all;
+    int                i, k;
 
     for (k = 0; k < 40; k++) {
-        struct aud_record *r = aud_t_rec("ci", "example.com", "/", "allow");
-
-        memset(&d[k], 0, sizeof(d[k]));
-        pthread_mutex_init(&d[k].mu, NULL);
-        assert_int_equal(aud_begin(w, r, aud_t_done_cb, &d[k]), AL_OK);
-        aud_record_free(r);
+        aud_t_begin(w, &d[k], 0);
         if (k == 0) /* a first lone begin goes at once; the rest arrive as a crowd */
             for (i = 0; i < 200 && aud_t_done_calls(&d[0]) == 0; i++)
                 aud_t_sleep_ms(5);
     }
-    for (i = 0; i < 400; i++) {
-        for (k = 0, all = 1; k < 40; k++)
-            all &= aud_t_done_calls(&d[k]) == 1;
-        if (all)
-            break;
-        aud_t_sleep_ms(5);
-    }
-    for (k = 0; k < 40; k++) {
-        assert_int_equal(d[k].calls, 1);
-        assert_int_equal(d[k].ok, 1);
-        assert_true(k == 0 || d[k].row_id > d[k - 1].row_id);
-    }
+    aud_t_expect_answered(d, 40);
     aud_writer_stats(w, &st);
     assert_true(st.batches < 20); /* 40 begins, grouped */
     aud_writer_stop(w);
     aud_t_read(e->db, NULL, &rs);
     assert_int_equal(rs.n, 40);
     for (k = 0; k < 40; k++)
+        pthread_mutex_destroy(&d[k].mu);
+}
+
+/* Held begins (an event loop's burst) wait for aud_release() and then go
+ * in one commit; a release that never comes delays them by the writer's
+ * idle probe (100 ms) at most, not by flush_ms; a plain begin takes the held
+ * ones along. */
+static void
+test_aud_strict_held(void **state)
+{
+    struct aud_t_env  *e = *state;
+    struct aud_writer *w = aud_t_start(e->db, 1, 0, 60000, 0);
+    struct aud_t_done  d[30];
+    struct aud_stats   st0, st1;
+    struct aud_t_rows  rs;
+    int                i, k;
+
+    aud_writer_stats(w, &st0);
+    for (k = 0; k < 30; k++)
+        aud_t_begin(w, &d[k], 1);
+    aud_release(w);
+    aud_t_expect_answered(d, 30);
+    aud_writer_stats(w, &st1);
+    assert_int_equal(st1.batches - st0.batches, 1); /* the whole burst, one fsync */
+
+    /* never released: goes by itself, long before flush_ms (60 s) */
+    {
+        struct aud_record *r = aud_t_rec("ci", "lost.example", "/", "allow");
+        struct aud_t_done  lone = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
+
+        assert_int_equal(aud_begin_held(w, r, aud_t_done_cb, &lone), AL_OK);
+        aud_record_free(r);
+        for (i = 0; i < 400 && aud_t_done_calls(&lone) == 0; i++)
+            aud_t_sleep_ms(5);
+        assert_int_equal(lone.calls, 1);
+        assert_int_equal(lone.ok, 1);
+    }
+    /* held, then a plain begin: both answered without any release */
+    {
+        struct aud_record *r = aud_t_rec("ci", "pair.example", "/", "allow");
+        struct aud_t_done  a = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
+        struct aud_t_done  b = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
+
+        assert_int_equal(aud_begin_held(w, r, aud_t_done_cb, &a), AL_OK);
+        assert_int_equal(aud_begin(w, r, aud_t_done_cb, &b), AL_OK);
+        aud_record_free(r);
+        for (i = 0; i < 400 && (aud_t_done_calls(&a) == 0 || aud_t_done_calls(&b) == 0); i++)
+            aud_t_sleep_ms(5);
+        assert_int_equal(a.calls, 1);
+        assert_int_equal(b.calls, 1);
+        assert_true(b.row_id > a.row_id);
+    }
+    aud_writer_stop(w);
+    aud_t_read(e->db, NULL, &rs);
+    assert_int_equal(rs.n, 33);
+    for (k = 0; k < 30; k++)
         pthread_mutex_destroy(&d[k].mu);
 }
 
@@ -643,6 +715,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_aud_round_trip, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_strict, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_strict_group_commit, aud_t_setup, aud_t_teardown),
+        cmocka_unit_test_setup_teardown(test_aud_strict_held, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_strict_completion_due, aud_t_setup,
                                         aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_queue_full, aud_t_setup, aud_t_teardown),
