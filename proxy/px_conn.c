@@ -52,6 +52,7 @@ static void px_conn_finish_exchange(struct px_conn *c);
 static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
 static void px_conn_idle_trim(struct px_conn *c);
+static void px_conn_park_upstream(struct px_conn *c);
 
 /* ---- small pieces ------------------------------------------------------- */
 
@@ -384,8 +385,14 @@ px_conn_update_io(struct px_conn *c)
          * stopped and restarted around every request (epoll_ctl calls). */
         ur = c->up_kept && c->up.fd >= 0;
         break;
-    case PX_ST_RESOLVE:
     case PX_ST_AUDIT:
+        /* While the row commits the watchers stay as they were (stopping and
+         * restarting them costs epoll_ctl calls on every request); one that
+         * fires meanwhile is stopped by px_conn_io_cb until the commit. */
+        cr = ev_is_active(&c->cl.rio);
+        ur = ev_is_active(&c->up.rio);
+        break;
+    case PX_ST_RESOLVE:
         break;
     case PX_ST_CONNECT:
         uw = 1;
@@ -454,8 +461,8 @@ px_conn_close(struct px_conn *c, const char *why)
     px_conn_tunnel_audit_close(c, why);
     if (c->state == PX_ST_TUNNEL)
         PX_MDEC(tunnels_open);
-    if (c->up_kept && c->mitm)
-        px_conn_idle_trim(c); /* the next tunnel to this host may use the upstream */
+    if (c->up_kept)
+        px_conn_park_upstream(c); /* the next connection to this host may use it */
     ev_timer_stop(w->loop, &c->timer);
     px_half_close(c, &c->cl);
     px_half_close(c, &c->up);
@@ -1320,6 +1327,27 @@ px_conn_resolve(struct px_conn *c)
         px_conn_upstream_ready(c);
         return;
     }
+    if (!c->mitm && c->up_kept) {
+        /* The previous request's plain upstream, still on this connection:
+         * the same destination takes it as it is (no pool round trip, no
+         * watcher restarted); another one parks it for whoever wants it. */
+        if (!x->is_connect && !x->want_upgrade && !x->no_pool && !x->target.tls && c->up.fd >= 0 &&
+            strcmp(x->kept_key, x->pool_key) == 0) {
+            c->up_kept = 0;
+            PX_MINC(pool_hits);
+            x->from_pool = 1;
+            x->addrs.naddrs = 1;
+            x->addrs.addrs[0] = x->kept_peer;
+            x->addr_idx = 0;
+            if (px_decide_addrs(c) != AL_OK) {
+                px_half_close(c, &c->up); /* refused now: the answer is out */
+                return;
+            }
+            px_conn_upstream_ready(c);
+            return;
+        }
+        px_conn_park_upstream(c);
+    }
     if (c->mitm && x->target.tls && !x->no_pool && c->up.fd < 0 && px_tls_up != NULL) {
         struct sockaddr_storage peer;
         SSL                    *ssl = NULL;
@@ -1717,6 +1745,43 @@ px_conn_kept_upstream_readable(struct px_conn *c)
 }
 
 /*
+ * The upstream kept on the connection between requests goes to the worker's
+ * pool (plain: keyed host:port; TLS of an intercepted tunnel: the tunnel's
+ * host), where any connection to the same destination may take it; one
+ * that cannot be parked cleanly is closed.
+ */
+static void
+px_conn_park_upstream(struct px_conn *c)
+{
+    struct px_half *h = &c->up;
+
+    if (c->up_kept && h->fd >= 0 && !c->mitm && h->ssl == NULL && c->x != NULL) {
+        /* bytes already in up.out are the next request's: they stay */
+        ev_io_stop(c->worker->loop, &h->rio);
+        ev_io_stop(c->worker->loop, &h->wio);
+        px_pool_put(c->worker, c->x->kept_key, h->fd, &c->x->kept_peer);
+        h->fd = -1;
+    } else if (c->up_kept && h->fd >= 0 && c->mitm && h->ssl != NULL && al_bufq_len(&h->out) == 0 &&
+               h->tls_want != EV_WRITE && !SSL_has_pending(h->ssl)) {
+        struct sockaddr_storage peer;
+        socklen_t               sl = sizeof(peer);
+        char                    key[PX_HOST_MAX + 8];
+
+        if (getpeername(h->fd, (struct sockaddr *)&peer, &sl) == 0) {
+            snprintf(key, sizeof(key), "%s:%u", c->mitm_target.host, c->mitm_target.port);
+            ev_io_stop(c->worker->loop, &h->rio);
+            ev_io_stop(c->worker->loop, &h->wio);
+            px_pool_put_tls(c->worker, key, h->fd, h->ssl, &peer);
+            h->fd = -1;
+            h->ssl = NULL;
+        }
+    }
+    if (c->up_kept && h->fd >= 0)
+        px_half_close(c, h);
+    c->up_kept = 0;
+}
+
+/*
  * A keep-alive connection idle for PX_IDLE_TRIM_S between requests: the
  * request state is freed (the next request allocates it again) and a kept
  * TLS upstream is parked in the worker's pool, where any tunnel to the same
@@ -1726,24 +1791,7 @@ px_conn_kept_upstream_readable(struct px_conn *c)
 static void
 px_conn_idle_trim(struct px_conn *c)
 {
-    if (c->up_kept && c->up.fd >= 0) {
-        struct sockaddr_storage peer;
-        socklen_t               sl = sizeof(peer);
-        char                    key[PX_HOST_MAX + 8];
-
-        if (c->mitm && c->up.ssl != NULL && al_bufq_len(&c->up.out) == 0 &&
-            c->up.tls_want != EV_WRITE && !SSL_has_pending(c->up.ssl) &&
-            getpeername(c->up.fd, (struct sockaddr *)&peer, &sl) == 0) {
-            snprintf(key, sizeof(key), "%s:%u", c->mitm_target.host, c->mitm_target.port);
-            ev_io_stop(c->worker->loop, &c->up.rio);
-            ev_io_stop(c->worker->loop, &c->up.wio);
-            px_pool_put_tls(c->worker, key, c->up.fd, c->up.ssl, &peer);
-            c->up.fd = -1;
-            c->up.ssl = NULL;
-        }
-        px_half_close(c, &c->up);
-    }
-    c->up_kept = 0;
+    px_conn_park_upstream(c);
     if (c->x != NULL) {
         px_dns_cancel(c->x->dnsq);
         c->x->dnsq = NULL;
@@ -1797,11 +1845,12 @@ px_conn_finish_exchange(struct px_conn *c)
         c->up_kept = 1; /* the next inner request reuses it; watched while idle */
     } else if (x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 &&
                c->up.fd >= 0 && !c->draining) {
-        ev_io_stop(c->worker->loop, &c->up.rio);
-        ev_io_stop(c->worker->loop, &c->up.wio);
-        px_pool_put(c->worker, x->pool_key, c->up.fd, &x->addrs.addrs[x->addr_idx]);
-        c->up.fd = -1;
-        al_bufq_free(&c->up.out);
+        /* Kept here, watched while idle: the next request to the same
+         * destination reuses it (px_conn_resolve); anything else, the idle
+         * trim or the close parks it in the worker's pool. */
+        memcpy(x->kept_key, x->pool_key, sizeof(x->kept_key));
+        x->kept_peer = x->addrs.addrs[x->addr_idx];
+        c->up_kept = 1;
     } else {
         px_half_close(c, &c->up);
     }
@@ -1950,7 +1999,6 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     struct px_conn *c = h->conn;
     int             is_cl = h == &c->cl;
 
-    (void)loop;
     px_conn_ref(c);
     if (c->closing)
         goto out;
@@ -1966,7 +2014,13 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         px_conn_flush_close_io(c, revents);
         break;
     case PX_ST_AUDIT:
-        break; /* no watchers run while the row commits */
+        /* Nothing moves while the row commits: bytes wait in the socket.
+         * A kept upstream that closes meanwhile is dropped. */
+        if (!is_cl && c->up_kept && (revents & EV_READ))
+            px_conn_kept_upstream_readable(c);
+        else
+            ev_io_stop(loop, w);
+        break;
     case PX_ST_PEEK:
         if (is_cl && (revents & EV_READ))
             px_conn_client_readable(c);

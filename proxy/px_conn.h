@@ -86,6 +86,10 @@ struct px_exch {
      * the big buffers are reused, addrs is valid only up to naddrs. */
     struct px_dns_result addrs;
     struct px_msg        req, resp;
+    /* A plain upstream kept on the connection between requests (up_kept,
+     * not mitm): its pool key and peer, for reuse or for parking it. */
+    char                    kept_key[PX_HOST_MAX + 8];
+    struct sockaddr_storage kept_peer;
 };
 
 struct px_conn {

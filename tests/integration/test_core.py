@@ -357,6 +357,35 @@ def test_pool_reuse_across_clients(t):
 
 
 @test
+def test_kept_upstream_switch_and_drop(t):
+    """A client connection keeps its upstream between requests: a request to
+    another destination parks it in the worker's pool (and the way back takes
+    it from there), and one the origin closes while idle is dropped, the next
+    request opening a new connection rather than failing."""
+    up1 = t.upstream()
+    up2 = t.upstream()
+    al = t.airlock(workers=1)
+    c = t.conn(al.port)
+    for i, u in enumerate((up1, up2, up1, up1)):
+        c.send(req(u, "/bytes/%d" % (10 + i)))
+        r = c.read_response()
+        check(r.status == 200 and r.body == pattern(10 + i), "request %d: %r" % (i, r))
+    eq(up1.connections, 1, "connections to the first upstream (parked, then taken back)")
+    eq(up2.connections, 1, "connections to the second upstream")
+    c.send(req(up1, "/quietclose/7"))
+    r = c.read_response()
+    check(r.status == 200 and r.body == pattern(7), "response before the origin's close: %r" % r)
+    # Sent at once: airlock either saw the FIN already (the kept upstream is
+    # dropped) or the request races it (replayed once on a fresh connection).
+    c.send(req(up1, "/bytes/20"))
+    r = c.read_response()
+    check(r.status == 200 and r.body == pattern(20), "request after the origin closed: %r" % r)
+    eq(up1.connections, 2, "connections to the first upstream after its close")
+    check(up1.requests[-1]["conn"] != up1.requests[0]["conn"],
+          "the last request went over the new connection")
+
+
+@test
 def test_pipelining(t):
     up = t.upstream()
     al = t.airlock()

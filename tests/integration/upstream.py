@@ -11,6 +11,8 @@ Endpoints:
   /bytes/N         N bytes of pattern(N), Content-Length (HEAD: no body)
   /chunked/N       N bytes of pattern(N), chunked
   /close/N         N bytes of pattern(N), no Content-Length, connection closed
+  /quietclose/N    N bytes of pattern(N), Content-Length, then the connection
+                   is closed without a word (an origin ending an idle keep-alive)
   /slow/N?rate=R   N bytes of pattern(N), Content-Length, ~R bytes/s
   /status/CODE     that status (204/304 without body)
   /head            Content-Length 1234; body only for GET
@@ -246,6 +248,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             n = int(arg)
             self.send_response(200)
             self.send_header("Connection", "close")
+            self.end_headers()
+            self._write_pattern(n)
+            self.close_connection = True
+        elif top == "quietclose":
+            n = int(arg)
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
             self.end_headers()
             self._write_pattern(n)
             self.close_connection = True
