@@ -563,19 +563,42 @@ px_conn_release_hold(struct px_conn *c)
         px_conn_update_io(c);
 }
 
-/* Appends one chunk ("%zx\r\n" data "\r\n") or raw bytes to q. */
+/* ":port" into buf (8 bytes), no printf; returns its length. */
+static size_t
+px_port_str(char *buf, unsigned port)
+{
+    char   tmp[6];
+    size_t n = 0, k = 0;
+
+    do {
+        tmp[n++] = (char)('0' + port % 10);
+        port /= 10;
+    } while (port != 0 && n < sizeof(tmp));
+    buf[k++] = ':';
+    while (n > 0)
+        buf[k++] = tmp[--n];
+    return k;
+}
+
+/* Appends one chunk ("%zx\r\n" data "\r\n", no printf) or raw bytes to q. */
 static int
 px_frame(struct al_bufq *q, int chunked, const char *at, size_t len)
 {
-    char hdr[24];
-    int  n;
+    static const char hex[] = "0123456789abcdef";
+    char              hdr[24];
+    size_t            n = sizeof(hdr) - 2, v = len;
 
     if (len == 0)
         return AL_OK;
     if (!chunked)
         return al_bufq_write(q, at, len);
-    n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
-    if (al_bufq_write(q, hdr, (size_t)n) != AL_OK || al_bufq_write(q, at, len) != AL_OK ||
+    hdr[sizeof(hdr) - 2] = '\r';
+    hdr[sizeof(hdr) - 1] = '\n';
+    do {
+        hdr[--n] = hex[v & 15];
+        v >>= 4;
+    } while (v != 0);
+    if (al_bufq_write(q, hdr + n, sizeof(hdr) - n) != AL_OK || al_bufq_write(q, at, len) != AL_OK ||
         al_bufq_write(q, "\r\n", 2) != AL_OK)
         return AL_ERROR;
     return AL_OK;
@@ -630,7 +653,6 @@ px_rq_body(llhttp_t *p, const char *at, size_t len)
 {
     struct px_conn *c = p->data;
     struct px_exch *x = c->x;
-    char            hdr[24];
 
     if (x->body_sub != NULL) {
         if (px_rq_body_sub(c, at, len, 0) != AL_OK)
@@ -639,17 +661,8 @@ px_rq_body(llhttp_t *p, const char *at, size_t len)
         x->req_body_bytes_sent = 1;
         return 0;
     }
-
-    if (x->req_chunked) {
-        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
-
-        if (al_bufq_write(&c->up.out, hdr, (size_t)n) != AL_OK ||
-            al_bufq_write(&c->up.out, at, len) != AL_OK ||
-            al_bufq_write(&c->up.out, "\r\n", 2) != AL_OK)
-            return -1;
-    } else if (al_bufq_write(&c->up.out, at, len) != AL_OK) {
+    if (px_frame(&c->up.out, x->req_chunked, at, len) != AL_OK)
         return -1;
-    }
     x->bytes_up += len;
     x->req_body_bytes_sent = 1;
     return 0;
@@ -711,22 +724,17 @@ px_write_headers_redacted(struct px_conn *c, const struct px_msg *m, struct al_d
 {
     for (int i = 0; i < m->nhdrs; i++) {
         const struct px_hdr *h = &m->hdrs[i];
-        struct al_dbuf       v;
-        int                  rc;
 
         if (h->drop)
             continue;
-        al_dbuf_init(&v, (size_t)h->val_len * 4 + 256);
-        rc = h->val == UINT32_MAX ? AL_OK
-                                  : sec_redact_value(c->conf->secrets, c->x->redact_mask,
-                                                     px_msg_str(m, h->val), h->val_len, &v);
-        if (rc == AL_OK && (al_dbuf_add(out, px_msg_str(m, h->name), h->name_len) != AL_OK ||
-                            al_dbuf_add(out, ": ", 2) != AL_OK ||
-                            (v.len > 0 && al_dbuf_add(out, v.data, v.len) != AL_OK) ||
-                            al_dbuf_add(out, "\r\n", 2) != AL_OK))
-            rc = AL_ERROR; /* no printf per header */
-        sec_dbuf_wipe(&v);
-        if (rc != AL_OK)
+        /* The value goes through the redactor straight into out: what lands
+         * there is already scrubbed (no printf per header). */
+        if (al_dbuf_add(out, px_msg_str(m, h->name), h->name_len) != AL_OK ||
+            al_dbuf_add(out, ": ", 2) != AL_OK ||
+            (h->val != UINT32_MAX &&
+             sec_redact_value(c->conf->secrets, c->x->redact_mask, px_msg_str(m, h->val),
+                              h->val_len, out) != AL_OK) ||
+            al_dbuf_add(out, "\r\n", 2) != AL_OK)
             return AL_ERROR;
     }
     return AL_OK;
@@ -773,8 +781,21 @@ px_rs_headers_complete(llhttp_t *p)
         }
     }
     al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
-    rc = al_dbuf_addf(&d, "HTTP/1.1 %d %s\r\n", status,
-                      m->status_text_len ? px_msg_str(m, m->status_text) : "");
+    if (status >= 100 && status <= 999) { /* llhttp: three digits */
+        char sl[13] = "HTTP/1.1 000 ";
+
+        sl[9] = (char)('0' + status / 100);
+        sl[10] = (char)('0' + status / 10 % 10);
+        sl[11] = (char)('0' + status % 10);
+        rc = al_dbuf_add(&d, sl, sizeof(sl));
+        if (rc == AL_OK && m->status_text_len)
+            rc = al_dbuf_add(&d, px_msg_str(m, m->status_text), m->status_text_len);
+        if (rc == AL_OK)
+            rc = al_dbuf_add(&d, "\r\n", 2);
+    } else {
+        rc = al_dbuf_addf(&d, "HTTP/1.1 %d %s\r\n", status,
+                          m->status_text_len ? px_msg_str(m, m->status_text) : "");
+    }
     if (rc == AL_OK)
         rc =
             x->redact_mask != 0 ? px_write_headers_redacted(c, m, &d) : px_msg_write_headers(m, &d);
@@ -839,7 +860,6 @@ px_rs_body(llhttp_t *p, const char *at, size_t len)
 {
     struct px_conn *c = p->data;
     struct px_exch *x = c->x;
-    char            hdr[24];
 
     if (x->redactor != NULL) {
         if (px_rs_body_redact(c, at, len, 0) != AL_OK)
@@ -847,17 +867,8 @@ px_rs_body(llhttp_t *p, const char *at, size_t len)
         x->bytes_down += len;
         return 0;
     }
-
-    if (x->resp_chunked_out) {
-        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
-
-        if (al_bufq_write(&c->cl.out, hdr, (size_t)n) != AL_OK ||
-            al_bufq_write(&c->cl.out, at, len) != AL_OK ||
-            al_bufq_write(&c->cl.out, "\r\n", 2) != AL_OK)
-            return -1;
-    } else if (al_bufq_write(&c->cl.out, at, len) != AL_OK) {
+    if (px_frame(&c->cl.out, x->resp_chunked_out, at, len) != AL_OK)
         return -1;
-    }
     x->bytes_down += len;
     return 0;
 }
@@ -1081,13 +1092,18 @@ px_conn_write_request_head(struct px_conn *c)
     } else {
         rc = px_msg_write_headers(m, &hb);
     }
-    if (rc == AL_OK)
-        rc = al_dbuf_addf(&d, "%s %.*s HTTP/1.1\r\nHost: %s%s%s", llhttp_method_name(c->rq.method),
-                          (int)tlen, target, lb, t->host, rb);
-    if (rc == AL_OK && !default_port)
-        rc = al_dbuf_addf(&d, ":%u", t->port);
-    if (rc == AL_OK)
-        rc = al_dbuf_add(&d, "\r\n", 2);
+    if (rc == AL_OK) { /* no printf: this runs for every request */
+        const char *meth = llhttp_method_name(c->rq.method);
+        char        port[8];
+        size_t      pl = default_port ? 0 : px_port_str(port, t->port);
+
+        if (al_dbuf_adds(&d, meth) != AL_OK || al_dbuf_add(&d, " ", 1) != AL_OK ||
+            al_dbuf_add(&d, target, tlen) != AL_OK ||
+            al_dbuf_adds(&d, " HTTP/1.1\r\nHost: ") != AL_OK || al_dbuf_adds(&d, lb) != AL_OK ||
+            al_dbuf_adds(&d, t->host) != AL_OK || al_dbuf_adds(&d, rb) != AL_OK ||
+            al_dbuf_add(&d, port, pl) != AL_OK || al_dbuf_add(&d, "\r\n", 2) != AL_OK)
+            rc = AL_ERROR;
+    }
     if (rc == AL_OK && hb.len > 0)
         rc = al_dbuf_add(&d, hb.data, hb.len);
     if (rc == AL_OK && secret_host)
@@ -1433,7 +1449,12 @@ px_conn_on_head(struct px_conn *c)
             u >= 0 && m->hdrs[u].val != UINT32_MAX &&
             al_strcaseeq_n(px_msg_str(m, m->hdrs[u].val), m->hdrs[u].val_len, "websocket");
     }
-    snprintf(x->pool_key, sizeof(x->pool_key), "%s:%u", x->target.host, x->target.port);
+    {
+        size_t hl = strnlen(x->target.host, sizeof(x->pool_key) - 7);
+
+        memcpy(x->pool_key, x->target.host, hl); /* "host:port", no printf */
+        x->pool_key[hl + px_port_str(x->pool_key + hl, x->target.port)] = '\0';
+    }
     if (px_decide(c) != AL_OK)
         return; /* px_decide answered the client */
     if (px_audit != NULL) {

@@ -794,6 +794,43 @@ sec_stream_free(struct sec_stream *st)
     al_free(st);
 }
 
+/* Whether any of ac's patterns occurs in in[0..n): the scan of
+ * sec_stream_feed() without the bookkeeping, for values that (almost
+ * always) hold nothing to replace. */
+static int
+sec_ac_any(const struct sec_ac *ac, const char *in, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)in;
+    size_t               m1 = ac->min_len - 1, i = 0;
+    uint32_t             s = 0;
+
+    while (i < n) {
+        if (s == 0 && ac->shift != NULL) {
+            size_t p = i + m1;
+
+            while (p < n) {
+                uint8_t sh = ac->shift[u[p - 1] | (unsigned)u[p] << 8];
+
+                if (sh == 0)
+                    break;
+                p += sh;
+            }
+            i = p - m1;
+            if (i >= n)
+                break;
+        }
+        do {
+            uint32_t t = ac->tbl[s + ac->cls[u[i]]];
+
+            if (t & SEC_AC_FLAG)
+                return 1;
+            s = t;
+            i++;
+        } while (s != 0 && i < n);
+    }
+    return 0;
+}
+
 int
 sec_redact_value(const struct sec_store *cs, uint64_t mask, const char *in, size_t n,
                  struct al_dbuf *out)
@@ -809,6 +846,10 @@ sec_redact_value(const struct sec_store *cs, uint64_t mask, const char *in, size
     ac = sec_redact_ac(s, mask, &own);
     if (ac == NULL)
         goto out;
+    if (!sec_ac_any(ac, in, n)) {
+        rc = sec_dbuf_add(out, in, n);
+        goto out;
+    }
     if (sec_stream_init(&st, s, ac, SEC_MODE_REDACT, mask) != AL_OK)
         goto out;
     rc = sec_stream_oneshot(&st, in, n, out);
