@@ -628,6 +628,23 @@ sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t 
     return sec_stream_advance(st, in, base, st->pos - ac->depth[sid], out);
 }
 
+/* From the root state: skips (bad-character shifts on byte pairs) to the
+ * first position where a pattern may end; returns where to resume. */
+static inline size_t
+sec_ac_skip(const uint8_t *shift, const unsigned char *u, size_t i, size_t n, size_t m1)
+{
+    size_t p = i + m1;
+
+    while (p < n) {
+        uint8_t sh = shift[u[p - 1] | (unsigned)u[p] << 8];
+
+        if (sh == 0)
+            break;
+        p += sh;
+    }
+    return p - m1;
+}
+
 int
 sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out)
 {
@@ -645,16 +662,7 @@ sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf 
         return AL_OK;
     while (i < n) {
         if (s == 0 && shift != NULL) {
-            size_t p = i + m1;
-
-            while (p < n) {
-                uint8_t sh = shift[u[p - 1] | (unsigned)u[p] << 8];
-
-                if (sh == 0)
-                    break;
-                p += sh;
-            }
-            i = p - m1;
+            i = sec_ac_skip(shift, u, i, n, m1);
             if (i >= n)
                 break;
         }
@@ -806,16 +814,7 @@ sec_ac_any(const struct sec_ac *ac, const char *in, size_t n)
 
     while (i < n) {
         if (s == 0 && ac->shift != NULL) {
-            size_t p = i + m1;
-
-            while (p < n) {
-                uint8_t sh = ac->shift[u[p - 1] | (unsigned)u[p] << 8];
-
-                if (sh == 0)
-                    break;
-                p += sh;
-            }
-            i = p - m1;
+            i = sec_ac_skip(ac->shift, u, i, n, m1);
             if (i >= n)
                 break;
         }
