@@ -142,6 +142,7 @@ struct px_metrics {
     _Atomic uint64_t audit_refusals;
     _Atomic uint64_t tls_client_handshakes, tls_upstream_handshakes, tls_failures;
     _Atomic uint64_t secrets_injected, secrets_refused;
+    _Atomic uint64_t responses_decoded; /* gzip/deflate answers decoded to be scanned */
 };
 extern struct px_metrics px_metrics;
 #define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)

@@ -19,6 +19,7 @@
  * stops everything at once and the memory goes when the last reference does.
  */
 #include "px_conn.h"
+#include "px_inflate.h"
 #include "px_origdst.h"
 #include "px_sni.h"
 
@@ -80,6 +81,7 @@ px_exch_free(struct px_exch *x)
     aud_record_free(x->rec);
     sec_stream_free(x->redactor);
     sec_stream_free(x->body_sub);
+    px_inflate_free(x->inflater);
     al_free(x);
 }
 
@@ -91,6 +93,7 @@ px_exch_reset(struct px_exch *x, size_t header_bytes)
     aud_record_free(x->rec);
     sec_stream_free(x->redactor);
     sec_stream_free(x->body_sub);
+    px_inflate_free(x->inflater);
     memset(x, 0, offsetof(struct px_exch, addrs));
     x->addrs.naddrs = 0;
     px_msg_reset(&x->req);
@@ -763,13 +766,23 @@ px_rs_headers_complete(llhttp_t *p)
     if (x->redact_mask != 0 && !interim) {
         int ce = px_msg_find(m, "content-encoding", 0);
 
-        /* We asked for identity; a compressed body can't be scanned, so it
-         * is refused rather than passed on unscanned. */
+        /* We asked for identity. A gzip or deflate body is decoded, scanned
+         * and passed on decoded (Content-Encoding dropped); any other coding
+         * can't be scanned, so it is refused rather than passed on. */
         if (ce >= 0 && m->hdrs[ce].val != UINT32_MAX &&
             !al_strcaseeq_n(px_msg_str(m, m->hdrs[ce].val), m->hdrs[ce].val_len, "identity") &&
             !nobody) {
-            x->resp_compressed = 1;
-            return -1;
+            int coding = px_inflate_coding(px_msg_str(m, m->hdrs[ce].val), m->hdrs[ce].val_len);
+
+            if (coding == 0 || px_msg_find(m, "content-encoding", ce + 1) >= 0) {
+                x->resp_compressed = 1;
+                return -1;
+            }
+            x->inflater = px_inflate_new(coding);
+            if (x->inflater == NULL)
+                return -1;
+            m->hdrs[ce].drop = 1;
+            PX_MINC(responses_decoded);
         }
         if (!nobody) {
             x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask);
@@ -856,11 +869,24 @@ px_rs_body_redact(struct px_conn *c, const char *at, size_t len, int last)
 }
 
 static int
+px_rs_body_redact_sink(void *arg, const char *p, size_t n)
+{
+    return px_rs_body_redact(arg, p, n, 0);
+}
+
+static int
 px_rs_body(llhttp_t *p, const char *at, size_t len)
 {
     struct px_conn *c = p->data;
     struct px_exch *x = c->x;
 
+    if (x->inflater != NULL) { /* decoded, then redacted like any body */
+        if (px_inflate_feed(x->inflater, at, len, px_rs_body_redact_sink, c, &x->resp_abort) !=
+            AL_OK)
+            return -1;
+        x->bytes_down += len;
+        return 0;
+    }
     if (x->redactor != NULL) {
         if (px_rs_body_redact(c, at, len, 0) != AL_OK)
             return -1;
@@ -884,6 +910,8 @@ px_rs_message_complete(llhttp_t *p)
         px_msg_reset(&x->resp); /* interim answer forwarded; the final one follows */
         return 0;
     }
+    if (x->inflater != NULL && px_inflate_finish(x->inflater, &x->resp_abort) != AL_OK)
+        return -1;
     if (x->redactor != NULL && px_rs_body_redact(c, NULL, 0, 1) != AL_OK)
         return -1;
     if (x->resp_chunked_out && al_bufq_write(&c->cl.out, "0\r\n\r\n", 5) != AL_OK)
@@ -1723,8 +1751,8 @@ px_conn_upstream_readable(struct px_conn *c)
             else if (!x->resp_started)
                 px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_bad_response",
                                        llhttp_errno_name(e));
-            else
-                px_conn_close(c, "bad upstream response");
+            else /* the head is out: all that is left is cutting the response */
+                px_conn_close(c, x->resp_abort != NULL ? x->resp_abort : "bad upstream response");
             return;
         }
     }

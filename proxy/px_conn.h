@@ -79,6 +79,8 @@ struct px_exch {
     struct sec_stream   *redactor;        /* response body scrubber; owned */
     struct sec_stream   *body_sub;        /* request body substitution; owned */
     int                  resp_compressed; /* compressed answer to a redacted request */
+    struct px_inflate   *inflater;        /* its decoder (gzip/deflate), feeding the redactor */
+    const char          *resp_abort;      /* why the response was cut off mid-body */
     const char          *body_refusal;    /* a placeholder in the body that may not go there */
     int                  hold_up;         /* request held back until its body is scanned */
     uint64_t             inject_only;     /* the allowing rule's "inject" list, as a mask */

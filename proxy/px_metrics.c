@@ -72,6 +72,15 @@ px_metrics_render(struct al_dbuf *o)
                  "# TYPE airlock_tls_failures_total counter\nairlock_tls_failures_total %llu\n",
                  PX_LOAD(px_metrics.tls_client_handshakes),
                  PX_LOAD(px_metrics.tls_upstream_handshakes), PX_LOAD(px_metrics.tls_failures));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_secrets_injected_total counter\n"
+                 "airlock_secrets_injected_total %llu\n"
+                 "# TYPE airlock_secrets_refused_total counter\n"
+                 "airlock_secrets_refused_total %llu\n"
+                 "# TYPE airlock_responses_decoded_total counter\n"
+                 "airlock_responses_decoded_total %llu\n",
+                 PX_LOAD(px_metrics.secrets_injected), PX_LOAD(px_metrics.secrets_refused),
+                 PX_LOAD(px_metrics.responses_decoded));
     if (px_ca_g != NULL) {
         uint64_t mints = 0, hits = 0;
 

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,8 +180,8 @@ class Handler(upstream_mod._Handler):
                 return
             self._record(n, sha)
             if parts[1] == "gzip":
-                body = gzip.compress(b"compressed body\n")
-                self._send(200, body, "text/plain", extra=[("Content-Encoding", "gzip")])
+                self._compressed(parts[2] if len(parts) > 2 else "gzip",
+                                 (self.headers.get("X-Api-Key") or "").encode("latin-1"))
                 return
             form = parts[2] if len(parts) > 2 else "raw"
             q = urllib.parse.parse_qs(u.query)
@@ -191,6 +192,44 @@ class Handler(upstream_mod._Handler):
             self._reflect(form, v)
             return
         super()._do2()
+
+    def _compressed(self, kind, v):
+        """/gzip/KIND: a compressed answer (despite Accept-Encoding: identity)
+        that carries the request's X-Api-Key value v."""
+        plain = b"compressed body " + v + b"\n"
+        coding = "gzip"
+        if kind == "gzip":
+            body = gzip.compress(plain)
+        elif kind == "deflate":
+            body, coding = zlib.compress(plain), "deflate"
+        elif kind == "multi":  # two gzip members back to back
+            body = gzip.compress(plain[:9]) + gzip.compress(plain[9:])
+        elif kind == "br":
+            body, coding = b"\x1b\x0f\x00\xf8" + plain, "br"
+        elif kind == "corrupt":
+            z = gzip.compress(plain * 50)
+            body = z[:20] + bytes(b ^ 0x5a for b in z[20:60]) + z[60:]
+        elif kind == "truncated":
+            body = gzip.compress(plain * 50)[:-12]
+        elif kind == "bomb":  # 64 MiB of zeros in ~64 KiB
+            body = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+        elif kind == "big":
+            # ~1 MiB with the value every ~10 KiB, streamed in small chunks
+            # so compressed pieces (and the value) straddle reads
+            unit = altest.pattern(10000) + v
+            plain = unit * 100
+            body = gzip.compress(plain)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 997):
+                piece = body[i:i + 997]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        self._send(200, body, "text/plain", extra=[("Content-Encoding", coding)])
 
     def _reflect(self, form, v):
         if form == "header":
@@ -901,13 +940,67 @@ def test_accept_encoding_identity(t):
     eq(up_hdrs(rec, "Accept-Encoding"), ["identity"], "Accept-Encoding at the upstream (template)")
 
 
+def _gz(t, al, up, kind):
+    tc = tunnel(t, al, "api.test", up.port)
+    return tc, rt(tc, request("api.test", up.port, "/gzip/%s?t=%s" % (kind, kind),
+                              headers=[("X-Api-Key", al.ph["key"])]))
+
+
 @test
-def test_compressed_response_refused(t):
+def test_compressed_response_decoded(t):
+    """A host that received a secret answers gzip or deflate anyway: the body
+    is decoded, scrubbed and passed on decoded (no Content-Encoding), so the
+    value never reaches the client compressed or not."""
     up = make_upstream(t)
     al = start(t)
-    tc = tunnel(t, al, "api.test", up.port)
-    r = rt(tc, request("api.test", up.port, "/gzip?t=1", headers=[("X-Api-Key", al.ph["key"])]))
+    m0 = al.metrics()
+    want = b"compressed body " + al.ph["key"].encode() + b"\n"
+    for kind in ("gzip", "deflate", "multi"):
+        tc, r = _gz(t, al, up, kind)
+        eq(r.status, 200, "%s: status" % kind)
+        eq(r.header("Content-Encoding"), None, "%s: Content-Encoding at the client" % kind)
+        eq(r.body, want, "%s: body at the client" % kind)
+        no_value(r.body, "%s body" % kind)
+        # the tunnel stays usable: the next request on it works
+        r = rt(tc, request("api.test", up.port, "/reflect/raw?t=after-" + kind,
+                           headers=[("X-Api-Key", al.ph["key"])]))
+        eq(r.status, 200, "%s: next request on the tunnel" % kind)
+    tc, r = _gz(t, al, up, "big")
+    eq(r.status, 200, "big: status")
+    unit = altest.pattern(10000) + al.ph["key"].encode()
+    eq(len(r.body), len(unit) * 100, "big: decoded length")
+    check(r.body == unit * 100, "big: decoded body differs")
+    no_value(r.body, "big body")
+    m1 = al.metrics()
+    for name, want in (("airlock_responses_decoded_total", 4), ("airlock_secrets_injected_total", 7)):
+        eq(m1.need(name) - (m0.get(name) or 0), want, name)
+
+
+@test
+def test_compressed_response_refused(t):
+    """A coding airlock cannot decode is refused before the head leaves; a
+    decodable one that turns out corrupt, truncated or a decompression bomb
+    is cut off mid-body (the head is out by then), and the row says why."""
+    up = make_upstream(t)
+    al = start(t)
+    tc, r = _gz(t, al, up, "br")
     expect_error(r, 502, "compressed_response")
+    for kind, why in (("corrupt", "corrupt compressed response"),
+                      ("truncated", "truncated compressed response"),
+                      ("bomb", "inflates beyond the limit")):
+        tc = tunnel(t, al, "api.test", up.port)
+        tc.send(request("api.test", up.port, "/gzip/%s?t=%s" % (kind, kind),
+                        headers=[("X-Api-Key", al.ph["key"])]))
+        try:
+            r = tc.read_response()
+            seen(r.head_raw, r.body)
+            got = "complete response %d (%d bytes)" % (r.status, len(r.body))
+        except (OSError, EOFError, TestFailure, ValueError) as e:
+            got = None
+            del e
+        check(got is None, "%s: the client got a %s" % (kind, got))
+        rec = wait_row(al, lambda x, k=kind: x["path"].startswith("/gzip/" + k), kind)[0]
+        check(why in (rec["error"] or ""), "%s: audit error %r, want %r" % (kind, rec["error"], why))
 
 
 @test
