@@ -15,7 +15,7 @@
 
 struct px_inflate {
     z_stream z;
-    int      ended;  /* the (last) member ended: only another member may follow */
+    int      ended; /* the (last) member ended: only another member may follow */
     uint64_t in_total, out_total;
 };
 

@@ -25,8 +25,8 @@ struct px_inflate *px_inflate_new(int coding);
 void               px_inflate_free(struct px_inflate *f);
 /* Inflates in[0..n) and hands the output to sink in pieces. AL_OK, or
  * AL_ERROR with *why (corrupt data, inflation limit, sink failure). */
-int px_inflate_feed(struct px_inflate *f, const char *in, size_t n, px_inflate_sink sink,
-                    void *arg, const char **why);
+int px_inflate_feed(struct px_inflate *f, const char *in, size_t n, px_inflate_sink sink, void *arg,
+                    const char **why);
 /* At the end of the body: AL_ERROR (*why) when the stream stopped short. */
 int px_inflate_finish(struct px_inflate *f, const char **why);
 
