@@ -8,15 +8,15 @@
  */
 #include "px_inflate.h"
 
-#include <string.h>
 #include <zlib.h>
 
 #include "common.h"
 
 struct px_inflate {
     z_stream z;
-    int      ended; /* the (last) member ended: only another member may follow */
-    uint64_t in_total, out_total;
+    int      members; /* gzip: another member may follow one that ended */
+    int      ended;   /* the (last) member ended */
+    uint64_t in_total;
 };
 
 /* "gzip", "x-gzip" or "deflate", alone (the codings airlock can scan). */
@@ -48,6 +48,7 @@ px_inflate_new(int coding)
         al_free(f);
         return NULL;
     }
+    f->members = coding == PX_INFLATE_GZIP;
     return f;
 }
 
@@ -79,8 +80,9 @@ px_inflate_feed(struct px_inflate *f, const char *in, size_t n, px_inflate_sink 
         if (f->ended) {
             if (f->z.avail_in == 0)
                 break;
-            /* gzip allows several members back to back (deflate: garbage) */
-            if (inflateReset(&f->z) != Z_OK)
+            /* gzip allows several members back to back; after a zlib
+             * stream (deflate) nothing may follow */
+            if (!f->members || inflateReset(&f->z) != Z_OK)
                 goto corrupt;
             f->ended = 0;
         }
@@ -91,7 +93,6 @@ px_inflate_feed(struct px_inflate *f, const char *in, size_t n, px_inflate_sink 
         if (zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR)
             goto corrupt;
         burst += got;
-        f->out_total += got;
         if (burst > limit) {
             *why = "compressed response inflates beyond the limit";
             return AL_ERROR;

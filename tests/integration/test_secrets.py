@@ -209,6 +209,8 @@ class Handler(upstream_mod._Handler):
         elif kind == "corrupt":
             z = gzip.compress(plain * 50)
             body = z[:20] + bytes(b ^ 0x5a for b in z[20:60]) + z[60:]
+        elif kind == "deflatetail":  # a zlib stream, then bytes that belong to nothing
+            body, coding = zlib.compress(plain) + zlib.compress(plain), "deflate"
         elif kind == "truncated":
             body = gzip.compress(plain * 50)[:-12]
         elif kind == "bomb":  # 64 MiB of zeros in ~64 KiB
@@ -986,6 +988,7 @@ def test_compressed_response_refused(t):
     tc, r = _gz(t, al, up, "br")
     expect_error(r, 502, "compressed_response")
     for kind, why in (("corrupt", "corrupt compressed response"),
+                      ("deflatetail", "corrupt compressed response"),
                       ("truncated", "truncated compressed response"),
                       ("bomb", "inflates beyond the limit")):
         tc = tunnel(t, al, "api.test", up.port)
