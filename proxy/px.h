@@ -33,6 +33,7 @@
 #define PX_DEFAULT_CONNECT_TIMEOUT_S 10
 #define PX_DEFAULT_TLS_TIMEOUT_S 10
 #define PX_DEFAULT_DRAIN_TIMEOUT_S 30
+#define PX_DEFAULT_VERIFY_CACHE_S 300 /* upstream chain verdicts (0 = off) */
 #define PX_BUF_HIGH_BYTES (64 * 1024) /* stop reading the source above this */
 #define PX_READ_BYTES 16384           /* one read(2) */
 #define PX_POOL_IDLE_S 30             /* idle upstream keep-alive lifetime */
@@ -82,6 +83,7 @@ struct px_conf {
     char                    admin_token_sha256[65]; /* "" = no bearer token required */
     int                     workers;
     char                   *policy_path, *secrets_path, *ca_dir, *upstream_ca;
+    int                     upstream_verify_cache_s; /* 0 = verify every chain in full */
     char                   *audit_db;
     int                     audit_strict, audit_flush_ms, audit_retention_days, audit_log_query;
     struct px_dns_override *overrides;

@@ -142,10 +142,15 @@ int px_tls_sni_mismatch(SSL *ssl);
  * A client SSL_CTX: peer verification always on, against `ca_file` (a PEM
  * bundle) or the system default paths when NULL; TLS >= 1.2; ALPN
  * "http/1.1"; a client session cache keyed by host:port (bounded, shared by
- * all SSLs made from this context). Returns a context owned by the caller,
- * or NULL with the reason in errs.
+ * all SSLs made from this context). With verify_cache_s > 0, a chain that
+ * passed verification for a host:port passes again without a chain build
+ * when the peer sends the same certificates within that many seconds (and
+ * before any of them expires); 0 verifies every chain in full. Returns a
+ * context owned by the caller, or NULL with the reason in errs.
  */
-SSL_CTX *px_tls_upstream_ctx(const char *ca_file, struct al_errs *errs);
+SSL_CTX *px_tls_upstream_ctx(const char *ca_file, int verify_cache_s, struct al_errs *errs);
+/* Chains that passed from the verdict cache, and full verifications. */
+void px_tls_upstream_stats(SSL_CTX *ctx, uint64_t *verify_hits, uint64_t *verify_full);
 /*
  * Per connection, before the handshake: SNI (names only), the name or IP
  * address the certificate must carry, and a cached session for host:port

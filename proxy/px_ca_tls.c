@@ -22,6 +22,14 @@
  * the start; each leaf carries its public key, so SSL_use_certificate keeps
  * key and certificate consistent.
  *
+ * Upstream chain verdicts are cached (px_tls_verify_cb): a chain that is
+ * byte for byte one that passed X509_verify_cert for the same host:port,
+ * within the TTL and before any of its certificates expires, passes without
+ * a second chain build. The handshake's own proof of key possession (TLS 1.3
+ * CertificateVerify, the TLS 1.2 key exchange signature) is checked every
+ * time by OpenSSL; only failures never enter the cache, so a bad certificate
+ * is refused on every connection.
+ *
  * Upstream sessions are cached per host:port as copies (SSL_SESSION_dup):
  * OpenSSL marks a connection's own session object not resumable when the
  * connection is freed without a clean shutdown, and that must not poison
@@ -31,11 +39,13 @@
 #include "px_ca.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/x509v3.h>
 
 /* The most recent OpenSSL error as text (queue cleared), for messages. */
@@ -70,11 +80,33 @@ struct px_tls_sess {
     char                key[];
 };
 
-/* Upstream session cache: a short LRU list (linear search is fine at this size). */
+/*
+ * Verdict cache for upstream chains: direct-mapped slots keyed by a SHA-256
+ * over host:port and the digests of every certificate the peer sent. A slot
+ * is overwritten by the next key that maps to it, so the size is fixed.
+ */
+#define PX_TLS_VC_SLOTS 1024
+
+struct px_tls_vc_slot {
+    unsigned char key[32];
+    int64_t       verified_at, expires; /* wall-clock seconds; expires 0 = empty */
+};
+
+struct px_tls_vcache {
+    pthread_mutex_t       lock;
+    EVP_MD               *sha256;
+    int                   ttl_s;
+    _Atomic uint64_t      hits, misses;
+    struct px_tls_vc_slot slot[PX_TLS_VC_SLOTS];
+};
+
+/* Upstream session cache: a short LRU list (linear search is fine at this
+ * size); it also carries the verdict cache (NULL when disabled). */
 struct px_tls_sesscache {
-    pthread_mutex_t     lock;
-    struct px_tls_sess *head, *tail;
-    size_t              count, cap;
+    pthread_mutex_t       lock;
+    struct px_tls_sess   *head, *tail;
+    size_t                count, cap;
+    struct px_tls_vcache *vc;
 };
 
 static pthread_once_t px_tls_once = PTHREAD_ONCE_INIT;
@@ -125,6 +157,11 @@ px_tls_sc_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long arg
         next = s->next;
         SSL_SESSION_free(s->sess);
         al_free(s);
+    }
+    if (sc->vc != NULL) {
+        EVP_MD_free(sc->vc->sha256);
+        pthread_mutex_destroy(&sc->vc->lock);
+        al_free(sc->vc);
     }
     pthread_mutex_destroy(&sc->lock);
     al_free(sc);
@@ -428,8 +465,118 @@ out:
     return 0; /* OpenSSL keeps (and frees) its own reference */
 }
 
+/* The verdict-cache key: SHA-256 over "host:port\0", then the SHA-256 of
+ * the leaf and of every certificate the peer sent, in order. */
+static int
+px_tls_vc_key(const struct px_tls_vcache *vc, const char *name, X509 *leaf, STACK_OF(X509) * sent,
+              unsigned char out[32])
+{
+    EVP_MD_CTX   *m = EVP_MD_CTX_new();
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int  dl = 0;
+    int           n = sent != NULL ? sk_X509_num(sent) : 0;
+    int           ok;
+
+    ok = m != NULL && EVP_DigestInit_ex(m, vc->sha256, NULL) == 1 &&
+         EVP_DigestUpdate(m, name, strlen(name) + 1) == 1 &&
+         X509_digest(leaf, vc->sha256, d, &dl) == 1 && EVP_DigestUpdate(m, d, dl) == 1;
+    for (int i = 0; ok && i < n; i++)
+        ok = X509_digest(sk_X509_value(sent, i), vc->sha256, d, &dl) == 1 &&
+             EVP_DigestUpdate(m, d, dl) == 1;
+    ok = ok && EVP_DigestFinal_ex(m, out, &dl) == 1 && dl == 32;
+    EVP_MD_CTX_free(m);
+    return ok;
+}
+
+/* The earliest notAfter of a verified chain, in seconds since the epoch, or
+ * -1 when one cannot be read. */
+static int64_t
+px_tls_chain_not_after(STACK_OF(X509) * chain)
+{
+    int64_t min = -1;
+
+    for (int i = 0; chain != NULL && i < sk_X509_num(chain); i++) {
+        struct tm tm;
+        int64_t   t;
+
+        memset(&tm, 0, sizeof(tm));
+        if (ASN1_TIME_to_tm(X509_get0_notAfter(sk_X509_value(chain, i)), &tm) != 1)
+            return -1;
+        t = (int64_t)timegm(&tm);
+        if (min < 0 || t < min)
+            min = t;
+    }
+    return min;
+}
+
+/*
+ * OpenSSL's chain verification for upstream handshakes (the peer's chain is
+ * parsed; the handshake signature is checked after this returns). A hit in
+ * the verdict cache passes with X509_V_OK and no chain build; anything else
+ * runs X509_verify_cert, and only a success is remembered: until the TTL or
+ * the first notAfter in the verified chain, whichever comes first.
+ */
+static int
+px_tls_verify_cb(X509_STORE_CTX *sctx, void *arg)
+{
+    struct px_tls_vcache *vc = arg;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct px_tls_sslx *x = ssl != NULL ? px_tls_sslx_get(ssl, 0) : NULL;
+    X509               *leaf = X509_STORE_CTX_get0_cert(sctx);
+    unsigned char       key[32];
+    int                 have_key, rc;
+    int64_t             now = (int64_t)time(NULL), until;
+
+    have_key = vc->ttl_s > 0 && x != NULL && x->sess_key != NULL && leaf != NULL &&
+               px_tls_vc_key(vc, x->sess_key, leaf, X509_STORE_CTX_get0_untrusted(sctx), key);
+    if (have_key) {
+        struct px_tls_vc_slot *sl = &vc->slot[(key[0] | (unsigned)key[1] << 8) % PX_TLS_VC_SLOTS];
+        int                    hit;
+
+        pthread_mutex_lock(&vc->lock);
+        hit = sl->expires != 0 && now >= sl->verified_at && now < sl->expires &&
+              memcmp(sl->key, key, sizeof(key)) == 0;
+        pthread_mutex_unlock(&vc->lock);
+        if (hit) {
+            atomic_fetch_add_explicit(&vc->hits, 1, memory_order_relaxed);
+            X509_STORE_CTX_set_error(sctx, X509_V_OK);
+            return 1;
+        }
+    }
+    ERR_clear_error();
+    rc = X509_verify_cert(sctx);
+    atomic_fetch_add_explicit(&vc->misses, 1, memory_order_relaxed);
+    if (rc != 1 || !have_key || X509_STORE_CTX_get_error(sctx) != X509_V_OK)
+        return rc;
+    until = px_tls_chain_not_after(X509_STORE_CTX_get0_chain(sctx));
+    if (until > now + vc->ttl_s)
+        until = now + vc->ttl_s;
+    if (until > now) {
+        struct px_tls_vc_slot *sl = &vc->slot[(key[0] | (unsigned)key[1] << 8) % PX_TLS_VC_SLOTS];
+
+        pthread_mutex_lock(&vc->lock);
+        memcpy(sl->key, key, sizeof(key));
+        sl->verified_at = now;
+        sl->expires = until;
+        pthread_mutex_unlock(&vc->lock);
+    }
+    return rc;
+}
+
+void
+px_tls_upstream_stats(SSL_CTX *ctx, uint64_t *verify_hits, uint64_t *verify_full)
+{
+    struct px_tls_sesscache *sc = ctx != NULL ? SSL_CTX_get_ex_data(ctx, px_tls_sc_idx) : NULL;
+
+    *verify_hits = *verify_full = 0;
+    if (sc != NULL && sc->vc != NULL) {
+        *verify_hits = atomic_load_explicit(&sc->vc->hits, memory_order_relaxed);
+        *verify_full = atomic_load_explicit(&sc->vc->misses, memory_order_relaxed);
+    }
+}
+
 SSL_CTX *
-px_tls_upstream_ctx(const char *ca_file, struct al_errs *errs)
+px_tls_upstream_ctx(const char *ca_file, int verify_cache_s, struct al_errs *errs)
 {
     static const unsigned char alpn[] = "\x08http/1.1";
     SSL_CTX                   *ctx = NULL, *ret = NULL;
@@ -453,6 +600,17 @@ px_tls_upstream_ctx(const char *ca_file, struct al_errs *errs)
         goto ssl_fail;
     }
     sc->cap = PX_TLS_SESS_ENTRIES;
+    sc->vc = al_calloc(1, sizeof(*sc->vc));
+    if (sc->vc == NULL || pthread_mutex_init(&sc->vc->lock, NULL) != 0) {
+        al_free(sc->vc);
+        sc->vc = NULL;
+        goto ssl_fail;
+    }
+    sc->vc->ttl_s = verify_cache_s > 0 ? verify_cache_s : 0;
+    sc->vc->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (sc->vc->sha256 == NULL)
+        goto ssl_fail;
+    SSL_CTX_set_cert_verify_callback(ctx, px_tls_verify_cb, sc->vc);
     if (SSL_CTX_set_ex_data(ctx, px_tls_sc_idx, sc) != 1)
         goto ssl_fail;
     sc = NULL; /* the context owns it now */
@@ -486,10 +644,8 @@ ssl_fail:
     al_errs_add(errs, "cannot build the upstream TLS context: %s",
                 px_tls_ssl_reason(why, sizeof(why)));
 out:
-    if (sc != NULL) {
-        pthread_mutex_destroy(&sc->lock);
-        al_free(sc);
-    }
+    if (sc != NULL)
+        px_tls_sc_free_cb(NULL, sc, NULL, 0, 0, NULL);
     SSL_CTX_free(ctx);
     return ret;
 }

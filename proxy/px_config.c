@@ -584,8 +584,10 @@ static struct px_conf *
 px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs *errs)
 {
     static const char *const keys[] = {
-        "listen", "admin",   "workers", "policy",    "secrets", "ca",        "upstream_ca",
-        "audit",  "resolve", "dns",     "sandboxes", "limits",  "log_level", NULL};
+        "listen",  "admin",     "workers",     "policy",
+        "secrets", "ca",        "upstream_ca", "upstream_verify_cache_s",
+        "audit",   "resolve",   "dns",         "sandboxes",
+        "limits",  "log_level", NULL};
     struct px_cfgctx x = {errs, doc};
     const cJSON     *root = doc->root, *v;
     struct px_conf  *c;
@@ -611,6 +613,7 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
     c->limits.drain_timeout_s = PX_DEFAULT_DRAIN_TIMEOUT_S;
     c->audit_flush_ms = 50;
     c->audit_retention_days = 30;
+    c->upstream_verify_cache_s = PX_DEFAULT_VERIFY_CACHE_S;
     c->log_level = AL_LOG_INFO;
     c->audit_db = al_path_join_dir(cfgpath, "airlock-audit.db");
 
@@ -651,6 +654,7 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
         c->upstream_ca = strcmp(v->valuestring, "system") == 0
                              ? NULL
                              : px_cfg_pathval(&x, root, "", "upstream_ca", cfgpath);
+    px_cfg_int(&x, root, "", "upstream_verify_cache_s", 0, 3600, &c->upstream_verify_cache_s);
     v = px_cfg_get(&x, root, "", "audit", cJSON_Object, "an object");
     if (v != NULL)
         px_cfg_audit(&x, c, v, cfgpath);

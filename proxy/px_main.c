@@ -180,7 +180,7 @@ px_main_run(const char *config_path, int dry_run)
         if (px_ca_g != NULL)
             px_tls_srv = px_tls_server_ctx(px_ca_g);
         if (px_ca_g != NULL && px_tls_srv != NULL)
-            px_tls_up = px_tls_upstream_ctx(c->upstream_ca, &errs);
+            px_tls_up = px_tls_upstream_ctx(c->upstream_ca, c->upstream_verify_cache_s, &errs);
         if (px_tls_up == NULL) {
             al_log_err("cannot set up TLS interception (ca.dir %s; create a CA with `airlock ca "
                        "init --dir %s`):\n%s",

@@ -91,6 +91,16 @@ px_metrics_render(struct al_dbuf *o)
                      "airlock_cert_cache_hits_total %llu\n",
                      (unsigned long long)mints, (unsigned long long)hits);
     }
+    if (px_tls_up != NULL) {
+        uint64_t vhits = 0, vfull = 0;
+
+        px_tls_upstream_stats(px_tls_up, &vhits, &vfull);
+        al_dbuf_addf(o,
+                     "# TYPE airlock_upstream_verify_total counter\n"
+                     "airlock_upstream_verify_total{result=\"full\"} %llu\n"
+                     "airlock_upstream_verify_total{result=\"cached\"} %llu\n",
+                     (unsigned long long)vfull, (unsigned long long)vhits);
+    }
     if (px_audit != NULL) {
         struct aud_stats st;
 

@@ -266,9 +266,13 @@ class Handler(upstream_mod._Handler):
         self._send(200, body, "application/json")
 
 
-def make_upstream(t, certkey=None):
+def make_upstream(t, certkey=None, tickets=True):
     setup()
-    u = upstream_mod.Upstream(ctx_for(certkey or G.good))
+    ctx = ctx_for(certkey or G.good)
+    if not tickets:  # no TLS 1.3 resumption: every connection is a full handshake
+        ctx.num_tickets = 0
+        ctx.options |= ssl.OP_NO_TICKET
+    u = upstream_mod.Upstream(ctx)
     u.RequestHandlerClass = Handler
     t.defer(u.stop)
     return u
@@ -1091,6 +1095,55 @@ def test_upstream_cert_bad_to_secret_host(t):
     check(r.status == 502 and r.header("X-Airlock-Reason") == "upstream_cert_untrusted",
           "secret host with an untrusted cert: %r" % r)
     eq(up.find("/"), [], "requests the upstream received")
+
+
+VERIFY_FULL = ("airlock_upstream_verify_total", {"result": "full"})
+VERIFY_CACHED = ("airlock_upstream_verify_total", {"result": "cached"})
+
+
+def _verify_counts(al):
+    m = al.metrics()
+    return m.need(*VERIFY_FULL), m.need(*VERIFY_CACHED)
+
+
+def _fresh_upstream_requests(al, up, tag, n):
+    """n requests to one.test, each over a new upstream handshake (/close)."""
+    for i in range(n):
+        r = scurl(al, ["https://one.test:%d/close/10?t=%s%d" % (up.port, tag, i)])
+        check(r.rc == 0 and r.status == 200, "one.test #%d: %r" % (i, r))
+
+
+@test
+def test_upstream_verify_cache(t):
+    """A chain that passed for a host passes again from the verdict cache
+    (no chain build); the same certificates toward a name they do not carry
+    are verified in full and refused, every time: failures are not cached."""
+    up = make_upstream(t, tickets=False)  # G.good: one.test, not bad-name.test
+    al = start(t)
+    f0, c0 = _verify_counts(al)
+    _fresh_upstream_requests(al, up, "vc", 3)
+    f1, c1 = _verify_counts(al)
+    eq((f1 - f0, c1 - c0), (1.0, 2.0), "(full, cached) verifications for 3 new upstream handshakes")
+    for i in range(2):
+        r = scurl(al, ["https://bad-name.test:%d/echo?t=vcname" % up.port])
+        check(r.status == 502 and r.header("X-Airlock-Reason") == "upstream_cert_name_mismatch",
+              "same chain, other name #%d: %r" % (i, r))
+    f2, c2 = _verify_counts(al)
+    eq((f2 - f1, c2 - c1), (2.0, 0.0), "(full, cached) for two refused handshakes")
+    eq(up.find("/echo?t=vcname"), [], "requests the upstream received for bad-name.test")
+    _fresh_upstream_requests(al, up, "vc-after", 1)
+    eq(_verify_counts(al)[1] - c2, 1.0, "cached verifications after the refusals")
+
+
+@test
+def test_upstream_verify_cache_off(t):
+    """upstream_verify_cache_s 0: every new upstream handshake builds the chain."""
+    up = make_upstream(t, tickets=False)
+    al = start(t, config={"upstream_verify_cache_s": 0})
+    f0, c0 = _verify_counts(al)
+    _fresh_upstream_requests(al, up, "vcoff", 2)
+    f1, c1 = _verify_counts(al)
+    eq((f1 - f0, c1 - c0), (2.0, 0.0), "(full, cached) verifications with the cache off")
 
 
 # ---------------------------------------------------------------------------
