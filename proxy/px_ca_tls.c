@@ -588,7 +588,7 @@ px_tls_upstream_ctx(const char *ca_file, int verify_cache_s, struct al_errs *err
         goto out;
     }
     ERR_clear_error();
-    ctx = SSL_CTX_new(TLS_client_method());
+    ctx = SSL_CTX_new_ex(px_tls_libctx(), NULL, TLS_client_method());
     if (ctx == NULL)
         goto ssl_fail;
     sc = al_calloc(1, sizeof(*sc));

@@ -252,5 +252,6 @@ out:
     px_conf_set_current(NULL);
     px_conf_unref(c);
     px_tags_free_all();
+    px_tls_libctx_free(); /* after the workers: pooled upstream SSLs live in it */
     return rc;
 }

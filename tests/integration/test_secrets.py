@@ -63,9 +63,11 @@ def _openssl(cwd, *args):
         raise RuntimeError("openssl %s failed: %s" % (args[0], p.stderr.decode()))
 
 
-def _leaf(d, name, sans, ca_pem, ca_key, days="2"):
-    _openssl(d, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + sans[0])
+EC_P256 = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+
+
+def _leaf(d, name, sans, ca_pem, ca_key, days="2", newkey=EC_P256):
+    _openssl(d, "req", "-new", *newkey, "-nodes", "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + sans[0])
     with open(os.path.join(d, name + ".ext"), "w") as fh:
         fh.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                  "extendedKeyUsage=serverAuth\nsubjectAltName=%s\n" %
@@ -1133,6 +1135,51 @@ def test_upstream_verify_cache(t):
     eq(up.find("/echo?t=vcname"), [], "requests the upstream received for bad-name.test")
     _fresh_upstream_requests(al, up, "vc-after", 1)
     eq(_verify_counts(al)[1] - c2, 1.0, "cached verifications after the refusals")
+
+
+@test
+def test_upstream_key_types(t):
+    """Upstream TLS runs in airlock's own OpenSSL library context (default
+    provider, reduced decoder and key-manager lists): RSA and Ed25519 origin
+    certificates, TLS 1.2 with a CBC suite (HMAC record keys) and with
+    finite-field DHE, and TLS 1.3 all verify, inject and answer."""
+    setup()
+    ca_key = os.path.join(altest.RUN.tmp, "ca.key")
+    rsa = _leaf(G.dir, "kt-rsa", ["api.test"], altest.RUN.ca_pem, ca_key,
+                newkey=("-newkey", "rsa:2048"))
+    ed = _leaf(G.dir, "kt-ed25519", ["api.test"], altest.RUN.ca_pem, ca_key,
+               newkey=("-newkey", "ed25519"))
+    dh = os.path.join(G.dir, "kt-ffdhe2048.pem")
+    if not os.path.exists(dh):
+        _openssl(G.dir, "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt",
+                 "group:ffdhe2048", "-out", dh)
+
+    def tls12(ciphers):
+        def tweak(ctx):
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_ciphers(ciphers)
+        return tweak
+
+    def with_dh(ctx):
+        tls12("DHE-RSA-AES128-GCM-SHA256")(ctx)
+        ctx.load_dh_params(dh)
+
+    cases = [("rsa-tls13", rsa, None), ("ed25519-tls13", ed, None),
+             ("rsa-tls12-cbc", rsa, tls12("ECDHE-RSA-AES128-SHA")),
+             ("rsa-tls12-dhe", rsa, with_dh)]
+    al = start(t)
+    for name, certkey, tweak in cases:
+        ctx = ctx_for(certkey)
+        if tweak:
+            tweak(ctx)
+        up = upstream_mod.Upstream(ctx)
+        up.RequestHandlerClass = Handler
+        t.defer(up.stop)
+        r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"],
+                       "https://api.test:%d/echo?t=kt-%s" % (up.port, name)])
+        check(r.rc == 0 and r.status == 200, "%s: %r" % (name, r))
+        eq(up_hdrs(one(up, "/echo?t=kt-" + name, name), "X-Api-Key"), [VAL_KEY],
+           "%s: X-Api-Key at the upstream" % name)
 
 
 @test

@@ -1108,6 +1108,125 @@ px_t_up_try(struct px_t_up *u, SSL_CTX *up, X509 *cert, const char *host, int is
     return r;
 }
 
+/* A server for `cert` that never lets a client resume: every handshake is
+ * a full one, so every one verifies the chain. */
+static void
+px_t_up_server_noresume(struct px_t_up *u, X509 *cert)
+{
+    SSL_CTX *sctx = px_t_up_server(u, cert);
+
+    SSL_CTX_set_options(sctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_num_tickets(sctx, 0);
+    SSL_CTX_set_session_cache_mode(sctx, SSL_SESS_CACHE_OFF);
+    assert_true(u->nsrv < 8);
+    u->srv_cert[u->nsrv] = cert;
+    u->srv_ctx[u->nsrv++] = sctx;
+}
+
+/* Asserts the verdict counters moved by (full, cached) since *f, *c. */
+static void
+px_t_vc_moved(SSL_CTX *up, uint64_t *f, uint64_t *c, uint64_t dfull, uint64_t dcached)
+{
+    uint64_t nf, nc;
+
+    px_tls_upstream_stats(up, &nc, &nf);
+    assert_int_equal(nf - *f, dfull);
+    assert_int_equal(nc - *c, dcached);
+    *f = nf;
+    *c = nc;
+}
+
+static void
+test_upstream_verify_cache(void **state)
+{
+    struct px_t_up u;
+    struct al_errs errs;
+    SSL_CTX       *up, *up1, *up0;
+    X509          *good, *shortlived;
+    const char    *verr;
+    int            reused;
+    uint64_t       f = 0, c = 0;
+    FILE          *fh;
+
+    (void)state;
+    memset(&u, 0, sizeof(u));
+    u.ca_key = EVP_EC_gen("P-256");
+    u.key = EVP_EC_gen("P-256");
+    u.ca = px_t_cert(NULL, u.ca_key, u.ca_key, "test upstream CA", NULL, -3600, 86400, 1);
+    good = px_t_cert(u.ca, u.ca_key, u.key, "upstream.test", "DNS:upstream.test", -3600, 86400, 0);
+    shortlived = px_t_cert(u.ca, u.ca_key, u.key, "short.test", "DNS:short.test", -3600, 2, 0);
+    px_t_up_server_noresume(&u, good);
+    px_t_up_server_noresume(&u, shortlived);
+    px_t_path(u.ca_file, sizeof(u.ca_file), "upstream-vc-ca.pem");
+    fh = fopen(u.ca_file, "w");
+    PEM_write_X509(fh, u.ca);
+    fclose(fh);
+    al_errs_init(&errs);
+    up = px_tls_upstream_ctx(u.ca_file, 300, &errs);
+    assert_non_null(up);
+
+    /* Full once, then from the cache; the handshake is never a resumption. */
+    assert_int_equal(px_t_up_try(&u, up, good, "upstream.test", 0, &verr, &reused, NULL, 0), 0);
+    assert_false(reused);
+    px_t_vc_moved(up, &f, &c, 1, 0);
+    assert_int_equal(px_t_up_try(&u, up, good, "upstream.test", 0, &verr, &reused, NULL, 0), 0);
+    assert_false(reused);
+    assert_null(verr);
+    px_t_vc_moved(up, &f, &c, 0, 1);
+
+    /* The same certificate for a name it does not carry: full, refused,
+     * and refused again (failures are not remembered). */
+    for (int i = 0; i < 2; i++) {
+        assert_true(px_t_up_try(&u, up, good, "other.test", 0, &verr, NULL, NULL, 0) < 0);
+        assert_non_null(verr);
+        assert_string_equal(verr, "upstream_cert_name_mismatch");
+        px_t_vc_moved(up, &f, &c, 1, 0);
+    }
+
+    /* A verdict never outlives the chain: cached while valid, verified in
+     * full (and refused) once the leaf has expired. */
+    assert_int_equal(px_t_up_try(&u, up, shortlived, "short.test", 0, &verr, NULL, NULL, 0), 0);
+    assert_int_equal(px_t_up_try(&u, up, shortlived, "short.test", 0, &verr, NULL, NULL, 0), 0);
+    px_t_vc_moved(up, &f, &c, 1, 1);
+    sleep(3);
+    assert_true(px_t_up_try(&u, up, shortlived, "short.test", 0, &verr, NULL, NULL, 0) < 0);
+    assert_non_null(verr);
+    assert_string_equal(verr, "upstream_cert_expired");
+    px_t_vc_moved(up, &f, &c, 1, 0);
+
+    /* Nor its TTL. */
+    up1 = px_tls_upstream_ctx(u.ca_file, 1, &errs);
+    assert_non_null(up1);
+    f = c = 0;
+    assert_int_equal(px_t_up_try(&u, up1, good, "upstream.test", 0, &verr, NULL, NULL, 0), 0);
+    assert_int_equal(px_t_up_try(&u, up1, good, "upstream.test", 0, &verr, NULL, NULL, 0), 0);
+    px_t_vc_moved(up1, &f, &c, 1, 1);
+    sleep(2);
+    assert_int_equal(px_t_up_try(&u, up1, good, "upstream.test", 0, &verr, NULL, NULL, 0), 0);
+    px_t_vc_moved(up1, &f, &c, 1, 0);
+
+    /* 0: every chain in full. */
+    up0 = px_tls_upstream_ctx(u.ca_file, 0, &errs);
+    assert_non_null(up0);
+    f = c = 0;
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(px_t_up_try(&u, up0, good, "upstream.test", 0, &verr, NULL, NULL, 0), 0);
+    px_t_vc_moved(up0, &f, &c, 2, 0);
+    assert_int_equal(errs.count, 0);
+    al_errs_free(&errs);
+
+    SSL_CTX_free(up);
+    SSL_CTX_free(up1);
+    SSL_CTX_free(up0);
+    for (int i = 0; i < u.nsrv; i++)
+        SSL_CTX_free(u.srv_ctx[i]);
+    X509_free(good);
+    X509_free(shortlived);
+    X509_free(u.ca);
+    EVP_PKEY_free(u.ca_key);
+    EVP_PKEY_free(u.key);
+}
+
 static void
 test_upstream_verify(void **state)
 {
@@ -1142,7 +1261,7 @@ test_upstream_verify(void **state)
     fclose(f);
 
     al_errs_init(&errs);
-    up = px_tls_upstream_ctx(u.ca_file, &errs);
+    up = px_tls_upstream_ctx(u.ca_file, 300, &errs);
     assert_non_null(up);
 
     assert_int_equal(
@@ -1214,10 +1333,10 @@ test_upstream_verify(void **state)
     }
 
     /* The system store loads; a missing bundle is an error. */
-    up2 = px_tls_upstream_ctx(NULL, &errs);
+    up2 = px_tls_upstream_ctx(NULL, 300, &errs);
     assert_non_null(up2);
     SSL_CTX_free(up2);
-    assert_null(px_tls_upstream_ctx("/nonexistent/bundle.pem", &errs));
+    assert_null(px_tls_upstream_ctx("/nonexistent/bundle.pem", 0, &errs));
     assert_true(errs.count >= 1);
     al_errs_free(&errs);
 
@@ -1320,6 +1439,7 @@ main(void)
         cmocka_unit_test(test_handshake_strict_sni),
         cmocka_unit_test(test_handshake_server_resumption),
         cmocka_unit_test(test_upstream_verify),
+        cmocka_unit_test(test_upstream_verify_cache),
         cmocka_unit_test(test_bench),
     };
 
