@@ -201,8 +201,8 @@ al_bufq_skip(struct al_bufq *q, size_t n)
             q->head = c->next;
             if (c == q->tail)
                 q->tail = NULL;
-            if (q->sensitive)
-                explicit_bzero(c->data, sizeof(c->data));
+            if (q->sensitive) /* bytes are only ever written below w */
+                explicit_bzero(c->data, c->w);
             al_free(c);
         }
     }
@@ -229,7 +229,7 @@ al_bufq_free(struct al_bufq *q)
         struct al_chunk *next = c->next;
 
         if (q->sensitive)
-            explicit_bzero(c->data, sizeof(c->data));
+            explicit_bzero(c->data, c->w);
         al_free(c);
         c = next;
     }

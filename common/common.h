@@ -85,7 +85,7 @@ struct al_bufq {
     struct al_chunk *head, *tail;
     size_t           len;       /* bytes queued */
     size_t           max;       /* high watermark: al_bufq_full() beyond it */
-    int              sensitive; /* chunks are wiped before they are freed */
+    int              sensitive; /* chunks' written bytes are wiped before they are freed */
 };
 void al_bufq_init(struct al_bufq *q, size_t max);
 /* Appends n bytes (may exceed max by less than one write; callers stop
@@ -96,7 +96,8 @@ const char *al_bufq_peek(const struct al_bufq *q, size_t *n);
 void        al_bufq_skip(struct al_bufq *q, size_t n);
 int         al_bufq_full(const struct al_bufq *q);
 size_t      al_bufq_len(const struct al_bufq *q);
-/* Space for the caller to fill directly (e.g. read(2)); commit what was used. */
+/* Space for the caller to fill directly (e.g. read(2)); commit every byte
+ * written: a sensitive queue wipes the committed bytes of a chunk only. */
 char *al_bufq_reserve(struct al_bufq *q, size_t *n);
 void  al_bufq_commit(struct al_bufq *q, size_t n);
 void  al_bufq_free(struct al_bufq *q);

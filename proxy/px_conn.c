@@ -230,7 +230,7 @@ px_half_flush(struct px_conn *c, struct px_half *h)
             size_t done = 0;
             int    err;
 
-            ERR_clear_error();
+            px_tls_clear_errors();
             if (SSL_write_ex(h->ssl, p, n, &done) <= 0) {
                 err = SSL_get_error(h->ssl, 0);
                 if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {

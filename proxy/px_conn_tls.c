@@ -72,7 +72,7 @@ px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
         size_t got = 0;
         int    err;
 
-        ERR_clear_error();
+        px_tls_clear_errors();
         if (SSL_read_ex(h->ssl, buf, n, &got) > 0) {
             h->tls_want = 0;
             return (ssize_t)got;
@@ -116,7 +116,7 @@ px_half_handshake(struct px_conn *c, struct px_half *h)
     for (;;) {
         int err;
 
-        ERR_clear_error();
+        px_tls_clear_errors();
         if (SSL_do_handshake(h->ssl) == 1) {
             h->tls_want = 0;
             return AL_OK;
