@@ -1632,6 +1632,14 @@ px_conn_client_readable(struct px_conn *c)
             n = -3;
             break;
         }
+        if (!px_half_tls_buffered(&c->cl)) {
+            /* Nothing decrypted or undecrypted is held: a further read
+             * would only find the socket empty (and cost OpenSSL a record
+             * buffer); the level-triggered watcher reports new bytes. */
+            c->cl.tls_more = 0;
+            n = -3;
+            break;
+        }
         more = px_half_recv(c, &c->cl, c->cin + c->cin_len, PX_CIN_BYTES - c->cin_len);
         if (more <= 0) {
             if (more == -1)

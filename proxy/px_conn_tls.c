@@ -68,6 +68,20 @@ px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
         return r;
     }
+    if (h->rbio != NULL && BIO_ctrl_pending(h->rbio) == 0 && !SSL_has_pending(h->ssl)) {
+        /* Nothing to decrypt yet: read the socket first rather than let a
+         * failing SSL_read find that out (it costs a record buffer). */
+        h->tls_want = EV_READ;
+        switch (px_half_fill_rbio(c, h)) {
+        case -1:
+            return -1;
+        case -2:
+            return -2;
+        case 0:
+            BIO_set_mem_eof_return(h->rbio, 0);
+            break;
+        }
+    }
     for (;;) {
         size_t got = 0;
         int    err;
