@@ -118,6 +118,23 @@ al_ct_equal(const void *a, const void *b, size_t n)
     return d == 0;
 }
 
+void
+al_strlcpy(char *dst, size_t dstsz, const char *src)
+{
+    if (memccpy(dst, src, '\0', dstsz - 1) == NULL)
+        dst[dstsz - 1] = '\0';
+}
+
+void
+al_strlcpy_n(char *dst, size_t dstsz, const char *src, size_t n)
+{
+    size_t k = n < dstsz - 1 ? n : dstsz - 1;
+    char  *end = memccpy(dst, src, '\0', k);
+
+    if (end == NULL)
+        dst[k] = '\0';
+}
+
 int
 al_strcaseeq_n(const char *s, size_t n, const char *lit)
 {

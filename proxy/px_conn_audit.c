@@ -11,15 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Copies a NUL-terminated string into a fixed field, truncating; this runs
- * for every request, so no printf machinery. */
-static void
-px_cpy(char *dst, size_t dstsz, const char *src)
-{
-    if (memccpy(dst, src, '\0', dstsz - 1) == NULL)
-        dst[dstsz - 1] = '\0';
-}
-#define PX_CPY(field, src) px_cpy((field), sizeof(field), (src))
+#define PX_CPY(field, src) al_strlcpy((field), sizeof(field), (src))
 
 /* Fills an audit row from the request as far as it got. */
 void
@@ -49,9 +41,13 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
     r->port = x->target.port;
     if (x->fwd_path != NULL)
         PX_CPY(r->path, x->fwd_path);
-    else if (x->target.path != NULL && !x->is_connect)
-        snprintf(r->path, sizeof(r->path), "%s%.*s", x->target.path_needs_slash ? "/" : "",
-                 (int)(x->target.path_len > 2000 ? 2000 : x->target.path_len), x->target.path);
+    else if (x->target.path != NULL && !x->is_connect) {
+        size_t slash = x->target.path_needs_slash ? 1 : 0;
+
+        r->path[0] = '/';
+        al_strlcpy_n(r->path + slash, sizeof(r->path) - slash, x->target.path,
+                     x->target.path_len > 2000 ? 2000 : x->target.path_len);
+    }
     PX_CPY(r->upstream, x->upstream_str);
     if (x->decided) {
         PX_CPY(r->decision, pol_verdict_name(d->verdict));
@@ -71,10 +67,11 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
         for (int i = 0; i < sec_count(c->conf->secrets) && i < 64; i++) {
             if (!(x->injected & (1ULL << i)))
                 continue;
-            n += (size_t)snprintf(r->secrets + n,
-                                  n < sizeof(r->secrets) ? sizeof(r->secrets) - n : 0, "%s%s",
-                                  n ? "," : "", sec_name(c->conf->secrets, i));
-            if (n >= sizeof(r->secrets))
+            if (n > 0 && n + 1 < sizeof(r->secrets))
+                r->secrets[n++] = ',';
+            al_strlcpy(r->secrets + n, sizeof(r->secrets) - n, sec_name(c->conf->secrets, i));
+            n += strlen(r->secrets + n);
+            if (n + 1 >= sizeof(r->secrets))
                 break;
         }
     }

@@ -79,9 +79,9 @@ px_decide_basic(struct px_conn *c)
                      PX_AUTH_CHALLENGE);
         goto out;
     }
-    snprintf(x->sandbox, sizeof(x->sandbox), "%s", id.sandbox);
-    snprintf(x->session, sizeof(x->session), "%s", id.session);
-    snprintf(x->tool_call, sizeof(x->tool_call), "%s", id.tool_call);
+    al_strlcpy(x->sandbox, sizeof(x->sandbox), id.sandbox);
+    al_strlcpy(x->session, sizeof(x->session), id.session);
+    al_strlcpy(x->tool_call, sizeof(x->tool_call), id.tool_call);
     rc = AL_OK;
 out:
     OPENSSL_cleanse(pass, sizeof(pass));
@@ -109,7 +109,7 @@ px_decide_tags(struct px_conn *c)
                 px_conn_deny(c, 400, "bad_tag", names[k], NULL);
                 return AL_ERROR;
             }
-            snprintf(dst, dsz, "%.*s", (int)vl, v);
+            al_strlcpy_n(dst, dsz, v, vl);
         }
     }
     return AL_OK;
@@ -126,7 +126,7 @@ px_decide_sandbox_by_source(const struct px_conn *c, char *out, size_t outsz)
 
         if (sb->ncidrs > 0 &&
             pol_ident_source_match(sb->cidrs, sb->ncidrs, (const struct sockaddr *)&c->peer)) {
-            snprintf(out, outsz, "%s", sb->name);
+            al_strlcpy(out, outsz, sb->name);
             return;
         }
     }
@@ -140,9 +140,9 @@ px_decide_identity(struct px_conn *c)
 
     if (c->mitm) {
         /* Inside an intercepted tunnel: the identity the CONNECT established. */
-        snprintf(c->x->sandbox, sizeof(c->x->sandbox), "%s", c->tun_sandbox);
-        snprintf(c->x->session, sizeof(c->x->session), "%s", c->tun_session);
-        snprintf(c->x->tool_call, sizeof(c->x->tool_call), "%s", c->tun_tool_call);
+        al_strlcpy(c->x->sandbox, sizeof(c->x->sandbox), c->tun_sandbox);
+        al_strlcpy(c->x->session, sizeof(c->x->session), c->tun_session);
+        al_strlcpy(c->x->tool_call, sizeof(c->x->tool_call), c->tun_tool_call);
         return px_decide_tags(c);
     }
     /* Transparent clients are known by their source address only. */

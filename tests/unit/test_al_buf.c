@@ -152,6 +152,28 @@ test_durations(void **state)
 }
 
 static void
+test_strlcpy(void **state)
+{
+    char small[6], big[16];
+
+    (void)state;
+    al_strlcpy(big, sizeof(big), "sandbox-1");
+    assert_string_equal(big, "sandbox-1");
+    al_strlcpy(small, sizeof(small), "sandbox-1");
+    assert_string_equal(small, "sandb"); /* truncated, terminated */
+    al_strlcpy(small, sizeof(small), "");
+    assert_string_equal(small, "");
+    al_strlcpy_n(big, sizeof(big), "/v1/models?x", 10);
+    assert_string_equal(big, "/v1/models");
+    al_strlcpy_n(small, sizeof(small), "/v1/models", 10);
+    assert_string_equal(small, "/v1/m");
+    al_strlcpy_n(big, sizeof(big), "ab\0cd", 5); /* a NUL ends the copy */
+    assert_string_equal(big, "ab");
+    al_strlcpy_n(big, sizeof(big), "abc", 0);
+    assert_string_equal(big, "");
+}
+
+static void
 test_path_join(void **state)
 {
     char *p;
@@ -175,6 +197,7 @@ main(void)
         cmocka_unit_test(test_bufq_roundtrip_across_chunks),
         cmocka_unit_test(test_bufq_reserve_commit),
         cmocka_unit_test(test_dbuf_cap),
+        cmocka_unit_test(test_strlcpy),
         cmocka_unit_test(test_alloc_failure_is_reported),
         cmocka_unit_test(test_json_locations),
         cmocka_unit_test(test_json_syntax_error_location),
