@@ -126,6 +126,24 @@ verdict() { # value op target
     awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN{ if (v == "n/a" || v == "") { print "n/a"; exit }
         ok = (op == ">=") ? (v+0 >= t+0) : (v+0 <= t+0); print ok ? "PASS" : "FAIL" }'
 }
+# paired KIND A B DIR ROUNDS -> "median (r1 r2 ...)" of per-round A/B ratios read
+# from DIR/tb-KIND-NAME-rN.txt (tls_bench output), or n/a. A and B run back to
+# back in each round, so their ratio is not moved by the machine getting
+# faster or slower between rounds the way a ratio of two bests is.
+paired() {
+    local kind=$1 a=$2 b=$3 dir=$4 n=$5 r va vb list=""
+    for ((r = 1; r <= n; r++)); do
+        va=$(awk '/^requests/{print $6}' "$dir/tb-$kind-$a-r$r.txt" 2>/dev/null)
+        vb=$(awk '/^requests/{print $6}' "$dir/tb-$kind-$b-r$r.txt" 2>/dev/null)
+        list="$list $(ratio "$va" "$vb")"
+    done
+    echo "$list" | tr ' ' '\n' | grep -v '^$' | awk '
+        $1 == "n/a" { bad = 1 } { v[NR] = $1; s = s (NR > 1 ? " " : "") $1 }
+        END { if (NR == 0 || bad) { print "n/a"; exit }
+              for (i = 1; i <= NR; i++) for (j = i + 1; j <= NR; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+              m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+              printf "%.2f (%s)\n", m, s }'
+}
 better() { awk -v a="${1:-0}" -v b="${2:-}" 'BEGIN{ exit !(b == "" || a+0 > b+0) }'; }
 fmt_num() { awk -v v="${1:-}" 'BEGIN{ if (v == "") print "-"; else printf "%.0f", v }'; }
 

@@ -22,7 +22,8 @@
 # and prints ratios against the issue's targets. Report: bench/results/tls-latest.txt.
 #
 # Knobs: AIRLOCK [build-release/proxy/airlock], DURATION [5], WARMUP [1],
-# ROUNDS [2] (tls_bench rounds; best kept), HEY [1] (also one hey round),
+# ROUNDS [2] (tls_bench rounds; best kept, and the median of the per-round
+# airlock/peer ratios, each round running the targets back to back), HEY [1] (also one hey round),
 # CONNS [50], IDLE [2000], ONLY [direct airlock squid mitmproxy]
 set -u
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -427,6 +428,14 @@ REPORT=$TMP/report.txt
         printf '   %-46s %8s  %-8s %s\n' "keep-alive airlock / direct (hey)" "$h2" ">= 0.5" "$(verdict "$h2" '>=' 0.5)"
         printf '   %-46s %8s  %-8s %s\n' "new conn airlock / squid-bump (hey)" "$h3" ">= 1.5" "$(verdict "$h3" '>=' 1.5)"
     fi
+    p1=$(paired keepalive airlock squid "$TMP" "$ROUNDS"); p2=$(paired keepalive airlock direct "$TMP" "$ROUNDS")
+    p3=$(paired new airlock squid "$TMP" "$ROUNDS")
+    printf '   %-46s %8s  %-8s %-4s %s\n' "keep-alive airlock / squid-bump (paired median)" "${p1%% *}" ">= 2" \
+        "$(verdict "${p1%% *}" '>=' 2)" "per round ${p1#* }"
+    printf '   %-46s %8s  %-8s %-4s %s\n' "keep-alive airlock / direct (paired median)" "${p2%% *}" ">= 0.5" \
+        "$(verdict "${p2%% *}" '>=' 0.5)" "per round ${p2#* }"
+    printf '   %-46s %8s  %-8s %-4s %s\n' "new conn airlock / squid-bump (paired median)" "${p3%% *}" ">= 1.5" \
+        "$(verdict "${p3%% *}" '>=' 1.5)" "per round ${p3#* }"
     printf '   %-46s %8s  %-8s %s\n' "KiB per idle intercepted conn, airlock (get)" "$r4" "<= 40" "$(verdict "$r4" '<=' 40)"
     printf '   %-46s %8s  %-8s %s\n' "KiB per idle intercepted conn, airlock (hs)" "$r5" "<= 40" "$(verdict "$r5" '<=' 40)"
     echo "   peers: squid KiB/conn ${RSS_PER[squid-get]:-n/a} (get), ${RSS_PER[squid-hs]:-n/a} (hs) (issue: ~185);" \
