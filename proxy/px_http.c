@@ -149,10 +149,12 @@ px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len
 int
 px_msg_find(const struct px_msg *m, const char *name, int from)
 {
+    size_t len = strlen(name);
+
     for (int i = from < 0 ? 0 : from; i < m->nhdrs; i++) {
         const struct px_hdr *h = &m->hdrs[i];
 
-        if (al_strcaseeq_n(px_msg_str(m, h->name), h->name_len, name))
+        if (h->name_len == len && al_strcaseeq_n(px_msg_str(m, h->name), len, name))
             return i;
     }
     return -1;
@@ -230,27 +232,36 @@ px_msg_drop_named(void *arg, const char *t, size_t n)
 void
 px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade)
 {
-    static const char *const fixed[] = {"connection",
-                                        "proxy-connection",
-                                        "proxy-authorization",
-                                        "proxy-authenticate",
-                                        "keep-alive",
-                                        "te",
-                                        "trailer",
-                                        "transfer-encoding",
-                                        "upgrade",
-                                        NULL};
-    struct px_drop_ctx       d = {m, keep_upgrade};
+#define PX_HBH(s)                                                                                  \
+    {                                                                                              \
+        s, sizeof(s) - 1                                                                           \
+    }
+    static const struct {
+        const char *name;
+        size_t      len;
+    } fixed[] = {PX_HBH("connection"),
+                 PX_HBH("proxy-connection"),
+                 PX_HBH("proxy-authorization"),
+                 PX_HBH("proxy-authenticate"),
+                 PX_HBH("keep-alive"),
+                 PX_HBH("te"),
+                 PX_HBH("trailer"),
+                 PX_HBH("transfer-encoding"),
+                 PX_HBH("upgrade")};
+#undef PX_HBH
+    struct px_drop_ctx d = {m, keep_upgrade};
 
     (void)px_msg_connection_tokens(m, px_msg_drop_named, &d);
     for (int i = 0; i < m->nhdrs; i++) {
         const char *n = px_msg_str(m, m->hdrs[i].name);
+        size_t      len = m->hdrs[i].name_len;
 
-        for (int k = 0; fixed[k] != NULL; k++) {
-            if (al_strcaseeq_n(n, m->hdrs[i].name_len, fixed[k])) {
-                if (keep_upgrade && k == 8)
-                    break;
-                m->hdrs[i].drop = 1;
+        /* Runs for every header of every request and response: the length
+         * check skips the name compare for almost all of them. */
+        for (size_t k = 0; k < sizeof(fixed) / sizeof(fixed[0]); k++) {
+            if (len == fixed[k].len && al_strcaseeq_n(n, len, fixed[k].name)) {
+                if (!(keep_upgrade && k == 8))
+                    m->hdrs[i].drop = 1;
                 break;
             }
         }
