@@ -117,6 +117,11 @@ extern const char px_conf_default_json[];
 struct px_conf   *px_conf_ref(struct px_conf *c);
 void              px_conf_unref(struct px_conf *c);
 /* The current snapshot with a reference taken (never NULL after startup). */
+/* Settings that only take effect at start (listeners, workers, CA, upstream
+ * TLS, audit, resolver) and differ between two snapshots: their names,
+ * comma-separated, in out; returns how many. */
+size_t px_conf_restart_only(const struct px_conf *running, const struct px_conf *next, char *out,
+                            size_t outsz);
 struct px_conf *px_conf_current(void);
 void            px_conf_set_current(struct px_conf *c); /* takes ownership of one ref */
 int             px_parse_sockaddr(const char *s, struct sockaddr_storage *ss, socklen_t *len);

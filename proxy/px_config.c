@@ -750,3 +750,81 @@ fail:
     px_conf_unref(c);
     return NULL;
 }
+
+/* ---- settings a reload cannot change --------------------------------------- */
+
+static int
+px_cfg_streq(const char *a, const char *b)
+{
+    return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
+}
+
+static int
+px_cfg_listen_eq(const struct px_conf *a, const struct px_conf *b)
+{
+    if (a->nlisten != b->nlisten || a->has_admin != b->has_admin ||
+        (a->has_admin && (a->admin_addrlen != b->admin_addrlen ||
+                          memcmp(&a->admin_addr, &b->admin_addr, a->admin_addrlen) != 0)))
+        return 0;
+    for (int i = 0; i < a->nlisten; i++) {
+        if (a->listen[i].mode != b->listen[i].mode ||
+            a->listen[i].addrlen != b->listen[i].addrlen ||
+            memcmp(&a->listen[i].addr, &b->listen[i].addr, a->listen[i].addrlen) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+static int
+px_cfg_dns_eq(const struct px_conf *a, const struct px_conf *b)
+{
+    if (a->noverrides != b->noverrides || a->ndns_servers != b->ndns_servers ||
+        a->dns_timeout_ms != b->dns_timeout_ms)
+        return 0;
+    for (int i = 0; i < a->noverrides; i++) {
+        if (!px_cfg_streq(a->overrides[i].name, b->overrides[i].name) ||
+            !px_cfg_streq(a->overrides[i].addr, b->overrides[i].addr))
+            return 0;
+    }
+    for (int i = 0; i < a->ndns_servers; i++) {
+        if (!px_cfg_streq(a->dns_servers[i], b->dns_servers[i]))
+            return 0;
+    }
+    return 1;
+}
+
+size_t
+px_conf_restart_only(const struct px_conf *running, const struct px_conf *next, char *out,
+                     size_t outsz)
+{
+    struct {
+        int         same;
+        const char *what;
+    } k[] = {
+        {px_cfg_listen_eq(running, next), "listen/admin"},
+        {running->workers == next->workers, "workers"},
+        {px_cfg_streq(running->ca_dir, next->ca_dir), "ca.dir"},
+        {px_cfg_streq(running->upstream_ca, next->upstream_ca), "upstream_ca"},
+        {running->upstream_verify_cache_s == next->upstream_verify_cache_s,
+         "upstream_verify_cache_s"},
+        {px_cfg_streq(running->audit_db, next->audit_db) &&
+             running->audit_strict == next->audit_strict &&
+             running->audit_flush_ms == next->audit_flush_ms &&
+             running->audit_retention_days == next->audit_retention_days &&
+             running->audit_log_query == next->audit_log_query,
+         "audit"},
+        {px_cfg_dns_eq(running, next), "resolve/dns"},
+    };
+    size_t n = 0, len = 0;
+
+    if (outsz > 0)
+        out[0] = '\0';
+    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
+        if (k[i].same)
+            continue;
+        if (outsz > len)
+            len += (size_t)snprintf(out + len, outsz - len, "%s%s", n ? ", " : "", k[i].what);
+        n++;
+    }
+    return n;
+}

@@ -63,7 +63,14 @@ px_main_reload(void *arg, struct al_dbuf *msg)
         }
         rc = AL_ERROR;
     } else {
+        struct px_conf *running = px_conf_current();
+        char            fixed[256];
+        size_t          nfixed = px_conf_restart_only(running, nc, fixed, sizeof(fixed));
+
+        px_conf_unref(running);
         PX_MINC(reloads_ok);
+        if (nfixed > 0)
+            al_log_warnx("reload: %s changed; that takes effect at the next start", fixed);
         al_log_set_level(nc->log_level);
         px_conf_set_current(nc);
         for (int i = 0; i < m->nworkers; i++)
@@ -71,6 +78,11 @@ px_main_reload(void *arg, struct al_dbuf *msg)
         al_log_info("reloaded %s", m->config_path ? m->config_path : "(embedded default)");
         if (msg != NULL) {
             al_dbuf_adds(msg, "reloaded\n");
+            if (nfixed > 0) {
+                al_dbuf_adds(msg, "warning: changed, takes effect at the next start: ");
+                al_dbuf_adds(msg, fixed);
+                al_dbuf_adds(msg, "\n");
+            }
             if (errs.text.data != NULL)
                 al_dbuf_adds(msg, errs.text.data); /* warnings */
         }

@@ -679,6 +679,33 @@ def test_reload_admin_and_invalid(t):
 
 
 @test
+def test_reload_restart_only_settings_warned(t):
+    """A reload that changes a setting read only at start (here resolve and
+    workers) still applies the rest, and says which ones wait for a restart,
+    in the /reload answer and the log; the running resolver is unchanged."""
+    up = t.upstream()
+    al = start(t, pol(UP_RULE))
+    u = "http://upstream.test:%d/echo" % up.port
+    curl_ok(al.curl([u]), "before reload")
+    with open(al.cfg_path) as fh:
+        cfg = json.load(fh)
+    cfg["resolve"]["upstream.test"] = "127.0.0.9"
+    cfg["workers"] = 3
+    with open(al.cfg_path + ".tmp", "w") as fh:
+        json.dump(cfg, fh)
+    os.rename(al.cfg_path + ".tmp", al.cfg_path)
+    write_policy(al, pol(rule("both", ["upstream.test", "other.test"], cidrs=LOOP)))
+    st, body = admin_post(al, "/reload")
+    eq(st, 200, "POST /reload (body %r)" % body)
+    check(body.startswith("reloaded\n") and
+          "takes effect at the next start: workers, resolve/dns" in body,
+          "want the restart-only settings named: %r" % body)
+    curl_ok(al.curl(["http://other.test:%d/echo" % up.port]), "the new policy applies")
+    curl_ok(al.curl([u]), "upstream.test still resolves as at start")
+    wait_until(lambda: "resolve/dns changed" in al.log(), 5, "the warning in airlock's log")
+
+
+@test
 def test_reload_keepalive_connection(t):
     up = t.upstream()
     al = start(t, pol(UP_RULE))
