@@ -30,8 +30,9 @@
  * does not use decoders at all.
  *
  * Built once, before the workers start; read-only afterwards. When any step
- * fails, px_tls_libctx() answers NULL and the caller uses the default
- * library context (same behaviour, slower).
+ * fails, or OpenSSL is configured with providers other than "default" (FIPS,
+ * legacy: OPENSSL_CONF), px_tls_libctx() answers NULL and the caller uses
+ * the default library context as configured (same behaviour, slower).
  */
 #include "px_ca.h"
 
@@ -161,11 +162,36 @@ px_lean_filter(int op)
     return keep;
 }
 
+/* Sets *arg when a provider other than "default" and "base" is loaded. */
+static int
+px_lean_other_provider(OSSL_PROVIDER *prov, void *arg)
+{
+    const char *n = OSSL_PROVIDER_get0_name(prov);
+
+    if (n == NULL || (strcmp(n, "default") != 0 && strcmp(n, "base") != 0))
+        *(int *)arg = 1;
+    return 1;
+}
+
 OSSL_LIB_CTX *
 px_tls_libctx(void)
 {
-    if (px_lean_ctx != NULL)
+    static int tried;
+    int        other = 0;
+
+    if (tried)
         return px_lean_ctx;
+    tried = 1;
+    /* Only a view of what the operator's OpenSSL would use anyway: with the
+     * FIPS provider, the legacy one or any other configured (OPENSSL_CONF),
+     * upstream TLS keeps the default library context as configured. */
+    OSSL_PROVIDER_do_all(NULL, px_lean_other_provider, &other);
+    if (other || !OSSL_PROVIDER_available(NULL, "default")) {
+        al_log_info("upstream TLS: OpenSSL is configured with providers other than "
+                    "\"default\"; using them as configured (certificate parsing not "
+                    "shortened)");
+        return NULL;
+    }
     px_lean_deflt = OSSL_PROVIDER_load(NULL, "default");
     if (px_lean_deflt == NULL)
         goto fail;

@@ -601,8 +601,10 @@ class Airlock:
 
     seq = 0
 
-    def __init__(self, run, workers=2, limits=None, config=None, policy=None, args=None):
+    def __init__(self, run, workers=2, limits=None, config=None, policy=None, args=None,
+                 env=None):
         Airlock.seq += 1
+        self.env = env  # extra environment variables for the process
         self.run = run
         self.dir = os.path.join(run.tmp, "airlock%d" % Airlock.seq)
         os.makedirs(self.dir)
@@ -652,7 +654,8 @@ class Airlock:
                 self.proc = subprocess.Popen([self.run.airlock_bin, "run", "--config", self.cfg_path]
                                              + self.args,
                                              stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                             cwd=self.dir)
+                                             cwd=self.dir,
+                                             env=dict(os.environ, **self.env) if self.env else None)
             finally:
                 logf.close()
             self.run.procs.append(self.proc)

@@ -1183,6 +1183,31 @@ def test_upstream_key_types(t):
 
 
 @test
+def test_upstream_openssl_configured_providers(t):
+    """With OpenSSL configured (OPENSSL_CONF) to load a provider besides
+    "default" (here "legacy"; FIPS would be the real case), upstream TLS uses
+    the library context as configured instead of airlock's reduced view of
+    the default provider, says so, and intercepts and injects as before."""
+    conf = t.file("openssl-legacy.cnf", (
+        "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n"
+        "[provider_sect]\ndefault = default_sect\nlegacy = legacy_sect\n"
+        "[default_sect]\nactivate = 1\n[legacy_sect]\nactivate = 1\n").encode())
+    up = make_upstream(t)
+    al = start(t, env={"OPENSSL_CONF": conf})
+    r = scurl(al, ["-H", "X-Api-Key: " + al.ph["key"], "https://api.test:%d/echo?t=prov" % up.port])
+    check(r.rc == 0 and r.status == 200, "through airlock: %r" % r)
+    eq(up_hdrs(one(up, "/echo?t=prov", "configured providers"), "X-Api-Key"), [VAL_KEY],
+       "X-Api-Key at the upstream")
+    check("providers other than \"default\"" in al.log(),
+          "no word of the configured providers in the log: %s" % al.log_tail())
+    al2 = start(t)
+    r = scurl(al2, ["https://api.test:%d/echo?t=prov2" % up.port])
+    check(r.rc == 0 and r.status == 200, "default configuration: %r" % r)
+    check("providers other than" not in al2.log(), "the default configuration was reported as "
+          "configured providers: %s" % al2.log_tail())
+
+
+@test
 def test_upstream_verify_cache_off(t):
     """upstream_verify_cache_s 0: every new upstream handshake builds the chain."""
     up = make_upstream(t, tickets=False)
