@@ -51,12 +51,12 @@ void *al_calloc(size_t n, size_t size);
 void *al_realloc(void *p, size_t n);
 char *al_strdup(const char *s);
 char *al_strndup(const char *s, size_t n);
+void  al_free(void *p);
 /* Copies NUL-terminated src into dst[dstsz] (dstsz > 0), truncating, always
  * terminated; al_strlcpy_n copies at most n bytes of src (a NUL ends it
  * early). Plain copies: these run per request, where printf costs. */
 void al_strlcpy(char *dst, size_t dstsz, const char *src);
 void al_strlcpy_n(char *dst, size_t dstsz, const char *src, size_t n);
-void al_free(void *p);
 /* Tests: make the Nth allocation from now fail (0 disables). */
 void al_mem_fail_after(long n);
 #define al_safefree(p)                                                                             \

@@ -521,17 +521,18 @@ px_tls_verify_cb(X509_STORE_CTX *sctx, void *arg)
 {
     struct px_tls_vcache *vc = arg;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
-    struct px_tls_sslx *x = ssl != NULL ? px_tls_sslx_get(ssl, 0) : NULL;
-    X509               *leaf = X509_STORE_CTX_get0_cert(sctx);
-    unsigned char       key[32];
-    int                 have_key, rc;
-    int64_t             now = (int64_t)time(NULL), until;
+    struct px_tls_sslx    *x = ssl != NULL ? px_tls_sslx_get(ssl, 0) : NULL;
+    X509                  *leaf = X509_STORE_CTX_get0_cert(sctx);
+    unsigned char          key[32];
+    struct px_tls_vc_slot *sl = NULL; /* the key's slot */
+    int                    rc;
+    int64_t                now = (int64_t)time(NULL), until;
 
-    have_key = vc->ttl_s > 0 && x != NULL && x->sess_key != NULL && leaf != NULL &&
-               px_tls_vc_key(vc, x->sess_key, leaf, X509_STORE_CTX_get0_untrusted(sctx), key);
-    if (have_key) {
-        struct px_tls_vc_slot *sl = &vc->slot[(key[0] | (unsigned)key[1] << 8) % PX_TLS_VC_SLOTS];
-        int                    hit;
+    if (vc->ttl_s > 0 && x != NULL && x->sess_key != NULL && leaf != NULL &&
+        px_tls_vc_key(vc, x->sess_key, leaf, X509_STORE_CTX_get0_untrusted(sctx), key))
+        sl = &vc->slot[(key[0] | (unsigned)key[1] << 8) % PX_TLS_VC_SLOTS];
+    if (sl != NULL) {
+        int hit;
 
         pthread_mutex_lock(&vc->lock);
         hit = sl->expires != 0 && now >= sl->verified_at && now < sl->expires &&
@@ -546,14 +547,12 @@ px_tls_verify_cb(X509_STORE_CTX *sctx, void *arg)
     ERR_clear_error();
     rc = X509_verify_cert(sctx);
     atomic_fetch_add_explicit(&vc->misses, 1, memory_order_relaxed);
-    if (rc != 1 || !have_key || X509_STORE_CTX_get_error(sctx) != X509_V_OK)
+    if (rc != 1 || sl == NULL || X509_STORE_CTX_get_error(sctx) != X509_V_OK)
         return rc;
     until = px_tls_chain_not_after(X509_STORE_CTX_get0_chain(sctx));
     if (until > now + vc->ttl_s)
         until = now + vc->ttl_s;
     if (until > now) {
-        struct px_tls_vc_slot *sl = &vc->slot[(key[0] | (unsigned)key[1] << 8) % PX_TLS_VC_SLOTS];
-
         pthread_mutex_lock(&vc->lock);
         memcpy(sl->key, key, sizeof(key));
         sl->verified_at = now;

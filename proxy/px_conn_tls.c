@@ -61,6 +61,8 @@ px_half_fill_rbio(struct px_conn *c, struct px_half *h)
 ssize_t
 px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
 {
+    int need_fill;
+
     if (h->ssl == NULL) {
         ssize_t r = recv(h->fd, buf, n, 0);
 
@@ -68,24 +70,25 @@ px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
         return r;
     }
-    if (h->rbio != NULL && BIO_ctrl_pending(h->rbio) == 0 && !SSL_has_pending(h->ssl)) {
-        /* Nothing to decrypt yet: read the socket first rather than let a
-         * failing SSL_read find that out (it costs a record buffer). */
-        h->tls_want = EV_READ;
-        switch (px_half_fill_rbio(c, h)) {
-        case -1:
-            return -1;
-        case -2:
-            return -2;
-        case 0:
-            BIO_set_mem_eof_return(h->rbio, 0);
-            break;
-        }
-    }
+    /* Nothing to decrypt yet: read the socket first rather than let a
+     * failing SSL_read find that out (it costs a record buffer). */
+    need_fill = h->rbio != NULL && BIO_ctrl_pending(h->rbio) == 0 && !SSL_has_pending(h->ssl);
     for (;;) {
         size_t got = 0;
         int    err;
 
+        if (need_fill) {
+            h->tls_want = EV_READ;
+            switch (px_half_fill_rbio(c, h)) {
+            case -1:
+                return -1;
+            case -2:
+                return -2;
+            case 0:
+                BIO_set_mem_eof_return(h->rbio, 0);
+                break;
+            }
+        }
         px_tls_clear_errors();
         if (SSL_read_ex(h->ssl, buf, n, &got) > 0) {
             h->tls_want = 0;
@@ -103,15 +106,7 @@ px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
         h->tls_want = EV_READ;
         if (h->rbio == NULL)
             return -1;
-        switch (px_half_fill_rbio(c, h)) {
-        case -1:
-            return -1;
-        case -2:
-            return -2;
-        case 0:
-            BIO_set_mem_eof_return(h->rbio, 0);
-            break;
-        }
+        need_fill = 1;
     }
 }
 
