@@ -721,22 +721,31 @@ px_rs_piece_end(llhttp_t *p)
     return px_msg_end_piece(&c->x->resp);
 }
 
-/* Response headers from a host that received a secret: every value scrubbed. */
+/* Response headers from a host that holds a secret, once the head is known
+ * to carry some form of one: names and values go through the redactor
+ * straight into out (no printf per header). A name that no longer reads as a
+ * token after redaction is dropped with its value. */
 static int
 px_write_headers_redacted(struct px_conn *c, const struct px_msg *m, struct al_dbuf *out)
 {
+    const struct sec_store *s = c->conf->secrets;
+    uint64_t                mask = c->x->redact_mask;
+
     for (int i = 0; i < m->nhdrs; i++) {
         const struct px_hdr *h = &m->hdrs[i];
+        size_t               at = out->len;
 
         if (h->drop)
             continue;
-        /* The value goes through the redactor straight into out: what lands
-         * there is already scrubbed (no printf per header). */
-        if (al_dbuf_add(out, px_msg_str(m, h->name), h->name_len) != AL_OK ||
-            al_dbuf_add(out, ": ", 2) != AL_OK ||
+        if (sec_redact_value(s, mask, px_msg_str(m, h->name), h->name_len, out) != AL_OK)
+            return AL_ERROR;
+        if (!px_http_is_token(out->data + at, out->len - at)) {
+            out->len = at;
+            continue;
+        }
+        if (al_dbuf_add(out, ": ", 2) != AL_OK ||
             (h->val != UINT32_MAX &&
-             sec_redact_value(c->conf->secrets, c->x->redact_mask, px_msg_str(m, h->val),
-                              h->val_len, out) != AL_OK) ||
+             sec_redact_value(s, mask, px_msg_str(m, h->val), h->val_len, out) != AL_OK) ||
             al_dbuf_add(out, "\r\n", 2) != AL_OK)
             return AL_ERROR;
     }
@@ -756,12 +765,22 @@ px_rs_headers_complete(llhttp_t *p)
     int             client11 = c->rq.http_major == 1 && c->rq.http_minor >= 1;
     int             nobody = interim || status == 204 || status == 304 || x->is_head;
     struct al_dbuf  d;
+    int             scrub = 0;
     int             rc;
 
     if (px_msg_end_piece(m) != 0)
         return -1;
     if (status == 101 && !upgrade)
         return -1; /* a switch nobody asked for */
+    if (status < 100 || status > 999)
+        return -1; /* llhttp allows three digits only */
+    /* One pass over the whole head (status text, names, values) decides
+     * whether any piece carries a form of a secret this origin may hold. */
+    if (x->redact_mask != 0) {
+        scrub = sec_redact_any(c->conf->secrets, x->redact_mask, m->buf.data, m->buf.len);
+        if (scrub < 0)
+            return -1;
+    }
     px_msg_drop_hop_by_hop(m, upgrade);
     if (x->redact_mask != 0 && !interim) {
         int ce = px_msg_find(m, "content-encoding", 0);
@@ -794,24 +813,22 @@ px_rs_headers_complete(llhttp_t *p)
         }
     }
     al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
-    if (status >= 100 && status <= 999) { /* llhttp: three digits */
+    {
         char sl[13] = "HTTP/1.1 000 ";
 
         sl[9] = (char)('0' + status / 100);
         sl[10] = (char)('0' + status / 10 % 10);
         sl[11] = (char)('0' + status % 10);
         rc = al_dbuf_add(&d, sl, sizeof(sl));
-        if (rc == AL_OK && m->status_text_len)
-            rc = al_dbuf_add(&d, px_msg_str(m, m->status_text), m->status_text_len);
-        if (rc == AL_OK)
-            rc = al_dbuf_add(&d, "\r\n", 2);
-    } else {
-        rc = al_dbuf_addf(&d, "HTTP/1.1 %d %s\r\n", status,
-                          m->status_text_len ? px_msg_str(m, m->status_text) : "");
     }
+    if (rc == AL_OK && m->status_text_len) /* the reason phrase can carry an echo too */
+        rc = scrub ? sec_redact_value(c->conf->secrets, x->redact_mask,
+                                      px_msg_str(m, m->status_text), m->status_text_len, &d)
+                   : al_dbuf_add(&d, px_msg_str(m, m->status_text), m->status_text_len);
     if (rc == AL_OK)
-        rc =
-            x->redact_mask != 0 ? px_write_headers_redacted(c, m, &d) : px_msg_write_headers(m, &d);
+        rc = al_dbuf_add(&d, "\r\n", 2);
+    if (rc == AL_OK)
+        rc = scrub ? px_write_headers_redacted(c, m, &d) : px_msg_write_headers(m, &d);
     if (!interim) {
         x->status = status;
         x->upstream_keepalive = llhttp_should_keep_alive(p);
@@ -1035,10 +1052,10 @@ px_conn_apply_secrets(struct px_conn *c, const char *target, size_t tlen, struct
     x->injected = res.injected;
     x->redact_mask = res.redact_mask;
     x->body_mask = res.body_mask;
-    if (x->want_upgrade && x->redact_mask != 0) {
+    if (x->want_upgrade && (x->injected | x->body_mask) != 0) {
         /* After a 101 the connection is relayed as raw frames that nothing
          * scans: an echoed credential would reach the sandbox. */
-        x->secret_refused = sec_name(c->conf->secrets, __builtin_ctzll(x->redact_mask));
+        x->secret_refused = sec_name(c->conf->secrets, __builtin_ctzll(x->injected | x->body_mask));
         x->decision.verdict = POL_DENY;
         x->decision.reason = "upgrade_with_secret";
         PX_MINC(secrets_refused);

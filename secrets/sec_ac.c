@@ -831,6 +831,24 @@ sec_ac_any(const struct sec_ac *ac, const char *in, size_t n)
 }
 
 int
+sec_redact_any(const struct sec_store *cs, uint64_t mask, const char *in, size_t n)
+{
+    struct sec_store    *s = (struct sec_store *)(uintptr_t)cs;
+    const struct sec_ac *ac;
+    struct sec_ac       *own = NULL;
+    int                  rc;
+
+    if (mask == 0)
+        return 0;
+    ac = sec_redact_ac(s, mask, &own);
+    if (ac == NULL)
+        return -1;
+    rc = sec_ac_any(ac, in, n);
+    sec_ac_free(own);
+    return rc;
+}
+
+int
 sec_redact_value(const struct sec_store *cs, uint64_t mask, const char *in, size_t n,
                  struct al_dbuf *out)
 {

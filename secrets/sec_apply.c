@@ -70,6 +70,30 @@ sec_any_scope_host(const struct sec_store *s, const char *host, uint16_t port)
     return 0;
 }
 
+/* Secrets whose scope names d's host, on any port and path: that origin may
+ * hold their values (sent on an earlier request, another port, a path outside
+ * a path-restricted scope) and echo one back in a response to any request. */
+static uint64_t
+sec_host_mask(const struct sec_store *s, const struct sec_dest *d)
+{
+    size_t   hl;
+    int      ip = sec_dest_host(d, &hl);
+    uint64_t m = 0;
+
+    for (int i = 0; i < s->n; i++) {
+        for (int k = 0; k < s->secs[i].nscopes; k++) {
+            const struct sec_scope *sc = &s->secs[i].scopes[k];
+
+            if (sec_scope_match(sc, d->host, hl, ip, sc->port != 0 ? sc->port : d->port, NULL, 0,
+                                0)) {
+                m |= (uint64_t)1 << i;
+                break;
+            }
+        }
+    }
+    return m;
+}
+
 static int
 sec_refuse(struct sec_result *res, const char *why, int secret)
 {
@@ -341,7 +365,7 @@ sec_apply_head(const struct sec_store *s, const struct sec_dest *d, const char *
             goto out;
         res->injected |= (uint64_t)1 << i;
     }
-    m = res->injected | res->body_mask;
+    m = res->injected | res->body_mask | sec_host_mask(s, d);
     res->redact_mask = m;
     rc = AL_OK;
 out:

@@ -97,7 +97,9 @@ struct sec_result {
     const char *refusal;        /* NULL or one of SEC_REFUSE_* (static string) */
     int         refusal_secret; /* index of the secret involved, -1 if none */
     uint64_t    body_mask;      /* secrets to substitute in the request body (sec_body_new) */
-    uint64_t    redact_mask;    /* secrets to redact from the response (= injected) */
+    uint64_t    redact_mask;    /* secrets to redact from the response: those injected and
+                                 * every secret scoped to this host (on any port or path:
+                                 * it may hold a value from an earlier request) */
 };
 
 /*
@@ -150,7 +152,12 @@ void sec_stream_free(struct sec_stream *st);
 int sec_body_verdict(const struct sec_store *s, const struct sec_dest *d, uint64_t seen,
                      struct sec_result *res);
 
-/* Redacts one header value (response headers). Appends to out. */
+/* 1 when any form of a secret in mask occurs in in[0..n), 0 when none does,
+ * -1 when the matcher cannot be built (out of memory): one pass over a whole
+ * response head decides whether its pieces need sec_redact_value. */
+int sec_redact_any(const struct sec_store *s, uint64_t mask, const char *in, size_t n);
+/* Redacts one piece of a response head (status text, header name or value).
+ * Appends to out. */
 int sec_redact_value(const struct sec_store *s, uint64_t mask, const char *in, size_t n,
                      struct al_dbuf *out);
 

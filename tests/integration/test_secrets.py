@@ -239,6 +239,31 @@ class Handler(upstream_mod._Handler):
         if form == "header":
             self._send(200, b"see header\n", "text/plain", extra=[("X-Echo", v.decode())])
             return
+        if form == "stored":  # an origin answering with a value it kept from before
+            self._send(200, b'{"kept": "' + VAL_NOQ.encode() + b'"}\n', "application/json",
+                       extra=[("X-Kept", VAL_NOQ)])
+            return
+        if form == "reason":  # an error text carrying the value in the status line
+            self.send_response(401, "invalid key " + v.decode())
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if form == "hname":  # the value as a header name (a token: it is one here)
+            self._send(200, b"see header names\n", "text/plain", extra=[("X-" + v.decode(), "1")])
+            return
+        if form == "interim":  # 103 Early Hints echoing the value, then the answer
+            self.wfile.write(b"HTTP/1.1 103 Early Hints " + v + b"\r\nLink: </" + v +
+                             b">; rel=preload\r\nX-Echo: " + v + b"\r\n\r\n")
+            self._send(200, b"final\n", "text/plain")
+            return
+        if form == "trailer":  # chunked, the value in a trailer field
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Echo")
+            self.end_headers()
+            self.wfile.write(b"5\r\nbody\n\r\n0\r\nX-Echo: " + v + b"\r\n\r\n")
+            return
         if form in ("split", "splitb64"):
             if form == "splitb64":
                 v = base64.b64encode(v)
@@ -793,6 +818,53 @@ def test_redact_header(t):
     # with the header template secret, via curl
     r = scurl(al, ["https://hdr.test:%d/reflect/header?h=Authorization" % up.port])
     eq(r.header("X-Echo"), al.ph["hdr"], "X-Echo at the client (template secret)")
+
+
+@test
+def test_redact_status_line_names_interim_trailers(t):
+    """An in-scope origin echoing the value anywhere in a response head: the
+    reason phrase, a header name, a 1xx interim response, a trailer."""
+    up = make_upstream(t)
+    al = start(t)
+    ph = al.ph["key"]
+    r = _redact_req(t, al, up, "reason")
+    eq(r.status, 401, "status")
+    no_value(r.head_raw, "status line")
+    check(("invalid key " + ph).encode() in r.head_raw, "placeholder in the reason: %r" % r.head_raw[:80])
+    r = _redact_req(t, al, up, "hname")
+    eq(r.status, 200, "status")
+    no_value(r.head_raw, "header names")
+    eq(r.header("X-" + ph), "1", "header named after the placeholder")
+    tc = tunnel(t, al, "api.test", up.port)
+    tc.send(request("api.test", up.port, "/reflect/interim", headers=[("X-Api-Key", ph)]))
+    r1 = tc.read_response(interim=True)
+    r2 = tc.read_response()
+    seen(r1.head_raw, r2.head_raw, r2.body)
+    eq((r1.status, r2.status), (103, 200), "interim, then final")
+    no_value(r1.head_raw, "103 head")
+    eq(r1.head_raw.count(ph.encode()), 3, "the placeholder thrice in the 103 head")
+    eq(r2.body, b"final\n", "final body")
+    r = _redact_req(t, al, up, "trailer")
+    eq(r.status, 200, "status")
+    no_value(r.head_raw + r.body, "trailer")
+    eq(r.body, b"body\n", "body")
+
+
+@test
+def test_redact_without_injection(t):
+    """A request that carries no placeholder still gets a scrubbed answer from
+    a host in the secret's scope: the origin may hold the value from an earlier
+    request (store it, read it back) and echo it to any request."""
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "api.test", up.port)
+    r = rt(tc, request("api.test", up.port, "/reflect/stored"))
+    eq(r.status, 200, "status")
+    rec = one(up, "/reflect/stored", "stored")
+    check(VAL_NOQ not in json.dumps(rec), "nothing injected: %r" % rec["headers"])
+    no_value(r.head_raw + r.body, "answer to a request without a placeholder")
+    eq(r.header("X-Kept"), al.ph["noq"], "X-Kept at the client")
+    eq(r.body, b'{"kept": "' + al.ph["noq"].encode() + b'"}\n', "body at the client")
 
 
 @test

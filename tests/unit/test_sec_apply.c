@@ -130,6 +130,44 @@ test_template_replaces(void **state)
     t_done(&o);
 }
 
+/* Responses are scrubbed of every secret scoped to the host, on any port or
+ * path, even when the request injected nothing: the origin may hold a value
+ * from an earlier request and echo it. */
+static void
+test_redact_mask_host(void **state)
+{
+    struct t_out      o;
+    const char *const h0[] = {"Accept", "*/*", NULL};
+    const struct {
+        const char *host;
+        uint16_t    port;
+        const char *path;
+        uint64_t    mask;
+    } cases[] = {
+        {"x.example.com", 8443, "/other", 2}, /* "key": *.example.com:443/v1/ */
+        {"x.example.com", 443, "/v1/a", 2},   {"X.Example.COM.", 443, "/", 2},
+        {"example.com", 443, "/v1/a", 0},   /* the suffix pattern needs a label */
+        {"api.anthropic.com", 443, "/", 0}, /* "key"'s passthrough host */
+        {"api.gitlab.com", 443, "/", 0},    /* nobody's */
+        {"basic.test", 443, "/", 4},        /* "ba" (also a body secret) */
+        {"api.github.com", 8443, "/x", 1},  /* "gh": its template injects anyway */
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        t_apply(&o, cases[i].host, cases[i].port, 1, "GET", cases[i].path, h0);
+        assert_int_equal(o.rc, AL_OK);
+        if (o.res.redact_mask != cases[i].mask) {
+            print_error("%s:%u%s: redact_mask %llu, want %llu\n", cases[i].host,
+                        (unsigned)cases[i].port, cases[i].path,
+                        (unsigned long long)o.res.redact_mask, (unsigned long long)cases[i].mask);
+            fail();
+        }
+        assert_int_equal(o.res.injected & ~(uint64_t)1, 0);
+        t_done(&o);
+    }
+}
+
 static void
 test_placeholder_substitution(void **state)
 {
@@ -401,6 +439,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rule_inject_list_narrows),
         cmocka_unit_test(test_template_replaces),
+        cmocka_unit_test(test_redact_mask_host),
         cmocka_unit_test(test_placeholder_substitution),
         cmocka_unit_test(test_out_of_scope_and_passthrough),
         cmocka_unit_test(test_plaintext),

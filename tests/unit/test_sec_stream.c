@@ -339,6 +339,20 @@ test_redact_overlaps(void **state)
         assert_string_equal(out.data, "Bearer PH-AAAAAAAA");
         sec_dbuf_wipe(&out);
     }
+    /* the one-pass check over a whole head: any form, any place, masked */
+    {
+        static const char head[] = "OK\0Server\0nginx\0X-Echo\0Bearer " T_VALUE "\0";
+        static const char clean[] = "OK\0Server\0nginx\0X-Echo\0Bearer PH-AAAAAAAA\0";
+
+        assert_int_equal(sec_redact_any(s, 1, head, sizeof(head) - 1), 1);
+        assert_int_equal(sec_redact_any(s, 1, head, 20), 0); /* the value lies past byte 20 */
+        assert_int_equal(sec_redact_any(s, 2, head, sizeof(head) - 1), 0);
+        assert_int_equal(sec_redact_any(s, 0, head, sizeof(head) - 1), 0);
+        assert_int_equal(sec_redact_any(s, 7, clean, sizeof(clean) - 1), 0);
+        for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+            assert_int_equal(sec_redact_any(s, 7, cases[c][0], strlen(cases[c][0])),
+                             strcmp(cases[c][0], cases[c][1]) != 0);
+    }
     sec_store_unref(s);
 }
 
