@@ -1052,10 +1052,11 @@ px_conn_apply_secrets(struct px_conn *c, const char *target, size_t tlen, struct
     x->injected = res.injected;
     x->redact_mask = res.redact_mask;
     x->body_mask = res.body_mask;
-    if (x->want_upgrade && (x->injected | x->body_mask) != 0) {
+    if (x->want_upgrade && x->redact_mask != 0) {
         /* After a 101 the connection is relayed as raw frames that nothing
-         * scans: an echoed credential would reach the sandbox. */
-        x->secret_refused = sec_name(c->conf->secrets, __builtin_ctzll(x->injected | x->body_mask));
+         * scans: an echoed credential would reach the sandbox (also one the
+         * origin kept from an earlier request). */
+        x->secret_refused = sec_name(c->conf->secrets, __builtin_ctzll(x->redact_mask));
         x->decision.verdict = POL_DENY;
         x->decision.reason = "upgrade_with_secret";
         PX_MINC(secrets_refused);

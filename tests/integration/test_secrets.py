@@ -575,6 +575,14 @@ def test_websocket_upgrade_with_secret_refused(t):
     eq(r.status, 403, "upgrade toward a secret's host: status")
     eq(r.header("X-Airlock-Reason"), "upgrade_with_secret", "reason")
     eq([q for q in up.requests if q["path"] == "/echo?t=ws"], [], "upstream saw the upgrade")
+    # nothing injected, but the host is in a secret's scope: it may hold the
+    # value from an earlier request and echo it in frames nothing would scan
+    r = scurl(al, ["-H", "Connection: Upgrade", "-H", "Upgrade: websocket",
+                   "-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZQ==",
+                   "https://plain.test:%d/echo?t=ws2" % up.port])
+    eq(r.status, 403, "upgrade toward a secret's host, nothing injected: status")
+    eq(r.header("X-Airlock-Reason"), "upgrade_with_secret", "reason (nothing injected)")
+    eq([q for q in up.requests if q["path"] == "/echo?t=ws2"], [], "upstream saw the upgrade (2)")
 
 
 @test
