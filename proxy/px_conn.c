@@ -774,6 +774,14 @@ px_rs_headers_complete(llhttp_t *p)
         return -1; /* a switch nobody asked for */
     if (status < 100 || status > 999)
         return -1; /* llhttp allows three digits only */
+    if (!px_msg_te_chunked_only(m)) {
+        /* Transfer-Encoding is hop-by-hop and re-framed here: a gzip (or any
+         * other) transfer coding would reach the client undecoded, and past
+         * the redactor as compressed bytes. We never send TE, so no
+         * conforming origin uses one. */
+        x->resp_bad_te = 1;
+        return -1;
+    }
     /* One pass over the whole head (status text, names, values) decides
      * whether any piece carries a form of a secret this origin may hold. */
     if (x->redact_mask != 0) {
@@ -1774,6 +1782,9 @@ px_conn_upstream_readable(struct px_conn *c)
             if (x->resp_compressed)
                 px_conn_upstream_error(c, PX_UERR_OTHER, 502, "compressed_response",
                                        "a host that received a secret answered compressed");
+            else if (x->resp_bad_te)
+                px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_transfer_coding",
+                                       "a transfer coding other than chunked");
             else if (!x->resp_started)
                 px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_bad_response",
                                        llhttp_errno_name(e));

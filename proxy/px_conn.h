@@ -80,6 +80,7 @@ struct px_exch {
     struct sec_stream   *redactor;        /* response body scrubber; owned */
     struct sec_stream   *body_sub;        /* request body substitution; owned */
     int                  resp_compressed; /* compressed answer to a redacted request */
+    int                  resp_bad_te;     /* a transfer coding other than chunked */
     struct px_inflate   *inflater;        /* its decoder (gzip/deflate), feeding the redactor */
     const char          *resp_abort;      /* why the response was cut off mid-body */
     const char          *body_refusal;    /* a placeholder in the body that may not go there */

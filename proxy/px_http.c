@@ -160,12 +160,13 @@ px_msg_find(const struct px_msg *m, const char *name, int from)
     return -1;
 }
 
-/* Calls fn for each comma-separated, trimmed token of every Connection header. */
+/* Calls fn for each comma-separated, trimmed element of every header called
+ * name (a list-valued header); stops at the first fn that returns nonzero. */
 static int
-px_msg_connection_tokens(const struct px_msg *m, int (*fn)(void *arg, const char *t, size_t n),
-                         void                *arg)
+px_msg_list_tokens(const struct px_msg *m, const char                  *name,
+                   int (*fn)(void *arg, const char *t, size_t n), void *arg)
 {
-    for (int i = px_msg_find(m, "connection", 0); i >= 0; i = px_msg_find(m, "connection", i + 1)) {
+    for (int i = px_msg_find(m, name, 0); i >= 0; i = px_msg_find(m, name, i + 1)) {
         const char *v = m->hdrs[i].val == UINT32_MAX ? "" : px_msg_str(m, m->hdrs[i].val);
         const char *p = v;
 
@@ -187,6 +188,29 @@ px_msg_connection_tokens(const struct px_msg *m, int (*fn)(void *arg, const char
     return 0;
 }
 
+/* Transfer-Encoding elements: bit 0 set by "chunked", bit 1 by anything else
+ * or by a second "chunked". */
+static int
+px_msg_te_element(void *arg, const char *t, size_t n)
+{
+    int *seen = arg;
+
+    if (al_strcaseeq_n(t, n, "chunked") && !(*seen & 1))
+        *seen |= 1;
+    else
+        *seen |= 2;
+    return 0;
+}
+
+int
+px_msg_te_chunked_only(const struct px_msg *m)
+{
+    int seen = 0;
+
+    (void)px_msg_list_tokens(m, "transfer-encoding", px_msg_te_element, &seen);
+    return (seen & 2) == 0;
+}
+
 struct px_conn_tok_find {
     const char *want;
 };
@@ -204,7 +228,7 @@ px_msg_connection_has(const struct px_msg *m, const char *token)
 {
     struct px_conn_tok_find f = {token};
 
-    return px_msg_connection_tokens(m, px_msg_tok_eq, &f);
+    return px_msg_list_tokens(m, "connection", px_msg_tok_eq, &f);
 }
 
 struct px_drop_ctx {
@@ -251,7 +275,7 @@ px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade)
 #undef PX_HBH
     struct px_drop_ctx d = {m, keep_upgrade};
 
-    (void)px_msg_connection_tokens(m, px_msg_drop_named, &d);
+    (void)px_msg_list_tokens(m, "connection", px_msg_drop_named, &d);
     for (int i = 0; i < m->nhdrs; i++) {
         const char *n = px_msg_str(m, m->hdrs[i].name);
         size_t      len = m->hdrs[i].name_len;

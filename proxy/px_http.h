@@ -65,6 +65,11 @@ int px_msg_find(const struct px_msg *m, const char *name, int from);
  * Connection headers list. keep_upgrade keeps Upgrade + "Connection: upgrade"
  * (websocket). Returns AL_OK. */
 void px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade);
+/* 1 when the message has no Transfer-Encoding or its only coding is one
+ * "chunked" (over all Transfer-Encoding headers), else 0: gzip, deflate,
+ * compress, chunked twice, anything unknown. A proxy that re-frames the
+ * body must not pass on what it cannot undo. */
+int px_msg_te_chunked_only(const struct px_msg *m);
 /* Does any Connection header list `token`? */
 int px_msg_connection_has(const struct px_msg *m, const char *token);
 

@@ -243,6 +243,21 @@ class Handler(upstream_mod._Handler):
             self._send(200, b'{"kept": "' + VAL_NOQ.encode() + b'"}\n', "application/json",
                        extra=[("X-Kept", VAL_NOQ)])
             return
+        if form in ("tegzip", "tegzip1"):  # a transfer coding nobody asked for (TE is not sent)
+            z = gzip.compress(b"compressed " + v + b"\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            if form == "tegzip":
+                self.send_header("Transfer-Encoding", "gzip, chunked")
+                self.end_headers()
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(z), z))
+            else:  # gzip alone: the body runs to the close
+                self.send_header("Transfer-Encoding", "gzip")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(z)
+                self.close_connection = True
+            return
         if form == "reason":  # an error text carrying the value in the status line
             self.send_response(401, "invalid key " + v.decode())
             self.send_header("Content-Length", "0")
@@ -1062,6 +1077,25 @@ def test_compressed_response_decoded(t):
     m1 = al.metrics()
     for name, want in (("airlock_responses_decoded_total", 4), ("airlock_secrets_injected_total", 7)):
         eq(m1.need(name) - (m0.get(name) or 0), want, name)
+
+
+@test
+def test_transfer_coding_refused(t):
+    """Transfer-Encoding is re-framed hop by hop: a gzip transfer coding (which
+    airlock never asks for) would reach the client as compressed bytes past
+    the redactor. Refused 502 before the head leaves, audited, for any host."""
+    up = make_upstream(t)
+    al = start(t)
+    for host, form, ph in (("api.test", "tegzip", al.ph["key"]), ("api.test", "tegzip1", al.ph["key"]),
+                           ("other.test", "tegzip", None)):
+        tc = tunnel(t, al, host, up.port)
+        r = rt(tc, request(host, up.port, "/reflect/%s?h=%s" % (form, host),
+                           headers=[("X-Api-Key", ph)] if ph else []))
+        expect_error(r, 502, "upstream_transfer_coding")
+        no_value(r.head_raw + r.body, "%s %s" % (host, form))
+        rec = wait_row(al, lambda x, f=form, h=host: x["host"] == h and x["path"] == "/reflect/" + f,
+                       "%s %s" % (host, form))[0]
+        eq((rec["status"], rec["error"]), (502, "upstream_transfer_coding"), "audit row %r" % rowstr(rec))
 
 
 @test

@@ -112,6 +112,54 @@ test_websocket_upgrade_kept(void **state)
     px_msg_free(&t.m);
 }
 
+/* A response's transfer codings: chunked once, or nothing, passes; any other
+ * coding, in any header or list position, or chunked twice, does not. */
+static int
+t_te(const char *const *vals)
+{
+    struct px_msg m;
+    int           ok;
+
+    px_msg_init(&m, 4096);
+    assert_int_equal(px_msg_add(&m, PX_PIECE_FIELD, "Content-Type", 12), 0);
+    assert_int_equal(px_msg_add(&m, PX_PIECE_VALUE, "text/plain", 10), 0);
+    for (int i = 0; vals[i] != NULL; i++) {
+        assert_int_equal(px_msg_add(&m, PX_PIECE_FIELD, "Transfer-Encoding", 17), 0);
+        assert_int_equal(px_msg_add(&m, PX_PIECE_VALUE, vals[i], strlen(vals[i])), 0);
+    }
+    assert_int_equal(px_msg_end_piece(&m), 0);
+    ok = px_msg_te_chunked_only(&m);
+    px_msg_free(&m);
+    return ok;
+}
+
+static void
+test_transfer_codings(void **state)
+{
+    const char *const none[] = {NULL};
+    const char *const chunked[] = {"chunked", NULL};
+    const char *const upper[] = {" CHUNKED\t", NULL};
+    const char *const empty_elems[] = {", chunked ,", NULL};
+    const char *const gzip_chunked[] = {"gzip, chunked", NULL};
+    const char *const gzip_alone[] = {"gzip", NULL};
+    const char *const split[] = {"gzip", "chunked", NULL};
+    const char *const twice[] = {"chunked", "chunked", NULL};
+    const char *const param[] = {"chunked;q=1", NULL};
+    const char *const identity[] = {"identity", NULL};
+
+    (void)state;
+    assert_true(t_te(none));
+    assert_true(t_te(chunked));
+    assert_true(t_te(upper));
+    assert_true(t_te(empty_elems));
+    assert_false(t_te(gzip_chunked));
+    assert_false(t_te(gzip_alone));
+    assert_false(t_te(split));
+    assert_false(t_te(twice));
+    assert_false(t_te(param));
+    assert_false(t_te(identity));
+}
+
 static void
 test_head_cap(void **state)
 {
@@ -181,6 +229,7 @@ main(void)
         cmocka_unit_test(test_hop_by_hop_stripped),
         cmocka_unit_test(test_websocket_upgrade_kept),
         cmocka_unit_test(test_head_cap),
+        cmocka_unit_test(test_transfer_codings),
         cmocka_unit_test(test_smuggling_shapes_rejected),
         cmocka_unit_test(test_error_answer),
     };
