@@ -70,9 +70,11 @@ sec_any_scope_host(const struct sec_store *s, const char *host, uint16_t port)
     return 0;
 }
 
-/* Secrets whose scope names d's host, on any port and path: that origin may
- * hold their values (sent on an earlier request, another port, a path outside
- * a path-restricted scope) and echo one back in a response to any request. */
+/* Secrets whose scope names d's host:port, on any path: that origin may hold
+ * their values (sent on an earlier request, or to a path inside a
+ * path-restricted scope) and echo one back in a response to any request. The
+ * same host:port test as sec_any_scope_host, so the proxy forces interception
+ * and Accept-Encoding: identity exactly where responses are scrubbed. */
 static uint64_t
 sec_host_mask(const struct sec_store *s, const struct sec_dest *d)
 {
@@ -84,8 +86,7 @@ sec_host_mask(const struct sec_store *s, const struct sec_dest *d)
         for (int k = 0; k < s->secs[i].nscopes; k++) {
             const struct sec_scope *sc = &s->secs[i].scopes[k];
 
-            if (sec_scope_match(sc, d->host, hl, ip, sc->port != 0 ? sc->port : d->port, NULL, 0,
-                                0)) {
+            if (sec_scope_match(sc, d->host, hl, ip, d->port, NULL, 0, 0)) {
                 m |= (uint64_t)1 << i;
                 break;
             }

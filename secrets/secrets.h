@@ -98,8 +98,8 @@ struct sec_result {
     int         refusal_secret; /* index of the secret involved, -1 if none */
     uint64_t    body_mask;      /* secrets to substitute in the request body (sec_body_new) */
     uint64_t    redact_mask;    /* secrets to redact from the response: those injected and
-                                 * every secret scoped to this host (on any port or path:
-                                 * it may hold a value from an earlier request) */
+                                 * every secret scoped to this host:port (on any path: it
+                                 * may hold a value from an earlier request) */
 };
 
 /*

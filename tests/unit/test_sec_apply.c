@@ -130,7 +130,7 @@ test_template_replaces(void **state)
     t_done(&o);
 }
 
-/* Responses are scrubbed of every secret scoped to the host, on any port or
+/* Responses are scrubbed of every secret scoped to the host:port, on any
  * path, even when the request injected nothing: the origin may hold a value
  * from an earlier request and echo it. */
 static void
@@ -144,13 +144,15 @@ test_redact_mask_host(void **state)
         const char *path;
         uint64_t    mask;
     } cases[] = {
-        {"x.example.com", 8443, "/other", 2}, /* "key": *.example.com:443/v1/ */
-        {"x.example.com", 443, "/v1/a", 2},   {"X.Example.COM.", 443, "/", 2},
+        {"x.example.com", 443, "/other", 2}, /* "key": *.example.com:443/v1/ */
+        {"x.example.com", 443, "/v1/a", 2},
+        {"x.example.com", 8443, "/v1/a", 0},
+        /* another port: not a secret host */ {"X.Example.COM.", 443, "/", 2},
         {"example.com", 443, "/v1/a", 0},   /* the suffix pattern needs a label */
         {"api.anthropic.com", 443, "/", 0}, /* "key"'s passthrough host */
         {"api.gitlab.com", 443, "/", 0},    /* nobody's */
         {"basic.test", 443, "/", 4},        /* "ba" (also a body secret) */
-        {"api.github.com", 8443, "/x", 1},  /* "gh": its template injects anyway */
+        {"api.github.com", 8443, "/x", 1},  /* "gh": any port; its template injects */
     };
 
     (void)state;
