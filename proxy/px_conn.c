@@ -1496,6 +1496,13 @@ px_conn_on_head(struct px_conn *c)
         px_conn_fail(c, 400, err != NULL ? err : "bad_target", NULL);
         return;
     }
+    if (!px_msg_te_chunked_only(m)) {
+        /* The body is re-framed here and Transfer-Encoding dropped: a gzip
+         * transfer coding would go upstream undecoded, and past the body
+         * scanner (a placeholder inside unseen). RFC 9112 6.1: 501. */
+        px_conn_fail(c, 501, "unsupported_transfer_coding", "only chunked is supported");
+        return;
+    }
     if ((c->rq.flags & F_UPGRADE) && !x->is_connect) {
         int u = px_msg_find(m, "upgrade", 0);
 

@@ -1099,6 +1099,25 @@ def test_transfer_coding_refused(t):
 
 
 @test
+def test_request_transfer_coding_refused(t):
+    """A request body in a gzip transfer coding would go upstream re-framed as
+    plain chunked (undecoded) and past the body scanner, a placeholder inside
+    unseen: 501 unsupported_transfer_coding, nothing forwarded, audited."""
+    up = make_upstream(t)
+    al = start(t)
+    z = gzip.compress(b"k=" + al.ph["key"].encode())
+    for host in ("api.test", "other.test"):
+        tc = tunnel(t, al, host, up.port)
+        r = rt(tc, b"POST /echo?t=reqte HTTP/1.1\r\nHost: %s:%d\r\n"
+                   b"Transfer-Encoding: gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" %
+               (host.encode(), up.port, len(z), z), "POST")
+        expect_error(r, 501, "unsupported_transfer_coding")
+        rec = wait_row(al, lambda x, h=host: x["host"] == h and x["path"] == "/echo", host)[0]
+        eq(rec["status"], 501, "audit row %r" % rowstr(rec))
+    none_upstream(up, "/echo?t=reqte", "gzip transfer coding")
+
+
+@test
 def test_compressed_response_refused(t):
     """A coding airlock cannot decode is refused before the head leaves; a
     decodable one that turns out corrupt, truncated or a decompression bomb
