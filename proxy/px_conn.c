@@ -870,10 +870,15 @@ px_rs_headers_complete(llhttp_t *p)
         m->too_big = 1;
         return -1;
     }
-    x->resp_started = 1;
-    if (interim)
-        return 0;
-    return x->is_head ? 1 : 0; /* 1: a HEAD response has no body whatever it says */
+    /* After an interim (1xx) head the final answer is still ahead: an
+     * upstream failure can still be answered with a 502 or 504. */
+    if (!interim)
+        x->resp_started = 1;
+    /* 1: no body whatever the head says. A 1xx, 204, 304 or HEAD response
+     * ends with its head (RFC 9112 6.3); llhttp would otherwise read one by
+     * Content-Length or chunked, and pass it on unscanned, as a smuggled
+     * message, or wait for bytes that never come. */
+    return nobody ? 1 : 0;
 }
 
 /* Response body through the redactor; the length changes, so the client

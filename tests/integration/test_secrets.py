@@ -258,6 +258,21 @@ class Handler(upstream_mod._Handler):
                 self.wfile.write(z)
                 self.close_connection = True
             return
+        if form in ("n304", "n204"):  # no-body statuses with a "body" anyway
+            if form == "n304":
+                body = b"leak:" + v
+                head = b"HTTP/1.1 304 Not Modified\r\nContent-Length: %d\r\n" % len(body)
+            else:
+                body = b"%x\r\nleak:%s\r\n0\r\n\r\n" % (len(v) + 5, v)
+                head = b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n"
+            self.wfile.write(head + b"Connection: close\r\n\r\n" + body)
+            self.close_connection = True
+            return
+        if form == "interimclose":  # a 103, then the connection drops
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if form == "reason":  # an error text carrying the value in the status line
             self.send_response(401, "invalid key " + v.decode())
             self.send_header("Content-Length", "0")
@@ -888,6 +903,34 @@ def test_redact_without_injection(t):
     no_value(r.head_raw + r.body, "answer to a request without a placeholder")
     eq(r.header("X-Kept"), al.ph["noq"], "X-Kept at the client")
     eq(r.body, b'{"kept": "' + al.ph["noq"].encode() + b'"}\n', "body at the client")
+
+
+@test
+def test_no_body_statuses(t):
+    """1xx, 204 and 304 end with their head whatever it says (RFC 9112 6.3):
+    bytes an origin sends after one by Content-Length or chunked are neither
+    passed on (unscanned, or as a smuggled message) nor waited for. An
+    upstream that drops after a 1xx still gets its 502."""
+    up = make_upstream(t)
+    al = start(t)
+    for form, status in (("n304", 304), ("n204", 204)):
+        tc = tunnel(t, al, "api.test", up.port)
+        r = rt(tc, request("api.test", up.port, "/reflect/%s" % form, headers=[("X-Api-Key", al.ph["key"])]))
+        eq((r.status, r.body), (status, b""), form)
+        no_value(r.head_raw, form)
+        # the tunnel keeps its framing: the next request gets its own answer
+        r = rt(tc, request("api.test", up.port, "/echo?t=after-" + form))
+        eq(r.status, 200, "request after a %s" % form)
+        wait_row(al, lambda x, f=form: x["path"] == "/reflect/" + f and x["status"] == status, form)
+    tc = tunnel(t, al, "api.test", up.port)
+    tc.send(request("api.test", up.port, "/reflect/interimclose", headers=[("X-Api-Key", al.ph["key"])]))
+    r1 = tc.read_response(interim=True)
+    r2 = tc.read_response()
+    seen(r1.head_raw, r2.head_raw, r2.body)
+    eq(r1.status, 103, "interim")
+    expect_error(r2, 502, "upstream_reset")
+    rec = wait_row(al, lambda x: x["path"] == "/reflect/interimclose", "interimclose")[0]
+    eq(rec["status"], 502, "row after the 103 %r" % rowstr(rec))
 
 
 @test
