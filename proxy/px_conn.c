@@ -1659,6 +1659,12 @@ px_conn_client_readable(struct px_conn *c)
             return;
         }
     }
+    /* A read that was resumed because TLS bytes were held (tls_more) is owed
+     * nothing more once it runs: if it finds none (the socket was drained in
+     * this loop iteration), a flag left set would have px_conn_update_io
+     * feed this event again in the same iteration, forever. The loop below
+     * sets it again when the buffer fills with bytes still held. */
+    c->cl.tls_more = 0;
     n = px_half_recv(c, &c->cl, c->cin + c->cin_len, PX_CIN_BYTES - c->cin_len);
     /* TLS: drain what the memory BIO holds, or no socket event will say so. */
     while (c->cl.ssl != NULL && n > 0) {

@@ -1160,6 +1160,47 @@ def test_request_transfer_coding_refused(t):
     none_upstream(up, "/echo?t=reqte", "gzip transfer coding")
 
 
+def _cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        x = f.read().split(")")[1].split()
+    return int(x[11]) + int(x[12])
+
+
+@test
+def test_full_tls_records(t):
+    """A TLS record of exactly 16384 plaintext bytes (the maximum) fills the
+    client buffer in one read. The read resumed for what OpenSSL still holds
+    must not re-arm itself forever once it finds nothing: that spun a worker
+    at 100 % CPU, never back to epoll (no timeout fired, its other
+    connections hung). A head and an upload in full records both complete."""
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "other.test", up.port)
+    head = ("GET /echo?t=fullrec HTTP/1.1\r\nHost: other.test:%d\r\nX-Pad: " % up.port).encode()
+    tc.send(head + b"a" * (16384 - len(head)))  # one record, no end of head yet
+    time.sleep(0.5)
+    c0 = _cpu_ticks(al.pid)
+    time.sleep(1)
+    check(_cpu_ticks(al.pid) - c0 < 30, "airlock busy while waiting for the rest of a head")
+    # another connection is served meanwhile (both workers are free)
+    for _ in range(4):
+        c2, r2 = connect(t, al, "other.test", up.port, 3)
+        eq(r2.status, 200, "CONNECT beside the waiting head")
+        c2.close()
+    r = rt(tc, b"\r\n\r\n")
+    eq(r.status, 200, "the head completed after a full record")
+    n = 5 * 16384
+    tc.send(("POST /echo?t=fullbody HTTP/1.1\r\nHost: other.test:%d\r\nContent-Length: %d\r\n\r\n" %
+             (up.port, n)).encode())
+    for _ in range(n // 16384):
+        tc.send(b"b" * 16384)
+        time.sleep(0.05)
+    r = tc.read_response("POST")
+    seen(r.head_raw, r.body)
+    eq(r.status, 200, "upload in full records")
+    eq(json.loads(r.body)["body_len"], n, "body length at the upstream")
+
+
 @test
 def test_compressed_response_refused(t):
     """A coding airlock cannot decode is refused before the head leaves; a
