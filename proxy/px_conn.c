@@ -38,9 +38,10 @@
 
 #include "px_ca.h"
 
-#define PX_HOLD_BODY_BYTES (1024 * 1024) /* request bodies held until scanned */
-#define PX_FLUSH_CLOSE_S 10.0            /* to write a final answer */
-#define PX_LINGER_S 2.0                  /* to drain input after it */
+#define PX_HOLD_BODY_BYTES (1024 * 1024)                 /* request bodies held until scanned */
+#define PX_HOLD_QUEUE_BYTES (PX_HOLD_BODY_BYTES + 65536) /* up.out's bound while held */
+#define PX_FLUSH_CLOSE_S 10.0                            /* to write a final answer */
+#define PX_LINGER_S 2.0                                  /* to drain input after it */
 
 static _Atomic uint64_t  px_conn_next_id = 1;
 static llhttp_settings_t px_req_settings, px_resp_settings;
@@ -401,6 +402,13 @@ px_conn_update_io(struct px_conn *c)
         uw = 1;
         break;
     case PX_ST_EXCHANGE:
+        if (x != NULL && x->hold_up && al_bufq_full(&c->up.out)) {
+            /* A body bigger than the hold (chunked, of no announced length):
+             * stream the rest. Here, not only when client bytes are fed: a
+             * full queue stops client reads, which would never come back. */
+            x->hold_up = 0;
+            c->up.out.max = PX_BUF_HIGH_BYTES;
+        }
         /* After a complete request the client stays watched too (bytes it
          * pipelines wait in cin, bounded; EOF is noted for after the
          * response), so keep-alive does not stop and restart the watcher
@@ -1139,7 +1147,7 @@ px_conn_write_request_head(struct px_conn *c)
              * so a refused placeholder means the upstream saw nothing. */
             if (!(c->rq.flags & F_CONTENT_LENGTH) || c->rq.content_length <= PX_HOLD_BODY_BYTES) {
                 x->hold_up = 1;
-                c->up.out.max = PX_HOLD_BODY_BYTES + 65536;
+                c->up.out.max = PX_HOLD_QUEUE_BYTES;
             }
         }
         if (rc == AL_OK && x->injected != 0) {
@@ -1386,7 +1394,10 @@ px_conn_use_pooled(struct px_conn *c, int fd, const struct sockaddr_storage *pee
     px_half_init(&c->up, c, fd);
     if (ssl != NULL)
         c->up.ssl = ssl;
-    c->up.out.max = PX_BUF_HIGH_BYTES;
+    /* A held request keeps the hold's bound: at 64 KiB a body between that
+     * and the hold's cap filled the queue, and the hold was either released
+     * before the scan ended or, with no client bytes left to feed, never. */
+    c->up.out.max = x->hold_up ? PX_HOLD_QUEUE_BYTES : PX_BUF_HIGH_BYTES;
     px_conn_upstream_ready(c);
 }
 

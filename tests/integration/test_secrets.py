@@ -1202,6 +1202,50 @@ def test_full_tls_records(t):
 
 
 @test
+def test_held_body_on_pooled_upstream(t):
+    """A request body is held until scanned (up to 1 MiB) also when the
+    upstream comes from the pool: a placeholder at the end of a 100 KB body
+    toward a host outside its scope is refused with nothing sent upstream
+    (the pool's 64 KiB queue bound released the hold early, or never, and
+    the upload hung). A chunked body bigger than the hold streams through."""
+    up = make_upstream(t)
+    al = start(t, workers=1)
+    tc = tunnel(t, al, "other.test", up.port)
+    eq(rt(tc, request("other.test", up.port, "/echo?t=warm")).status, 200, "warm-up")
+    tc.close()
+    time.sleep(0.3)
+    for path, tail, status in (("/echo?t=heldok", b"end", 200),
+                               ("/echo?t=heldph", al.ph["key"].encode(), 403)):
+        pool_hits = al.metrics().get("airlock_pool_hits_total", 0)
+        tc = tunnel(t, al, "other.test", up.port)
+        body = b"A" * 100000 + tail
+        data = request("other.test", up.port, path, method="POST", body=body)
+        for i in range(0, len(data), 1000):
+            tc.send(data[i:i + 1000])
+        r = tc.read_response("POST")
+        seen(r.head_raw, r.body)
+        eq(r.status, status, path)
+        check(al.metrics().get("airlock_pool_hits_total", 0) > pool_hits, "%s: a pooled upstream" % path)
+        if status == 403:
+            eq(r.header("X-Airlock-Reason"), "secret_out_of_scope", "reason")
+            eq([p for p in up.started if p == path], [], "the upstream saw the held request's head")
+        else:
+            eq(json.loads(r.body)["body_len"], len(body), "body length at the upstream")
+        tc.close()
+        time.sleep(0.3)
+    tc = tunnel(t, al, "other.test", up.port)
+    n = 1200 * 1024
+    tc.send(request("other.test", up.port, "/echo?t=heldbig", method="POST", body=b"", chunked=True)[:-5])
+    for _ in range(n // 16000):
+        tc.send(b"%x\r\n%s\r\n" % (16000, b"B" * 16000))
+    tc.send(b"%x\r\n%s\r\n0\r\n\r\n" % (n % 16000, b"B" * (n % 16000)))
+    r = tc.read_response("POST")
+    seen(r.head_raw, r.body)
+    eq(r.status, 200, "chunked body bigger than the hold")
+    eq(json.loads(r.body)["body_len"], n, "its length at the upstream")
+
+
+@test
 def test_compressed_response_refused(t):
     """A coding airlock cannot decode is refused before the head leaves; a
     decodable one that turns out corrupt, truncated or a decompression bomb
