@@ -633,6 +633,13 @@ px_rq_body_sub(struct px_conn *c, const char *at, size_t len, int last)
 
     al_dbuf_init(&d, len + 65536);
     rc = last ? sec_stream_finish(x->body_sub, &d) : sec_stream_feed(x->body_sub, at, len, &d);
+    if ((sec_stream_replaced(x->body_sub) & ~x->injected) != 0) {
+        /* A value went into the body: the row and the metric say so like
+         * for a header (the queue is already wiped: body_mask set it). */
+        if (x->injected == 0)
+            PX_MINC(secrets_injected);
+        x->injected |= sec_stream_replaced(x->body_sub);
+    }
     seen = sec_stream_seen(x->body_sub) & ~x->body_mask;
     if (rc == AL_OK && seen != 0) {
         struct sec_dest   dest;
@@ -1143,6 +1150,8 @@ px_conn_write_request_head(struct px_conn *c)
             x->body_sub = sec_body_new(c->conf->secrets, x->body_mask);
             if (x->body_sub == NULL)
                 rc = AL_ERROR;
+            if (x->body_mask != 0) /* values may go into the body: wipe its chunks */
+                c->up.out.sensitive = 1;
             /* Hold the head and body until the body is scanned (up to a cap),
              * so a refused placeholder means the upstream saw nothing. */
             if (!(c->rq.flags & F_CONTENT_LENGTH) || c->rq.content_length <= PX_HOLD_BODY_BYTES) {

@@ -682,10 +682,16 @@ def _body_check(up, prefix, want_body, what):
 def test_placeholder_json_body_content_length(t):
     up = make_upstream(t)
     al = start(t)
+    injected0 = al.metrics().get("airlock_secrets_injected_total") or 0
     body = '{"api_key": "%s", "n": 1}' % al.ph["key"]
     r = scurl(al, ["-H", "Content-Type: application/json", "--data-binary", body,
                    "https://api.test:%d/echo?t=jcl" % up.port])
     check(r.rc == 0 and r.status == 200, "curl: %r" % r)
+    # a value that went into the body is audited like one in a header
+    row = wait_row(al, lambda x: x["path"] == "/echo" and x["method"] == "POST", "body injection")[0]
+    eq(row["secrets"], "key", "audit row's secrets for a body substitution")
+    eq((al.metrics().get("airlock_secrets_injected_total") or 0) - injected0, 1,
+       "airlock_secrets_injected_total for a body substitution")
     rec = _body_check(up, "/echo?t=jcl", '{"api_key": "%s", "n": 1}' % VAL_KEY, "CL body")
     te = up_hdrs(rec, "Transfer-Encoding")
     cl = up_hdrs(rec, "Content-Length")
