@@ -208,6 +208,22 @@ px_decide(struct px_conn *c)
 
     if (px_decide_identity(c) != AL_OK)
         return AL_DECLINED;
+    if (c->conf->secrets != NULL) {
+        /* Before any lookup: a placeholder in the destination's name would
+         * leave in the DNS query and the SNI, whatever the policy says. */
+        int i = sec_placeholder_in_host(c->conf->secrets, x->target.host, strlen(x->target.host));
+
+        if (i >= 0) {
+            x->decided = 1;
+            x->secret_refused = sec_name(c->conf->secrets, i);
+            d->verdict = POL_DENY;
+            d->rule = ""; /* no rule was consulted */
+            d->reason = SEC_REFUSE_OUT_OF_SCOPE;
+            PX_MINC(secrets_refused);
+            px_conn_deny(c, 403, SEC_REFUSE_OUT_OF_SCOPE, x->secret_refused, NULL);
+            return AL_DECLINED;
+        }
+    }
     memset(&rq, 0, sizeof(rq));
     rq.sandbox = x->sandbox[0] ? x->sandbox : NULL;
     rq.scheme = x->is_connect ? "connect" : x->target.tls ? "https" : "http";

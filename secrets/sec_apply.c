@@ -95,6 +95,33 @@ sec_host_mask(const struct sec_store *s, const struct sec_dest *d)
     return m;
 }
 
+static unsigned char
+sec_lower(unsigned char ch)
+{
+    return ch >= 'A' && ch <= 'Z' ? (unsigned char)(ch + 32) : ch;
+}
+
+int
+sec_placeholder_in_host(const struct sec_store *s, const char *host, size_t n)
+{
+    for (int i = 0; s != NULL && i < s->n; i++) {
+        const unsigned char *ph = (const unsigned char *)s->secs[i].placeholder;
+        size_t               pl = s->secs[i].ph_len;
+
+        if (ph == NULL || pl == 0 || pl > n)
+            continue;
+        for (size_t k = 0; k + pl <= n; k++) {
+            size_t j = 0;
+
+            while (j < pl && sec_lower((unsigned char)host[k + j]) == sec_lower(ph[j]))
+                j++;
+            if (j == pl)
+                return i;
+        }
+    }
+    return -1;
+}
+
 static int
 sec_refuse(struct sec_result *res, const char *why, int secret)
 {

@@ -74,6 +74,10 @@ struct sec_dest {
 int sec_in_scope(const struct sec_store *s, int i, const struct sec_dest *d);
 /* 1 when d is one of secret i's passthrough destinations. */
 int sec_is_passthrough(const struct sec_store *s, int i, const struct sec_dest *d);
+/* Index of a secret whose placeholder occurs in host (case-insensitively: a
+ * name is lowercased on its way), else -1. A destination name never carries
+ * a placeholder legitimately; one would leave in DNS queries and SNI. */
+int sec_placeholder_in_host(const struct sec_store *s, const char *host, size_t n);
 /* 1 when any secret's scope covers host:port with some path: the proxy must
  * intercept (and refuse an opaque tunnel). */
 int sec_any_scope_host(const struct sec_store *s, const char *host, uint16_t port);

@@ -804,6 +804,31 @@ def test_out_of_scope_refused(t):
 
 
 @test
+def test_placeholder_in_host_refused(t):
+    """A placeholder in the destination's name (a label under an allowed
+    wildcard) is refused before any lookup: it would leave in the DNS query,
+    the SNI and the Host header, whatever the policy allows."""
+    pu = plain_upstream(t)
+    pol = default_policy([{"name": "plainmany", "hosts": ["*.many.test"], "action": "allow"}])
+    al = start(t, policy=pol)
+    n0 = len(altest.RUN.dns.queries)
+    for name, ph in (("key", al.ph["key"]), ("noq", al.ph["noq"].upper())):
+        host = ph + ".many.test"
+        c, r = connect(t, al, host, 443)
+        eq((r.status, r.header("X-Airlock-Reason")), (403, "secret_out_of_scope"), "CONNECT " + name)
+        c = t.conn(al.port)
+        c.send(("GET http://%s:%d/echo?t=phhost HTTP/1.1\r\nHost: %s:%d\r\n\r\n" %
+                (host, pu.port, host, pu.port)).encode())
+        r = c.read_response()
+        expect_error(r, 403, "secret_out_of_scope")
+        rows_ = wait_row(al, lambda x, h=host.lower(): x["host"] == h, name, n=2)
+        for row in rows_:
+            check(("secret_out_of_scope: " + name) in (row.get("error") or ""), "row %r" % rowstr(row))
+    eq([q for q in altest.RUN.dns.queries[n0:] if "many.test" in q[0]], [], "DNS queries for the names")
+    none_upstream(pu, "/echo?t=phhost", "placeholder in the host name")
+
+
+@test
 def test_out_of_scope_body_refused(t):
     """A body placeholder of a secret that opted into "body", toward a host
     outside its scope (allowed, intercepted): refused like a header one."""

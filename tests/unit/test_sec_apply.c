@@ -171,6 +171,19 @@ test_redact_mask_host(void **state)
 }
 
 static void
+test_placeholder_in_host(void **state)
+{
+    (void)state;
+    assert_int_equal(sec_placeholder_in_host(t_s, "ph-key-00000.evil.test", 22), 1);
+    assert_int_equal(sec_placeholder_in_host(t_s, "a.PH-GH-000000", 14), 0);
+    assert_int_equal(sec_placeholder_in_host(t_s, "xph-ba-000000x", 14), 2);
+    assert_int_equal(sec_placeholder_in_host(t_s, "ph-ba-00000", 11), -1); /* one short */
+    assert_int_equal(sec_placeholder_in_host(t_s, "api.github.com", 14), -1);
+    assert_int_equal(sec_placeholder_in_host(t_s, "", 0), -1);
+    assert_int_equal(sec_placeholder_in_host(NULL, "ph-key-00000", 12), -1);
+}
+
+static void
 test_placeholder_substitution(void **state)
 {
     struct t_out      o;
@@ -442,6 +455,7 @@ main(void)
         cmocka_unit_test(test_rule_inject_list_narrows),
         cmocka_unit_test(test_template_replaces),
         cmocka_unit_test(test_redact_mask_host),
+        cmocka_unit_test(test_placeholder_in_host),
         cmocka_unit_test(test_placeholder_substitution),
         cmocka_unit_test(test_out_of_scope_and_passthrough),
         cmocka_unit_test(test_plaintext),
