@@ -2251,7 +2251,11 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "connect_timeout", NULL);
         break;
     case PX_ST_EXCHANGE:
-        if (c->x != NULL && !c->x->resp_started)
+        if (c->x != NULL && !c->x->resp_started && !c->x->req_done && !al_bufq_full(&c->up.out))
+            /* The request body stopped arriving while the upstream had room
+             * for it: the client stalled, not the upstream. */
+            px_conn_fail(c, 408, "body_timeout", "the request body stopped arriving");
+        else if (c->x != NULL && !c->x->resp_started)
             px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "upstream_timeout", NULL);
         else
             px_conn_close(c, "idle timeout");

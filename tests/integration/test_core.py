@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import struct
 import sys
 import time
@@ -852,6 +853,29 @@ def test_idle_timeout(t):
     check(c.wait_closed(4), "idle keep-alive connection still open after 4s (idle_timeout_s 1)")
     check(time.monotonic() - t0 >= 0.5, "connection closed right after the response "
           "(no client keep-alive?), not by the idle timeout")
+
+
+@test
+def test_body_timeout(t):
+    """A request body that stops arriving is the client's stall, not the
+    upstream's: 408 body_timeout after idle_timeout_s, audited as such."""
+    up = t.upstream()
+    al = t.airlock(limits={"idle_timeout_s": 1, "header_timeout_s": 5})
+    c = t.conn(al.port, timeout=6)
+    c.send(req(up, "/upload", method="POST", headers=[("Content-Length", "1000")]) + b"x" * 10)
+    t0 = time.monotonic()
+    r = c.read_response()
+    expect_error(r, 408, "body_timeout")
+    check(time.monotonic() - t0 < 4, "answered after %.1fs (idle_timeout_s 1)" % (time.monotonic() - t0))
+    def row():
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(al.dir, "audit.db"), uri=True, timeout=5)
+        try:
+            return db.execute("SELECT status, error FROM requests WHERE path = '/upload'").fetchall()
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            db.close()
+    eq(wait_until(row, 5, "audit row"), [(408, "body_timeout")], "audit row")
 
 
 @test
