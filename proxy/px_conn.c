@@ -860,13 +860,17 @@ px_rs_headers_complete(llhttp_t *p)
         if (upgrade) {
             if (rc == AL_OK)
                 rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
-        } else if (!nobody && (p->flags & F_CHUNKED || x->redactor != NULL)) {
+        } else if (!nobody && (p->flags & F_CHUNKED || x->redactor != NULL ||
+                               !(p->flags & F_CONTENT_LENGTH))) {
+            /* Chunked toward an HTTP/1.1 client whenever the upstream's
+             * framing is not passed on as is: a close-delimited body
+             * re-framed keeps the client connection, and an upstream that
+             * fails mid-body leaves the last chunk out, which the client
+             * sees, where a close would read as the end. */
             if (client11)
                 x->resp_chunked_out = 1;
             else
                 x->resp_close_delim = 1;
-        } else if (!nobody && !(p->flags & F_CONTENT_LENGTH)) {
-            x->resp_close_delim = 1;
         }
         if (rc == AL_OK && x->resp_chunked_out)
             rc = al_dbuf_adds(&d, "Transfer-Encoding: chunked\r\n");

@@ -90,6 +90,7 @@ px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
             }
         }
         px_tls_clear_errors();
+        errno = 0;
         if (SSL_read_ex(h->ssl, buf, n, &got) > 0) {
             h->tls_want = 0;
             return (ssize_t)got;
@@ -101,8 +102,15 @@ px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
             h->tls_want = EV_WRITE;
             return -1;
         }
-        if (err != SSL_ERROR_WANT_READ)
-            return ERR_peek_error() == 0 && err == SSL_ERROR_SYSCALL ? 0 : -2;
+        if (err != SSL_ERROR_WANT_READ) {
+            /* With SSL_OP_IGNORE_UNEXPECTED_EOF a plain close is
+             * ZERO_RETURN; a socket error (a reset) on the upstream's socket
+             * BIO is an error, not an end: a close-delimited body cut by a
+             * reset must not look complete. */
+            if (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+                return h->rbio == NULL && errno != 0 ? -2 : 0;
+            return -2;
+        }
         h->tls_want = EV_READ;
         if (h->rbio == NULL)
             return -1;

@@ -1277,6 +1277,31 @@ def test_held_body_on_pooled_upstream(t):
 
 
 @test
+def test_close_delimited_response_reframed(t):
+    """A close-delimited upstream body goes to an HTTP/1.1 client chunked: the
+    client connection survives it, and an upstream that is cut mid-body (a
+    reset, not a close) leaves the last chunk out, so the client sees the
+    truncation; the row says why."""
+    up = make_upstream(t)
+    al = start(t)
+    tc = tunnel(t, al, "other.test", up.port)
+    r = rt(tc, request("other.test", up.port, "/close/7000"))
+    eq((r.status, r.header("Transfer-Encoding"), len(r.body)), (200, "chunked", 7000), "close-delimited")
+    r = rt(tc, request("other.test", up.port, "/echo?t=afterclose"))
+    eq(r.status, 200, "the client connection after a close-delimited body")
+    tc = tunnel(t, al, "other.test", up.port)
+    tc.send(request("other.test", up.port, "/closereset/7000"))
+    try:
+        r = tc.read_response()
+        got = "a complete response (%d bytes)" % len(r.body)
+    except (OSError, EOFError, TestFailure, ValueError):
+        got = None
+    check(got is None, "a body cut by a reset reached the client as %s" % got)
+    rec = wait_row(al, lambda x: x["path"] == "/closereset/7000", "cut body")[0]
+    eq(rec["error"], "upstream closed mid-response", "row %r" % rowstr(rec))
+
+
+@test
 def test_compressed_response_refused(t):
     """A coding airlock cannot decode is refused before the head leaves; a
     decodable one that turns out corrupt, truncated or a decompression bomb

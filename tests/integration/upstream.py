@@ -11,6 +11,7 @@ Endpoints:
   /bytes/N         N bytes of pattern(N), Content-Length (HEAD: no body)
   /chunked/N       N bytes of pattern(N), chunked
   /close/N         N bytes of pattern(N), no Content-Length, connection closed
+  /closereset/N    the same, then a TCP RST instead of the close (a cut body)
   /quietclose/N    N bytes of pattern(N), Content-Length, then the connection
                    is closed without a word (an origin ending an idle keep-alive)
   /slow/N?rate=R   N bytes of pattern(N), Content-Length, ~R bytes/s
@@ -251,6 +252,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self._write_pattern(n)
             self.close_connection = True
+        elif top == "closereset":
+            # N bytes close-delimited, then a TCP RST instead of the close
+            n = int(arg)
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self._write_pattern(n)
+            self.wfile.flush()
+            time.sleep(0.2)
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.connection.close()
+            except OSError:
+                pass
         elif top == "quietclose":
             n = int(arg)
             self.send_response(200)
