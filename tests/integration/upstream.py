@@ -245,29 +245,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n" % k + pattern(k, done) + b"\r\n")
                 done += k
             self.wfile.write(b"0\r\n\r\n")
-        elif top == "close":
+        elif top in ("close", "closereset"):
             n = int(arg)
             self.send_response(200)
             self.send_header("Connection", "close")
             self.end_headers()
             self._write_pattern(n)
             self.close_connection = True
-        elif top == "closereset":
-            # N bytes close-delimited, then a TCP RST instead of the close
-            n = int(arg)
-            self.send_response(200)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self._write_pattern(n)
-            self.wfile.flush()
-            time.sleep(0.2)
-            self.close_connection = True
-            try:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                           struct.pack("ii", 1, 0))
-                self.connection.close()
-            except OSError:
-                pass
+            if top == "closereset":  # a TCP RST instead of the close
+                self.wfile.flush()
+                time.sleep(0.2)
+                try:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+                    self.connection.close()
+                except OSError:
+                    pass
         elif top == "quietclose":
             n = int(arg)
             self.send_response(200)
