@@ -55,38 +55,21 @@ sec_is_passthrough(const struct sec_store *s, int i, const struct sec_dest *d)
     return 0;
 }
 
-int
-sec_any_scope_host(const struct sec_store *s, const char *host, uint16_t port)
+/* Secrets whose scope names host:port, on any path. The proxy forces
+ * interception and Accept-Encoding: identity toward such a destination, and
+ * scrubs its responses of them: that origin may hold their values (sent on an
+ * earlier request, or to a path inside a path-restricted scope) and echo one
+ * back in a response to any request. */
+static uint64_t
+sec_host_mask(const struct sec_store *s, const char *host, uint16_t port)
 {
-    size_t hl = host != NULL ? strlen(host) : 0;
-    int    ip = sec_host_is_ip(host, hl);
+    size_t   hl = host != NULL ? strlen(host) : 0;
+    int      ip = sec_host_is_ip(host, hl);
+    uint64_t m = 0;
 
     for (int i = 0; s != NULL && i < s->n; i++) {
         for (int k = 0; k < s->secs[i].nscopes; k++) {
-            if (sec_scope_match(&s->secs[i].scopes[k], host, hl, ip, port, NULL, 0, 0))
-                return 1;
-        }
-    }
-    return 0;
-}
-
-/* Secrets whose scope names d's host:port, on any path: that origin may hold
- * their values (sent on an earlier request, or to a path inside a
- * path-restricted scope) and echo one back in a response to any request. The
- * same host:port test as sec_any_scope_host, so the proxy forces interception
- * and Accept-Encoding: identity exactly where responses are scrubbed. */
-static uint64_t
-sec_host_mask(const struct sec_store *s, const struct sec_dest *d)
-{
-    size_t   hl;
-    int      ip = sec_dest_host(d, &hl);
-    uint64_t m = 0;
-
-    for (int i = 0; i < s->n; i++) {
-        for (int k = 0; k < s->secs[i].nscopes; k++) {
-            const struct sec_scope *sc = &s->secs[i].scopes[k];
-
-            if (sec_scope_match(sc, d->host, hl, ip, d->port, NULL, 0, 0)) {
+            if (sec_scope_match(&s->secs[i].scopes[k], host, hl, ip, port, NULL, 0, 0)) {
                 m |= (uint64_t)1 << i;
                 break;
             }
@@ -95,27 +78,23 @@ sec_host_mask(const struct sec_store *s, const struct sec_dest *d)
     return m;
 }
 
-static unsigned char
-sec_lower(unsigned char ch)
+int
+sec_any_scope_host(const struct sec_store *s, const char *host, uint16_t port)
 {
-    return ch >= 'A' && ch <= 'Z' ? (unsigned char)(ch + 32) : ch;
+    return sec_host_mask(s, host, port) != 0;
 }
 
 int
 sec_placeholder_in_host(const struct sec_store *s, const char *host, size_t n)
 {
     for (int i = 0; s != NULL && i < s->n; i++) {
-        const unsigned char *ph = (const unsigned char *)s->secs[i].placeholder;
-        size_t               pl = s->secs[i].ph_len;
+        const char *ph = s->secs[i].placeholder;
+        size_t      pl = s->secs[i].ph_len;
 
         if (ph == NULL || pl == 0 || pl > n)
             continue;
         for (size_t k = 0; k + pl <= n; k++) {
-            size_t j = 0;
-
-            while (j < pl && sec_lower((unsigned char)host[k + j]) == sec_lower(ph[j]))
-                j++;
-            if (j == pl)
+            if (al_strcaseeq_n(host + k, pl, ph))
                 return i;
         }
     }
@@ -393,7 +372,7 @@ sec_apply_head(const struct sec_store *s, const struct sec_dest *d, const char *
             goto out;
         res->injected |= (uint64_t)1 << i;
     }
-    m = res->injected | res->body_mask | sec_host_mask(s, d);
+    m = res->injected | res->body_mask | sec_host_mask(s, d->host, d->port);
     res->redact_mask = m;
     rc = AL_OK;
 out:

@@ -1108,6 +1108,19 @@ px_t_up_try(struct px_t_up *u, SSL_CTX *up, X509 *cert, const char *host, int is
     return r;
 }
 
+/* Writes the upstream test CA to u->ca_file, named rel in the test dir. */
+static void
+px_t_up_write_ca(struct px_t_up *u, const char *rel)
+{
+    FILE *f;
+
+    px_t_path(u->ca_file, sizeof(u->ca_file), rel);
+    f = fopen(u->ca_file, "w");
+    assert_non_null(f);
+    PEM_write_X509(f, u->ca);
+    fclose(f);
+}
+
 /* A server for `cert` that never lets a client resume: every handshake is
  * a full one, so every one verifies the chain. */
 static void
@@ -1146,7 +1159,6 @@ test_upstream_verify_cache(void **state)
     const char    *verr;
     int            reused;
     uint64_t       f = 0, c = 0;
-    FILE          *fh;
 
     (void)state;
     memset(&u, 0, sizeof(u));
@@ -1157,10 +1169,7 @@ test_upstream_verify_cache(void **state)
     shortlived = px_t_cert(u.ca, u.ca_key, u.key, "short.test", "DNS:short.test", -3600, 2, 0);
     px_t_up_server_noresume(&u, good);
     px_t_up_server_noresume(&u, shortlived);
-    px_t_path(u.ca_file, sizeof(u.ca_file), "upstream-vc-ca.pem");
-    fh = fopen(u.ca_file, "w");
-    PEM_write_X509(fh, u.ca);
-    fclose(fh);
+    px_t_up_write_ca(&u, "upstream-vc-ca.pem");
     al_errs_init(&errs);
     up = px_tls_upstream_ctx(u.ca_file, 300, &errs);
     assert_non_null(up);
@@ -1237,7 +1246,6 @@ test_upstream_verify(void **state)
     const char    *verr;
     char           sni[300];
     int            reused;
-    FILE          *f;
 
     (void)state;
     memset(&u, 0, sizeof(u));
@@ -1255,10 +1263,7 @@ test_upstream_verify(void **state)
                           86400, 0);
     self = px_t_cert(NULL, u.key, u.key, "upstream.test", "DNS:upstream.test", -3600, 86400, 0);
     ipcert = px_t_cert(u.ca, u.ca_key, u.key, "127.0.0.1", "IP:127.0.0.1", -3600, 86400, 0);
-    px_t_path(u.ca_file, sizeof(u.ca_file), "upstream-ca.pem");
-    f = fopen(u.ca_file, "w");
-    PEM_write_X509(f, u.ca);
-    fclose(f);
+    px_t_up_write_ca(&u, "upstream-ca.pem");
 
     al_errs_init(&errs);
     up = px_tls_upstream_ctx(u.ca_file, 300, &errs);
