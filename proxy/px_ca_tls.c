@@ -16,6 +16,17 @@
  * context) lives in the SSL_CTX's ex_data the same way, so SSL_CTX_free
  * releases everything.
  *
+ * Client sessions are bound to the host they were minted for: each server
+ * SSL gets a session id context derived from its CONNECT host, so a TLS 1.2
+ * session id or ticket minted for another host is a cache miss (OpenSSL
+ * compares the context before resuming) and the client gets a full
+ * handshake with the right certificate, as RFC 5246/6066 servers do. TLS 1.3
+ * resumption does not compare the context, so the ticket callback
+ * (px_tls_ticket_dec_cb) declines a ticket minted under another one, for
+ * both versions. Without this, a TLS 1.2 client resuming a session of host A
+ * in a tunnel to host B failed the handshake: OpenSSL reports the session's
+ * name, A, as the SNI of a resumed TLS 1.2 handshake.
+ *
  * Certificate selection happens in the servername callback, which OpenSSL
  * calls for every ClientHello (with or without SNI) before choosing a cipher
  * or signature algorithm. The server context holds the shared leaf key from
@@ -65,13 +76,14 @@ px_tls_ssl_reason(char *buf, size_t n)
 /* ---- per-SSL and per-SSL_CTX state -------------------------------------------- */
 
 struct px_tls_sslx {
-    char    *host; /* default host (server side) */
-    int      is_ip;
-    char    *sess_key;       /* "host:port" (upstream side) */
-    unsigned strict_sni : 1; /* refuse an SNI other than the default host */
-    unsigned alpn_refused : 1;
-    unsigned sni_refused : 1;  /* not a host name */
-    unsigned sni_mismatch : 1; /* a host name, but not the default host */
+    char         *host; /* default host (server side) */
+    int           is_ip;
+    unsigned char sid_ctx[32];    /* server side: SHA-256 of the default host (session binding) */
+    char         *sess_key;       /* "host:port" (upstream side) */
+    unsigned      strict_sni : 1; /* refuse an SNI other than the default host */
+    unsigned      alpn_refused : 1;
+    unsigned      sni_refused : 1;  /* not a host name */
+    unsigned      sni_mismatch : 1; /* a host name, but not the default host */
 };
 
 struct px_tls_sess {
@@ -294,6 +306,43 @@ out:
     return rc;
 }
 
+/*
+ * Session tickets (TLS 1.2 and 1.3) presented by a client: a ticket that
+ * decrypts but was minted under another session id context (another host)
+ * is ignored, and a fresh ticket is issued after the full handshake. For
+ * TLS 1.2 OpenSSL would refuse it anyway (after this callback); TLS 1.3
+ * resumption never compares the context, so this check is the one that
+ * keeps a TLS 1.3 session on the host it was made for.
+ */
+static SSL_TICKET_RETURN
+px_tls_ticket_dec_cb(SSL *ssl, SSL_SESSION *ss, const unsigned char *keyname, size_t keyname_len,
+                     SSL_TICKET_STATUS status, void *arg)
+{
+    struct px_tls_sslx  *x = px_tls_sslx_get(ssl, 0);
+    const unsigned char *ctx;
+    unsigned int         ctxlen = 0;
+
+    (void)keyname;
+    (void)keyname_len;
+    (void)arg;
+    switch (status) {
+    case SSL_TICKET_SUCCESS:
+    case SSL_TICKET_SUCCESS_RENEW:
+        if (x != NULL && x->host != NULL) {
+            ctx = SSL_SESSION_get0_id_context(ss, &ctxlen);
+            if (ctx == NULL || ctxlen != sizeof(x->sid_ctx) ||
+                memcmp(ctx, x->sid_ctx, sizeof(x->sid_ctx)) != 0)
+                return SSL_TICKET_RETURN_IGNORE_RENEW; /* another host's: full handshake */
+        }
+        return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
+    case SSL_TICKET_EMPTY:
+    case SSL_TICKET_NO_DECRYPT:
+        return SSL_TICKET_RETURN_IGNORE_RENEW;
+    default:
+        return SSL_TICKET_RETURN_ABORT;
+    }
+}
+
 SSL_CTX *
 px_tls_server_ctx(struct px_ca *ca)
 {
@@ -332,6 +381,8 @@ px_tls_server_ctx(struct px_ca *ca)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     if (SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1) != 1)
         goto out;
+    if (SSL_CTX_set_session_ticket_cb(ctx, NULL, px_tls_ticket_dec_cb, NULL) != 1)
+        goto out;
     ret = ctx;
     ctx = NULL;
 out:
@@ -346,9 +397,24 @@ px_tls_set_default_host(SSL *ssl, const char *host, int is_ip, int strict)
 {
     struct px_tls_sslx *x = px_tls_sslx_get(ssl, 1);
     char               *copy;
+    char                norm[PX_CA_HOST_MAX + 8];
+    int                 norm_ip = is_ip;
+    unsigned int        dlen = 0;
 
     if (x == NULL || host == NULL)
         return AL_ERROR;
+    /* The session id context: SHA-256 over the normalised host (so
+     * "API.Test." and "api.test" share sessions), tagged with its kind. */
+    if (px_ca_host_normalize(host, norm + 4, sizeof(norm) - 4, &norm_ip) != AL_OK)
+        snprintf(norm + 4, sizeof(norm) - 4, "%s", host);
+    memcpy(norm, norm_ip ? "ip: " : "dns:", 4);
+    ERR_clear_error();
+    if (EVP_Digest(norm, strlen(norm), x->sid_ctx, &dlen, EVP_sha256(), NULL) != 1 ||
+        dlen != sizeof(x->sid_ctx) ||
+        SSL_set_session_id_context(ssl, x->sid_ctx, sizeof(x->sid_ctx)) != 1) {
+        px_tls_log_errors("binding the session to its host");
+        return AL_ERROR;
+    }
     copy = al_strdup(host);
     if (copy == NULL)
         return AL_ERROR;
