@@ -117,44 +117,28 @@ pol_zero(const uint8_t *a, size_t n)
     return 1;
 }
 
+static int pol_v6_embedded_v4(const uint8_t *a, uint8_t out[3][4]);
+
 static enum pol_addr_class
 pol_addr_classify_v6(const uint8_t *a)
 {
-    static const uint8_t nat64[12] = {0x00, 0x64, 0xff, 0x9b};
-    static const uint8_t nat64_local[6] = {0x00, 0x64, 0xff, 0x9b, 0x00, 0x01};
-    enum pol_addr_class  c;
-    uint8_t              v4[4];
+    uint8_t emb[3][4];
+    int     nemb;
 
     for (size_t i = 0; i < sizeof(pol_v6_ranges) / sizeof(pol_v6_ranges[0]); i++) {
         if (pol_v6_ranges[i].prefix == 128 && pol_prefix_eq(a, pol_v6_ranges[i].a, 128))
             return pol_v6_ranges[i].cls; /* exact entries: metadata, ::, ::1 */
     }
-    /* mapped ::ffff:0:0/96, compatible ::/96, translated ::ffff:0:0:0/96 */
-    if ((pol_zero(a, 10) && a[10] == 0xff && a[11] == 0xff) || pol_zero(a, 12) ||
-        (pol_zero(a, 8) && a[8] == 0xff && a[9] == 0xff && a[10] == 0 && a[11] == 0))
-        return pol_addr_classify_v4(a + 12);
-    if (memcmp(a, nat64, 12) == 0)
-        return pol_addr_classify_v4(a + 12);
-    if (memcmp(a, nat64_local, 6) == 0) {
-        /* the prefix length in use is unknown: try the /96 and the /48 layout */
-        c = pol_addr_classify_v4(a + 12);
-        if (c != POL_ADDR_PUBLIC)
-            return c;
-        v4[0] = a[6];
-        v4[1] = a[7];
-        v4[2] = a[9]; /* a[8] is the RFC 6052 "u" octet */
-        v4[3] = a[10];
-        return pol_addr_classify_v4(v4);
-    }
-    if (a[0] == 0x20 && a[1] == 0x02) /* 6to4 */
-        return pol_addr_classify_v4(a + 2);
-    if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0) { /* Teredo */
-        for (int i = 0; i < 4; i++)
-            v4[i] = (uint8_t)~a[12 + i];
-        c = pol_addr_classify_v4(v4);
-        if (c != POL_ADDR_PUBLIC)
-            return c;
-        return pol_addr_classify_v4(a + 4);
+    /* IPv4-carrying forms: the first non-public embedded verdict wins */
+    nemb = pol_v6_embedded_v4(a, emb);
+    if (nemb > 0) {
+        for (int k = 0; k < nemb; k++) {
+            enum pol_addr_class c = pol_addr_classify_v4(emb[k]);
+
+            if (c != POL_ADDR_PUBLIC)
+                return c;
+        }
+        return POL_ADDR_PUBLIC;
     }
     for (size_t i = 0; i < sizeof(pol_v6_ranges) / sizeof(pol_v6_ranges[0]); i++) {
         if (pol_prefix_eq(a, pol_v6_ranges[i].a, pol_v6_ranges[i].prefix))
@@ -352,33 +336,104 @@ pol_sa_bytes(const struct sockaddr *sa, uint8_t out[16], int *family)
     return 0;
 }
 
-/* Is `sa` one of the proxy's own listening addresses? */
+/*
+ * The IPv4 addresses an IPv6 address carries (mapped, compatible,
+ * translated, NAT64 in both local-use layouts, 6to4, Teredo server and
+ * client), in the order the classifier judges them; at most 3. A packet to
+ * such a form can reach the embedded IPv4 host through a translator or
+ * relay, so the classifier and the self check both look at them. The
+ * local-use NAT64 prefix length is unknown: both the /96 and the /48 layout
+ * (a[8] is the RFC 6052 "u" octet) are candidates.
+ */
 static int
-pol_addr_is_self(const struct sockaddr *sa, enum pol_addr_class cls,
-                 const struct sockaddr_storage *self, int nself)
+pol_v6_embedded_v4(const uint8_t *a, uint8_t out[3][4])
 {
-    uint8_t  a[16], b[16];
-    int      fa, fb;
-    uint16_t pa = pol_sa_port(sa);
+    static const uint8_t nat64[12] = {0x00, 0x64, 0xff, 0x9b};
+    static const uint8_t nat64_local[6] = {0x00, 0x64, 0xff, 0x9b, 0x00, 0x01};
+    int                  n = 0;
 
-    if (!pol_sa_bytes(sa, a, &fa))
+    if ((pol_zero(a, 10) && a[10] == 0xff && a[11] == 0xff) || pol_zero(a, 12) ||
+        (pol_zero(a, 8) && a[8] == 0xff && a[9] == 0xff && a[10] == 0 && a[11] == 0) ||
+        memcmp(a, nat64, 12) == 0) {
+        memcpy(out[n++], a + 12, 4);
+    } else if (memcmp(a, nat64_local, 6) == 0) {
+        memcpy(out[n++], a + 12, 4);
+        out[n][0] = a[6];
+        out[n][1] = a[7];
+        out[n][2] = a[9];
+        out[n][3] = a[10];
+        n++;
+    } else if (a[0] == 0x20 && a[1] == 0x02) {
+        memcpy(out[n++], a + 2, 4);
+    } else if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0) {
+        for (int i = 0; i < 4; i++)
+            out[n][i] = (uint8_t)~a[12 + i];
+        n++;
+        memcpy(out[n++], a + 4, 4);
+    }
+    return n;
+}
+
+/* Does one address (IPv4 as 4 bytes, IPv6 as 16; ports ignored) equal `sa`
+ * or, for IPv6 `sa`, one of the IPv4 addresses it embeds? */
+static int
+pol_sa_same_host(const uint8_t *a, int fa, const uint8_t emb[3][4], int nemb,
+                 const struct sockaddr *s)
+{
+    uint8_t b[16];
+    int     fb;
+
+    if (!pol_sa_bytes(s, b, &fb))
         return 0;
-    for (int i = 0; i < nself; i++) {
-        const struct sockaddr *s = (const struct sockaddr *)&self[i];
+    if (fa == fb && memcmp(a, b, fa == AF_INET ? 4 : 16) == 0)
+        return 1;
+    for (int k = 0; fb == AF_INET && k < nemb; k++) {
+        if (memcmp(emb[k], b, 4) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+int
+pol_addr_is_self(const struct sockaddr *sa, const struct pol_self *self)
+{
+    uint8_t             a[16], b[16], emb[3][4];
+    int                 fa, fb, nemb = 0;
+    uint16_t            pa;
+    enum pol_addr_class cls;
+
+    if (self == NULL || !pol_sa_bytes(sa, a, &fa))
+        return 0;
+    pa = pol_sa_port(sa);
+    cls = pol_addr_classify(sa);
+    if (fa == AF_INET6)
+        nemb = pol_v6_embedded_v4(a, emb);
+    for (int i = 0; i < self->nlisten; i++) {
+        const struct sockaddr *s = (const struct sockaddr *)&self->listen[i];
         uint16_t               ps = pol_sa_port(s);
 
         if (!pol_sa_bytes(s, b, &fb))
             continue;
         if (ps != 0 && pa != 0 && ps != pa)
             continue;
-        if (pol_zero(b, fb == AF_INET ? 4 : 16)) {
-            /* wildcard listener: every local address on that port is us */
-            if (cls != POL_ADDR_PUBLIC && ps != 0)
+        if (!pol_zero(b, fb == AF_INET ? 4 : 16)) {
+            /* bound to one address: that address (in any spelling) only */
+            if (pol_sa_same_host(a, fa, emb, nemb, s))
                 return 1;
             continue;
         }
-        if (fa == fb && memcmp(a, b, fa == AF_INET ? 4 : 16) == 0)
+        /* A wildcard listener answers on every address of the host, on its
+         * port: any non-public address (loopback and the like are ours even
+         * when the interface list is unknown), and every interface address,
+         * public ones included. Either family: [::] is usually dual-stack. */
+        if (ps == 0)
+            continue;
+        if (cls != POL_ADDR_PUBLIC)
             return 1;
+        for (int k = 0; k < self->nhost; k++) {
+            if (pol_sa_same_host(a, fa, emb, nemb, (const struct sockaddr *)&self->host[k]))
+                return 1;
+        }
     }
     return 0;
 }
@@ -386,6 +441,15 @@ pol_addr_is_self(const struct sockaddr *sa, enum pol_addr_class cls,
 int
 pol_filter_addrs(const struct pol_policy *p, struct pol_decision *d, struct sockaddr_storage *addrs,
                  int naddrs, const struct sockaddr_storage *self_addrs, int nself)
+{
+    struct pol_self self = {self_addrs, nself, NULL, 0};
+
+    return pol_filter_addrs_self(p, d, addrs, naddrs, &self);
+}
+
+int
+pol_filter_addrs_self(const struct pol_policy *p, struct pol_decision *d,
+                      struct sockaddr_storage *addrs, int naddrs, const struct pol_self *self)
 {
     const struct pol_rule *r = d->rule_ref;
     int                    kept = 0;
@@ -399,7 +463,9 @@ pol_filter_addrs(const struct pol_policy *p, struct pol_decision *d, struct sock
 
         if (cls == POL_ADDR_INVALID)
             continue;
-        if (pol_addr_is_self(sa, cls, self_addrs, nself))
+        /* before any exemption: no rule's cidrs and no allow_addresses
+         * entry makes airlock's own listeners a destination */
+        if (pol_addr_is_self(sa, self))
             continue;
         ok = cls == POL_ADDR_PUBLIC;
         if (!ok && r != NULL && r->action == POL_ACT_ALLOW)

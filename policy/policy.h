@@ -152,15 +152,38 @@ int pol_cidr_contains(const struct pol_cidr *c, const struct sockaddr *sa);
 int pol_cidr_list_match(const struct pol_cidr *list, int n, const struct sockaddr *sa);
 
 /*
+ * What counts as airlock itself for the address guard. `listen`: its own
+ * listening addresses (proxy listeners and admin); port 0 = any port. A
+ * listener bound to one address means that address (any spelling: mapped,
+ * or an IPv6 form embedding it). A listener bound to the unspecified
+ * address (0.0.0.0, ::) means every address of the host on its port: any
+ * non-public address, and every address in `host`, the addresses of all the
+ * host's interfaces (ports ignored), public ones included. `host` may be
+ * empty (not known); it is a snapshot the caller keeps alive meanwhile.
+ */
+struct pol_self {
+    const struct sockaddr_storage *listen;
+    int                            nlisten;
+    const struct sockaddr_storage *host;
+    int                            nhost;
+};
+/* 1 when sa (with its port; 0 = any) is one of airlock's own listeners. */
+int pol_addr_is_self(const struct sockaddr *sa, const struct pol_self *self);
+
+/*
  * Address guard, after DNS: keeps (compacting in place) the addresses this
- * decision may connect to. Non-public classes are dropped unless the allowing
- * rule's cidrs or the policy's allow_addresses contain them; the proxy's own
- * listening addresses (self_addrs; port 0 = any port; an unspecified address
- * = any non-public address on that port) are always dropped. Returns the
+ * decision may connect to. Airlock's own listeners (pol_addr_is_self) are
+ * dropped first, always: no rule's cidrs and no allow_addresses entry
+ * exempts them. Then non-public classes are dropped unless the allowing
+ * rule's cidrs or the policy's allow_addresses contain them. Returns the
  * count kept; when none survive sets verdict POL_DENY and reason
  * "address_not_allowed" (also under dry-run). A decision already POL_DENY
- * keeps nothing.
+ * keeps nothing. self may be NULL.
  */
+int pol_filter_addrs_self(const struct pol_policy *p, struct pol_decision *d,
+                          struct sockaddr_storage *addrs, int naddrs, const struct pol_self *self);
+/* The same with only listening addresses known (no host interface list):
+ * a wildcard listener then covers only non-public addresses on its port. */
 int pol_filter_addrs(const struct pol_policy *p, struct pol_decision *d,
                      struct sockaddr_storage *addrs, int naddrs,
                      const struct sockaddr_storage *self_addrs, int nself);

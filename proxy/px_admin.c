@@ -6,8 +6,11 @@
  * "Authorization: Bearer TOKEN". Requests are parsed with
  * llhttp; each connection has a small capped buffer and a 5 s deadline, and
  * is closed after one answer. Nothing here blocks the main loop.
+ * px_admin_start also starts the host address watcher (px_ifaddrs.c) on
+ * the same loop, whether or not an admin listener is configured.
  */
 #include "px.h"
+#include "px_ifaddrs.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -338,6 +341,12 @@ px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn re
 
     px_admin_reload = reload;
     px_admin_reload_arg = arg;
+    /* The main loop also keeps the host's address list for the address
+     * guard (wildcard listeners answer on every one of them). */
+    if (px_ifaddrs_start(loop) != AL_OK) {
+        al_log_err("cannot read the host's addresses (getifaddrs)");
+        return AL_ERROR;
+    }
     if (!conf->has_admin)
         return AL_OK;
     llhttp_settings_init(&px_admin_settings);
@@ -366,6 +375,7 @@ px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn re
 void
 px_admin_stop(struct ev_loop *loop)
 {
+    px_ifaddrs_stop(loop);
     if (px_admin_fd < 0)
         return;
     ev_io_stop(loop, &px_admin_accept_w);

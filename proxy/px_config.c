@@ -577,6 +577,17 @@ px_cfg_admin(struct px_cfgctx *x, struct px_conf *c, const cJSON *v)
     if (tok != NULL &&
         px_cfg_sha256_hex(x, tok, "admin.token_sha256", c->admin_token_sha256) != AL_OK)
         return;
+    /* Without a token anyone who reaches the admin port can reload and
+     * re-tag sandboxes: only loopback may go without one. */
+    if (tok == NULL &&
+        pol_addr_classify((const struct sockaddr *)&c->admin_addr) != POL_ADDR_LOOPBACK) {
+        al_json_err(x->errs, x->doc, p,
+                    "admin listener on %s, which is not a loopback address, needs a token: "
+                    "use {\"addr\": \"%s\", \"token_sha256\": \"<sha256 of the token>\"} "
+                    "or bind it to 127.0.0.1",
+                    addr->valuestring, addr->valuestring);
+        return;
+    }
     c->has_admin = 1;
 }
 

@@ -5,16 +5,21 @@
  *   1. identify the sandbox: Proxy-Authorization Basic (user SANDBOX,
  *      SANDBOX+TOOL_CALL or SANDBOX+SESSION+TOOL_CALL; password checked in
  *      constant time against the sandbox's token_sha256), else the source
- *      address against sandboxes[].cidrs; X-Airlock-Session and
- *      X-Airlock-Tool-Call headers add tags. All of these are stripped
- *      before forwarding.
+ *      address against sandboxes[].cidrs; the operator's admin API tags
+ *      for the sandbox, then X-Airlock-Session and X-Airlock-Tool-Call
+ *      headers fill the tags the credentials left empty (a header never
+ *      overrides a trusted tag). All of these are stripped before
+ *      forwarding.
  *   2. pol_decide() on sandbox, scheme, host, port, method, path.
- * px_decide_addrs() runs after DNS: the address guard (pol_filter_addrs)
+ * px_decide_addrs() runs after DNS: the address guard (pol_filter_addrs_self)
  * keeps only answers the decision may reach; the connection only ever goes
- * to a kept address. Dry-run never relaxes either the guard or protocol
- * errors (the policy module guarantees that).
+ * to a kept address. airlock's own listeners are never reachable: a
+ * listener bound to 0.0.0.0 / [::] counts as every address of the host on
+ * its port (px_ifaddrs.c keeps that list current). Dry-run never relaxes either the guard or
+ * protocol errors (the policy module guarantees that).
  */
 #include "px_conn.h"
+#include "px_ifaddrs.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -88,7 +93,13 @@ out:
     return rc;
 }
 
-/* X-Airlock-Session / X-Airlock-Tool-Call: tags, validated, never forwarded. */
+/*
+ * X-Airlock-Session / X-Airlock-Tool-Call: validated, and never forwarded.
+ * A header is the sandbox's own claim: it only fills a tag no trusted
+ * source set (Proxy-Authorization, the operator's admin API tag, the
+ * tunnel's identity). One that disagrees with a trusted tag is ignored, so a
+ * sandbox cannot re-attribute its requests in the ledger.
+ */
 static int
 px_decide_tags(struct px_conn *c)
 {
@@ -97,8 +108,10 @@ px_decide_tags(struct px_conn *c)
     struct px_msg           *m = &x->req;
 
     for (int k = 0; k < 2; k++) {
-        char  *dst = k == 0 ? x->session : x->tool_call;
-        size_t dsz = k == 0 ? sizeof(x->session) : sizeof(x->tool_call);
+        char       *dst = k == 0 ? x->session : x->tool_call;
+        size_t      dsz = k == 0 ? sizeof(x->session) : sizeof(x->tool_call);
+        const char *claim = NULL;
+        size_t      claim_len = 0;
 
         for (int i = px_msg_find(m, names[k], 0); i >= 0; i = px_msg_find(m, names[k], i + 1)) {
             size_t      vl;
@@ -109,8 +122,16 @@ px_decide_tags(struct px_conn *c)
                 px_conn_deny(c, 400, "bad_tag", names[k], NULL);
                 return AL_ERROR;
             }
-            al_strlcpy_n(dst, dsz, v, vl);
+            claim = v; /* the last one, as before */
+            claim_len = vl;
         }
+        if (claim == NULL)
+            continue;
+        if (dst[0] == '\0')
+            al_strlcpy_n(dst, dsz, claim, claim_len);
+        else if (strlen(dst) != claim_len || memcmp(dst, claim, claim_len) != 0)
+            al_log_debug("conn %llu: %s \"%.*s\" ignored: tagged \"%s\" by a trusted source",
+                         (unsigned long long)c->id, names[k], (int)claim_len, claim, dst);
     }
     return AL_OK;
 }
@@ -132,17 +153,31 @@ px_decide_sandbox_by_source(const struct px_conn *c, char *out, size_t outsz)
     }
 }
 
+/*
+ * Who sent the request, and its tags. Trust order: Proxy-Authorization
+ * (SANDBOX+SESSION+TOOL_CALL), then the operator's tag for the sandbox
+ * (admin API), then the X-Airlock-* headers, each filling only what the
+ * ones before left empty. On a transparent listener the operator's current
+ * tag is the only trusted source, also inside an intercepted flow.
+ */
 static int
 px_decide_identity(struct px_conn *c)
 {
     const struct px_conf *conf = c->conf;
+    struct px_exch       *x = c->x;
     int                   rc;
 
     if (c->mitm) {
-        /* Inside an intercepted tunnel: the identity the CONNECT established. */
-        al_strlcpy(c->x->sandbox, sizeof(c->x->sandbox), c->tun_sandbox);
-        al_strlcpy(c->x->session, sizeof(c->x->session), c->tun_session);
-        al_strlcpy(c->x->tool_call, sizeof(c->x->tool_call), c->tun_tool_call);
+        /* Inside an intercepted tunnel: the identity the CONNECT (or the
+         * transparent flow) established. */
+        al_strlcpy(x->sandbox, sizeof(x->sandbox), c->tun_sandbox);
+        if (c->mode != PX_LISTEN_TRANSPARENT) {
+            al_strlcpy(x->session, sizeof(x->session), c->tun_session);
+            al_strlcpy(x->tool_call, sizeof(x->tool_call), c->tun_tool_call);
+        }
+        if (x->sandbox[0] != '\0')
+            px_tags_get(x->sandbox, x->session, sizeof(x->session), x->tool_call,
+                        sizeof(x->tool_call));
         return px_decide_tags(c);
     }
     /* Transparent clients are known by their source address only. */
@@ -151,8 +186,8 @@ px_decide_identity(struct px_conn *c)
     if (rc == AL_ERROR)
         return AL_ERROR;
     if (rc == AL_DECLINED) {
-        px_decide_sandbox_by_source(c, c->x->sandbox, sizeof(c->x->sandbox));
-        if (c->x->sandbox[0] == '\0' && conf->nsandboxes > 0) {
+        px_decide_sandbox_by_source(c, x->sandbox, sizeof(x->sandbox));
+        if (x->sandbox[0] == '\0' && conf->nsandboxes > 0) {
             if (conf->any_token)
                 px_conn_deny(c, 407, "auth_required", NULL, PX_AUTH_CHALLENGE);
             else
@@ -160,12 +195,9 @@ px_decide_identity(struct px_conn *c)
             return AL_ERROR;
         }
     }
-    if (px_decide_tags(c) != AL_OK)
-        return AL_ERROR;
-    if (c->x->sandbox[0] != '\0') /* tags set through the admin API fill the gaps */
-        px_tags_get(c->x->sandbox, c->x->session, sizeof(c->x->session), c->x->tool_call,
-                    sizeof(c->x->tool_call));
-    return AL_OK;
+    if (x->sandbox[0] != '\0') /* the operator's tags (admin API) fill the gaps */
+        px_tags_get(x->sandbox, x->session, sizeof(x->session), x->tool_call, sizeof(x->tool_call));
+    return px_decide_tags(c);
 }
 
 /* The path to forward: normalised as the policy saw it, plus the query. */
@@ -263,9 +295,12 @@ px_decide(struct px_conn *c)
 int
 px_decide_addrs(struct px_conn *c)
 {
-    struct px_exch *x = c->x;
-    int kept = pol_filter_addrs(c->conf->policy, &x->decision, x->addrs.addrs, x->addrs.naddrs,
-                                c->conf->self, c->conf->nself);
+    struct px_exch          *x = c->x;
+    const struct px_ifaddrs *host = px_ifaddrs_view();
+    struct pol_self          self = {c->conf->self, c->conf->nself, host ? host->a : NULL,
+                            host ? host->n : 0};
+    int kept = pol_filter_addrs_self(c->conf->policy, &x->decision, x->addrs.addrs, x->addrs.naddrs,
+                                     &self);
 
     x->addrs.naddrs = kept;
     if (kept <= 0) {

@@ -3,7 +3,8 @@
  * through pol_addr_classify (denied classes and the public controls), IP
  * literal spellings, CIDR parsing by family, and pol_filter_addrs with rule
  * cidrs, allow_addresses, mixed answer sets, dry-run and the self-address
- * loop guard.
+ * loop guard (listening addresses, and every host address on a wildcard
+ * listener's port).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -358,6 +359,126 @@ test_filter_self_loop_guard(void **state)
     pol_policy_unref(p);
 }
 
+static int
+pol_t_self(const char *addr, uint16_t port, const struct pol_self *self)
+{
+    struct sockaddr_storage a = pol_t_sa(addr, port);
+
+    return pol_addr_is_self((const struct sockaddr *)&a, self);
+}
+
+/* Issue #20: a wildcard listener answers on every address of the host,
+ * public ones included, on its port; a specifically bound one on its own
+ * address only. */
+static void
+test_self_host_addresses(void **state)
+{
+    struct sockaddr_storage listen[3], host[4];
+    struct pol_self         self = {listen, 2, host, 4};
+
+    (void)state;
+    listen[0] = pol_t_sa("0.0.0.0", 3128); /* proxy, wildcard */
+    listen[1] = pol_t_sa("0.0.0.0", 9180); /* admin, wildcard */
+    host[0] = pol_t_sa("127.0.0.1", 0);
+    host[1] = pol_t_sa("93.184.216.34", 0); /* the host's public address */
+    host[2] = pol_t_sa("2606:4700::7", 0);
+    host[3] = pol_t_sa("203.0.113.7", 0);
+
+    /* every host address on every listening port; not on other ports */
+    assert_true(pol_t_self("93.184.216.34", 3128, &self));
+    assert_true(pol_t_self("93.184.216.34", 9180, &self));
+    assert_false(pol_t_self("93.184.216.34", 443, &self));
+    assert_true(pol_t_self("2606:4700::7", 9180, &self)); /* 0.0.0.0 or [::]: either family */
+    assert_false(pol_t_self("2606:4700::8", 9180, &self));
+    assert_false(pol_t_self("8.8.8.8", 3128, &self)); /* not the host's */
+    /* spellings that reach the same host: mapped, NAT64, 6to4 */
+    assert_true(pol_t_self("::ffff:93.184.216.34", 9180, &self));
+    assert_true(pol_t_self("64:ff9b::5db8:d822", 9180, &self));
+    assert_true(pol_t_self("2002:5db8:d822::1", 3128, &self));
+    assert_false(pol_t_self("64:ff9b::808:808", 9180, &self));
+    /* port 0 on the target (unknown) matches any listener */
+    assert_true(pol_t_self("93.184.216.34", 0, &self));
+    /* non-public addresses on a wildcard port stay self without a host list */
+    self.nhost = 0;
+    assert_true(pol_t_self("10.9.9.9", 3128, &self));
+    assert_false(pol_t_self("93.184.216.34", 3128, &self));
+    self.host = NULL;
+    assert_false(pol_t_self("93.184.216.34", 3128, &self));
+    self.host = host;
+    self.nhost = 4;
+
+    /* a listener bound to one address means that address only */
+    listen[0] = pol_t_sa("10.0.0.5", 3128);
+    listen[1] = pol_t_sa("127.0.0.1", 9180);
+    assert_true(pol_t_self("10.0.0.5", 3128, &self));
+    assert_true(pol_t_self("::ffff:10.0.0.5", 3128, &self));
+    assert_false(pol_t_self("93.184.216.34", 3128, &self));
+    assert_false(pol_t_self("93.184.216.34", 9180, &self));
+    assert_false(pol_t_self("10.0.0.6", 3128, &self));
+    /* [::] covers v4 host addresses too; a specific v6 listener its own */
+    listen[2] = pol_t_sa("::", 8443);
+    self.nlisten = 3;
+    assert_true(pol_t_self("203.0.113.7", 8443, &self));
+    assert_true(pol_t_self("2606:4700::7", 8443, &self));
+    listen[2] = pol_t_sa("2606:4700::7", 8443);
+    assert_true(pol_t_self("2606:4700::7", 8443, &self));
+    assert_false(pol_t_self("93.184.216.34", 8443, &self));
+    assert_false(pol_t_self("2606:4700::7", 8444, &self));
+    assert_false(pol_addr_is_self((const struct sockaddr *)&host[1], NULL));
+}
+
+/* The guard refuses a host address on a wildcard listener's port even when
+ * a rule's cidrs and allow_addresses would open it. */
+static void
+test_filter_self_host_beats_exemptions(void **state)
+{
+    struct pol_policy *p =
+        pol_t_load("{\"allow_addresses\": [\"203.0.113.0/24\", \"2001:db8::/32\"],\n"
+                   " \"rules\": [{\"name\": \"any\", \"hosts\": [\"*\"],\n"
+                   "   \"cidrs\": [\"203.0.113.7/32\", \"2001:db8::7/128\"]}]}\n",
+                   0);
+    struct pol_decision     d;
+    struct sockaddr_storage a[3], listen[2], host[3];
+    struct pol_self         self = {listen, 2, host, 3};
+
+    (void)state;
+    listen[0] = pol_t_sa("0.0.0.0", 3128);
+    listen[1] = pol_t_sa("::", 9180);
+    host[0] = pol_t_sa("203.0.113.7", 0);
+    host[1] = pol_t_sa("2001:db8::7", 0);
+    host[2] = pol_t_sa("93.184.216.34", 0);
+
+    /* control: the exemptions open these addresses on other ports */
+    pol_t_decide(p, "www.example.com", &d);
+    a[0] = pol_t_sa("203.0.113.7", 443);
+    a[1] = pol_t_sa("2001:db8::7", 443);
+    assert_int_equal(pol_filter_addrs_self(p, &d, a, 2, &self), 2);
+    assert_int_equal(d.verdict, POL_ALLOW);
+
+    /* the same addresses on the listeners' ports are airlock itself */
+    pol_t_decide(p, "www.example.com", &d);
+    a[0] = pol_t_sa("203.0.113.7", 3128);
+    a[1] = pol_t_sa("2001:db8::7", 9180);
+    a[2] = pol_t_sa("93.184.216.34", 9180);
+    assert_int_equal(pol_filter_addrs_self(p, &d, a, 3, &self), 0);
+    assert_int_equal(d.verdict, POL_DENY);
+    assert_string_equal(d.reason, "address_not_allowed");
+
+    /* mixed: only the foreign public answer survives */
+    pol_t_decide(p, "www.example.com", &d);
+    a[0] = pol_t_sa("93.184.216.34", 3128);
+    a[1] = pol_t_sa("8.8.8.8", 3128);
+    assert_int_equal(pol_filter_addrs_self(p, &d, a, 2, &self), 1);
+    assert_int_equal(((struct sockaddr_in *)&a[0])->sin_addr.s_addr, inet_addr("8.8.8.8"));
+
+    /* without the host list (pol_filter_addrs) the public address passed:
+     * the hole issue #20 describes */
+    pol_t_decide(p, "www.example.com", &d);
+    a[0] = pol_t_sa("93.184.216.34", 9180);
+    assert_int_equal(pol_filter_addrs(p, &d, a, 1, listen, 2), 1);
+    pol_policy_unref(p);
+}
+
 static void
 test_filter_dry_run_never_relaxes(void **state)
 {
@@ -397,6 +518,8 @@ main(void)
         cmocka_unit_test(test_cidr_parse_and_family),
         cmocka_unit_test(test_filter_mixed_and_exemptions),
         cmocka_unit_test(test_filter_self_loop_guard),
+        cmocka_unit_test(test_self_host_addresses),
+        cmocka_unit_test(test_filter_self_host_beats_exemptions),
         cmocka_unit_test(test_filter_dry_run_never_relaxes),
     };
 

@@ -203,6 +203,45 @@ test_sandboxes_and_admin(void **state)
     al_errs_free(&errs);
 }
 
+/* Issue #20: an admin listener anyone can reach needs a token; loopback may
+ * go without one. */
+static void
+test_admin_needs_token_off_loopback(void **state)
+{
+    static const char *const bad[] = {"\"0.0.0.0:9180\"", "\"[::]:9180\"", "\"10.1.2.3:9180\"",
+                                      "{\"addr\": \"0.0.0.0:9180\"}"};
+    static const char *const good[] = {
+        "\"127.0.0.1:9180\"", "\"127.0.0.2:9180\"", "\"[::1]:9180\"",
+        "{\"addr\": \"0.0.0.0:9180\", \"token_sha256\": "
+        "\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"}"};
+    struct al_errs  errs;
+    struct px_conf *c;
+    char            text[512];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text), "{\"policy\": \"p.json\",\n \"admin\": %s}", bad[i]);
+        al_errs_init(&errs);
+        c = px_conf_load(t_write("adm.json", text), &errs);
+        if (c != NULL)
+            fail_msg("admin %s without a token was accepted", bad[i]);
+        assert_int_equal(errs.count, 1);
+        assert_non_null(strstr(errs.text.data, "not a loopback address, needs a token"));
+        assert_non_null(strstr(errs.text.data, ":2:"));
+        al_errs_free(&errs);
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        snprintf(text, sizeof(text), "{\"policy\": \"p.json\",\n \"admin\": %s}", good[i]);
+        al_errs_init(&errs);
+        c = px_conf_load(t_write("adm.json", text), &errs);
+        if (c == NULL)
+            fail_msg("admin %s refused: %s", good[i], errs.text.data);
+        assert_true(c->has_admin);
+        px_conf_unref(c);
+        al_errs_free(&errs);
+    }
+}
+
 static void
 test_embedded_default(void **state)
 {
@@ -264,6 +303,7 @@ main(void)
         cmocka_unit_test(test_every_error_reported_with_location),
         cmocka_unit_test(test_missing_policy_and_bad_json),
         cmocka_unit_test(test_sandboxes_and_admin),
+        cmocka_unit_test(test_admin_needs_token_off_loopback),
         cmocka_unit_test(test_embedded_default),
         cmocka_unit_test(test_sockaddr_str),
     };
