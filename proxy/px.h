@@ -42,6 +42,7 @@
 #define PX_IDLE_TRIM_S 1.0     /* idle keep-alive: request state freed, TLS upstream parked */
 #define PX_MALLOC_TRIM_BYTES (32 << 20) /* free heap top kept before trimming */
 #define PX_MALLOC_MMAP_BYTES (1 << 20)  /* allocations from mmap(2) above this */
+#define PX_ACCEPT_PAUSE_S 0.1           /* listeners rest after accept(2) ran out of descriptors */
 
 enum px_listen_mode { PX_LISTEN_FORWARD = 0, PX_LISTEN_TRANSPARENT };
 
@@ -137,6 +138,8 @@ enum px_uerr {
     PX_UERR_OTHER,
     PX_UERR_N
 };
+/* Why accept(2) failed: EMFILE/ENFILE, ENOBUFS/ENOMEM, anything else. */
+enum px_aerr { PX_AERR_FD = 0, PX_AERR_MEM, PX_AERR_OTHER, PX_AERR_N };
 struct px_metrics {
     _Atomic uint64_t conns_open, conns_total, conns_refused;
     _Atomic uint64_t requests[6]; /* index = status / 100 (0 = none) */
@@ -149,7 +152,8 @@ struct px_metrics {
     _Atomic uint64_t audit_refusals;
     _Atomic uint64_t tls_client_handshakes, tls_upstream_handshakes, tls_failures;
     _Atomic uint64_t secrets_injected, secrets_refused;
-    _Atomic uint64_t responses_decoded; /* gzip/deflate answers decoded to be scanned */
+    _Atomic uint64_t responses_decoded;        /* gzip/deflate answers decoded to be scanned */
+    _Atomic uint64_t accept_errors[PX_AERR_N]; /* failed accept(2) calls, by reason */
 };
 extern struct px_metrics px_metrics;
 #define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)
@@ -187,8 +191,11 @@ struct px_worker {
     struct px_conf       *conf;      /* snapshot for new connections */
     pthread_mutex_t       done_lock; /* strict audit commits, from the writer thread */
     struct px_aud_done   *done_head;
-    ev_prepare            aud_release; /* lets this iteration's strict begins go together */
-    int                   aud_held;    /* begins queued since the last release */
+    ev_prepare            aud_release;  /* lets this iteration's strict begins go together */
+    int                   aud_held;     /* begins queued since the last release */
+    ev_timer              accept_pause; /* listeners stopped after accept hit a resource limit */
+    int                   accept_paused;
+    int                   spare_fd; /* /dev/null, given up to shed one client when out of fds */
 };
 
 /* One strict-mode audit commit handed from the writer thread to a worker. */

@@ -33,6 +33,14 @@ px_metrics_render(struct al_dbuf *o)
                  "# TYPE airlock_connections_refused_total counter\n"
                  "airlock_connections_refused_total %llu\n",
                  PX_LOAD(px_metrics.conns_refused));
+    al_dbuf_addf(o,
+                 "# TYPE airlock_accept_errors_total counter\n"
+                 "airlock_accept_errors_total{reason=\"fd_exhausted\"} %llu\n"
+                 "airlock_accept_errors_total{reason=\"no_memory\"} %llu\n"
+                 "airlock_accept_errors_total{reason=\"other\"} %llu\n",
+                 PX_LOAD(px_metrics.accept_errors[PX_AERR_FD]),
+                 PX_LOAD(px_metrics.accept_errors[PX_AERR_MEM]),
+                 PX_LOAD(px_metrics.accept_errors[PX_AERR_OTHER]));
     al_dbuf_adds(o, "# TYPE airlock_requests_total counter\n");
     for (int i = 0; i < 6; i++)
         al_dbuf_addf(o, "airlock_requests_total{class=\"%s\"} %llu\n", cls[i],

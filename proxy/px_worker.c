@@ -7,12 +7,29 @@
  * relaxed-atomic metrics. The main thread talks to a worker only through
  * ev_async (drain, reload), and sockets are bound in the main thread before
  * any worker starts, so a bad address fails startup with a clear message.
+ *
+ * Out of descriptors (EMFILE/ENFILE), a level-triggered listener would fire
+ * again at once and every accept(2) fail again: a core at 100 % and a log
+ * line per failure. As nginx and HAProxy do, the worker then stops its
+ * listeners for PX_ACCEPT_PAUSE_S and starts them again from a timer (so a
+ * descriptor freed meanwhile is used within that time), and it keeps one
+ * spare descriptor (/dev/null) that it closes to accept one waiting client,
+ * answer it 503 fd_exhausted (forward listeners; transparent ones just close)
+ * and reopen: a client in the backlog learns why rather than waiting for a
+ * timeout. The failure is logged at most once a second (process-wide, with
+ * the count since the last line) and counted in
+ * airlock_accept_errors_total{reason}.
  */
 #include "px_worker.h"
 
+#include "px_conn.h"
+#include "px_http.h"
+
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static int
@@ -35,6 +52,100 @@ px_listen_socket(const struct px_listen_conf *lc, char *err, size_t errsz)
     return fd;
 }
 
+static int
+px_spare_fd_open(void)
+{
+    return open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* Failed accepts: one log line a second at most, for the whole process. */
+static _Atomic int64_t  px_accept_logged_ms = -1000000;
+static _Atomic uint64_t px_accept_unlogged;
+
+static void
+px_accept_failed(struct px_worker *w, int err, enum px_aerr why, int paused)
+{
+    struct timespec ts;
+    int64_t         now, last;
+    uint64_t        n;
+
+    PX_MINC(accept_errors[why]);
+    atomic_fetch_add_explicit(&px_accept_unlogged, 1, memory_order_relaxed);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    last = atomic_load_explicit(&px_accept_logged_ms, memory_order_relaxed);
+    if (now - last < 1000 || !atomic_compare_exchange_strong(&px_accept_logged_ms, &last, now))
+        return;
+    n = atomic_exchange(&px_accept_unlogged, 0);
+    al_log_warnx("accept on worker %d: %s (%llu failed accepts since the last such line)%s",
+                 w->index, strerror(err), (unsigned long long)n,
+                 paused ? "; listeners paused 100 ms" : "");
+}
+
+/* Out of descriptors: give up the spare one to take one waiting client off
+ * the backlog, tell it why (forward listeners), close it, take the spare back. */
+static void
+px_worker_shed_one(struct px_listener *l)
+{
+    static const char why[] = "out of file descriptors";
+    struct px_worker *w = l->worker;
+    int               fd;
+
+    if (w->spare_fd < 0)
+        return;
+    close(w->spare_fd);
+    w->spare_fd = -1;
+    fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+        PX_MINC(conns_refused);
+        if (l->mode == PX_LISTEN_FORWARD) {
+            struct al_dbuf d;
+            char           in[4096];
+
+            px_conn_count_status(503);
+            al_dbuf_init(&d, 1024);
+            if (px_http_error(&d, 503, "fd_exhausted", why) == AL_OK)
+                (void)!send(fd, d.data, d.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            al_dbuf_free(&d);
+            (void)shutdown(fd, SHUT_WR);
+            /* a request head already here is read, so close() sends a FIN
+             * rather than a reset that could destroy the answer */
+            (void)!recv(fd, in, sizeof(in), MSG_DONTWAIT);
+        }
+        close(fd);
+    }
+    w->spare_fd = px_spare_fd_open(); /* -1 when another thread took the slot: retried */
+}
+
+static void
+px_worker_accept_resume_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct px_worker *w = t->data;
+
+    (void)revents;
+    w->accept_paused = 0;
+    if (w->spare_fd < 0)
+        w->spare_fd = px_spare_fd_open();
+    if (w->draining)
+        return;
+    for (int i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].fd >= 0)
+            ev_io_start(loop, &w->listeners[i].w);
+    }
+}
+
+static void
+px_worker_accept_pause(struct px_worker *w)
+{
+    if (w->accept_paused)
+        return;
+    for (int i = 0; i < w->nlisteners; i++)
+        ev_io_stop(w->loop, &w->listeners[i].w);
+    w->accept_paused = 1;
+    ev_timer_set(&w->accept_pause, PX_ACCEPT_PAUSE_S, 0.);
+    ev_timer_start(w->loop, &w->accept_pause);
+}
+
 static void
 px_worker_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
@@ -46,19 +157,49 @@ px_worker_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         struct sockaddr_storage peer;
         socklen_t               pl = sizeof(peer);
         int fd = accept4(l->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int err = errno;
 
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                al_log_warn("accept on worker %d", l->worker->index);
+        if (fd >= 0) {
+            px_conn_accept(l->worker, fd, &peer, l->mode);
+            continue;
+        }
+        switch (err) {
+        case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+        case EWOULDBLOCK:
+#endif
+        case EINTR:
+        case ECONNABORTED:
+            return;
+        case EMFILE:
+        case ENFILE:
+            px_worker_shed_one(l);
+            px_worker_accept_pause(l->worker);
+            px_accept_failed(l->worker, err, PX_AERR_FD, 1);
+            return;
+        case ENOBUFS:
+        case ENOMEM:
+            px_worker_accept_pause(l->worker);
+            px_accept_failed(l->worker, err, PX_AERR_MEM, 1);
+            return;
+        case EPERM: /* one connection's trouble (a firewall, a protocol error): next */
+        case EPROTO:
+            px_accept_failed(l->worker, err, PX_AERR_OTHER, 0);
+            continue;
+        default: /* unknown: rest rather than spin on a listener that stays readable */
+            px_worker_accept_pause(l->worker);
+            px_accept_failed(l->worker, err, PX_AERR_OTHER, 1);
             return;
         }
-        px_conn_accept(l->worker, fd, &peer, l->mode);
     }
 }
 
 static void
 px_worker_stop_listening(struct px_worker *w)
 {
+    if (w->loop != NULL)
+        ev_timer_stop(w->loop, &w->accept_pause);
+    w->accept_paused = 0;
     for (int i = 0; i < w->nlisteners; i++) {
         ev_io_stop(w->loop, &w->listeners[i].w);
         if (w->listeners[i].fd >= 0)
@@ -115,6 +256,7 @@ px_worker_init(struct px_worker *w, int index, struct px_conf *conf, char *err, 
     memset(w, 0, sizeof(*w));
     pthread_mutex_init(&w->done_lock, NULL);
     w->index = index;
+    w->spare_fd = -1;
     w->conf = px_conf_ref(conf);
     w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
     if (w->loop == NULL) {
@@ -144,6 +286,13 @@ px_worker_init(struct px_worker *w, int index, struct px_conf *conf, char *err, 
         l->w.data = l;
         ev_io_start(w->loop, &l->w);
         w->nlisteners++;
+    }
+    ev_timer_init(&w->accept_pause, px_worker_accept_resume_cb, PX_ACCEPT_PAUSE_S, 0.);
+    w->accept_pause.data = w;
+    w->spare_fd = px_spare_fd_open();
+    if (w->spare_fd < 0) {
+        snprintf(err, errsz, "cannot open /dev/null (spare descriptor): %s", strerror(errno));
+        return AL_ERROR;
     }
     ev_async_init(&w->wake, px_worker_wake_cb);
     w->wake.data = w;
@@ -193,6 +342,9 @@ px_worker_destroy(struct px_worker *w)
     if (w->loop == NULL && w->conf == NULL)
         return;
     px_worker_stop_listening(w);
+    if (w->spare_fd >= 0)
+        close(w->spare_fd);
+    w->spare_fd = -1;
     px_conns_audit_discard(w);
     px_dns_free(w->dns);
     w->dns = NULL;
