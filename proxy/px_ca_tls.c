@@ -307,6 +307,52 @@ out:
 }
 
 /*
+ * The SNI as the ClientHello carries it, checked against the CONNECT host
+ * before any session is looked up. The servername callback checks it too,
+ * but in a resumed TLS 1.2 handshake OpenSSL reports the session's name
+ * there, not the one this ClientHello sent: a client offering the CONNECT
+ * host's session with another SNI would pass unseen.
+ */
+static int
+px_tls_client_hello_cb(SSL *ssl, int *al, void *arg)
+{
+    struct px_tls_sslx  *x = px_tls_sslx_get(ssl, 0);
+    const unsigned char *p;
+    size_t               len, n;
+    char                 raw[PX_CA_HOST_MAX + 2], sni[PX_CA_HOST_MAX + 1], want[PX_CA_HOST_MAX + 1];
+    int                  sni_ip = 0, want_ip;
+
+    (void)arg;
+    if (x == NULL || x->host == NULL || !x->strict_sni ||
+        SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) != 1)
+        return SSL_CLIENT_HELLO_SUCCESS;
+    /* ServerNameList: length(2), then type(1) = host_name, length(2), name */
+    if (len < 5 || (size_t)(p[0] << 8 | p[1]) != len - 2 || p[2] != TLSEXT_NAMETYPE_host_name)
+        return SSL_CLIENT_HELLO_SUCCESS; /* malformed: OpenSSL's own parser refuses it */
+    n = (size_t)(p[3] << 8 | p[4]);
+    if (n == 0 || n > len - 5)
+        return SSL_CLIENT_HELLO_SUCCESS;
+    *al = SSL_AD_UNRECOGNIZED_NAME;
+    if (n >= sizeof(raw) || memchr(p + 5, '\0', n) != NULL) {
+        x->sni_refused = 1;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    memcpy(raw, p + 5, n);
+    raw[n] = '\0';
+    if (px_ca_host_normalize(raw, sni, sizeof(sni), &sni_ip) != AL_OK) {
+        x->sni_refused = 1;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    want_ip = x->is_ip;
+    if (px_ca_host_normalize(x->host, want, sizeof(want), &want_ip) != AL_OK || want_ip != sni_ip ||
+        strcmp(want, sni) != 0) {
+        x->sni_mismatch = 1;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/*
  * Session tickets (TLS 1.2 and 1.3) presented by a client: a ticket that
  * decrypts but was minted under another session id context (another host)
  * is ignored, and a fresh ticket is issued after the full handshake. For
@@ -375,6 +421,7 @@ px_tls_server_ctx(struct px_ca *ca)
         goto out;
     if (SSL_CTX_use_PrivateKey(ctx, px_ca_leaf_key(ca)) != 1)
         goto out;
+    SSL_CTX_set_client_hello_cb(ctx, px_tls_client_hello_cb, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, px_tls_servername_cb);
     SSL_CTX_set_tlsext_servername_arg(ctx, ca);
     SSL_CTX_set_alpn_select_cb(ctx, px_tls_alpn_cb, NULL);

@@ -302,7 +302,8 @@ px_conn_tls_client_step(struct px_conn *c)
             why = "h2_not_supported";
         else if (px_tls_sni_refused(c->cl.ssl))
             why = "bad_sni";
-        else if (sni != NULL && strcasecmp(sni, c->mitm_target.host) != 0)
+        else if (px_tls_sni_mismatch(c->cl.ssl) ||
+                 (sni != NULL && strcasecmp(sni, c->mitm_target.host) != 0))
             why = "sni_mismatch";
         PX_MINC(tls_failures);
         px_conn_mitm_refuse(c, why);

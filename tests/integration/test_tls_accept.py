@@ -152,6 +152,33 @@ def test_tls13_ticket_other_host_full_handshake(t):
     _resume_across_hosts(t, None, tickets=True)
 
 
+@test
+def test_tls12_resume_with_other_sni_refused(t):
+    """CONNECT A, then a ClientHello naming B that offers A's TLS 1.2
+    session: the SNI must still name the CONNECT host. (OpenSSL reports the
+    session's name, A, as the SNI of a resumed TLS 1.2 handshake, so this
+    resumed unseen before.)"""
+    up = t.upstream(tls=True)
+    al = start_mitm(t)
+    for tickets in (False, True):
+        ctx = client_ctx(ssl.TLSVersion.TLSv1_2, tickets)
+        sa = tunnel(t, al, HOST_A, up.port, ctx)
+        sess_a = sa.session
+        c = t.conn(al.port)
+        c.send(("CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" %
+                (HOST_A, up.port, HOST_A, up.port)).encode())
+        eq(c.read_response("CONNECT").status, 200, "CONNECT A")
+        try:
+            s = ctx.wrap_socket(c.sock, server_hostname=HOST_B, session=sess_a)
+            raise TestFailure("handshake naming %s in a tunnel to %s succeeded (reused=%r)" %
+                              (HOST_B, HOST_A, s.session_reused))
+        except ssl.SSLError as e:
+            check("UNRECOGNIZED_NAME" in str(e).upper(), "handshake error: %s" % e)
+        sa.close()
+    wait_until(lambda: al.log().count("refused: sni_mismatch") >= 2, 5,
+               "two tunnels refused sni_mismatch in the log")
+
+
 # ---------------------------------------------------------------------------
 # accept under descriptor exhaustion
 
