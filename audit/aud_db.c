@@ -322,6 +322,13 @@ aud_db_open(const char *path, int strict, int log_query, struct al_errs *errs)
         al_errs_add(errs, "%s: out of memory", path);
         goto fail;
     }
+    d->wal_path = al_malloc(strlen(path) + 5);
+    if (d->wal_path == NULL) {
+        al_errs_add(errs, "%s: out of memory", path);
+        goto fail;
+    }
+    memcpy(d->wal_path, path, strlen(path));
+    memcpy(d->wal_path + strlen(path), "-wal", 5);
     if (aud_db_create_file(path, &d->dev, &d->ino, errs) != AL_OK)
         goto fail;
     aud_sqlite_setup();
@@ -335,8 +342,9 @@ aud_db_open(const char *path, int strict, int log_query, struct al_errs *errs)
     sqlite3_busy_timeout(d->db, AUD_BUSY_TIMEOUT_MS);
     snprintf(pragmas, sizeof(pragmas),
              "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA temp_store=MEMORY; "
-             "PRAGMA cache_size=-8192; PRAGMA wal_autocheckpoint=8192;",
-             strict ? "FULL" : "NORMAL");
+             "PRAGMA cache_size=-8192; PRAGMA wal_autocheckpoint=8192; "
+             "PRAGMA journal_size_limit=%lld;",
+             strict ? "FULL" : "NORMAL", (long long)AUD_WAL_SIZE_LIMIT);
     rc = sqlite3_exec(d->db, pragmas, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
         al_errs_add(errs, "%s: setting WAL mode: %s", path, msg ? msg : sqlite3_errstr(rc));
@@ -373,7 +381,38 @@ aud_db_close(struct aud_db *d)
     if (d->db != NULL && sqlite3_close(d->db) != SQLITE_OK)
         al_log_warnx("audit: %s: close: %s", d->path, sqlite3_errmsg(d->db));
     al_free(d->path);
+    al_free(d->wal_path);
     al_free(d);
+}
+
+int64_t
+aud_db_wal_bytes(const struct aud_db *d)
+{
+    struct stat st;
+
+    if (d == NULL || d->wal_path == NULL || stat(d->wal_path, &st) != 0)
+        return 0;
+    return (int64_t)st.st_size;
+}
+
+int
+aud_db_checkpoint(struct aud_db *d, int *done)
+{
+    int nlog = -1, nckpt = -1;
+    int rc;
+
+    *done = 0;
+    if (d == NULL || d->db == NULL || sqlite3_get_autocommit(d->db) == 0)
+        return AL_ERROR;
+    /* No busy handler: a reader in the WAL makes it return SQLITE_BUSY at
+     * once (after copying what it could) instead of stalling the writer. */
+    sqlite3_busy_timeout(d->db, 0);
+    rc = sqlite3_wal_checkpoint_v2(d->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &nlog, &nckpt);
+    sqlite3_busy_timeout(d->db, AUD_BUSY_TIMEOUT_MS);
+    if (rc == SQLITE_OK && nlog == 0)
+        *done = 1;
+    return rc == SQLITE_OK || (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED ? AL_OK
+                                                                                         : AL_ERROR;
 }
 
 int

@@ -14,6 +14,9 @@
 #include "audit.h"
 
 #define AUD_BUSY_TIMEOUT_MS 2000
+/* PRAGMA journal_size_limit of the writer: a WAL that sqlite restarts from
+ * its start is cut back to this size (bytes) at the next commit. */
+#define AUD_WAL_SIZE_LIMIT (16LL * 1024 * 1024)
 
 /* WHERE terms of the partial indexes (schema v3). A query filtering on the
  * column adds the same term, which is what lets sqlite's planner use them. */
@@ -26,7 +29,8 @@ struct aud_db {
     sqlite3      *db;
     sqlite3_stmt *ins, *upd, *begin, *commit, *rollback, *retention;
     char         *path;
-    dev_t         dev; /* identity of the file we opened, to notice replacement */
+    char         *wal_path; /* path + "-wal" */
+    dev_t         dev;      /* identity of the file we opened, to notice replacement */
     ino_t         ino;
     int           strict, log_query;
 };
@@ -48,6 +52,13 @@ int aud_db_insert(struct aud_db *d, const struct aud_record *r, int complete, in
 int aud_db_update(struct aud_db *d, const struct aud_record *r);
 /* Deletes up to AUD_RETENTION_CHUNK_ROWS rows with ts < cutoff; *n = deleted. */
 int aud_db_retention(struct aud_db *d, int64_t cutoff_us, int *n);
+/* Size of the -wal file now (0 if none). Any thread that owns d. */
+int64_t aud_db_wal_bytes(const struct aud_db *d);
+/* wal_checkpoint(TRUNCATE) without waiting for readers (busy handler off
+ * for the call): copies what it can, and empties the -wal file when no
+ * reader is in it. *done = 1 when the WAL ended up empty. AL_OK (also when
+ * a reader was in the way) or AL_ERROR (I/O error, disk full, ...). */
+int aud_db_checkpoint(struct aud_db *d, int *done);
 /* Last sqlite error text of d, for logs. */
 const char *aud_db_errmsg(const struct aud_db *d);
 int         aud_db_errcode(const struct aud_db *d);
@@ -61,6 +72,10 @@ int aud_db_migrate(sqlite3 *db, const char *path, struct al_errs *errs);
 int aud_db_create_v1(const char *path, struct al_errs *errs);
 
 /* ---- aud_query.c: read side ------------------------------------------- */
+/* Rows read per read transaction: aud_query_run copies a batch out and ends
+ * the transaction before its callbacks run (a reader blocked on its output
+ * must not pin the WAL). */
+#define AUD_QUERY_BATCH 1000
 /* Opens path read-only (busy timeout set); NULL + errs. */
 sqlite3 *aud_db_open_ro(const char *path, struct al_errs *errs);
 /* Appends " WHERE ..." for f to sql and records the bind values; binds
@@ -77,7 +92,8 @@ int aud_query_bind(sqlite3_stmt *st, const struct aud_binds *b, int *idx);
 /* Column list matching aud_query_row() for a file of schema `version`. */
 const char *aud_query_columns(int version);
 void        aud_query_row(sqlite3_stmt *st, struct aud_record *r);
-/* aud_query_each on an open connection. */
+/* aud_query_each on an open connection; never holds a read transaction
+ * while `cb` runs (batches of AUD_QUERY_BATCH, keyed on (ts, id) or id). */
 int aud_query_run(sqlite3 *db, const struct aud_filter                   *f,
                   int (*cb)(void *arg, const struct aud_record *r), void *arg,
                   struct al_errs *errs);

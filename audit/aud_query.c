@@ -260,72 +260,151 @@ aud_query_row(sqlite3_stmt *st, struct aud_record *r)
     r->pending = sqlite3_column_int(st, 24);
 }
 
-/* Builds the full SELECT for f on a file of schema `version`. */
+/* WHERE for f plus the snapshot bound and the batch cursor:
+ *   ... AND id <= ?hi AND ts >= ?cts AND (ts > ?cts OR id > ?cid)   (by time)
+ *   ... AND id <= ?hi AND id > ?cid                                 (by id)
+ * The cursor is always bound (the first batch gets the smallest key). */
 static int
-aud_query_sql(struct al_dbuf *sql, struct aud_binds *b, const struct aud_filter *f, int version)
+aud_query_where_cursor(struct al_dbuf *sql, struct aud_binds *b, const struct aud_filter *f,
+                       int cursor)
 {
-    const char *cols = aud_query_columns(version);
-    const char *key = f->by_id ? "id" : "ts, id";
-    const char *rkey = f->by_id ? "id DESC" : "ts DESC, id DESC";
-
-    if (f->limit > 0) {
-        al_dbuf_addf(sql, "SELECT * FROM (SELECT %s FROM requests", cols);
-        if (aud_query_where(sql, b, f) != AL_OK)
-            return AL_ERROR;
-        al_dbuf_addf(sql, " ORDER BY %s LIMIT ?) ORDER BY %s", rkey, key);
-    } else {
-        al_dbuf_addf(sql, "SELECT %s FROM requests", cols);
-        if (aud_query_where(sql, b, f) != AL_OK)
-            return AL_ERROR;
-        al_dbuf_addf(sql, " ORDER BY %s", key);
-    }
+    if (aud_query_where(sql, b, f) != AL_OK)
+        return AL_ERROR;
+    al_dbuf_adds(sql, b->n > 0 ? " AND id <= ?" : " WHERE id <= ?");
+    if (cursor)
+        al_dbuf_adds(sql, f->by_id ? " AND id > ?" : " AND ts >= ? AND (ts > ? OR id > ?)");
     return sql->data != NULL ? AL_OK : AL_ERROR;
 }
 
+/* Reads one int64 pair (or one value) from a single-row statement. */
+static int
+aud_query_step_keys(sqlite3_stmt *st, int64_t *a, int64_t *b, int *found)
+{
+    int rc = sqlite3_step(st);
+
+    *found = 0;
+    if (rc == SQLITE_ROW) {
+        *found = 1;
+        *a = sqlite3_column_int64(st, 0);
+        if (b != NULL)
+            *b = sqlite3_column_int64(st, 1);
+        rc = SQLITE_DONE;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? AL_OK : AL_ERROR;
+}
+
+/*
+ * The read side never keeps a read transaction open while a callback runs
+ * (a callback writes to stdout, which may block for as long as the reader
+ * of a pipe wants): an open read transaction pins the WAL, checkpoints
+ * cannot pass it and the -wal file grows without bound under load. So:
+ *   1. one short statement takes the snapshot bound hi = max(id) (rows
+ *      committed later are not part of this answer, as with one snapshot);
+ *   2. with a limit, one short statement finds the key (ts, id) of the
+ *      `limit`-th newest matching row: the answer is every matching row at
+ *      or above that key (exactly the newest `limit`, oldest first);
+ *   3. rows are read in batches of AUD_QUERY_BATCH in key order, each
+ *      batch copied out and its statement reset (ending the transaction)
+ *      before the callbacks run; the next batch starts after the last key.
+ * Rows deleted by retention meanwhile are skipped; a strict row completed
+ * meanwhile is read as it is when its batch is read.
+ */
 int
 aud_query_run(sqlite3 *db, const struct aud_filter                   *f,
               int (*cb)(void *arg, const struct aud_record *r), void *arg, struct al_errs *errs)
 {
-    sqlite3_stmt      *st = NULL;
+    sqlite3_stmt      *st = NULL, *lo = NULL;
     struct al_dbuf     sql;
     struct aud_binds   b;
-    struct aud_record *r = NULL;
-    int                idx = 1;
-    int                rc;
+    struct aud_record *recs = NULL;
+    const char        *key = f->by_id ? "id" : "ts, id";
+    const char        *rkey = f->by_id ? "id DESC" : "ts DESC, id DESC";
+    int64_t            hi = 0, cts = INT64_MIN, cid = INT64_MIN, lts = 0, lid = 0;
+    int                version, found, idx, n, rc = SQLITE_DONE;
     int                ret = AL_ERROR;
 
     al_dbuf_init(&sql, 64 * 1024);
-    r = aud_record_new();
-    if (r == NULL) {
+    recs = al_calloc(AUD_QUERY_BATCH, sizeof(*recs));
+    if (recs == NULL) {
         al_errs_add(errs, "audit: out of memory");
         goto out;
     }
-    if (aud_query_sql(&sql, &b, f, aud_db_schema_version(db)) != AL_OK) {
-        al_errs_add(errs, "audit: filter too long");
-        goto out;
+    version = aud_db_schema_version(db);
+    if (sqlite3_prepare_v2(db, "SELECT id FROM requests ORDER BY id DESC LIMIT 1", -1, &st, NULL) !=
+            SQLITE_OK ||
+        aud_query_step_keys(st, &hi, NULL, &found) != AL_OK)
+        goto sqlerr;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (!found)
+        goto done; /* no rows at all */
+    if (f->limit > 0) {
+        al_dbuf_addf(&sql, "SELECT ts, id FROM requests");
+        if (aud_query_where_cursor(&sql, &b, f, 0) != AL_OK)
+            goto toolong;
+        al_dbuf_addf(&sql, " ORDER BY %s LIMIT 1 OFFSET ?", rkey);
+        if (sql.data == NULL)
+            goto toolong;
+        idx = 1;
+        if (sqlite3_prepare_v2(db, sql.data, -1, &lo, NULL) != SQLITE_OK ||
+            aud_query_bind(lo, &b, &idx) != AL_OK || sqlite3_bind_int64(lo, idx, hi) != SQLITE_OK ||
+            sqlite3_bind_int64(lo, idx + 1, f->limit - 1) != SQLITE_OK ||
+            aud_query_step_keys(lo, &lts, &lid, &found) != AL_OK)
+            goto sqlerr;
+        if (found) { /* start at (lts, lid) inclusive */
+            cts = f->by_id ? 0 : lts;
+            cid = lid - 1;
+        }
+        al_dbuf_reset(&sql);
     }
-    rc = sqlite3_prepare_v2(db, sql.data, -1, &st, NULL);
-    if (rc != SQLITE_OK || aud_query_bind(st, &b, &idx) != AL_OK ||
-        (f->limit > 0 && sqlite3_bind_int64(st, idx, f->limit) != SQLITE_OK)) {
-        al_errs_add(errs, "%s: query: %s", sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
-        goto out;
+    al_dbuf_addf(&sql, "SELECT %s FROM requests", aud_query_columns(version));
+    if (aud_query_where_cursor(&sql, &b, f, 1) != AL_OK)
+        goto toolong;
+    al_dbuf_addf(&sql, " ORDER BY %s LIMIT %d", key, AUD_QUERY_BATCH);
+    if (sql.data == NULL)
+        goto toolong;
+    if (sqlite3_prepare_v2(db, sql.data, -1, &st, NULL) != SQLITE_OK)
+        goto sqlerr;
+    for (;;) {
+        idx = 1;
+        if (aud_query_bind(st, &b, &idx) != AL_OK || sqlite3_bind_int64(st, idx++, hi) != SQLITE_OK)
+            goto sqlerr;
+        if (!f->by_id && (sqlite3_bind_int64(st, idx++, cts) != SQLITE_OK ||
+                          sqlite3_bind_int64(st, idx++, cts) != SQLITE_OK))
+            goto sqlerr;
+        if (sqlite3_bind_int64(st, idx, cid) != SQLITE_OK)
+            goto sqlerr;
+        n = 0;
+        while (n < AUD_QUERY_BATCH && (rc = sqlite3_step(st)) == SQLITE_ROW)
+            aud_query_row(st, &recs[n++]);
+        if (n < AUD_QUERY_BATCH && rc != SQLITE_DONE)
+            goto sqlerr;
+        sqlite3_reset(st); /* ends the read transaction before any output */
+        for (int i = 0; i < n; i++) {
+            ret = cb(arg, &recs[i]);
+            if (ret != AL_OK)
+                goto out;
+        }
+        ret = AL_ERROR;
+        if (n < AUD_QUERY_BATCH)
+            break;
+        cts = recs[n - 1].ts_us;
+        cid = recs[n - 1].row_id;
     }
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        aud_query_row(st, r);
-        ret = cb(arg, r);
-        if (ret != AL_OK)
-            goto out;
-    }
-    ret = AL_ERROR;
-    if (rc != SQLITE_DONE) {
-        al_errs_add(errs, "%s: query: %s", sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
-        goto out;
-    }
+done:
     ret = AL_OK;
+    goto out;
+toolong:
+    al_errs_add(errs, "audit: filter too long");
+    goto out;
+sqlerr:
+    al_errs_add(errs, "%s: query: %s", sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
 out:
     sqlite3_finalize(st);
+    sqlite3_finalize(lo);
     al_dbuf_free(&sql);
-    aud_record_free(r);
+    al_free(recs);
     return ret;
 }
 

@@ -27,6 +27,20 @@
  * AUD_RETENTION_CHUNK_ROWS rows older than retention_days, repeated while
  * there is more to delete, otherwise checked once a minute.
  *
+ * WAL: sqlite's automatic checkpoint (PASSIVE, after a commit once the WAL
+ * holds 8192 pages) keeps it bounded while no reader pins it, and
+ * journal_size_limit cuts a restarted WAL back. On top, the writer runs
+ * wal_checkpoint(TRUNCATE) without a busy handler (a reader in the way
+ * makes it return at once): when it has been idle AUD_CKPT_IDLE_US after
+ * writing, and every AUD_CKPT_PERIOD_US under load while the queue is
+ * short. The -wal size is published in the stats (wal_bytes).
+ *
+ * Logs on failure paths are per interval, never per record: a dropped
+ * record (queue hard limit) is counted and reported at most once per
+ * AUD_DROPLOG_INTERVAL_US with the number dropped since the last report;
+ * commit failures at most once per AUD_ERRLOG_INTERVAL_US, and so is the
+ * "recovered" line (a database that fails and recovers in a loop).
+ *
  * Lifecycle: aud_writer_start opens the database on the caller's thread
  * (errors reported there), then hands the connection to the thread.
  * aud_writer_stop drains everything, commits and closes.
@@ -44,6 +58,16 @@
 #define AUD_RETRY_MAX_MS 2000
 #define AUD_ERRLOG_INTERVAL_US (5 * 1000000LL)
 #define AUD_RETENTION_IDLE_US (60 * 1000000LL)
+#define AUD_DROPLOG_INTERVAL_US (1000000LL)
+/* TRUNCATE checkpoint: after this long without a batch, ... */
+#define AUD_CKPT_IDLE_US (200 * 1000LL)
+/* ... or this often under load (queue below a quarter of queue_max) ... */
+#define AUD_CKPT_PERIOD_US (10 * 1000000LL)
+/* ... and not again sooner than this after one a reader kept from finishing. */
+#define AUD_CKPT_RETRY_US (1000000LL)
+/* After a checkpoint I/O error (disk full): wait, log at most this often. */
+#define AUD_CKPT_ERR_US (5 * 1000000LL)
+#define AUD_WALSTAT_US (100 * 1000LL)
 /* A held strict begin goes by itself after this long once the writer looks
  * (aud_release() is the normal way: the caller's event-loop iteration ends
  * microseconds later; a held begin does not wake a sleeping writer, whose
@@ -80,6 +104,10 @@ struct aud_writer {
     /* counters, any thread */
     _Atomic int      healthy;
     _Atomic uint64_t queued, written, refused, errors, batches, depth, dropped, deleted;
+    _Atomic uint64_t wal_bytes;
+    /* dropped records not reported in the log yet, and the last report */
+    _Atomic uint64_t drops_unlogged, drop_last_conn;
+    _Atomic int64_t  droplog_us;
 
     /* writer thread only */
     pthread_t       thread;
@@ -92,6 +120,13 @@ struct aud_writer {
     int64_t         retention_us;
     int64_t         errlog_us;
     uint64_t        errs_since_log;
+    int64_t         recovlog_us;
+    int64_t         active_us;  /* monotonic time of the last batch */
+    int64_t         ckpt_us;    /* earliest next checkpoint attempt */
+    int64_t         ckpt_last;  /* monotonic time of the last attempt */
+    int64_t         walstat_us; /* last stat of the -wal file */
+    int             wal_dirty;  /* committed since the WAL was last emptied */
+    int64_t         ckpt_errlog_us;
 };
 
 /*
@@ -288,6 +323,71 @@ aud_writer_probe(struct aud_writer *w)
         atomic_store(&w->healthy, 0);
 }
 
+/* Publishes the -wal file's size; at most every AUD_WALSTAT_US unless `force`. */
+static void
+aud_writer_walstat(struct aud_writer *w, int64_t now, int force)
+{
+    if (!force && now - w->walstat_us < AUD_WALSTAT_US)
+        return;
+    w->walstat_us = now;
+    atomic_store(&w->wal_bytes, w->db != NULL ? (uint64_t)aud_db_wal_bytes(w->db) : 0);
+}
+
+/*
+ * wal_checkpoint(TRUNCATE) when it is due: idle for AUD_CKPT_IDLE_US after
+ * writing, or (`busy`, between batches) AUD_CKPT_PERIOD_US since the last
+ * attempt. Never waits for a reader. Writer thread, no lock held.
+ */
+static void
+aud_writer_checkpoint(struct aud_writer *w, int64_t now, int busy)
+{
+    int done = 0;
+
+    if (!w->wal_dirty || w->db == NULL || w->retry_us != 0 || now < w->ckpt_us)
+        return;
+    if (busy ? now - w->ckpt_last < AUD_CKPT_PERIOD_US : now - w->active_us < AUD_CKPT_IDLE_US)
+        return;
+    w->ckpt_last = now;
+    if (aud_db_checkpoint(w->db, &done) != AL_OK) {
+        if (w->ckpt_errlog_us == 0 || now - w->ckpt_errlog_us >= AUD_ERRLOG_INTERVAL_US) {
+            al_log_warnx("audit: %s: WAL checkpoint: %s", w->db_path, aud_db_errmsg(w->db));
+            w->ckpt_errlog_us = now;
+        }
+        w->ckpt_us = now + AUD_CKPT_ERR_US;
+    } else if (done) {
+        w->wal_dirty = 0;
+    } else {
+        w->ckpt_us = now + AUD_CKPT_RETRY_US; /* a reader was in the way */
+    }
+    aud_writer_walstat(w, al_mono_us(), 1);
+}
+
+/* Reports dropped records: one line for all dropped since the last report,
+ * at most once per AUD_DROPLOG_INTERVAL_US (any thread; `force` at stop). */
+static void
+aud_writer_droplog(struct aud_writer *w, int force)
+{
+    int64_t  now, last;
+    uint64_t n;
+
+    if (atomic_load(&w->drops_unlogged) == 0)
+        return;
+    now = al_mono_us();
+    last = atomic_load(&w->droplog_us);
+    if (!force && last != 0 && now - last < AUD_DROPLOG_INTERVAL_US)
+        return;
+    if (!atomic_compare_exchange_strong(&w->droplog_us, &last, now))
+        return; /* another thread reports */
+    n = atomic_exchange(&w->drops_unlogged, 0);
+    if (n == 0)
+        return;
+    al_log_err("audit: %s: queue hard limit (%zu) reached: %llu audit record(s) DROPPED since "
+               "the last report (last of conn %llu; %llu dropped in all)",
+               w->db_path, w->cap, (unsigned long long)n,
+               (unsigned long long)atomic_load(&w->drop_last_conn),
+               (unsigned long long)atomic_load(&w->dropped));
+}
+
 /*
  * A record was filled on a worker's core and its fields sit on ~16 cache
  * lines of a 3.5 KiB struct; binding them one by one stalls on each line
@@ -339,15 +439,25 @@ aud_writer_flush(struct aud_writer *w)
     what = "commit";
     if (aud_db_commit(w->db) != AL_OK)
         goto fail;
-    if (atomic_load(&w->healthy) == 0)
-        al_log_info("audit: %s: writer recovered; commits succeed again", w->db_path);
+    if (atomic_load(&w->healthy) == 0) {
+        /* Failures keep their own rate limit across a recovery (errlog_us is
+         * not reset), so a database that fails and recovers in a loop logs
+         * a line per interval, not two per cycle. */
+        int64_t now = al_mono_us();
+
+        if (w->recovlog_us == 0 || now - w->recovlog_us >= AUD_ERRLOG_INTERVAL_US) {
+            al_log_info("audit: %s: writer recovered; commits succeed again", w->db_path);
+            w->recovlog_us = now;
+        }
+    }
     atomic_store(&w->healthy, 1);
     w->retry_us = 0;
     w->retry_ms = 0;
-    w->errs_since_log = 0;
-    w->errlog_us = 0;
+    w->wal_dirty = 1;
     atomic_fetch_add(&w->written, w->nbatch);
     atomic_fetch_add(&w->batches, 1);
+    w->active_us = al_mono_us();
+    aud_writer_walstat(w, w->active_us, 0);
     for (i = 0; i < w->nbatch; i++)
         aud_writer_job_answer(&w->batch[i], 1);
     aud_records_free_jobs(w->batch, w->nbatch);
@@ -400,6 +510,7 @@ aud_writer_retention(struct aud_writer *w)
         return;
     }
     atomic_fetch_add(&w->deleted, (uint64_t)n);
+    w->wal_dirty = 1;
     if (n >= AUD_RETENTION_CHUNK_ROWS)
         w->retention_us = al_mono_us(); /* more to do: next round, after any inserts */
 }
@@ -488,6 +599,7 @@ aud_writer_main(void *arg)
     struct aud_writer *w = arg;
     struct timespec    ts;
     int64_t            now, deadline;
+    int                short_queue;
 
     if (!w->strict) {
         /* Batched rows wait flush_ms anyway: as SCHED_BATCH the writer never
@@ -522,16 +634,24 @@ aud_writer_main(void *arg)
                 w->count == 0) {
                 pthread_mutex_unlock(&w->mu);
                 aud_writer_probe(w);
+                now = al_mono_us();
+                aud_writer_checkpoint(w, now, 0);
+                aud_writer_walstat(w, now, 0);
+                aud_writer_droplog(w, 0);
                 pthread_mutex_lock(&w->mu);
             }
             continue;
         }
         aud_writer_take(w);
+        short_queue = w->count < w->queue_max / 4 && !w->stopping;
         pthread_mutex_unlock(&w->mu);
         if (w->nbatch > 0)
             (void)aud_writer_flush(w);
         if (w->retention_days > 0 && w->retry_us == 0 && al_mono_us() >= w->retention_us)
             aud_writer_retention(w);
+        if (short_queue)
+            aud_writer_checkpoint(w, al_mono_us(), 1);
+        aud_writer_droplog(w, 0);
         pthread_mutex_lock(&w->mu);
     }
     pthread_mutex_unlock(&w->mu);
@@ -576,6 +696,8 @@ aud_writer_start(const struct aud_conf *conf, struct al_errs *errs)
         goto fail;
     atomic_store(&w->healthy, 1);
     w->retention_us = al_mono_us();
+    w->active_us = w->ckpt_last = al_mono_us();
+    w->wal_dirty = 1; /* a WAL left by an earlier run is emptied when idle */
     rc = pthread_create(&w->thread, NULL, aud_writer_main, w);
     if (rc == 0)
         (void)pthread_setname_np(w->thread, "airlock-audit");
@@ -604,6 +726,7 @@ aud_writer_stop(struct aud_writer *w)
         pthread_cond_signal(&w->cv);
         pthread_mutex_unlock(&w->mu);
         pthread_join(w->thread, NULL);
+        aud_writer_droplog(w, 1);
     }
     /* Nothing can be queued now; free anything left (start failure paths). */
     if (w->ring != NULL) {
@@ -683,11 +806,12 @@ aud_writer_hand_over(struct aud_writer *w, enum aud_job_kind kind, struct aud_re
     }
     rc = aud_writer_push(w, kind, r, NULL, NULL, w->cap, 0);
     if (rc == AL_ERROR) {
-        al_log_err("audit: %s: queue hard limit (%zu) reached: audit record of conn %llu DROPPED",
-                   w->db_path, w->cap, (unsigned long long)r->conn_id);
         atomic_fetch_add(&w->dropped, 1);
         atomic_fetch_add(&w->refused, 1);
+        atomic_store(&w->drop_last_conn, r->conn_id);
+        atomic_fetch_add(&w->drops_unlogged, 1);
         aud_record_free(r);
+        aud_writer_droplog(w, 0);
         return AL_DECLINED;
     }
     if (rc == AL_DECLINED)
@@ -793,4 +917,5 @@ aud_writer_stats(const struct aud_writer *w, struct aud_stats *out)
     out->depth = atomic_load(&m->depth);
     out->dropped = atomic_load(&m->dropped);
     out->deleted = atomic_load(&m->deleted);
+    out->wal_bytes = atomic_load(&m->wal_bytes);
 }

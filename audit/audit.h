@@ -69,14 +69,15 @@ struct aud_conf {
 };
 
 struct aud_stats {
-    uint64_t queued;  /* records accepted into the queue */
-    uint64_t written; /* rows inserted or completed and committed */
-    uint64_t refused; /* aud_submit/aud_begin/aud_writer_admit answers of AL_DECLINED */
-    uint64_t errors;  /* failed sqlite operations (each failed batch counts once) */
-    uint64_t batches; /* committed transactions */
-    uint64_t depth;   /* records waiting in the queue now */
-    uint64_t dropped; /* records lost: queue hard cap reached, or stop gave up */
-    uint64_t deleted; /* rows removed by retention */
+    uint64_t queued;    /* records accepted into the queue */
+    uint64_t written;   /* rows inserted or completed and committed */
+    uint64_t refused;   /* aud_submit/aud_begin/aud_writer_admit answers of AL_DECLINED */
+    uint64_t errors;    /* failed sqlite operations (each failed batch counts once) */
+    uint64_t batches;   /* committed transactions */
+    uint64_t depth;     /* records waiting in the queue now */
+    uint64_t dropped;   /* records lost: queue hard cap reached, or stop gave up */
+    uint64_t deleted;   /* rows removed by retention */
+    uint64_t wal_bytes; /* size of the -wal file (sampled by the writer, ~100 ms) */
 };
 
 struct aud_writer;
@@ -174,7 +175,10 @@ struct aud_filter {
 /*
  * Calls cb for every matching row of the database at `db_path` (opened read-
  * only; works while the writer runs), oldest first. `r` is borrowed for the
- * call only (r->row_id is the row id). cb returns AL_OK to go on, anything
+ * call only (r->row_id is the row id). The rows are those committed when the
+ * call starts (later ones are left out); they are read in short batches and
+ * no read transaction is open while cb runs, so a slow cb (a blocked stdout)
+ * never keeps the writer from checkpointing. cb returns AL_OK to go on, anything
  * else stops and is returned. Returns AL_OK, or AL_ERROR with a message in
  * errs.
  */

@@ -126,10 +126,12 @@ px_metrics_render(struct al_dbuf *o)
                      "# TYPE airlock_audit_commits_total counter\n"
                      "airlock_audit_commits_total %llu\n"
                      "# TYPE airlock_audit_rows_deleted_total counter\n"
-                     "airlock_audit_rows_deleted_total %llu\n",
+                     "airlock_audit_rows_deleted_total %llu\n"
+                     "# TYPE airlock_audit_wal_bytes gauge\nairlock_audit_wal_bytes %llu\n",
                      (unsigned long long)st.depth, (unsigned long long)st.written,
                      PX_LOAD(px_metrics.audit_refusals), (unsigned long long)st.dropped,
                      (unsigned long long)st.errors, aud_writer_healthy(px_audit),
-                     (unsigned long long)st.batches, (unsigned long long)st.deleted);
+                     (unsigned long long)st.batches, (unsigned long long)st.deleted,
+                     (unsigned long long)st.wal_bytes);
     }
 }

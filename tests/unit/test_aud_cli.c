@@ -2,7 +2,9 @@
  * test_aud_cli.c - `airlock audit` CLI and the read side: time parsing,
  * flag validation (exit 2 naming the flag and value), hostile filter values
  * as bound parameters, host globs, output escaping, csv quoting, json/jsonl
- * validity, table width, stats, tail. Temp dirs are removed at the end.
+ * validity, table width, stats, tail; the batched read side (same rows and
+ * order as one SELECT, no read transaction open while a callback runs).
+ * Temp dirs are removed at the end.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -530,6 +532,209 @@ test_aud_cli_tail(void **state)
     aud_t_out_free(&o);
 }
 
+/* ---- batched read side ------------------------------------------------ */
+
+#ifndef AUD_QUERY_BATCH
+#define AUD_QUERY_BATCH 1000
+#endif
+#define AUD_T_BIG (2 * AUD_QUERY_BATCH + 537)
+
+struct aud_t_ids {
+    int64_t *id, *ts;
+    int      n, cap;
+    sqlite3 *w;       /* a second, writing connection (NULL: none) */
+    int      ckpt_ok; /* TRUNCATE checkpoints that emptied the WAL during callbacks */
+    int      ckpt_busy;
+    int64_t  inserted;
+};
+
+static int
+aud_t_ids_cb(void *arg, const struct aud_record *r)
+{
+    struct aud_t_ids *x = arg;
+
+    if (x->n == x->cap) {
+        x->cap = x->cap ? 2 * x->cap : 1024;
+        x->id = realloc(x->id, (size_t)x->cap * sizeof(*x->id));
+        x->ts = realloc(x->ts, (size_t)x->cap * sizeof(*x->ts));
+        assert_non_null(x->id);
+        assert_non_null(x->ts);
+    }
+    x->id[x->n] = r->row_id;
+    x->ts[x->n] = r->ts_us;
+    x->n++;
+    if (x->w != NULL && x->n % 500 == 1) {
+        int nlog = -1, nckpt = -1, rc;
+
+        /* While a reader's callback runs (the CLI writing to a blocked
+         * stdout), the writer commits and a TRUNCATE checkpoint must get
+         * through: no read transaction may be open here. */
+        assert_int_equal(sqlite3_exec(x->w,
+                                      "INSERT INTO requests (ts, host) VALUES (1, 'during.test')",
+                                      NULL, NULL, NULL),
+                         SQLITE_OK);
+        x->inserted++;
+        rc = sqlite3_wal_checkpoint_v2(x->w, NULL, SQLITE_CHECKPOINT_TRUNCATE, &nlog, &nckpt);
+        if (rc == SQLITE_OK && nlog == 0)
+            x->ckpt_ok++;
+        else
+            x->ckpt_busy++;
+    }
+    return AL_OK;
+}
+
+static void
+aud_t_ids_free(struct aud_t_ids *x)
+{
+    free(x->id);
+    free(x->ts);
+    memset(x, 0, sizeof(*x));
+}
+
+/* The ids sqlite returns for `sql` (one statement, one snapshot). */
+static struct aud_t_ids
+aud_t_sql_ids(const char *db, const char *sql)
+{
+    struct aud_t_ids x;
+    sqlite3         *c = NULL;
+    sqlite3_stmt    *st = NULL;
+
+    memset(&x, 0, sizeof(x));
+    assert_int_equal(sqlite3_open_v2(db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        struct aud_record r;
+
+        memset(&r, 0, sizeof(r));
+        r.row_id = sqlite3_column_int64(st, 0);
+        r.ts_us = sqlite3_column_int64(st, 1);
+        aud_t_ids_cb(&x, &r);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(c);
+    return x;
+}
+
+static void
+aud_t_ids_equal(const struct aud_t_ids *got, const struct aud_t_ids *want)
+{
+    assert_int_equal(got->n, want->n);
+    for (int i = 0; i < got->n; i++) {
+        if (got->id[i] != want->id[i])
+            fail_msg("row %d: id %lld, want %lld", i, (long long)got->id[i],
+                     (long long)want->id[i]);
+    }
+}
+
+/* AUD_T_BIG rows whose ts order is not their id order, with runs of equal
+ * ts longer than a batch (the batch cursor must not skip or repeat ties). */
+static int
+aud_t_big_setup(void **state)
+{
+    struct aud_t_env  *e = calloc(1, sizeof(*e));
+    struct aud_conf    conf;
+    struct al_errs     errs;
+    struct aud_writer *w;
+
+    snprintf(e->dir, sizeof(e->dir), "/tmp/aud_cli.XXXXXX");
+    assert_non_null(mkdtemp(e->dir));
+    snprintf(e->db, sizeof(e->db), "%s/audit.db", e->dir);
+    memset(&conf, 0, sizeof(conf));
+    conf.db_path = e->db;
+    conf.queue_max = AUD_T_BIG;
+    al_errs_init(&errs);
+    w = aud_writer_start(&conf, &errs);
+    al_errs_free(&errs);
+    assert_non_null(w);
+    for (int i = 0; i < AUD_T_BIG; i++) {
+        /* 0..1499 share one ts; then ts descend in pairs; every 7th is on b.test */
+        int64_t ts = i < 1500 ? AUD_T_NOW_US - 1000 : AUD_T_NOW_US - 10 * (int64_t)(i / 2);
+
+        assert_int_equal(aud_submit(w, aud_t_rec(ts, "dev", "", i % 7 ? "a.test" : "b.test", "/",
+                                                 "allow", 200, "")),
+                         AL_OK);
+    }
+    aud_writer_stop(w);
+    *state = e;
+    return 0;
+}
+
+static void
+test_aud_query_batches(void **state)
+{
+    struct aud_t_env *e = *state;
+    struct aud_filter f;
+    struct aud_t_ids  got, want;
+    struct al_errs    errs;
+    static const struct {
+        int64_t     limit;
+        int         by_id;
+        const char *host;
+        const char *sql;
+    } cases[] = {
+        {0, 0, NULL, "SELECT id, ts FROM requests ORDER BY ts, id"},
+        {0, 1, NULL, "SELECT id, ts FROM requests ORDER BY id"},
+        {1, 0, NULL,
+         "SELECT * FROM (SELECT id, ts FROM requests ORDER BY ts DESC, id DESC LIMIT 1) "
+         "ORDER BY ts, id"},
+        {AUD_QUERY_BATCH, 0, NULL,
+         "SELECT * FROM (SELECT id, ts FROM requests ORDER BY ts DESC, id DESC LIMIT 1000) "
+         "ORDER BY ts, id"},
+        {2100, 0, NULL,
+         "SELECT * FROM (SELECT id, ts FROM requests ORDER BY ts DESC, id DESC LIMIT 2100) "
+         "ORDER BY ts, id"},
+        {1234, 1, NULL,
+         "SELECT * FROM (SELECT id, ts FROM requests ORDER BY id DESC LIMIT 1234) ORDER BY id"},
+        {100000000, 0, NULL, "SELECT id, ts FROM requests ORDER BY ts, id"},
+        {250, 0, "b.test",
+         "SELECT * FROM (SELECT id, ts FROM requests WHERE host = 'b.test' ORDER BY ts DESC, "
+         "id DESC LIMIT 250) ORDER BY ts, id"},
+        {0, 0, "b.test", "SELECT id, ts FROM requests WHERE host = 'b.test' ORDER BY ts, id"},
+    };
+
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        memset(&f, 0, sizeof(f));
+        memset(&got, 0, sizeof(got));
+        f.limit = cases[k].limit;
+        f.by_id = cases[k].by_id;
+        f.host = cases[k].host;
+        al_errs_init(&errs);
+        assert_int_equal(aud_query_each(e->db, &f, aud_t_ids_cb, &got, &errs), AL_OK);
+        al_errs_free(&errs);
+        want = aud_t_sql_ids(e->db, cases[k].sql);
+        aud_t_ids_equal(&got, &want);
+        aud_t_ids_free(&got);
+        aud_t_ids_free(&want);
+    }
+}
+
+/* No read transaction is open while a callback runs: a writer's TRUNCATE
+ * checkpoint empties the WAL during the callbacks; the rows it commits
+ * meanwhile are not part of the answer (the answer is the rows committed
+ * when the query started). */
+static void
+test_aud_query_no_txn_in_callback(void **state)
+{
+    struct aud_t_env *e = *state;
+    struct aud_filter f;
+    struct aud_t_ids  got;
+    struct al_errs    errs;
+
+    memset(&f, 0, sizeof(f));
+    memset(&got, 0, sizeof(got));
+    assert_int_equal(sqlite3_open_v2(e->db, &got.w, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(got.w, 0);
+    al_errs_init(&errs);
+    assert_int_equal(aud_query_each(e->db, &f, aud_t_ids_cb, &got, &errs), AL_OK);
+    al_errs_free(&errs);
+    assert_int_equal(got.n, AUD_T_BIG);
+    assert_true(got.inserted >= 5);
+    assert_int_equal(got.ckpt_busy, 0);
+    assert_int_equal(got.ckpt_ok, got.inserted);
+    sqlite3_close(got.w);
+    aud_t_ids_free(&got);
+}
+
 int
 main(void)
 {
@@ -541,6 +746,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_aud_cli_formats, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_cli_stats, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_cli_tail, aud_t_setup, aud_t_teardown),
+        cmocka_unit_test_setup_teardown(test_aud_query_batches, aud_t_big_setup, aud_t_teardown),
+        cmocka_unit_test_setup_teardown(test_aud_query_no_txn_in_callback, aud_t_big_setup,
+                                        aud_t_teardown),
     };
 
     al_log_set_level(AL_LOG_OFF);
