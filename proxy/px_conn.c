@@ -561,6 +561,7 @@ px_rq_headers_complete(llhttp_t *p)
     if (px_msg_end_piece(&c->x->req) != 0)
         return -1;
     c->x->client_keepalive = llhttp_should_keep_alive(p);
+    c->x->req_framing = px_framing_parsed(p, 0);
     return HPE_PAUSED; /* decide, resolve and connect before any body byte moves */
 }
 
@@ -591,31 +592,6 @@ px_port_str(char *buf, unsigned port)
     return k;
 }
 
-/* Appends one chunk ("%zx\r\n" data "\r\n", no printf) or raw bytes to q. */
-static int
-px_frame(struct al_bufq *q, int chunked, const char *at, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    char              hdr[24];
-    size_t            n = sizeof(hdr) - 2, v = len;
-
-    if (len == 0)
-        return AL_OK;
-    if (!chunked)
-        return al_bufq_write(q, at, len);
-    hdr[sizeof(hdr) - 2] = '\r';
-    hdr[sizeof(hdr) - 1] = '\n';
-    do {
-        hdr[--n] = hex[v & 15];
-        v >>= 4;
-    } while (v != 0);
-    if (al_bufq_write(q, hdr + n, sizeof(hdr) - n) != AL_OK || al_bufq_write(q, at, len) != AL_OK ||
-        al_bufq_write(q, "\r\n", 2) != AL_OK)
-        return AL_ERROR;
-    return AL_OK;
-}
-
-/* Request body through the placeholder substitution stream (always chunked out). */
 /*
  * Request body through the secrets stream: placeholders of the secrets in
  * body_mask become values; any other placeholder is judged before the bytes
@@ -661,7 +637,7 @@ px_rq_body_sub(struct px_conn *c, const char *at, size_t len, int last)
         }
     }
     if (rc == AL_OK)
-        rc = px_frame(&c->up.out, x->req_chunked, d.data, d.len);
+        rc = px_body_frame(&c->up.out, x->req_chunked, d.data, d.len);
     sec_dbuf_wipe(&d);
     return rc;
 }
@@ -679,7 +655,7 @@ px_rq_body(llhttp_t *p, const char *at, size_t len)
         x->req_body_bytes_sent = 1;
         return 0;
     }
-    if (px_frame(&c->up.out, x->req_chunked, at, len) != AL_OK)
+    if (px_body_frame(&c->up.out, x->req_chunked, at, len) != AL_OK)
         return -1;
     x->bytes_up += len;
     x->req_body_bytes_sent = 1;
@@ -794,7 +770,14 @@ px_rs_headers_complete(llhttp_t *p)
          * other) transfer coding would reach the client undecoded, and past
          * the redactor as compressed bytes. We never send TE, so no
          * conforming origin uses one. */
-        x->resp_bad_te = 1;
+        x->resp_refusal = "upstream_transfer_coding";
+        x->resp_refusal_detail = "a transfer coding other than chunked";
+        return -1;
+    }
+    if ((x->resp_refusal_detail = px_msg_connection_forbidden(m)) != NULL) {
+        /* Dropping it as hop-by-hop would change how the body is framed or
+         * scanned: refuse the response rather than guess. */
+        x->resp_refusal = "bad_connection_header";
         return -1;
     }
     /* One pass over the whole head (status text, names, values) decides
@@ -805,35 +788,31 @@ px_rs_headers_complete(llhttp_t *p)
             return -1;
     }
     px_msg_drop_hop_by_hop(m, upgrade);
-    if (x->redact_mask != 0 && !interim) {
-        int ce = px_msg_find(m, "content-encoding", 0);
-
+    px_msg_drop_framing(m); /* ours is written below, from the parser's state */
+    if (x->redact_mask != 0 && !interim && !nobody) {
         /* We asked for identity. A gzip or deflate body is decoded, scanned
-         * and passed on decoded (Content-Encoding dropped); any other coding
-         * can't be scanned, so it is refused rather than passed on. */
-        if (ce >= 0 && m->hdrs[ce].val != UINT32_MAX &&
-            !al_strcaseeq_n(px_msg_str(m, m->hdrs[ce].val), m->hdrs[ce].val_len, "identity") &&
-            !nobody) {
-            int coding = px_inflate_coding(px_msg_str(m, m->hdrs[ce].val), m->hdrs[ce].val_len);
+         * and passed on decoded (Content-Encoding dropped); any other coding,
+         * or more than one over all Content-Encoding headers, can't be
+         * scanned, so it is refused rather than passed on. */
+        int coding = px_msg_content_coding(m);
 
-            if (coding == 0 || px_msg_find(m, "content-encoding", ce + 1) >= 0) {
-                x->resp_compressed = 1;
-                return -1;
-            }
+        if (coding < 0) {
+            x->resp_refusal = "compressed_response";
+            x->resp_refusal_detail = "a host that received a secret answered compressed";
+            return -1;
+        }
+        if (coding > 0) {
             x->inflater = px_inflate_new(coding);
             if (x->inflater == NULL)
                 return -1;
-            m->hdrs[ce].drop = 1;
+            for (int i = px_msg_find(m, "content-encoding", 0); i >= 0;
+                 i = px_msg_find(m, "content-encoding", i + 1))
+                m->hdrs[i].drop = 1;
             PX_MINC(responses_decoded);
         }
-        if (!nobody) {
-            x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask);
-            if (x->redactor == NULL)
-                return -1;
-            for (int i = px_msg_find(m, "content-length", 0); i >= 0;
-                 i = px_msg_find(m, "content-length", i + 1))
-                m->hdrs[i].drop = 1; /* redaction changes the length */
-        }
+        x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask);
+        if (x->redactor == NULL)
+            return -1;
     }
     al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
     {
@@ -853,6 +832,10 @@ px_rs_headers_complete(llhttp_t *p)
     if (rc == AL_OK)
         rc = scrub ? px_write_headers_redacted(c, m, &d) : px_msg_write_headers(m, &d);
     if (!interim) {
+        /* The framing toward the client comes from the parser's state: the
+         * upstream's own Content-Length / Transfer-Encoding never pass. */
+        struct px_framing f = px_framing_parsed(p, nobody || upgrade);
+
         x->status = status;
         x->upstream_keepalive = llhttp_should_keep_alive(p);
         x->resp_chunked_out = 0;
@@ -860,10 +843,10 @@ px_rs_headers_complete(llhttp_t *p)
         if (upgrade) {
             if (rc == AL_OK)
                 rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
-        } else if (!nobody && (p->flags & F_CHUNKED || x->redactor != NULL ||
-                               !(p->flags & F_CONTENT_LENGTH))) {
+        } else if (f.kind == PX_BODY_CHUNKED || f.kind == PX_BODY_CLOSE ||
+                   (f.kind == PX_BODY_LENGTH && x->redactor != NULL)) {
             /* Chunked toward an HTTP/1.1 client whenever the upstream's
-             * framing is not passed on as is: a close-delimited body
+             * length is not passed on as is: a close-delimited body
              * re-framed keeps the client connection, and an upstream that
              * fails mid-body leaves the last chunk out, which the client
              * sees, where a close would read as the end. */
@@ -871,10 +854,22 @@ px_rs_headers_complete(llhttp_t *p)
                 x->resp_chunked_out = 1;
             else
                 x->resp_close_delim = 1;
+        } else if (f.kind == PX_BODY_LENGTH ||
+                   ((p->flags & F_CONTENT_LENGTH) && nobody && status != 204)) {
+            /* A HEAD or 304 answer's length describes the body it would
+             * have had (RFC 9110 8.6); still the parsed number, not the
+             * header. 1xx and 204 carry none. */
+            struct px_framing len = {PX_BODY_LENGTH, p->content_length};
+
+            if (rc == AL_OK)
+                rc = px_framing_write(&len, &d);
         }
+        if (x->want_upgrade && !upgrade)
+            c->close_after_flush = 1; /* the upgrade asked for is not happening */
         if (rc == AL_OK && x->resp_chunked_out)
             rc = al_dbuf_adds(&d, "Transfer-Encoding: chunked\r\n");
-        if (rc == AL_OK && !upgrade && (x->resp_close_delim || c->draining || !x->client_keepalive))
+        if (rc == AL_OK && !upgrade &&
+            (x->resp_close_delim || c->draining || !x->client_keepalive || c->close_after_flush))
             rc = al_dbuf_adds(&d, "Connection: close\r\n");
         if (x->resp_close_delim || c->draining)
             c->close_after_flush = 1;
@@ -912,7 +907,7 @@ px_rs_body_redact(struct px_conn *c, const char *at, size_t len, int last)
     al_dbuf_init(&d, len + 65536);
     rc = last ? sec_stream_finish(x->redactor, &d) : sec_stream_feed(x->redactor, at, len, &d);
     if (rc == AL_OK)
-        rc = px_frame(&c->cl.out, x->resp_chunked_out, d.data, d.len);
+        rc = px_body_frame(&c->cl.out, x->resp_chunked_out, d.data, d.len);
     sec_dbuf_wipe(&d);
     return rc;
 }
@@ -942,7 +937,7 @@ px_rs_body(llhttp_t *p, const char *at, size_t len)
         x->bytes_down += len;
         return 0;
     }
-    if (px_frame(&c->cl.out, x->resp_chunked_out, at, len) != AL_OK)
+    if (px_body_frame(&c->cl.out, x->resp_chunked_out, at, len) != AL_OK)
         return -1;
     x->bytes_down += len;
     return 0;
@@ -1119,12 +1114,14 @@ px_conn_write_request_head(struct px_conn *c)
     int               secret_host = 0;
 
     px_msg_drop_hop_by_hop(m, x->want_upgrade);
+    px_msg_drop_framing(m); /* ours is written below, from the parser's state */
     for (int i = px_msg_find(m, "host", 0); i >= 0; i = px_msg_find(m, "host", i + 1))
         m->hdrs[i].drop = 1; /* the request-target's authority wins (RFC 9112 3.2.2) */
     if (target == NULL) {
         target = t->path_needs_slash ? slash : t->path;
         tlen = t->path_needs_slash ? 1 : t->path_len;
     }
+    x->req_chunked = x->req_framing.kind == PX_BODY_CHUNKED;
     al_dbuf_init(&d, c->conf->limits.header_bytes * 2 + 4096);
     al_dbuf_init(&hb, c->conf->limits.header_bytes * 2 + 4096);
     al_dbuf_init(&tb, tlen * 3 + 4096);
@@ -1135,30 +1132,22 @@ px_conn_write_request_head(struct px_conn *c)
                  i = px_msg_find(m, "accept-encoding", i + 1))
                 m->hdrs[i].drop = 1;
         rc = px_conn_apply_secrets(c, target, tlen, &hb, &tb);
-        if (rc == AL_OK && x->body_mask != 0 && px_msg_find(m, "content-length", 0) >= 0 &&
-            (c->rq.flags & F_CONTENT_LENGTH) && c->rq.content_length > 0) {
-            /* The body changes length: send it chunked instead. */
-            for (int i = px_msg_find(m, "content-length", 0); i >= 0;
-                 i = px_msg_find(m, "content-length", i + 1))
-                m->hdrs[i].drop = 1;
-            sec_dbuf_wipe(&hb);
-            sec_dbuf_wipe(&tb);
-            al_dbuf_init(&hb, c->conf->limits.header_bytes * 2 + 4096);
-            al_dbuf_init(&tb, tlen * 3 + 4096);
-            rc = px_conn_apply_secrets(c, target, tlen, &hb, &tb);
-            x->req_chunked = 1;
-        }
-        if (rc == AL_OK && ((c->rq.flags & F_CHUNKED) || c->rq.content_length > 0)) {
+        if (rc == AL_OK && x->body_mask != 0 && x->req_framing.kind == PX_BODY_LENGTH &&
+            x->req_framing.len > 0)
+            x->req_chunked = 1; /* substitution changes the body's length */
+        if (rc == AL_OK && x->req_framing.kind != PX_BODY_NONE &&
+            (x->req_framing.kind != PX_BODY_LENGTH || x->req_framing.len > 0)) {
             /* Every body is scanned: substituted where a secret opts in,
              * judged for placeholders that may not go here. */
-            x->body_sub = sec_body_new(c->conf->secrets, x->body_mask);
+            if (x->body_sub == NULL) /* a retried head keeps its unfed stream */
+                x->body_sub = sec_body_new(c->conf->secrets, x->body_mask);
             if (x->body_sub == NULL)
                 rc = AL_ERROR;
             if (x->body_mask != 0) /* values may go into the body: wipe its chunks */
                 c->up.out.sensitive = 1;
             /* Hold the head and body until the body is scanned (up to a cap),
              * so a refused placeholder means the upstream saw nothing. */
-            if (!(c->rq.flags & F_CONTENT_LENGTH) || c->rq.content_length <= PX_HOLD_BODY_BYTES) {
+            if (x->req_framing.kind != PX_BODY_LENGTH || x->req_framing.len <= PX_HOLD_BODY_BYTES) {
                 x->hold_up = 1;
                 c->up.out.max = PX_HOLD_QUEUE_BYTES;
             }
@@ -1188,8 +1177,15 @@ px_conn_write_request_head(struct px_conn *c)
         rc = al_dbuf_add(&d, hb.data, hb.len);
     if (rc == AL_OK && secret_host)
         rc = al_dbuf_adds(&d, "Accept-Encoding: identity\r\n");
-    if (rc == AL_OK && x->req_chunked)
-        rc = al_dbuf_adds(&d, "Transfer-Encoding: chunked\r\n");
+    if (rc == AL_OK) {
+        /* Framing from the parser, never a forwarded header: the body ends
+         * upstream exactly where it ended on the client side. */
+        struct px_framing f = x->req_framing;
+
+        if (x->req_chunked)
+            f.kind = PX_BODY_CHUNKED;
+        rc = px_framing_write(&f, &d);
+    }
     if (rc == AL_OK && x->want_upgrade)
         rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
     if (rc == AL_OK)
@@ -1532,12 +1528,17 @@ px_conn_on_head(struct px_conn *c)
         px_conn_fail(c, 501, "unsupported_transfer_coding", "only chunked is supported");
         return;
     }
-    if ((c->rq.flags & F_UPGRADE) && !x->is_connect) {
+    if (c->rq.upgrade && !x->is_connect) {
         int u = px_msg_find(m, "upgrade", 0);
 
         x->want_upgrade =
             u >= 0 && m->hdrs[u].val != UINT32_MAX &&
             al_strcaseeq_n(px_msg_str(m, m->hdrs[u].val), m->hdrs[u].val_len, "websocket");
+        /* Any other protocol (h2c, ...) is not performed: Upgrade and
+         * HTTP2-Settings are dropped as hop-by-hop and the message stays a
+         * plain request, so the connection goes on with the next one. */
+        if (!x->want_upgrade)
+            c->rq.upgrade = 0;
     }
     {
         size_t hl = strnlen(x->target.host, sizeof(x->pool_key) - 7);
@@ -1547,6 +1548,15 @@ px_conn_on_head(struct px_conn *c)
     }
     if (px_decide(c) != AL_OK)
         return; /* px_decide answered the client */
+    if ((err = px_msg_connection_forbidden(m)) != NULL) {
+        /* "Connection: content-length" would drop the body's framing as
+         * hop-by-hop while the body still flows: a second request inside.
+         * Checked once the sandbox is known, so the row names who tried;
+         * recorded as the protocol error it is, like any malformed request. */
+        x->decided = 0;
+        px_conn_fail(c, 400, "bad_connection_header", err);
+        return;
+    }
     if (px_audit != NULL) {
         int adm = aud_writer_admit(px_audit);
 
@@ -1821,12 +1831,9 @@ px_conn_upstream_readable(struct px_conn *c)
                 return;
             }
         } else if (e != HPE_OK) {
-            if (x->resp_compressed)
-                px_conn_upstream_error(c, PX_UERR_OTHER, 502, "compressed_response",
-                                       "a host that received a secret answered compressed");
-            else if (x->resp_bad_te)
-                px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_transfer_coding",
-                                       "a transfer coding other than chunked");
+            if (x->resp_refusal != NULL)
+                px_conn_upstream_error(c, PX_UERR_OTHER, 502, x->resp_refusal,
+                                       x->resp_refusal_detail);
             else if (!x->resp_started)
                 px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_bad_response",
                                        llhttp_errno_name(e));
@@ -1939,6 +1946,26 @@ px_log_path_len(const char *path, size_t len)
     return (int)(len > 200 ? 200 : len);
 }
 
+/*
+ * The one test for handing an upstream connection to a next request (kept
+ * on this connection, or parked in the worker's pool for any other): both
+ * messages ended exactly where their framing said. The request went out
+ * whole by the framing airlock wrote (its parser reached the end, nothing
+ * queued or held back, no refusal cut it short), the response was read to
+ * its end with no byte after it, and the upstream said keep-alive. Anything
+ * else would let the next request, maybe another sandbox's, land inside
+ * what the upstream still takes for this one. See docs/DESIGN.md.
+ */
+static int
+px_conn_upstream_clean(const struct px_conn *c)
+{
+    const struct px_exch *x = c->x;
+
+    return x != NULL && x->req_done && x->resp_done && x->upstream_reusable && !x->hold_up &&
+           x->body_refusal == NULL && x->status != 101 && al_bufq_len(&c->up.out) == 0 &&
+           c->up.fd >= 0;
+}
+
 /* Response fully written to the client. */
 static void
 px_conn_finish_exchange(struct px_conn *c)
@@ -1968,11 +1995,9 @@ px_conn_finish_exchange(struct px_conn *c)
         px_conn_update_io(c);
         return;
     }
-    if (c->mitm && x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 &&
-        c->up.fd >= 0 && !c->draining) {
+    if (c->mitm && px_conn_upstream_clean(c) && !c->draining) {
         c->up_kept = 1; /* the next inner request reuses it; watched while idle */
-    } else if (x->upstream_reusable && x->req_done && al_bufq_len(&c->up.out) == 0 &&
-               c->up.fd >= 0 && !c->draining) {
+    } else if (px_conn_upstream_clean(c) && !c->draining) {
         /* Kept here, watched while idle: the next request to the same
          * destination reuses it (px_conn_resolve); anything else, the idle
          * trim or the close parks it in the worker's pool. */

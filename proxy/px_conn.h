@@ -62,30 +62,31 @@ struct px_exch {
     int                  is_connect, is_head, want_upgrade, client_keepalive;
     int                  req_chunked, req_done, req_body_bytes_sent;
     int                  resp_started, resp_done, resp_chunked_out, resp_close_delim;
-    int                  resp_hdr_done, upstream_reusable, upstream_keepalive;
+    int                  upstream_reusable, upstream_keepalive;
+    struct px_framing    req_framing; /* the request body's framing, as llhttp parsed it */
     int                  status;
     int64_t              start_us;
     uint64_t             bytes_up, bytes_down;
-    struct aud_record   *rec;             /* strict mode: the begun row */
-    int                  audited;         /* the row for this request is handed over */
-    int                  head_done;       /* a complete head was parsed */
-    int                  deny;            /* answered 403/407 by identity or policy */
-    const char          *err_reason;      /* X-Airlock-Reason of airlock's own answer */
-    const char          *method_name;     /* audit/policy method when not from llhttp ("TLS") */
-    int                  silent_tunnel;   /* transparent tunnel: no "200 Connection established" */
-    uint64_t             injected;        /* secrets whose values went out (audit: names) */
-    uint64_t             redact_mask;     /* secrets scrubbed from the response */
-    uint64_t             body_mask;       /* secrets substituted in the request body */
-    const char          *secret_refused;  /* name of the secret a refusal is about */
-    struct sec_stream   *redactor;        /* response body scrubber; owned */
-    struct sec_stream   *body_sub;        /* request body substitution; owned */
-    int                  resp_compressed; /* compressed answer to a redacted request */
-    int                  resp_bad_te;     /* a transfer coding other than chunked */
-    struct px_inflate   *inflater;        /* its decoder (gzip/deflate), feeding the redactor */
-    const char          *resp_abort;      /* why the response was cut off mid-body */
-    const char          *body_refusal;    /* a placeholder in the body that may not go there */
-    int                  hold_up;         /* request held back until its body is scanned */
-    uint64_t             inject_only;     /* the allowing rule's "inject" list, as a mask */
+    struct aud_record   *rec;            /* strict mode: the begun row */
+    int                  audited;        /* the row for this request is handed over */
+    int                  head_done;      /* a complete head was parsed */
+    int                  deny;           /* answered 403/407 by identity or policy */
+    const char          *err_reason;     /* X-Airlock-Reason of airlock's own answer */
+    const char          *method_name;    /* audit/policy method when not from llhttp ("TLS") */
+    int                  silent_tunnel;  /* transparent tunnel: no "200 Connection established" */
+    uint64_t             injected;       /* secrets whose values went out (audit: names) */
+    uint64_t             redact_mask;    /* secrets scrubbed from the response */
+    uint64_t             body_mask;      /* secrets substituted in the request body */
+    const char          *secret_refused; /* name of the secret a refusal is about */
+    struct sec_stream   *redactor;       /* response body scrubber; owned */
+    struct sec_stream   *body_sub;       /* request body substitution; owned */
+    const char          *resp_refusal;   /* why the response head was refused (502 reason) */
+    const char          *resp_refusal_detail;
+    struct px_inflate   *inflater;     /* its decoder (gzip/deflate), feeding the redactor */
+    const char          *resp_abort;   /* why the response was cut off mid-body */
+    const char          *body_refusal; /* a placeholder in the body that may not go there */
+    int                  hold_up;      /* request held back until its body is scanned */
+    uint64_t             inject_only;  /* the allowing rule's "inject" list, as a mask */
     /* Not cleared between keep-alive requests (px_exch_reset stops here):
      * the big buffers are reused, addrs is valid only up to naddrs. */
     struct px_dns_result addrs;

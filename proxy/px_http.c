@@ -9,6 +9,8 @@
  */
 #include "px_http.h"
 
+#include "px_inflate.h"
+
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -271,7 +273,8 @@ px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade)
                  PX_HBH("te"),
                  PX_HBH("trailer"),
                  PX_HBH("transfer-encoding"),
-                 PX_HBH("upgrade")};
+                 PX_HBH("upgrade"),
+                 PX_HBH("http2-settings")};
 #undef PX_HBH
     struct px_drop_ctx d = {m, keep_upgrade};
 
@@ -290,6 +293,142 @@ px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade)
             }
         }
     }
+}
+
+struct px_framing
+px_framing_parsed(const llhttp_t *p, int nobody)
+{
+    struct px_framing f = {PX_BODY_NONE, 0};
+
+    if (nobody)
+        return f;
+    if (p->flags & F_CHUNKED) {
+        f.kind = PX_BODY_CHUNKED;
+    } else if (p->flags & F_CONTENT_LENGTH) {
+        f.kind = PX_BODY_LENGTH;
+        f.len = p->content_length;
+    } else if (p->type == HTTP_RESPONSE) {
+        f.kind = PX_BODY_CLOSE; /* RFC 9112 6.3 rule 8 */
+    }
+    return f; /* a request without either has no body (rule 7) */
+}
+
+int
+px_framing_write(const struct px_framing *f, struct al_dbuf *out)
+{
+    char     num[24];
+    size_t   n = sizeof(num);
+    uint64_t v = f->len;
+
+    switch (f->kind) {
+    case PX_BODY_CHUNKED:
+        return al_dbuf_adds(out, "Transfer-Encoding: chunked\r\n");
+    case PX_BODY_LENGTH:
+        do { /* no printf: this runs for every message */
+            num[--n] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v != 0);
+        if (al_dbuf_adds(out, "Content-Length: ") != AL_OK ||
+            al_dbuf_add(out, num + n, sizeof(num) - n) != AL_OK)
+            return AL_ERROR;
+        return al_dbuf_add(out, "\r\n", 2);
+    case PX_BODY_NONE:
+    case PX_BODY_CLOSE:
+        break;
+    }
+    return AL_OK;
+}
+
+int
+px_body_frame(struct al_bufq *q, int chunked, const char *at, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    char              hdr[24];
+    size_t            n = sizeof(hdr) - 2, v = len;
+
+    if (len == 0) /* an empty chunk would end the body */
+        return AL_OK;
+    if (!chunked)
+        return al_bufq_write(q, at, len);
+    hdr[sizeof(hdr) - 2] = '\r';
+    hdr[sizeof(hdr) - 1] = '\n';
+    do {
+        hdr[--n] = hex[v & 15];
+        v >>= 4;
+    } while (v != 0);
+    if (al_bufq_write(q, hdr + n, sizeof(hdr) - n) != AL_OK || al_bufq_write(q, at, len) != AL_OK ||
+        al_bufq_write(q, "\r\n", 2) != AL_OK)
+        return AL_ERROR;
+    return AL_OK;
+}
+
+void
+px_msg_drop_framing(struct px_msg *m)
+{
+    for (int i = 0; i < m->nhdrs; i++) {
+        const char *n = px_msg_str(m, m->hdrs[i].name);
+        size_t      len = m->hdrs[i].name_len;
+
+        if ((len == 14 && al_strcaseeq_n(n, len, "content-length")) ||
+            (len == 17 && al_strcaseeq_n(n, len, "transfer-encoding")))
+            m->hdrs[i].drop = 1;
+    }
+}
+
+static int
+px_msg_forbidden_tok(void *arg, const char *t, size_t n)
+{
+    static const char *const relied[] = {
+        "host",   "content-length",    "transfer-encoding",   "content-encoding",
+        "expect", "x-airlock-session", "x-airlock-tool-call", NULL};
+    const char **hit = arg;
+
+    for (int k = 0; relied[k] != NULL; k++) {
+        if (al_strcaseeq_n(t, n, relied[k])) {
+            *hit = relied[k];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+const char *
+px_msg_connection_forbidden(const struct px_msg *m)
+{
+    const char *hit = NULL;
+
+    (void)px_msg_list_tokens(m, "connection", px_msg_forbidden_tok, &hit);
+    return hit;
+}
+
+struct px_coding_ctx {
+    int coding; /* 0 none yet, >0 the one coding, -1 refused */
+};
+
+static int
+px_msg_coding_tok(void *arg, const char *t, size_t n)
+{
+    struct px_coding_ctx *cc = arg;
+    int                   k;
+
+    if (al_strcaseeq_n(t, n, "identity"))
+        return 0;
+    k = px_inflate_coding(t, n);
+    if (k == 0 || cc->coding != 0) { /* unknown, or a second coding */
+        cc->coding = -1;
+        return 1;
+    }
+    cc->coding = k;
+    return 0;
+}
+
+int
+px_msg_content_coding(const struct px_msg *m)
+{
+    struct px_coding_ctx cc = {0};
+
+    (void)px_msg_list_tokens(m, "content-encoding", px_msg_coding_tok, &cc);
+    return cc.coding;
 }
 
 int

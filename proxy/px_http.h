@@ -73,6 +73,51 @@ int px_msg_te_chunked_only(const struct px_msg *m);
 /* Does any Connection header list `token`? */
 int px_msg_connection_has(const struct px_msg *m, const char *token);
 
+/*
+ * Message framing. What airlock writes is always generated from the parser's
+ * state (llhttp's flags and parsed length), never copied from a peer's
+ * Content-Length or Transfer-Encoding header: those are dropped from every
+ * head (px_msg_drop_framing) and px_framing_write adds airlock's own. A body
+ * framed one way by the peer and another way by airlock can't become a
+ * second message (request smuggling, response splitting).
+ */
+enum px_body_kind {
+    PX_BODY_NONE = 0, /* the message ends with its head */
+    PX_BODY_LENGTH,   /* Content-Length: len */
+    PX_BODY_CHUNKED,  /* Transfer-Encoding: chunked */
+    PX_BODY_CLOSE     /* read until the connection closes (responses only) */
+};
+
+struct px_framing {
+    enum px_body_kind kind;
+    uint64_t          len; /* PX_BODY_LENGTH */
+};
+
+/* The framing llhttp parsed for a head it just completed (call from or right
+ * after on_headers_complete: content_length counts down as the body is
+ * read). nobody: the message has no body whatever its head says (HEAD
+ * responses, 1xx, 204, 304). */
+struct px_framing px_framing_parsed(const llhttp_t *p, int nobody);
+/* Appends "Content-Length: N\r\n" or "Transfer-Encoding: chunked\r\n"
+ * (nothing for NONE and CLOSE). */
+int px_framing_write(const struct px_framing *f, struct al_dbuf *out);
+/* One piece of body on the wire: as is, or as one chunk. */
+int px_body_frame(struct al_bufq *q, int chunked, const char *at, size_t len);
+/* Marks every Content-Length and Transfer-Encoding header as dropped. */
+void px_msg_drop_framing(struct px_msg *m);
+/*
+ * The first header name the Connection headers nominate that airlock itself
+ * relies on (Host, Content-Length, Transfer-Encoding, Content-Encoding,
+ * Expect, the X-Airlock-* tags), or NULL. Dropping such a header as
+ * hop-by-hop would change how the message is framed, routed or scanned.
+ */
+const char *px_msg_connection_forbidden(const struct px_msg *m);
+/* The content coding of a message over every Content-Encoding header and
+ * list element (identity ignored): 0 none, PX_INFLATE_GZIP / _DEFLATE when
+ * exactly one coding airlock can decode, -1 anything else (unknown, or more
+ * than one coding, e.g. "identity" then "gzip, br" in two headers). */
+int px_msg_content_coding(const struct px_msg *m);
+
 /* Appends "NAME: VALUE\r\n" for every kept header to out. */
 int px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out);
 
