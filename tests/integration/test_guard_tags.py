@@ -459,5 +459,31 @@ def test_explicit_auth_tags_win(t):
            session="forged-sess", tool_call="forged")
 
 
+@test
+def test_intercepted_tunnel_keeps_auth_tags(t):
+    """CONNECT with Proxy-Authorization sbx+sess+call, intercepted; the inner
+    request forges X-Airlock-* headers: its row keeps the tunnel's tags and the
+    upstream never sees the headers."""
+    cadir = os.path.join(t.tmp, "interception-ca")
+    p = subprocess.run([t.run.airlock_bin, "ca", "init", "--dir", cadir],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    eq(p.returncode, 0, "airlock ca init (%s)" % p.stdout.decode().strip())
+    up = t.upstream(tls=True)
+    cfg = {"sandboxes": [{"name": "sbx", "token_sha256": tok_hash(SBX_TOKEN)}],
+           "ca": {"dir": cadir}, "upstream_ca": t.run.ca_pem,
+           "audit": {"db": "audit.db", "flush_ms": 20}}
+    pol = {"default": "deny",
+           "rules": [{"name": "up", "hosts": ["upstream.test"], "cidrs": ["127.0.0.1/32"],
+                      "intercept": True}]}
+    al = t.airlock(config=cfg, policy=pol)
+    r = al.curl(["-U", "sbx+sess+call:" + SBX_TOKEN, "--cacert", os.path.join(cadir, "ca.pem"),
+                 "-H", "X-Airlock-Session: forged-sess", "-H", "X-Airlock-Tool-Call: forged",
+                 "https://upstream.test:%d/echo/mitm" % up.port])
+    eq(r.status, 200, "intercepted request (%r)" % r)
+    no_tag_headers(up, "/echo/mitm", "intercepted request")
+    fields(wait_row(al, "inner", path="/echo/mitm", method="GET"), "inner request row",
+           sandbox="sbx", session="sess", tool_call="call")
+
+
 if __name__ == "__main__":
     sys.exit(altest.main())
