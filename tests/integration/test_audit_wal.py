@@ -70,6 +70,7 @@ class Load:
         self.lock = threading.Lock()
         self.status = {}
         self.errors = []
+        self.slowest = 0.0  # seconds, the slowest request
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
         for th in self.threads:
             th.start()
@@ -80,10 +81,13 @@ class Load:
             try:
                 if c is None:
                     c = altest.Conn(self.al.port, timeout=10)
+                t0 = time.monotonic()
                 c.send(self.data)
                 r = c.read_response()
+                dt = time.monotonic() - t0
                 with self.lock:
                     self.status[r.status] = self.status.get(r.status, 0) + 1
+                    self.slowest = max(self.slowest, dt)
                 if (r.header("Connection") or "").lower() == "close":
                     c.close()
                     c = None
@@ -148,8 +152,9 @@ def _stalled(t, reader_args):
     peak = max(peak, wal_size(al))
     n503 = ld.status.get(503, 0)
     written = al.metrics().need("airlock_audit_rows_written_total")
-    print("    %s: %d requests under load (%s), -wal peak %.1f MiB, rows written %d" %
-          (" ".join(reader_args), ld.total(), ld.status, peak / MIB, written))
+    print("    %s: %d requests under load (%s, slowest %.0f ms), -wal peak %.1f MiB, rows "
+          "written %d" % (" ".join(reader_args), ld.total(), ld.status, ld.slowest * 1000,
+                          peak / MIB, written))
     check(ld.total() >= 2000, "too little load to judge the WAL: %d requests (errors %s)" %
           (ld.total(), ld.errors))
     check(reader.poll() is None, "the stalled reader is not stalled any more (rc %s)" %

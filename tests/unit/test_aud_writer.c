@@ -708,6 +708,85 @@ test_aud_no_secret_values(void **state)
     aud_writer_stop(w);
 }
 
+static off_t
+aud_t_wal_size(const char *db)
+{
+    char        p[256];
+    struct stat st;
+
+    snprintf(p, sizeof(p), "%s-wal", db);
+    return stat(p, &st) == 0 ? st.st_size : 0;
+}
+
+/* Waits up to ms for `written` to reach n; returns the ms it took, or -1. */
+static int
+aud_t_wait_written(struct aud_writer *w, uint64_t n, int ms)
+{
+    struct aud_stats st;
+
+    for (int i = 0; i <= ms; i += 5) {
+        aud_writer_stats(w, &st);
+        if (st.written >= n)
+            return i;
+        aud_t_sleep_ms(5);
+    }
+    return -1;
+}
+
+/* An idle writer empties the WAL (wal_checkpoint(TRUNCATE)); a reader in
+ * the WAL keeps it from doing so without slowing commits down (no busy
+ * wait), and once the reader is gone the WAL is emptied again. */
+static void
+test_aud_wal_idle_truncate(void **state)
+{
+    struct aud_t_env  *e = *state;
+    struct aud_writer *w = aud_t_start(e->db, 0, 0, 10, 0);
+    struct aud_stats   st;
+    sqlite3           *rd = NULL;
+    sqlite3_stmt      *q = NULL;
+    int                i, n = 0;
+
+    for (i = 0; i < 200; i++)
+        assert_int_equal(aud_submit(w, aud_t_rec("dev", "wal.test", "/w", "allow")), AL_OK);
+    n += 200;
+    assert_true(aud_t_wait_written(w, (uint64_t)n, 3000) >= 0);
+    assert_true(aud_t_wal_size(e->db) > 0);
+    for (i = 0; i < 300 && aud_t_wal_size(e->db) > 0; i++)
+        aud_t_sleep_ms(10);
+    assert_int_equal(aud_t_wal_size(e->db), 0);
+    for (i = 0; i < 100; i++) { /* the stats follow (sampled every ~100 ms) */
+        aud_writer_stats(w, &st);
+        if (st.wal_bytes == 0)
+            break;
+        aud_t_sleep_ms(10);
+    }
+    assert_int_equal(st.wal_bytes, 0);
+
+    /* a reader holding a snapshot in the WAL */
+    assert_int_equal(aud_submit(w, aud_t_rec("dev", "wal.test", "/w", "allow")), AL_OK);
+    n++;
+    assert_true(aud_t_wait_written(w, (uint64_t)n, 3000) >= 0);
+    assert_int_equal(sqlite3_open_v2(e->db, &rd, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(rd, "SELECT id FROM requests", -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW); /* read transaction open */
+    for (int round = 0; round < 4; round++) {
+        int took;
+
+        assert_int_equal(aud_submit(w, aud_t_rec("dev", "wal.test", "/w", "allow")), AL_OK);
+        n++;
+        took = aud_t_wait_written(w, (uint64_t)n, 3000);
+        assert_true(took >= 0 && took < 1000); /* no 2 s busy wait behind the reader */
+        aud_t_sleep_ms(400);                   /* idle: checkpoint attempts */
+    }
+    assert_true(aud_t_wal_size(e->db) > 0);
+    sqlite3_finalize(q);
+    sqlite3_close(rd);
+    for (i = 0; i < 300 && aud_t_wal_size(e->db) > 0; i++)
+        aud_t_sleep_ms(10);
+    assert_int_equal(aud_t_wal_size(e->db), 0);
+    aud_writer_stop(w);
+}
+
 int
 main(void)
 {
@@ -723,6 +802,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_aud_recovery, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_retention, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_no_secret_values, aud_t_setup, aud_t_teardown),
+        cmocka_unit_test_setup_teardown(test_aud_wal_idle_truncate, aud_t_setup, aud_t_teardown),
     };
 
     al_log_set_level(AL_LOG_OFF);
