@@ -35,12 +35,12 @@ struct sec_ac *
 sec_ac_build(const struct sec_ac_in *in, int n)
 {
     struct sec_ac *ac = NULL, *ret = NULL;
-    uint32_t      *tbl, *depth, *fail = NULL, *queue = NULL;
+    uint32_t      *tbl, *depth, *fail = NULL, *queue = NULL, *olink = NULL;
     int32_t       *out;
     uint8_t       *shift = NULL;
-    size_t         maxst = 1, off, sz_tbl, sz_st, sz_shift = 0, sz_pats;
-    uint32_t       ncls = 1, nst = 1, minl = UINT32_MAX, maxl = 0;
-    int            locked;
+    size_t         maxst = 1, off, sz_tbl, sz_st, sz_shift = 0, sz_pats, sz_olink = 0;
+    uint32_t       ncls = 1, nst = 1, minl = UINT32_MAX, maxl = 0, ce = 0;
+    int            locked, eol = 0;
     char          *base;
     uint8_t        used[256];
 
@@ -56,19 +56,30 @@ sec_ac_build(const struct sec_ac_in *in, int n)
             maxl = in[k].len;
         for (uint32_t j = 0; j < in[k].len; j++)
             used[(uint8_t)in[k].p[j]] = 1;
+        eol |= in[k].wrap;
     }
     if (n == 0)
         minl = maxl = 1;
+    /* line breaks are skipped only if no pattern holds one (values cannot) */
+    if (used['\r'] || used['\n'])
+        eol = 0;
     for (int b = 0; b < 256; b++)
         ac->cls[b] = used[b] ? (uint8_t)ncls++ : 0;
+    if (eol) {
+        ce = ncls++;
+        ac->cls['\r'] = ac->cls['\n'] = (uint8_t)ce;
+    }
     if (maxst * ncls >= (size_t)SEC_AC_FLAG)
         goto out;
     sz_tbl = maxst * ncls * sizeof(uint32_t);
     sz_st = maxst * sizeof(uint32_t);
     sz_pats = (size_t)(n > 0 ? n : 1) * sizeof(struct sec_pat);
+    if (eol)
+        sz_olink = sz_st;
     if (minl >= 3)
         sz_shift = 65536;
-    ac->map = sec_vault_alloc(sz_tbl + 2 * sz_st + sz_pats + sz_shift, &ac->map_len, &locked);
+    ac->map =
+        sec_vault_alloc(sz_tbl + 2 * sz_st + sz_olink + sz_pats + sz_shift, &ac->map_len, &locked);
     if (ac->map == NULL)
         goto out;
     if (!locked)
@@ -84,6 +95,11 @@ sec_ac_build(const struct sec_ac_in *in, int n)
     off += sz_st;
     ac->pats = (struct sec_pat *)(void *)(base + off);
     off += sz_pats;
+    if (sz_olink) {
+        olink = (uint32_t *)(void *)(base + off);
+        off += sz_olink;
+        olink[0] = 0;
+    }
     if (sz_shift)
         shift = (uint8_t *)(base + off);
     fail = al_calloc(maxst, sizeof(*fail));
@@ -99,6 +115,7 @@ sec_ac_build(const struct sec_ac_in *in, int n)
 
         ac->pats[k].secret = in[k].secret;
         ac->pats[k].len = in[k].len;
+        ac->pats[k].wrap = eol && in[k].wrap;
         for (uint32_t j = 0; j < in[k].len; j++) {
             uint32_t c = ac->cls[(uint8_t)in[k].p[j]];
 
@@ -112,6 +129,8 @@ sec_ac_build(const struct sec_ac_in *in, int n)
         }
         if (out[s] < 0)
             out[s] = k;
+        else if (ac->pats[k].wrap) /* the same text: it may be wrapped */
+            ac->pats[out[s]].wrap = 1;
     }
     ac->npats = n;
     /* breadth-first: failure links, outputs, full transitions */
@@ -131,6 +150,8 @@ sec_ac_build(const struct sec_ac_in *in, int n)
         while (qh < qt) {
             uint32_t u = queue[qh++];
 
+            if (olink != NULL) /* past u's own pattern, the shorter ones */
+                olink[u] = out[u] >= 0 ? fail[u] : olink[fail[u]];
             if (out[u] < 0)
                 out[u] = out[fail[u]];
             for (uint32_t c = 0; c < ncls; c++) {
@@ -151,6 +172,16 @@ sec_ac_build(const struct sec_ac_in *in, int n)
 
         tbl[i] = v * ncls | (out[v] >= 0 ? SEC_AC_FLAG : 0);
     }
+    if (eol) {
+        /* a line break leaves the state as it is (the match goes on, and
+         * was reported when its last character came) */
+        for (uint32_t st = 0; st < nst; st++)
+            tbl[(size_t)st * ncls + ce] = st * ncls;
+        /* a match in progress of depth d started at most this far back */
+        for (uint32_t st = 0; st < nst; st++)
+            depth[st] = SEC_WRAP_RAW(depth[st]);
+        maxl = SEC_WRAP_RAW(maxl);
+    }
     if (shift != NULL) {
         uint32_t m = minl;
 
@@ -160,14 +191,30 @@ sec_ac_build(const struct sec_ac_in *in, int n)
                 unsigned blk = (uint8_t)in[k].p[q - 1] | (unsigned)(uint8_t)in[k].p[q] << 8;
                 uint32_t sh = m - 1 - q;
 
+                /* wrapped, the pair sits up to 2 bytes further per line
+                 * break before it (breaks start at 1, then every >= 60) */
+                if (eol && in[k].wrap) {
+                    uint32_t more = 2 * ((q - 1 + SEC_WRAP_MIN - 1) / SEC_WRAP_MIN);
+
+                    sh = sh > more ? sh - more : 0;
+                }
                 if (sh < shift[blk])
                     shift[blk] = (uint8_t)sh;
+            }
+        }
+        /* a line break may sit anywhere inside a wrapped match */
+        if (eol) {
+            for (unsigned b = 0; b < 256; b++) {
+                shift[b | '\r' << 8] = shift[b | '\n' << 8] = 0;
+                shift['\r' | b << 8] = shift['\n' | b << 8] = 0;
             }
         }
     }
     ac->tbl = tbl;
     ac->depth = depth;
     ac->out = out;
+    ac->olink = olink;
+    ac->eol = eol;
     ac->shift = shift;
     ac->ncls = ncls;
     ac->nstates = nst;
@@ -362,6 +409,24 @@ sec_form_json(struct al_dbuf *b, const unsigned char *v, size_t n, int fl)
     return rc;
 }
 
+/* v with its ASCII letters lower- (upper) cased. */
+static int
+sec_form_case(struct al_dbuf *b, const unsigned char *v, size_t n, int upper)
+{
+    int rc = AL_OK;
+
+    for (size_t i = 0; i < n && rc == AL_OK; i++) {
+        char c = (char)v[i];
+
+        if (upper && c >= 'a' && c <= 'z')
+            c = (char)(c - 'a' + 'A');
+        else if (!upper && c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        rc = sec_dbuf_add(b, &c, 1);
+    }
+    return rc;
+}
+
 int
 sec_b64_encode(struct al_dbuf *b, const void *v, size_t n)
 {
@@ -371,7 +436,9 @@ sec_b64_encode(struct al_dbuf *b, const void *v, size_t n)
 /*
  * Appends every encoded form of v (raw included) to buf and one entry per
  * form to *ins (offsets into buf are stored in .p as integers until the
- * caller rebases them: buf may move while growing).
+ * caller rebases them: buf may move while growing). A form equal to one
+ * already added for v is left out. The standard base64 forms are wrap
+ * patterns (MIME line-wrapped too, see sec_int.h).
  */
 int
 sec_forms_add(const char *val, size_t n, int secret, struct al_dbuf *buf, struct sec_ac_in **ins,
@@ -386,11 +453,11 @@ sec_forms_add(const char *val, size_t n, int secret, struct al_dbuf *buf, struct
                                  SEC_JS_NONASCII | SEC_JS_SLASH | SEC_JS_UPPER,
                                  SEC_JS_ALL,
                                  SEC_JS_ALL | SEC_JS_UPPER};
-    int                  rc = AL_OK;
+    int                  rc = AL_OK, first = *nins;
 
     for (int f = 0; rc == AL_OK; f++) {
         size_t before = buf->len;
-        int    r;
+        int    r, dup = 0, wrap = f >= 1 && f <= 5;
 
         if (f == 0)
             r = sec_dbuf_add(buf, v, n);
@@ -412,6 +479,8 @@ sec_forms_add(const char *val, size_t n, int secret, struct al_dbuf *buf, struct
             r = sec_form_hex(buf, v, n, sec_hex_lc, "%", 1);
         else if (f - 17 < (int)(sizeof(js) / sizeof(js[0])))
             r = sec_form_json(buf, v, n, js[f - 17]);
+        else if (f - 25 < 2) /* case-folded: echoed lower- or upper-cased */
+            r = sec_form_case(buf, v, n, f == 26);
         else
             break;
         if (r == AL_DECLINED) {
@@ -424,6 +493,20 @@ sec_forms_add(const char *val, size_t n, int secret, struct al_dbuf *buf, struct
         }
         if (buf->len == before)
             continue;
+        for (int j = first; j < *nins && !dup; j++) {
+            struct sec_ac_in *o = &(*ins)[j];
+
+            if (o->len == buf->len - before &&
+                memcmp(buf->data + (uintptr_t)o->p, buf->data + before, o->len) == 0) {
+                o->wrap |= wrap;
+                dup = 1;
+            }
+        }
+        if (dup) {
+            OPENSSL_cleanse(buf->data + before, buf->len - before);
+            buf->len = before;
+            continue;
+        }
         if (*nins == *cap) {
             int               ncap = *cap ? *cap * 2 : 32;
             struct sec_ac_in *ni = al_realloc(*ins, (size_t)ncap * sizeof(*ni));
@@ -438,6 +521,7 @@ sec_forms_add(const char *val, size_t n, int secret, struct al_dbuf *buf, struct
         (*ins)[*nins].p = (const char *)(uintptr_t)before;
         (*ins)[*nins].len = (uint32_t)(buf->len - before);
         (*ins)[*nins].secret = secret;
+        (*ins)[*nins].wrap = wrap;
         (*nins)++;
     }
     return rc;
@@ -590,6 +674,108 @@ sec_stream_advance(struct sec_stream *st, const char *in, uint64_t base, uint64_
     return rc;
 }
 
+/* No match can start before pos - depth (depth may exceed pos with eol). */
+static inline uint64_t
+sec_frontier(uint64_t pos, uint32_t depth)
+{
+    return pos > depth ? pos - depth : 0;
+}
+
+/*
+ * Raw bytes around a match: [lo, base) from hold (which starts at hold_pos),
+ * [base, ...) from in. Bytes before lo are gone or already written out.
+ */
+struct sec_raw {
+    const char *hold, *in;
+    uint64_t    hold_pos, base, lo;
+};
+
+static inline unsigned char
+sec_raw_at(const struct sec_raw *r, uint64_t x)
+{
+    return (unsigned char)(x >= r->base ? r->in[x - r->base] : r->hold[x - r->hold_pos]);
+}
+
+/*
+ * eol automata: whether pattern pat, found in the text without its line
+ * breaks, ends at raw offset end in a form that counts: without a line
+ * break, or (a wrap pattern) MIME-wrapped as described in sec_int.h. Walks
+ * back from end; *start = where it begins. Stops at the first line break
+ * that cannot belong to a wrapped form, so a text full of wrong breaks costs
+ * a line or two per candidate.
+ */
+static int
+sec_ac_check_wrapped(const struct sec_ac *ac, int pat, const struct sec_raw *r, uint64_t end,
+                     uint64_t *start)
+{
+    uint32_t L = ac->pats[pat].len, c = 0, cprev = 0, clast = 0, gap = 0, nb = 0;
+    uint64_t x = end;
+    int      kind = 0;
+
+    while (c < L) {
+        unsigned char b;
+
+        if (x <= r->lo)
+            return 0;
+        b = sec_raw_at(r, x - 1);
+        if (b != '\n' && b != '\r') {
+            c++;
+            x--;
+            continue;
+        }
+        /* a line break with c pattern characters after it */
+        if (!ac->pats[pat].wrap || b == '\r' || c == 0 || (nb > 0 && c == cprev))
+            return 0; /* not wrappable, lone CR, two breaks in a row */
+        {
+            int k = x - 1 > r->lo && sec_raw_at(r, x - 2) == '\r' ? 2 : 1;
+
+            if (kind != 0 && k != kind)
+                return 0; /* LF and CRLF mixed */
+            kind = k;
+            x -= (uint64_t)k;
+        }
+        if (nb == 0) {
+            /* the last line: after the last break no further one fits */
+            if (c > SEC_WRAP_MAX)
+                return 0;
+            clast = c;
+        } else if (nb == 1) {
+            gap = c - cprev;
+            if ((gap != 60 && gap != 64 && gap != 76) || clast > gap)
+                return 0;
+        } else if (c - cprev != gap) {
+            return 0;
+        }
+        cprev = c;
+        nb++;
+    }
+    *start = x;
+    return 1;
+}
+
+/* The raw bytes of the stream (its hold and the piece being fed) since the
+ * last byte already searched for a line break: remember the last one. */
+static void
+sec_stream_eol_scan(struct sec_stream *st, const struct sec_raw *r, uint64_t end)
+{
+    uint64_t from = st->eol_hi > r->lo ? st->eol_hi : r->lo;
+
+    while (end > from) {
+        uint64_t    seg = end > r->base && from < r->base ? r->base : from;
+        const char *p = seg >= r->base ? r->in + (seg - r->base) : r->hold + (seg - r->hold_pos);
+        size_t      len = (size_t)(end - seg);
+        const char *a = memrchr(p, '\n', len), *b = memrchr(p, '\r', len);
+
+        if (a == NULL || (b != NULL && b > a))
+            a = b;
+        if (a != NULL) {
+            st->last_eol = seg + (uint64_t)(a - p) + 1;
+            break;
+        }
+        end = seg;
+    }
+}
+
 static int
 sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t end, uint32_t state,
                  struct al_dbuf *out)
@@ -597,9 +783,35 @@ sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t 
     const struct sec_ac *ac = st->ac;
     uint32_t             sid = state / ac->ncls;
     int                  pat = ac->out[sid];
-    int                  sec = ac->pats[pat].secret;
+    int                  sec;
     uint64_t             start = end - ac->pats[pat].len;
+    uint32_t             plen;
 
+    if (ac->eol) {
+        struct sec_raw r = {st->hold, in, st->hold_pos, base, st->emitted};
+        uint32_t       t = sid;
+
+        if (r.lo < st->hold_pos)
+            r.lo = st->hold_pos;
+        if (st->eol_hi < end) {
+            sec_stream_eol_scan(st, &r, end);
+            st->eol_hi = end;
+        }
+        /* the longest pattern ending here that counts */
+        for (;;) {
+            start = end - ac->pats[pat].len;
+            if (start >= r.lo && st->last_eol <= start)
+                break; /* no line break inside: as it is */
+            if (sec_ac_check_wrapped(ac, pat, &r, end, &start))
+                break;
+            t = ac->olink[t];
+            pat = ac->out[t];
+            if (t == 0 || pat < 0)
+                return AL_OK;
+        }
+    }
+    plen = (uint32_t)(end - start);
+    sec = ac->pats[pat].secret;
     st->seen |= (uint64_t)1 << sec;
     if (!(st->repl_mask >> sec & 1))
         return AL_OK;
@@ -609,10 +821,13 @@ sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t 
 
         if (c->start <= start) {
             /* keep the earlier-starting (then longer) match's replacement */
-            if (c->start == start && ac->pats[c->pat].len < ac->pats[pat].len)
+            if (c->start == start && c->plen < plen) {
                 c->pat = pat;
+                c->plen = plen;
+            }
             start = c->start;
             pat = c->pat;
+            plen = c->plen;
         }
         if (c->end > end)
             end = c->end;
@@ -623,9 +838,10 @@ sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t 
     st->cl[st->ncl].start = start;
     st->cl[st->ncl].end = end;
     st->cl[st->ncl].pat = pat;
+    st->cl[st->ncl].plen = plen;
     st->ncl++;
     /* st->pos is the end of this match: the frontier is pos - depth */
-    return sec_stream_advance(st, in, base, st->pos - ac->depth[sid], out);
+    return sec_stream_advance(st, in, base, sec_frontier(st->pos, ac->depth[sid]), out);
 }
 
 /* From the root state: skips (bad-character shifts on byte pairs) to the
@@ -681,7 +897,7 @@ sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf 
     }
     st->pos = base + n;
     st->state = s;
-    rc = sec_stream_advance(st, in, base, st->pos - ac->depth[s / ac->ncls], out);
+    rc = sec_stream_advance(st, in, base, sec_frontier(st->pos, ac->depth[s / ac->ncls]), out);
     if (rc != AL_OK)
         goto out;
     /* keep [max(emitted, pos - max_len), pos) */
@@ -811,6 +1027,8 @@ sec_ac_any(const struct sec_ac *ac, const char *in, size_t n)
     const unsigned char *u = (const unsigned char *)in;
     size_t               m1 = ac->min_len - 1, i = 0;
     uint32_t             s = 0;
+    int            eol = ac->eol && (memchr(in, '\n', n) != NULL || memchr(in, '\r', n) != NULL);
+    struct sec_raw r = {in, in, 0, 0, 0};
 
     while (i < n) {
         if (s == 0 && ac->shift != NULL) {
@@ -821,10 +1039,19 @@ sec_ac_any(const struct sec_ac *ac, const char *in, size_t n)
         do {
             uint32_t t = ac->tbl[s + ac->cls[u[i]]];
 
-            if (t & SEC_AC_FLAG)
-                return 1;
-            s = t;
+            s = t & ~SEC_AC_FLAG;
             i++;
+            if ((t & SEC_AC_FLAG) && !eol)
+                return 1;
+            if (t & SEC_AC_FLAG) {
+                /* text with line breaks: does any pattern ending here count? */
+                for (uint32_t q = s / ac->ncls; q != 0 && ac->out[q] >= 0; q = ac->olink[q]) {
+                    uint64_t start;
+
+                    if (sec_ac_check_wrapped(ac, ac->out[q], &r, i, &start))
+                        return 1;
+                }
+            }
         } while (s != 0 && i < n);
     }
     return 0;

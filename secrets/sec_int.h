@@ -62,19 +62,43 @@ struct sec_secret {
     int               allow_plaintext;
 };
 
-/* One pattern of an automaton: which secret, how long. */
+/* One pattern of an automaton: which secret, how long, and whether it may
+ * also occur MIME line-wrapped (a standard base64 form). */
 struct sec_pat {
     int      secret;
     uint32_t len;
+    int      wrap;
 };
+
+/*
+ * MIME line-wrapped base64 (issue #14): a wrap pattern of length L also
+ * matches with one EOL ("\n" or "\r\n", the same throughout) inserted before
+ * characters p, p+W, p+2W, ... < L, for any 1 <= p < L and W in
+ * {60, 64, 76}. SEC_WRAP_MIN/MAX are the smallest and largest W.
+ * SEC_WRAP_RAW(d) bounds the raw length of such a text holding d pattern
+ * characters (at most ceil(d/60) EOLs of 2 bytes).
+ */
+#define SEC_WRAP_MIN 60u
+#define SEC_WRAP_MAX 76u
+#define SEC_WRAP_RAW(d) ((d) + 2u * (((d) + SEC_WRAP_MIN - 1) / SEC_WRAP_MIN))
 
 /*
  * Aho-Corasick automaton compiled to a dense DFA over byte classes.
  * tbl[state * ncls + cls[byte]] = next state premultiplied by ncls, with
  * SEC_AC_FLAG set when the next state has an output. out[state] is the
- * longest pattern ending there (-1: none), depth[state] its trie depth.
- * shift: 2-byte-block skip table (Wu-Manber) used while at the root, NULL
- * when the shortest pattern is under 3 bytes. Immutable once built.
+ * longest pattern ending there (-1: none), depth[state] how far back from
+ * the current position a match in progress may have started (the trie
+ * depth; SEC_WRAP_RAW of it when eol). shift: 2-byte-block skip table
+ * (Wu-Manber) used while at the root, NULL when the shortest pattern is
+ * under 3 bytes. Immutable once built.
+ *
+ * eol (some pattern is a wrap pattern): CR and LF are one byte class whose
+ * transitions stay in the current state, unflagged: the automaton matches
+ * the text with its line breaks taken out, and every match is checked
+ * against the raw bytes (sec_ac_check: no line break inside, or a wrap
+ * pattern wrapped as above). olink[state] is where the next shorter
+ * pattern ending at state is found (out[olink] < 0: none), for when the
+ * longest fails that check. max_len is then the longest raw match.
  */
 #define SEC_AC_FLAG 0x80000000u
 struct sec_ac {
@@ -83,11 +107,13 @@ struct sec_ac {
     const uint32_t *tbl;
     const uint32_t *depth;
     const int32_t  *out;
+    const uint32_t *olink; /* NULL unless eol */
     const uint8_t  *shift;
     struct sec_pat *pats;
     int             npats;
     uint32_t        ncls, nstates;
     uint32_t        min_len, max_len;
+    int             eol;
     uint8_t         cls[256];
 };
 
@@ -96,6 +122,7 @@ struct sec_ac_in {
     const char *p;
     uint32_t    len;
     int         secret;
+    int         wrap; /* see struct sec_pat */
 };
 
 struct sec_ac_slot {
@@ -120,6 +147,7 @@ struct sec_store {
 struct sec_cluster {
     uint64_t start, end;
     int      pat;
+    uint32_t plen; /* raw length of pat's match */
 };
 
 /* SUBST_PCT: the value goes in percent-encoded (all but unreserved bytes), for paths and queries.
@@ -141,6 +169,8 @@ struct sec_stream {
     uint64_t             hold_pos;
     struct sec_cluster  *cl;
     int                  ncl, clcap;
+    uint64_t             eol_hi;   /* eol automata: bytes before were searched for CR/LF, */
+    uint64_t             last_eol; /* the last one found there + 1 (0: none) */
     uint64_t             seen, replaced;
 };
 
