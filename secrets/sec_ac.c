@@ -802,7 +802,7 @@ sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t 
             start = end - ac->pats[pat].len;
             if (start >= r.lo && st->last_eol <= start)
                 break; /* no line break inside: as it is */
-            if (sec_ac_check_wrapped(ac, pat, &r, end, &start))
+            if (ac->pats[pat].wrap && sec_ac_check_wrapped(ac, pat, &r, end, &start))
                 break;
             t = ac->olink[t];
             pat = ac->out[t];

@@ -1,8 +1,8 @@
 /*
  * test_sec_stream.c - streaming body substitution and response redaction:
  * every split point of a placeholder across two feeds, every encoded form
- * of a value split at every boundary, overlapping / adjacent / repeated
- * occurrences, header-value redaction, and redactor throughput on 64 MiB of
+ * of a value (case-folded too) split at every boundary, overlapping /
+ * adjacent / repeated occurrences, header-value redaction, and redactor throughput on 64 MiB of
  * random data with 10 secrets.
  */
 #include <setjmp.h>
@@ -230,6 +230,13 @@ t_all_forms(struct sec_store *s, int idx, const char *v)
     t_check_form(s, m, f, ph, "json all");
     t_json_all(v, 1, f);
     t_check_form(s, m, f, ph, "json all upper");
+    /* case-folded (ASCII letters only; the non-ASCII bytes stay) */
+    for (size_t i = 0; i <= n; i++)
+        f[i] = (char)(v[i] >= 'A' && v[i] <= 'Z' ? v[i] - 'A' + 'a' : v[i]);
+    t_check_form(s, m, f, ph, "lower");
+    for (size_t i = 0; i <= n; i++)
+        f[i] = (char)(v[i] >= 'a' && v[i] <= 'z' ? v[i] - 'a' + 'A' : v[i]);
+    t_check_form(s, m, f, ph, "upper");
     /* minimal JSON escaping (and with \/) */
     {
         size_t o = 0, o2 = 0;
