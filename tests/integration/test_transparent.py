@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import altest  # noqa: E402
 import netns  # noqa: E402
+import rawhttp  # noqa: E402
 import upstream as upstream_mod  # noqa: E402
 from altest import check, eq, pattern, sha256, test, wait_until  # noqa: E402
 
@@ -993,6 +994,74 @@ def test_admin_token(t):
     eq(sandboxes(al, token=ADMIN_TOKEN)["sbx"].get("tool_call"), "toolu_09", "tag set")
     st, _ = admin(al, "GET", "/metrics", token=ADMIN_TOKEN)
     eq(st, 200, "/metrics with the token")
+
+
+# ---------------------------------------------------------------------------
+# request smuggling (issue 14)
+
+
+def _smuggle_req(port, vector, smuggled):
+    """A GET whose Connection header names its own framing, with a second
+    request as its body (what a desynced origin would parse as a request)."""
+    if "chunked" in vector:
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    else:
+        body = smuggled
+        vector = "Content-Length: %d\r\n%s" % (len(smuggled), vector)
+    return ("GET /public/x HTTP/1.1\r\nHost: api.test:%d\r\n%s\r\n" %
+            (port, vector)).encode() + body
+
+
+@test
+def test_http_connection_names_framing(t):
+    """A transparent sandbox cannot hide a second request in a body by
+    naming the body's framing in Connection: refused 400
+    bad_connection_header before anything reaches the origin, audited with
+    the sandbox; the namespace still gets honest requests through."""
+    need_nat()
+    o = rawhttp.RawOrigin(host="127.0.0.1")
+    t.defer(o.stop)
+    al = start(t, [{"name": "public", "hosts": ["api.test"], "paths": ["/public/**"],
+                    "cidrs": LOOP, "action": "allow"}])
+    ns = make_ns(t, {o.port: al.tport})
+    smuggled = (b"DELETE /admin/secret-stuff HTTP/1.1\r\nHost: api.test:%d\r\n"
+                b"Content-Length: 0\r\n\r\n" % o.port)
+    vectors = [("Connection: content-length\r\n", "content-length"),
+               ("Connection: keep-alive, Content-Length\r\n", "content-length"),
+               ("Transfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n",
+                "transfer-encoding")]
+    for vector, name in vectors:
+        res = ns_py(t, ns, {"op": "raw", "addr": FAKE, "port": o.port,
+                            "send": _smuggle_req(o.port, vector, smuggled).hex(),
+                            "timeout": 5})
+        resp = bytes.fromhex(res["recv"]).decode("latin-1")
+        head, _, body = resp.partition("\r\n\r\n")
+        what = "%r (origin parsed %r)" % (vector, o.lines())
+        eq(status_of(resp), 400, "status for %s: %r" % (what, resp[:300]))
+        check(re.search(r"\r\nX-Airlock-Reason: bad_connection_header\r\n", head + "\r\n",
+                        re.I) is not None, "X-Airlock-Reason for %s: %r" % (what, head))
+        check(name in body, "detail names %s: %r" % (name, body))
+        check(res["eof"], "connection closed after the refusal of %s: %r" % (what, res))
+    eq(o.lines(), [], "requests the origin parsed (nothing may reach it)")
+    wait_until(lambda: len([r for r in rows(al) if r["reason"] == "bad_connection_header"])
+               == len(vectors), 5, "one audit row per refused request")
+    for r in rows(al):
+        if r["reason"] == "bad_connection_header":
+            fields(r, "refused smuggling attempt", mode="transparent", sandbox="sbx",
+                   method="GET", host="api.test", port=o.port, path="/public/x", status=400,
+                   orig_dst="%s:%d" % (FAKE, o.port))
+    # the namespace still gets an honest request through
+    res = ns_py(t, ns, {"op": "raw", "addr": FAKE, "port": o.port,
+                        "send": (b"GET /public/ok HTTP/1.1\r\nHost: api.test:%d\r\n"
+                                 b"Connection: close\r\n\r\n" % o.port).hex(),
+                        "timeout": 5})
+    resp = bytes.fromhex(res["recv"]).decode("latin-1")
+    eq(status_of(resp), 200, "honest GET /public/ok: %r" % resp[:300])
+    check(resp.endswith("ok GET /public/ok\n"), "honest GET body: %r" % resp[-200:])
+    eq(o.lines(), ["GET /public/ok"], "origin log")
+    row = wait_row(al, "honest GET", method="GET", path="/public/ok")
+    fields(row, "honest GET", mode="transparent", sandbox="sbx", decision="allow",
+           rule="public", status=200)
 
 
 # ---------------------------------------------------------------------------
