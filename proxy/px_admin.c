@@ -12,6 +12,7 @@
 #include "px.h"
 #include "px_ifaddrs.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -334,10 +335,30 @@ px_admin_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
+static const char *
+px_admin_addr_text(const struct px_conf *conf, char *out, size_t outsz)
+{
+    char a[INET6_ADDRSTRLEN] = "?";
+
+    if (conf->admin_addr.ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&conf->admin_addr;
+
+        inet_ntop(AF_INET, &sin->sin_addr, a, sizeof(a));
+        snprintf(out, outsz, "%s:%u", a, ntohs(sin->sin_port));
+    } else {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&conf->admin_addr;
+
+        inet_ntop(AF_INET6, &sin6->sin6_addr, a, sizeof(a));
+        snprintf(out, outsz, "[%s]:%u", a, ntohs(sin6->sin6_port));
+    }
+    return out;
+}
+
 int
 px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn reload, void *arg)
 {
-    int one = 1;
+    int  one = 1;
+    char text[80];
 
     px_admin_reload = reload;
     px_admin_reload_arg = arg;
@@ -357,12 +378,20 @@ px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn re
     px_admin_settings.on_body = px_admin_on_body;
     px_admin_settings.on_message_complete = px_admin_on_complete;
     px_admin_fd = socket(conf->admin_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (px_admin_fd < 0)
+    if (px_admin_fd < 0) {
+        al_log_err("admin %s: socket: %s", px_admin_addr_text(conf, text, sizeof(text)),
+                   strerror(errno));
         return AL_ERROR;
+    }
+    /* No SO_REUSEPORT: the admin address is this process's alone (a second
+     * airlock, or anything else listening there, fails the bind). */
     (void)setsockopt(px_admin_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(px_admin_fd, (const struct sockaddr *)&conf->admin_addr, conf->admin_addrlen) != 0 ||
         listen(px_admin_fd, 64) != 0) {
-        al_log_warn("admin: cannot listen");
+        int e = errno;
+
+        al_log_err("admin %s: %s", px_admin_addr_text(conf, text, sizeof(text)),
+                   e == EADDRINUSE ? "address already in use" : strerror(e));
         close(px_admin_fd);
         px_admin_fd = -1;
         return AL_ERROR;

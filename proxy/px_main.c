@@ -5,7 +5,10 @@
  *
  * SIGHUP re-reads the config file: a file that fails validation changes
  * nothing (the errors are logged); a good one becomes the snapshot for new
- * connections. Listener addresses and the worker count need a restart.
+ * connections. Listener addresses and the worker count need a restart: the
+ * listening sockets are bound once, at start, and a reload never re-binds
+ * (nor re-checks) them. A start whose addresses another process listens on
+ * fails with exit 1 (px_listen_probe, px_listen_verify in px_worker.c).
  */
 #include "px_ca.h"
 #include "px_worker.h"
@@ -164,6 +167,12 @@ px_main_run(const char *config_path, int dry_run)
         (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     px_conf_set_current(px_conf_ref(c));
+    /* An address someone else listens on ends the start here, before the
+     * audit database or the CA is touched. */
+    if (px_listen_probe(c, err, sizeof(err)) != AL_OK) {
+        al_log_err("%s", err);
+        goto out;
+    }
 
     if (c->audit_db == NULL) {
         al_log_warnx("AUDIT DISABLED (audit.db is null): requests leave no trace");
@@ -215,11 +224,13 @@ px_main_run(const char *config_path, int dry_run)
             goto out;
         }
     }
-    loop = ev_default_loop(EVFLAG_AUTO);
-    if (px_admin_start(loop, c, px_main_reload, &m) != AL_OK) {
-        al_log_err("cannot start the admin listener");
+    if (px_listen_verify(m.workers, m.nworkers, c, err, sizeof(err)) != AL_OK) {
+        al_log_err("%s", err);
         goto out;
     }
+    loop = ev_default_loop(EVFLAG_AUTO);
+    if (px_admin_start(loop, c, px_main_reload, &m) != AL_OK)
+        goto out; /* px_admin_start said why */
     for (int i = 0; i < m.nworkers; i++) {
         if (px_worker_start(&m.workers[i]) != AL_OK) {
             al_log_err("cannot start worker %d", i);

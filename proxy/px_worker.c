@@ -19,18 +19,47 @@
  * timeout. The failure is logged at most once a second (process-wide, with
  * the count since the last line) and counted in
  * airlock_accept_errors_total{reason}.
+ *
+ * A listening address belongs to one airlock process. SO_REUSEPORT lets any
+ * socket of the same user join a reuseport group, and the kernel then splits
+ * new connections between every process in it: a second airlock started on
+ * a busy address would serve part of the traffic under its own policy. So
+ * px_listen_probe() first binds each address without SO_REUSEPORT (any
+ * other listener there, with or without SO_REUSEPORT, makes that fail with
+ * EADDRINUSE) before the workers bind their SO_REUSEPORT sockets, and
+ * px_listen_verify() then lists the host's TCP listeners (sock_diag) and
+ * refuses to start if one that is not ours covers one of our addresses:
+ * that closes the window between the probe and the binds, e.g. two airlocks
+ * started at the same instant (at least one of them then fails; neither
+ * has accepted anything yet, as the workers start afterwards).
  */
 #include "px_worker.h"
 
 #include "px_conn.h"
 #include "px_http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+static void
+px_listen_err(const char *what, const char *text, int e, char *err, size_t errsz)
+{
+    if (e == EADDRINUSE)
+        snprintf(err, errsz, "%s %s: address already in use by another process", what, text);
+    else
+        snprintf(err, errsz, "%s %s: %s", what, text, strerror(e));
+}
 
 static int
 px_listen_socket(const struct px_listen_conf *lc, char *err, size_t errsz)
@@ -39,17 +68,303 @@ px_listen_socket(const struct px_listen_conf *lc, char *err, size_t errsz)
     int fd = socket(lc->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
     if (fd < 0) {
-        snprintf(err, errsz, "socket: %s", strerror(errno));
+        snprintf(err, errsz, "listen %s: socket: %s", lc->text, strerror(errno));
         return -1;
     }
     (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
         bind(fd, (const struct sockaddr *)&lc->addr, lc->addrlen) != 0 || listen(fd, 1024) != 0) {
-        snprintf(err, errsz, "cannot listen on %s: %s", lc->text, strerror(errno));
+        px_listen_err("listen", lc->text, errno, err, errsz);
         close(fd);
         return -1;
     }
     return fd;
+}
+
+/* A listening address reduced to what decides whether two of them overlap:
+ * IPv4 (also an IPv6 socket's ::ffff:a.b.c.d) or IPv6, and v6only. */
+struct px_laddr {
+    int      v4;
+    uint8_t  a[16];
+    int      v6only;
+    uint16_t port; /* host order */
+};
+
+static void
+px_laddr_set(struct px_laddr *l, int family, const void *addr, uint16_t port, int v6only)
+{
+    memset(l, 0, sizeof(*l));
+    l->port = port;
+    l->v6only = v6only;
+    if (family == AF_INET) {
+        l->v4 = 1;
+        memcpy(l->a, addr, 4);
+    } else if (!v6only && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)addr)) {
+        l->v4 = 1;
+        memcpy(l->a, (const uint8_t *)addr + 12, 4);
+    } else {
+        memcpy(l->a, addr, 16);
+    }
+}
+
+static void
+px_laddr_from_sa(struct px_laddr *l, const struct sockaddr_storage *ss, int v6only)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+
+        px_laddr_set(l, AF_INET, &sin->sin_addr, ntohs(sin->sin_port), 0);
+    } else {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+
+        px_laddr_set(l, AF_INET6, &sin6->sin6_addr, ntohs(sin6->sin6_port), v6only);
+    }
+}
+
+static int
+px_laddr_any(const struct px_laddr *l)
+{
+    static const uint8_t zero[16];
+
+    return memcmp(l->a, zero, l->v4 ? 4 : 16) == 0;
+}
+
+/* Could the kernel hand a connection meant for one of them to the other? */
+static int
+px_laddr_overlap(const struct px_laddr *x, const struct px_laddr *y)
+{
+    const struct px_laddr *v6;
+
+    if (x->port != y->port)
+        return 0;
+    if (x->v4 == y->v4)
+        return px_laddr_any(x) || px_laddr_any(y) || memcmp(x->a, y->a, x->v4 ? 4 : 16) == 0;
+    v6 = x->v4 ? y : x; /* [::] without v6only also takes IPv4 */
+    return px_laddr_any(v6) && !v6->v6only;
+}
+
+static void
+px_sa_text(const struct sockaddr_storage *ss, char *out, size_t outsz)
+{
+    char a[INET6_ADDRSTRLEN];
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+
+        inet_ntop(AF_INET, &sin->sin_addr, a, sizeof(a));
+        snprintf(out, outsz, "%s:%u", a, ntohs(sin->sin_port));
+    } else {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+
+        inet_ntop(AF_INET6, &sin6->sin6_addr, a, sizeof(a));
+        snprintf(out, outsz, "[%s]:%u", a, ntohs(sin6->sin6_port));
+    }
+}
+
+/* Binds addr without SO_REUSEPORT and closes it again: fails if anyone
+ * listens there (or on an address covering it), whatever their options. */
+static int
+px_listen_probe_one(const struct sockaddr_storage *ss, socklen_t len, const char *what,
+                    const char *text, char *err, size_t errsz)
+{
+    int one = 1;
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0) {
+        snprintf(err, errsz, "%s %s: socket: %s", what, text, strerror(errno));
+        return AL_ERROR;
+    }
+    /* SO_REUSEADDR as the real sockets have it: TIME_WAIT leftovers of a
+     * previous run do not count, listeners do */
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)ss, len) != 0) {
+        px_listen_err(what, text, errno, err, errsz);
+        close(fd);
+        return AL_ERROR;
+    }
+    close(fd);
+    return AL_OK;
+}
+
+int
+px_listen_probe(const struct px_conf *c, char *err, size_t errsz)
+{
+    char admin[80];
+
+    for (int i = 0; i < c->nlisten; i++) {
+        for (int k = 0; k < i; k++) {
+            if (c->listen[k].addrlen == c->listen[i].addrlen &&
+                memcmp(&c->listen[k].addr, &c->listen[i].addr, c->listen[i].addrlen) == 0) {
+                snprintf(err, errsz, "listen %s: listed twice (listen[%d] and listen[%d])",
+                         c->listen[i].text, k, i);
+                return AL_ERROR;
+            }
+        }
+        if (px_listen_probe_one(&c->listen[i].addr, c->listen[i].addrlen, "listen",
+                                c->listen[i].text, err, errsz) != AL_OK)
+            return AL_ERROR;
+    }
+    if (!c->has_admin)
+        return AL_OK;
+    px_sa_text(&c->admin_addr, admin, sizeof(admin));
+    for (int i = 0; i < c->nlisten; i++) {
+        struct px_laddr a, l;
+
+        px_laddr_from_sa(&a, &c->admin_addr, 0);
+        px_laddr_from_sa(&l, &c->listen[i].addr, 0);
+        if (px_laddr_overlap(&a, &l)) {
+            snprintf(err, errsz, "admin %s: overlaps the proxy listener %s", admin,
+                     c->listen[i].text);
+            return AL_ERROR;
+        }
+    }
+    return px_listen_probe_one(&c->admin_addr, c->admin_addrlen, "admin", admin, err, errsz);
+}
+
+/* sock_diag: every TCP listener of the family; for each one whose inode is
+ * not in own[] and that overlaps a configured listener, err says which. */
+static int
+px_listen_diag(int family, const ino_t *own, size_t nown, const struct px_conf *c,
+               const struct px_laddr *ours, int *found, char *err, size_t errsz)
+{
+    struct {
+        struct nlmsghdr         nlh;
+        struct inet_diag_req_v2 r;
+    } req;
+    struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+    char               buf[16384] __attribute__((aligned(NLMSG_ALIGNTO)));
+    int                fd, done = 0, rc = AL_ERROR;
+
+    fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0) {
+        snprintf(err, errsz, "sock_diag: %s", strerror(errno));
+        return AL_ERROR;
+    }
+    memset(&req, 0, sizeof(req));
+    req.nlh.nlmsg_len = sizeof(req);
+    req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.nlh.nlmsg_seq = 1;
+    req.r.sdiag_family = (uint8_t)family;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = 1u << TCP_LISTEN;
+    if (sendto(fd, &req, sizeof(req), 0, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        snprintf(err, errsz, "sock_diag: %s", strerror(errno));
+        goto out;
+    }
+    while (!done) {
+        ssize_t          n = recv(fd, buf, sizeof(buf), 0);
+        struct nlmsghdr *h = (struct nlmsghdr *)buf;
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(err, errsz, "sock_diag: %s", n < 0 ? strerror(errno) : "end of data");
+            goto out;
+        }
+        for (; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+            const struct inet_diag_msg *m = NLMSG_DATA(h);
+            const struct rtattr        *at;
+            struct px_laddr             them;
+            int                         alen, v6only = 0;
+            size_t                      k;
+
+            if (h->nlmsg_type == NLMSG_DONE) {
+                done = 1;
+                break;
+            }
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                const struct nlmsgerr *e = NLMSG_DATA(h);
+
+                snprintf(err, errsz, "sock_diag: %s", strerror(-e->error));
+                goto out;
+            }
+            if (h->nlmsg_len < NLMSG_LENGTH(sizeof(*m)) || m->idiag_family != family)
+                continue;
+            for (k = 0; k < nown && own[k] != (ino_t)m->idiag_inode; k++)
+                ;
+            if (k < nown)
+                continue; /* one of ours */
+            at = (const struct rtattr *)(m + 1);
+            alen = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof(*m)));
+            for (; RTA_OK(at, alen); at = RTA_NEXT(at, alen)) {
+                if (at->rta_type == INET_DIAG_SKV6ONLY && RTA_PAYLOAD(at) >= 1)
+                    v6only = *(const uint8_t *)RTA_DATA(at);
+            }
+            px_laddr_set(&them, family, m->id.idiag_src, ntohs(m->id.idiag_sport), v6only);
+            for (int i = 0; i < c->nlisten; i++) {
+                char a[INET6_ADDRSTRLEN];
+
+                if (!px_laddr_overlap(&ours[i], &them))
+                    continue;
+                inet_ntop(family, m->id.idiag_src, a, sizeof(a));
+                snprintf(err, errsz,
+                         "listen %s: address already in use by another process (its "
+                         "listening socket on %s%s%s:%u, uid %u, covers it)",
+                         c->listen[i].text, family == AF_INET6 ? "[" : "", a,
+                         family == AF_INET6 ? "]" : "", (unsigned)them.port,
+                         (unsigned)m->idiag_uid);
+                *found = 1;
+                rc = AL_OK;
+                goto out;
+            }
+        }
+    }
+    rc = AL_OK;
+out:
+    close(fd);
+    return rc;
+}
+
+int
+px_listen_verify(const struct px_worker *w, int nworkers, const struct px_conf *c, char *err,
+                 size_t errsz)
+{
+    struct px_laddr ours[PX_MAX_LISTENERS];
+    ino_t           own[PX_MAX_LISTENERS * 64];
+    ino_t          *op = own;
+    size_t          nown = 0, cap = sizeof(own) / sizeof(own[0]);
+    int             found = 0, rc = AL_OK, fams[2] = {AF_INET, AF_INET6};
+
+    if ((size_t)nworkers * PX_MAX_LISTENERS > cap) {
+        cap = (size_t)nworkers * PX_MAX_LISTENERS;
+        op = al_calloc(cap, sizeof(*op));
+        if (op == NULL) {
+            snprintf(err, errsz, "out of memory");
+            return AL_ERROR;
+        }
+    }
+    for (int i = 0; i < c->nlisten; i++) {
+        int       v6only = 0;
+        socklen_t sl = sizeof(v6only);
+
+        if (c->listen[i].addr.ss_family == AF_INET6 && nworkers > 0 && i < w[0].nlisteners)
+            (void)getsockopt(w[0].listeners[i].fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &sl);
+        px_laddr_from_sa(&ours[i], &c->listen[i].addr, v6only);
+    }
+    for (int i = 0; i < nworkers; i++) {
+        for (int k = 0; k < w[i].nlisteners; k++) {
+            struct stat st;
+
+            if (w[i].listeners[k].fd >= 0 && fstat(w[i].listeners[k].fd, &st) == 0)
+                op[nown++] = st.st_ino;
+        }
+    }
+    for (int f = 0; f < 2 && !found; f++) {
+        if (px_listen_diag(fams[f], op, nown, c, ours, &found, err, errsz) != AL_OK) {
+            /* the probe before the binds still stands; only a start at the
+             * same instant as another listener's goes unchecked */
+            al_log_warnx("cannot list the host's TCP listeners to check that no other process "
+                         "shares airlock's addresses (%s)",
+                         err);
+            break;
+        }
+    }
+    if (found)
+        rc = AL_ERROR;
+    if (op != own)
+        al_free(op);
+    return rc;
 }
 
 static int
