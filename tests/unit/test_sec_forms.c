@@ -213,10 +213,13 @@ t_bench_one(const char *what, int n, size_t len)
     struct sec_stream *st;
     double             t0, t1;
     size_t             total = (size_t)64 << 20, chunk = 16384;
-    unsigned char     *data = malloc(total);
+    unsigned char     *data;
     struct al_dbuf     out;
     uint64_t           mask = n >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << n) - 1;
 
+    if (getenv("AL_SEC_FORMS_BENCH_MIB") != NULL) /* e.g. 4 under callgrind */
+        total = (size_t)atoi(getenv("AL_SEC_FORMS_BENCH_MIB")) << 20;
+    data = malloc(total);
     assert_non_null(data);
     if (getenv("AL_SEC_FORMS_NAIVE") != NULL)
         t_bench_naive(what, s, n * len <= 256);
