@@ -161,6 +161,8 @@ extern struct px_metrics px_metrics;
 #define PX_MDEC(f) atomic_fetch_sub_explicit(&px_metrics.f, 1, memory_order_relaxed)
 void        px_metrics_render(struct al_dbuf *out);
 const char *px_uerr_name(enum px_uerr k);
+/* Counts an answer under airlock_requests_total{class="Nxx"}. */
+void px_conn_count_status(int status);
 
 /* ---- workers ------------------------------------------------------------ */
 struct px_pool_entry;

@@ -19,6 +19,8 @@
  * stops everything at once and the memory goes when the last reference does.
  */
 #include "px_conn.h"
+#include "px_half.h"
+#include "px_phase.h"
 #include "px_inflate.h"
 #include "px_origdst.h"
 #include "px_sni.h"
@@ -47,6 +49,20 @@ static _Atomic uint64_t  px_conn_next_id = 1;
 static llhttp_settings_t px_req_settings, px_resp_settings;
 static pthread_once_t    px_settings_once = PTHREAD_ONCE_INIT;
 
+static void px_conn_ref(struct px_conn *c);
+static void px_conn_unref(struct px_conn *c);
+static void px_conn_set_state(struct px_conn *c, enum px_state st);
+static void px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail);
+static void px_conn_deny(struct px_conn *c, int status, const char *reason, const char *detail,
+                         const char *extra_headers);
+static void px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status,
+                                   const char *reason, const char *detail);
+static void px_conn_update_io(struct px_conn *c);
+static void px_conn_close(struct px_conn *c, const char *why);
+static void px_conn_parser_reset(struct px_conn *c);
+static void px_conn_upstream_ready(struct px_conn *c);
+static void px_conn_resolve(struct px_conn *c);
+static void px_conn_feed_client(struct px_conn *c);
 static void px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void px_conn_connect_next(struct px_conn *c);
@@ -55,52 +71,27 @@ static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
 static void px_conn_idle_trim(struct px_conn *c);
 static void px_conn_park_upstream(struct px_conn *c);
+static void px_conn_close_refused(struct px_conn *c, const char *reason);
+static void px_conn_finalize(struct px_conn *c);
+static void px_conn_mitm_start(struct px_conn *c);
+static void px_conn_tls_client_step(struct px_conn *c);
+static void px_conn_tls_up_step(struct px_conn *c);
+static void px_conn_enter_tunnel(struct px_conn *c);
+static void px_conn_sni_peek(struct px_conn *c, int eof);
 
 /* ---- small pieces ------------------------------------------------------- */
 
 /* Indexed by enum px_state; the static assert keeps the two in step. */
 static const char *const px_state_names[] = {"read_head",  "resolve",     "connect", "exchange",
                                              "tunnel",     "flush_close", "audit",   "peek",
-                                             "tls_client", "tls_up"};
-_Static_assert(sizeof(px_state_names) / sizeof(px_state_names[0]) == PX_ST_TLS_UP + 1,
+                                             "tls_client", "tls_up",      "sni_peek"};
+_Static_assert(sizeof(px_state_names) / sizeof(px_state_names[0]) == PX_ST_SNI_PEEK + 1,
                "px_state_names must name every px_state");
 
-void
+static void
 px_conn_ref(struct px_conn *c)
 {
     c->refs++;
-}
-
-static void
-px_exch_free(struct px_exch *x)
-{
-    if (x == NULL)
-        return;
-    px_msg_free(&x->req);
-    px_msg_free(&x->resp);
-    al_free(x->fwd_path);
-    aud_record_free(x->rec);
-    sec_stream_free(x->redactor);
-    sec_stream_free(x->body_sub);
-    px_inflate_free(x->inflater);
-    al_free(x);
-}
-
-/* Readies a finished exchange for the next request on the connection. */
-void
-px_exch_reset(struct px_exch *x, size_t header_bytes)
-{
-    al_safefree(x->fwd_path);
-    aud_record_free(x->rec);
-    sec_stream_free(x->redactor);
-    sec_stream_free(x->body_sub);
-    px_inflate_free(x->inflater);
-    memset(x, 0, offsetof(struct px_exch, addrs));
-    x->addrs.naddrs = 0;
-    px_msg_reset(&x->req);
-    px_msg_reset(&x->resp);
-    x->req.buf.max = header_bytes;
-    x->resp.buf.max = header_bytes;
 }
 
 static void
@@ -115,7 +106,7 @@ px_conn_free(struct px_conn *c)
     al_free(c);
 }
 
-void
+static void
 px_conn_unref(struct px_conn *c)
 {
     if (--c->refs == 0 && c->closing)
@@ -145,6 +136,7 @@ px_conn_deadline(const struct px_conn *c)
     case PX_ST_TUNNEL:
         return c->last_activity + l->idle_timeout_s;
     case PX_ST_PEEK:
+    case PX_ST_SNI_PEEK:
         return c->phase_start + l->header_timeout_s;
     case PX_ST_TLS_CLIENT:
     case PX_ST_TLS_UP:
@@ -167,7 +159,7 @@ px_conn_arm_timer(struct px_conn *c)
     ev_timer_again(c->worker->loop, &c->timer);
 }
 
-void
+static void
 px_conn_set_state(struct px_conn *c, enum px_state st)
 {
     if (c->state != st)
@@ -179,92 +171,6 @@ px_conn_set_state(struct px_conn *c, enum px_state st)
     px_conn_arm_timer(c);
 }
 
-static void
-px_half_init(struct px_half *h, struct px_conn *c, int fd)
-{
-    h->fd = fd;
-    h->conn = c;
-    h->pipe[0] = h->pipe[1] = -1;
-    ev_io_init(&h->rio, px_conn_io_cb, fd, EV_READ);
-    ev_io_init(&h->wio, px_conn_io_cb, fd, EV_WRITE);
-    h->rio.data = h;
-    h->wio.data = h;
-}
-
-static void
-px_half_close(struct px_conn *c, struct px_half *h)
-{
-    ev_io_stop(c->worker->loop, &h->rio);
-    ev_io_stop(c->worker->loop, &h->wio);
-    if (h->ssl != NULL)
-        SSL_free(h->ssl); /* frees its BIOs */
-    h->ssl = NULL;
-    h->rbio = NULL;
-    h->tls_want = 0;
-    h->plain_out = 0;
-    if (h->fd >= 0)
-        close(h->fd);
-    h->fd = -1;
-    for (int i = 0; i < 2; i++) {
-        if (h->pipe[i] >= 0)
-            close(h->pipe[i]);
-        h->pipe[i] = -1;
-    }
-    h->inpipe = 0;
-    h->eof = h->shut = 0;
-    al_bufq_free(&h->out);
-}
-
-/* Writes as much of h->out as the socket takes. AL_OK when empty, AL_AGAIN
- * when bytes remain, AL_ERROR when the peer is gone. */
-int
-px_half_flush(struct px_conn *c, struct px_half *h)
-{
-    while (al_bufq_len(&h->out) > 0) {
-        size_t      n;
-        const char *p = al_bufq_peek(&h->out, &n);
-        ssize_t     w;
-
-        if (p == NULL)
-            break;
-        if (h->ssl != NULL && h->plain_out == 0) {
-            size_t done = 0;
-            int    err;
-
-            px_tls_clear_errors();
-            if (SSL_write_ex(h->ssl, p, n, &done) <= 0) {
-                err = SSL_get_error(h->ssl, 0);
-                if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
-                    h->tls_want = err == SSL_ERROR_WANT_WRITE ? EV_WRITE : EV_READ;
-                    return AL_AGAIN;
-                }
-                return AL_ERROR;
-            }
-            h->tls_want = 0;
-            w = (ssize_t)done;
-        } else {
-            if (h->plain_out > 0 && n > h->plain_out)
-                n = h->plain_out; /* e.g. "200 Connection established" before TLS */
-            w = send(h->fd, p, n, MSG_NOSIGNAL);
-            if (w < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK)
-                    return AL_AGAIN;
-                return AL_ERROR;
-            }
-            h->plain_out -= h->plain_out > 0 ? (size_t)w : 0;
-        }
-        al_bufq_skip(&h->out, (size_t)w);
-        c->last_activity = ev_now(c->worker->loop);
-        if (h == &c->cl)
-            PX_MADD(bytes_down, w);
-        else
-            PX_MADD(bytes_up, w);
-    }
-    return AL_OK;
-}
-
 static int
 px_dbuf_to_bufq(struct al_dbuf *d, struct al_bufq *q)
 {
@@ -272,16 +178,6 @@ px_dbuf_to_bufq(struct al_dbuf *d, struct al_bufq *q)
 
     al_dbuf_free(d);
     return rc;
-}
-
-void
-px_conn_count_status(int status)
-{
-    int cls = status / 100;
-
-    if (cls < 0 || cls > 5)
-        cls = 0;
-    atomic_fetch_add_explicit(&px_metrics.requests[cls], 1, memory_order_relaxed);
 }
 
 /*
@@ -305,7 +201,7 @@ px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *d
          * row records the status airlock would have given. */
         c->x->status = status;
         c->x->err_reason = reason;
-        px_conn_transparent_refuse(c, reason);
+        px_conn_close_refused(c, reason);
         return;
     }
     al_log_info("conn %llu: %d %s%s%s", (unsigned long long)c->id, status, reason,
@@ -334,13 +230,13 @@ px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *d
     px_conn_update_io(c);
 }
 
-void
+static void
 px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail)
 {
     px_conn_fail_ex(c, status, reason, detail, NULL);
 }
 
-void
+static void
 px_conn_deny(struct px_conn *c, int status, const char *reason, const char *detail,
              const char *extra_headers)
 {
@@ -349,12 +245,72 @@ px_conn_deny(struct px_conn *c, int status, const char *reason, const char *deta
     px_conn_fail_ex(c, status, reason, detail, extra_headers);
 }
 
-void
+static void
 px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status, const char *reason,
                        const char *detail)
 {
     atomic_fetch_add_explicit(&px_metrics.upstream_errors[kind], 1, memory_order_relaxed);
     px_conn_fail(c, status, reason, detail);
+}
+
+/*
+ * A flow with no protocol to answer in (transparent TLS or TCP, an
+ * intercepted tunnel before its first request): a row saying why, then
+ * close.
+ */
+static void
+px_conn_close_refused(struct px_conn *c, const char *reason)
+{
+    if (c->mode == PX_LISTEN_TRANSPARENT)
+        px_transparent_refusal_row(c, reason);
+    if (c->x != NULL)
+        px_conn_audit(c, reason);
+    al_log_info("conn %llu: %s connection refused: %s", (unsigned long long)c->id,
+                c->mitm ? "intercepted" : "transparent", reason);
+    px_conn_close(c, reason);
+}
+
+/*
+ * The one place a phase's refusal (c->refusal, with AL_DECLINED) becomes an
+ * answer, a row and the next state, as nginx's phase handlers return and
+ * ngx_http_finalize_request answers. Phases never answer themselves.
+ */
+static void
+px_conn_finalize(struct px_conn *c)
+{
+    const struct px_refusal *r = &c->refusal;
+
+    if (r->upstream)
+        atomic_fetch_add_explicit(&px_metrics.upstream_errors[r->uerr], 1, memory_order_relaxed);
+    if (r->status == 0) {
+        px_conn_close_refused(c, r->reason);
+        return;
+    }
+    if (r->deny && c->x != NULL)
+        c->x->deny = 1;
+    px_conn_fail_ex(c, r->status, r->reason, r->detail, r->extra);
+}
+
+/* Strict audit: the request's row is begun and must commit before anything
+ * goes upstream. AL_OK: not strict, go on; AL_AGAIN: waiting in PX_ST_AUDIT
+ * (px_conn_audit_committed resumes); AL_DECLINED: answered. */
+static int
+px_conn_strict_begin(struct px_conn *c)
+{
+    int rc;
+
+    if (px_audit == NULL || !c->conf->audit_strict)
+        return AL_OK;
+    rc = px_conn_audit_begin(c);
+    if (rc == AL_AGAIN) {
+        px_conn_ref(c); /* held until the commit notice arrives */
+        px_conn_set_state(c, PX_ST_AUDIT);
+        px_conn_update_io(c);
+    } else {
+        px_conn_finalize(c);
+        rc = AL_DECLINED;
+    }
+    return rc;
 }
 
 /* ---- watcher bookkeeping ------------------------------------------------ */
@@ -370,7 +326,7 @@ px_io_want(struct ev_loop *loop, ev_io *w, int fd, int want)
         ev_io_stop(loop, w);
 }
 
-void
+static void
 px_conn_update_io(struct px_conn *c)
 {
     struct ev_loop *loop = c->worker->loop;
@@ -436,6 +392,10 @@ px_conn_update_io(struct px_conn *c)
         ur = c->up.tls_want == EV_READ;
         uw = c->up.tls_want != EV_READ;
         break;
+    case PX_ST_SNI_PEEK:
+        cr = !c->cl.eof && c->cin_len < PX_CIN_BYTES;
+        ur = c->cin_len == 0; /* an upstream that speaks first: no ClientHello to check */
+        break;
     }
     /* An SSL call that needs the other direction (rare: key updates). */
     if (c->cl.ssl != NULL && c->cl.tls_want == EV_WRITE)
@@ -455,7 +415,7 @@ px_conn_update_io(struct px_conn *c)
 
 /* ---- closing ------------------------------------------------------------ */
 
-void
+static void
 px_conn_close(struct px_conn *c, const char *why)
 {
     struct px_worker *w = c->worker;
@@ -992,7 +952,7 @@ px_settings_init(void)
     px_resp_settings.on_message_complete = px_rs_message_complete;
 }
 
-void
+static void
 px_conn_parser_reset(struct px_conn *c)
 {
     pthread_once(&px_settings_once, px_settings_init);
@@ -1198,7 +1158,59 @@ px_conn_write_request_head(struct px_conn *c)
     return rc == AL_DECLINED ? AL_DECLINED : rc;
 }
 
-void
+/*
+ * The one way into PX_ST_TUNNEL (a CONNECT, a transparent TLS or TCP flow, a
+ * websocket after its 101): the tunnel's row opens (written at close with
+ * bytes and duration), client bytes already read go up first, and the
+ * exchange is freed.
+ */
+static void
+px_conn_enter_tunnel(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    if (c->cin_len > 0 && al_bufq_write(&c->up.out, c->cin, c->cin_len) != AL_OK) {
+        px_conn_close(c, "no memory");
+        return;
+    }
+    x->bytes_up += c->cin_len; /* they go up the tunnel too */
+    px_conn_tunnel_audit_open(c);
+    c->cin_len = 0;
+    al_safefree(c->cin);
+    px_exch_free(x);
+    c->x = NULL;
+    PX_MINC(tunnels_open);
+    PX_MINC(tunnels_total);
+    px_conn_set_state(c, PX_ST_TUNNEL);
+    px_conn_update_io(c);
+}
+
+/* PX_ST_SNI_PEEK: the client's first bytes of an opaque CONNECT tunnel. A
+ * ClientHello naming another host (domain fronting) ends the tunnel before
+ * any of its bytes go up: the 200 is out, so there is no answer, only the
+ * row (deny, sni_mismatch) and the close. */
+static void
+px_conn_sni_peek(struct px_conn *c, int eof)
+{
+    struct px_exch *x = c->x;
+    int             rc = px_tls_tunnel_sni_check(c, eof);
+
+    if (rc == AL_AGAIN) {
+        px_conn_update_io(c);
+        return;
+    }
+    if (rc != AL_OK) {
+        x->decided = 0;
+        x->deny = 1;
+        x->status = c->refusal.status;
+        x->err_reason = c->refusal.reason;
+        px_conn_close_refused(c, c->refusal.reason);
+        return;
+    }
+    px_conn_enter_tunnel(c);
+}
+
+static void
 px_conn_upstream_ready(struct px_conn *c)
 {
     struct px_exch *x = c->x;
@@ -1209,10 +1221,7 @@ px_conn_upstream_ready(struct px_conn *c)
     if (x->is_connect) {
         static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
 
-        /* Bytes the client sent after the CONNECT head (or, transparent, the
-         * peeked ClientHello) belong to the tunnel. */
-        if ((!x->silent_tunnel && al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) ||
-            (c->cin_len > 0 && al_bufq_write(&c->up.out, c->cin, c->cin_len) != AL_OK)) {
+        if (!x->silent_tunnel && al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) {
             px_conn_close(c, "no memory");
             return;
         }
@@ -1221,16 +1230,19 @@ px_conn_upstream_ready(struct px_conn *c)
                     x->upstream_str);
         px_conn_count_status(200);
         x->status = 200;
-        x->bytes_up += c->cin_len; /* they go up the tunnel too */
-        px_conn_tunnel_audit_open(c);
-        c->cin_len = 0;
-        al_safefree(c->cin);
-        px_exch_free(x);
-        c->x = NULL;
-        PX_MINC(tunnels_open);
-        PX_MINC(tunnels_total);
-        px_conn_set_state(c, PX_ST_TUNNEL);
-        px_conn_update_io(c);
+        if (!x->silent_tunnel) {
+            /* An opaque CONNECT tunnel: no client byte goes up before its
+             * ClientHello (if it speaks TLS) names the CONNECT host. A
+             * transparent TLS flow was decided by its SNI already. */
+            px_conn_set_state(c, PX_ST_SNI_PEEK);
+            if (px_half_flush(c, &c->cl) == AL_ERROR) {
+                px_conn_close(c, "client write error");
+                return;
+            }
+            px_conn_sni_peek(c, c->cl.eof);
+            return;
+        }
+        px_conn_enter_tunnel(c);
         return;
     }
     px_conn_set_state(c, PX_ST_EXCHANGE);
@@ -1289,7 +1301,7 @@ px_conn_connect_next(struct px_conn *c)
         }
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (connect(fd, (struct sockaddr *)ss, sl) == 0 || errno == EINPROGRESS) {
-            px_half_init(&c->up, c, fd);
+            px_half_init(&c->up, c, fd, px_conn_io_cb);
             if (c->state != PX_ST_CONNECT)
                 px_conn_set_state(c, PX_ST_CONNECT);
             px_conn_update_io(c);
@@ -1318,7 +1330,12 @@ px_conn_connect_done(struct px_conn *c)
     if (err == 0) {
         PX_MINC(pool_misses);
         if (x->target.tls) {
-            px_conn_tls_up_start(c);
+            if (px_tls_up_start(c) != AL_OK) {
+                px_conn_finalize(c);
+                return;
+            }
+            px_conn_set_state(c, PX_ST_TLS_UP);
+            px_conn_tls_up_step(c);
             return;
         }
         px_conn_upstream_ready(c);
@@ -1374,6 +1391,8 @@ px_conn_dns_done(void *arg, const struct px_dns_result *res)
         if (px_decide_addrs(c) == AL_OK) {
             c->x->addr_idx = 0;
             px_conn_connect_next(c);
+        } else {
+            px_conn_finalize(c);
         }
     }
     px_conn_unref(c);
@@ -1398,9 +1417,10 @@ px_conn_use_pooled(struct px_conn *c, int fd, const struct sockaddr_storage *pee
         if (ssl != NULL)
             SSL_free(ssl);
         close(fd);
+        px_conn_finalize(c);
         return;
     }
-    px_half_init(&c->up, c, fd);
+    px_half_init(&c->up, c, fd, px_conn_io_cb);
     if (ssl != NULL)
         c->up.ssl = ssl;
     /* A held request keeps the hold's bound: at 64 KiB a body between that
@@ -1410,7 +1430,7 @@ px_conn_use_pooled(struct px_conn *c, int fd, const struct sockaddr_storage *pee
     px_conn_upstream_ready(c);
 }
 
-void
+static void
 px_conn_resolve(struct px_conn *c)
 {
     struct px_exch *x = c->x;
@@ -1435,7 +1455,8 @@ px_conn_resolve(struct px_conn *c)
             x->addrs.addrs[0] = x->kept_peer;
             x->addr_idx = 0;
             if (px_decide_addrs(c) != AL_OK) {
-                px_half_close(c, &c->up); /* refused now: the answer is out */
+                px_half_close(c, &c->up); /* refused now */
+                px_conn_finalize(c);
                 return;
             }
             px_conn_upstream_ready(c);
@@ -1546,8 +1567,10 @@ px_conn_on_head(struct px_conn *c)
         memcpy(x->pool_key, x->target.host, hl); /* "host:port", no printf */
         x->pool_key[hl + px_port_str(x->pool_key + hl, x->target.port)] = '\0';
     }
-    if (px_decide(c) != AL_OK)
-        return; /* px_decide answered the client */
+    if (px_decide(c) != AL_OK) {
+        px_conn_finalize(c);
+        return;
+    }
     if ((err = px_msg_connection_forbidden(m)) != NULL) {
         /* "Connection: content-length" would drop the body's framing as
          * hop-by-hop while the body still flows: a second request inside.
@@ -1572,7 +1595,7 @@ px_conn_on_head(struct px_conn *c)
         /* A host some secret is scoped to is always intercepted: a
          * placeholder must never leave unseen inside an opaque tunnel. */
         if (x->silent_tunnel) {
-            px_conn_transparent_refuse(c, "opaque_tunnel_to_secret_host");
+            px_conn_close_refused(c, "opaque_tunnel_to_secret_host");
             return;
         }
         px_conn_mitm_start(c);
@@ -1587,7 +1610,7 @@ px_conn_on_head(struct px_conn *c)
             return;
         }
     }
-    if (px_audit != NULL && c->conf->audit_strict && px_conn_audit_begin(c) != AL_OK)
+    if (px_conn_strict_begin(c) != AL_OK)
         return; /* resolving continues once the row is committed */
     px_conn_resolve(c);
 }
@@ -1623,7 +1646,7 @@ px_conn_parse_error(struct px_conn *c, llhttp_errno_t e)
 }
 
 /* Feeds buffered client bytes to the request parser as far as the state allows. */
-void
+static void
 px_conn_feed_client(struct px_conn *c)
 {
     while (c->cin_len > 0 && !c->closing) {
@@ -1677,6 +1700,157 @@ px_conn_feed_client(struct px_conn *c)
     }
     if (!c->closing && c->state == PX_ST_EXCHANGE)
         px_conn_update_io(c);
+}
+
+/* ---- TLS steps and transparent flows --------------------------------------- */
+
+static void
+px_conn_tls_up_step(struct px_conn *c)
+{
+    int rc = px_tls_up_step(c);
+
+    if (rc == AL_AGAIN)
+        px_conn_update_io(c);
+    else if (rc == AL_OK)
+        px_conn_upstream_ready(c);
+    else
+        px_conn_finalize(c);
+}
+
+/*
+ * An allowed CONNECT that airlock intercepts: answer 200 in the clear, then
+ * speak TLS to the client with a leaf minted for the CONNECT host (or its
+ * SNI, which must name the same host). Every request inside is parsed,
+ * decided, injected and audited on its own; the upstream connection is
+ * opened (and verified) per the first inner request and kept while reusable.
+ */
+static void
+px_conn_mitm_start(struct px_conn *c)
+{
+    static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+    struct px_exch   *x = c->x;
+    int               rc = px_tls_mitm_prepare(c);
+
+    if (rc == AL_DECLINED) {
+        px_conn_finalize(c);
+        return;
+    }
+    if (rc != AL_OK) {
+        px_conn_close(c, "no memory");
+        return;
+    }
+    if (!x->silent_tunnel) {
+        if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) {
+            px_conn_close(c, "no memory");
+            return;
+        }
+        c->cl.plain_out = sizeof(ok) - 1;
+    }
+    al_log_info("conn %llu: CONNECT %s:%u intercepted", (unsigned long long)c->id, x->target.host,
+                x->target.port);
+    px_conn_count_status(200);
+    x->status = 200;
+    px_conn_audit(c, NULL); /* the CONNECT's own row; inner requests get theirs */
+    px_exch_reset(x, c->conf->limits.header_bytes);
+    px_conn_parser_reset(c); /* the inner stream starts a new HTTP/1.1 parse */
+    c->nreqs = 0;
+    px_conn_set_state(c, PX_ST_TLS_CLIENT);
+    if (px_half_flush(c, &c->cl) == AL_ERROR) {
+        px_conn_close(c, "client write error");
+        return;
+    }
+    /* A ClientHello already in the BIO (coalesced with the CONNECT head, or
+     * peeked by a transparent listener) will not be announced by the socket. */
+    if (c->cl.plain_out == 0)
+        px_conn_tls_client_step(c);
+    else
+        px_conn_update_io(c);
+}
+
+/* Handshake with the client; then the inner requests start. */
+static void
+px_conn_tls_client_step(struct px_conn *c)
+{
+    int rc = px_tls_client_step(c);
+
+    if (rc == AL_AGAIN) {
+        px_conn_update_io(c);
+        return;
+    }
+    if (rc != AL_OK) {
+        px_conn_finalize(c);
+        return;
+    }
+    px_conn_set_state(c, PX_ST_READ_HEAD);
+    px_conn_update_io(c);
+    if (px_half_tls_buffered(&c->cl))
+        c->cl.tls_more = 1, ev_feed_event(c->worker->loop, &c->cl.rio, EV_READ);
+}
+
+/* A transparent TLS or TCP flow, decided: intercepted, relayed or refused. */
+static void
+px_conn_transparent_route(struct px_conn *c, int tls)
+{
+    struct px_exch *x = c->x;
+    int             secret_host = c->conf->secrets != NULL &&
+                      sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port);
+
+    if (tls && (x->decision.intercept || secret_host)) {
+        /* Intercepted exactly as through CONNECT, minus the 200: the peeked
+         * ClientHello goes straight into the TLS engine. */
+        if (px_tls_srv == NULL || x->target.kind != PX_HOST_NAME) {
+            px_conn_close_refused(c, "interception_unavailable");
+            return;
+        }
+        px_conn_mitm_start(c);
+        return;
+    }
+    if (secret_host) { /* raw TCP to a secret's host would carry placeholders unseen */
+        px_conn_close_refused(c, "opaque_tunnel_to_secret_host");
+        return;
+    }
+    if (px_audit != NULL) {
+        int adm = aud_writer_admit(px_audit);
+
+        if (adm != AL_OK) {
+            PX_MINC(audit_refusals);
+            px_conn_close_refused(c, adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable");
+            return;
+        }
+    }
+    if (px_conn_strict_begin(c) != AL_OK)
+        return;
+    px_conn_resolve(c);
+}
+
+/* PX_ST_PEEK: the first bytes say which protocol the sandbox speaks. */
+static void
+px_conn_peek(struct px_conn *c, int eof)
+{
+    char              sni[PX_SNI_HOST_BYTES];
+    enum px_peek_kind kind = PX_PEEK_TCP;
+    int               rc = px_transparent_peek(c, eof, &kind, sni, sizeof(sni));
+
+    if (rc == AL_AGAIN)
+        return;
+    if (rc != AL_OK) {
+        px_conn_finalize(c);
+        return;
+    }
+    if (kind == PX_PEEK_HTTP) {
+        c->state = PX_ST_READ_HEAD; /* same clock: the head must complete in time */
+        px_conn_feed_client(c);
+        return;
+    }
+    rc = px_transparent_tunnel_target(c, kind == PX_PEEK_TLS ? sni : NULL);
+    if (rc == AL_OK)
+        rc = px_decide(c);
+    if (rc == AL_ERROR)
+        px_conn_close(c, "no memory");
+    else if (rc != AL_OK)
+        px_conn_finalize(c);
+    else
+        px_conn_transparent_route(c, kind == PX_PEEK_TLS);
 }
 
 /* ---- I/O handlers -------------------------------------------------------- */
@@ -1738,6 +1912,8 @@ px_conn_client_readable(struct px_conn *c)
         c->cl.eof = 1;
         if (c->state == PX_ST_PEEK && c->cin_len > 0)
             px_conn_peek(c, 1); /* the sandbox said all it will say: decide now */
+        else if (c->state == PX_ST_SNI_PEEK && c->cin_len > 0)
+            px_conn_sni_peek(c, 1);
         else if (c->state == PX_ST_PEEK ||
                  (c->state == PX_ST_READ_HEAD && !c->head_started && c->cin_len == 0))
             px_conn_close(c, "client closed");
@@ -1753,6 +1929,10 @@ px_conn_client_readable(struct px_conn *c)
         c->cin_len += (size_t)n;
     if (c->state == PX_ST_PEEK) {
         px_conn_peek(c, 0);
+        return;
+    }
+    if (c->state == PX_ST_SNI_PEEK) {
+        px_conn_sni_peek(c, 0);
         return;
     }
     px_conn_feed_client(c);
@@ -1980,19 +2160,7 @@ px_conn_finish_exchange(struct px_conn *c)
                 (long long)(al_now_us() - x->start_us));
     px_conn_count_status(x->status);
     if (x->status == 101 && x->want_upgrade) {
-        px_conn_tunnel_audit_open(c);
-        px_exch_free(x);
-        c->x = NULL;
-        if (c->cin_len > 0 && al_bufq_write(&c->up.out, c->cin, c->cin_len) != AL_OK) {
-            px_conn_close(c, "no memory");
-            return;
-        }
-        c->cin_len = 0;
-        al_safefree(c->cin);
-        PX_MINC(tunnels_open);
-        PX_MINC(tunnels_total);
-        px_conn_set_state(c, PX_ST_TUNNEL);
-        px_conn_update_io(c);
+        px_conn_enter_tunnel(c);
         return;
     }
     if (c->mitm && px_conn_upstream_clean(c) && !c->draining) {
@@ -2036,66 +2204,10 @@ px_conn_finish_exchange(struct px_conn *c)
         px_conn_update_io(c);
 }
 
-/* One direction of an opaque tunnel: src's bytes go through src's pipe to dst. */
-static int
-px_tunnel_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
-{
-    int rc = px_half_flush(c, dst); /* bytes queued before the tunnel started */
-
-    if (rc == AL_ERROR)
-        return AL_ERROR;
-    if (rc == AL_AGAIN)
-        return AL_OK;
-    for (;;) {
-        ssize_t n;
-
-        if (src->inpipe > 0) {
-            n = splice(src->pipe[0], NULL, dst->fd, NULL, src->inpipe,
-                       SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EINTR)
-                    return AL_OK;
-                return AL_ERROR;
-            }
-            src->inpipe -= (size_t)n;
-            if (dst == &c->cl) {
-                PX_MADD(bytes_down, n);
-                c->tun_down += (uint64_t)n;
-            } else {
-                PX_MADD(bytes_up, n);
-                c->tun_up += (uint64_t)n;
-            }
-            c->last_activity = ev_now(c->worker->loop);
-            continue;
-        }
-        if (src->eof) {
-            if (!dst->shut) {
-                (void)shutdown(dst->fd, SHUT_WR);
-                dst->shut = 1;
-            }
-            return AL_OK;
-        }
-        if (src->pipe[0] < 0 && pipe2(src->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
-            al_log_warn("conn %llu: pipe2", (unsigned long long)c->id);
-            return AL_ERROR;
-        }
-        n = splice(src->fd, NULL, src->pipe[1], NULL, 65536, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                return AL_OK;
-            return AL_ERROR;
-        }
-        if (n == 0)
-            src->eof = 1;
-        src->inpipe += (size_t)n;
-        c->last_activity = ev_now(c->worker->loop);
-    }
-}
-
 static void
 px_conn_tunnel_io(struct px_conn *c)
 {
-    if (px_tunnel_pump(c, &c->cl, &c->up) != AL_OK || px_tunnel_pump(c, &c->up, &c->cl) != AL_OK) {
+    if (px_half_pump(c, &c->cl, &c->up) != AL_OK || px_half_pump(c, &c->up, &c->cl) != AL_OK) {
         px_conn_close(c, "tunnel error");
         return;
     }
@@ -2178,6 +2290,18 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (is_cl && (revents & EV_READ))
             px_conn_client_readable(c);
         if (!c->closing)
+            px_conn_update_io(c);
+        break;
+    case PX_ST_SNI_PEEK:
+        if (is_cl && (revents & EV_WRITE) && px_half_flush(c, &c->cl) == AL_ERROR) {
+            px_conn_close(c, "client write error");
+            break;
+        }
+        if (is_cl && (revents & EV_READ))
+            px_conn_client_readable(c);
+        else if (!is_cl && (revents & EV_READ) && c->cin_len == 0)
+            px_conn_enter_tunnel(c); /* the upstream speaks first (SSH, SMTP, ...) */
+        if (!c->closing && c->state == PX_ST_SNI_PEEK)
             px_conn_update_io(c);
         break;
     case PX_ST_TLS_CLIENT:
@@ -2268,10 +2392,22 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         px_conn_fail(c, 503, "audit_unavailable", "audit commit took too long");
         break;
     case PX_ST_PEEK:
-        px_conn_transparent_refuse(c, "header_timeout");
+        px_conn_close_refused(c, "header_timeout");
+        break;
+    case PX_ST_SNI_PEEK:
+        if (c->cin_len == 0) { /* nothing said yet: nothing to check */
+            px_conn_enter_tunnel(c);
+            break;
+        }
+        c->x->decided = 0;
+        c->x->deny = 1;
+        c->x->status = 403;
+        c->x->err_reason = "bad_client_hello";
+        px_conn_close_refused(c, "bad_client_hello");
         break;
     case PX_ST_TLS_CLIENT:
-        px_conn_mitm_refuse(c, "tls_handshake_timeout");
+        px_tls_refusal_row(c, "tls_handshake_timeout");
+        px_conn_close_refused(c, "tls_handshake_timeout");
         break;
     case PX_ST_TLS_UP:
         px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "upstream_tls_timeout", NULL);
@@ -2334,8 +2470,8 @@ px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
     c->mode = mode;
     c->peer = *peer;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    px_half_init(&c->cl, c, fd);
-    px_half_init(&c->up, c, -1);
+    px_half_init(&c->cl, c, fd, px_conn_io_cb);
+    px_half_init(&c->up, c, -1, px_conn_io_cb);
     al_bufq_init(&c->cl.out, PX_BUF_HIGH_BYTES);
     al_bufq_init(&c->up.out, PX_BUF_HIGH_BYTES);
     llhttp_init(&c->rq, HTTP_REQUEST, &px_req_settings);
@@ -2358,8 +2494,10 @@ px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
     c->state = PX_ST_READ_HEAD;
     if (mode == PX_LISTEN_TRANSPARENT) {
         px_conn_set_state(c, PX_ST_PEEK);
-        if (px_conn_transparent_accept(c) != AL_OK)
+        if (px_transparent_accept(c) != AL_OK) {
+            px_conn_finalize(c);
             return;
+        }
     } else {
         px_conn_set_state(c, PX_ST_READ_HEAD);
     }
@@ -2386,4 +2524,47 @@ px_conns_close_all(struct px_worker *w)
 {
     while (w->conns != NULL)
         px_conn_close(w->conns, "shutdown");
+}
+
+/* ---- strict audit notices ---------------------------------------------------- */
+
+static void
+px_conn_audit_committed(struct px_conn *c, int ok, int64_t row_id)
+{
+    c->aud_waiting = 0;
+    if (!c->closing && c->state == PX_ST_AUDIT && c->x != NULL) {
+        if (ok && c->x->rec != NULL) {
+            c->x->rec->row_id = row_id;
+            px_conn_resolve(c);
+        } else {
+            if (c->x->rec != NULL)
+                c->x->rec->row_id = 0;
+            px_conn_fail(c, 503, "audit_unavailable", "audit commit failed");
+        }
+    }
+    px_conn_unref(c); /* px_conn_strict_begin's */
+}
+
+/* The worker's ev_async: strict rows the writer committed (or failed). */
+void
+px_conns_audit_committed(struct px_worker *w)
+{
+    struct px_aud_done *d;
+
+    pthread_mutex_lock(&w->done_lock);
+    d = w->done_head;
+    w->done_head = NULL;
+    pthread_mutex_unlock(&w->done_lock);
+    while (d != NULL) {
+        struct px_aud_done *next = d->next;
+
+        px_conn_audit_committed(d->conn, d->ok, d->row_id);
+        d = next;
+    }
+}
+
+void
+px_conns_audit_discard(struct px_worker *w)
+{
+    px_conns_audit_committed(w); /* every conn is closing by now: only unrefs */
 }

@@ -6,7 +6,7 @@
  * the writer thread's commit notice comes back to the worker through a
  * locked list and the worker's ev_async (px_conns_audit_committed).
  */
-#include "px_conn.h"
+#include "px_phase.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -188,8 +188,8 @@ px_conn_audit_done(void *arg, int ok, int64_t row_id)
 /*
  * Strict durability: the row exists, committed with synchronous=FULL, before
  * a single byte of the request goes upstream. Returns AL_AGAIN while the
- * commit is pending (the connection waits in PX_ST_AUDIT), AL_ERROR after
- * answering 503.
+ * commit is pending (the machine waits in PX_ST_AUDIT for
+ * px_conn_audit_committed), AL_DECLINED (503) when the row can't be begun.
  */
 int
 px_conn_audit_begin(struct px_conn *c)
@@ -197,66 +197,23 @@ px_conn_audit_begin(struct px_conn *c)
     struct px_exch *x = c->x;
     int             rc;
 
-    if (c->aud_waiting) { /* cannot happen: the state machine waits in PX_ST_AUDIT */
-        px_conn_fail(c, 503, "audit_unavailable", "audit commit already pending");
-        return AL_ERROR;
-    }
+    if (c->aud_waiting) /* cannot happen: the machine waits in PX_ST_AUDIT */
+        return px_refuse(c, 503, "audit_unavailable", "audit commit already pending");
     x->rec = aud_record_new();
-    if (x->rec == NULL) {
-        px_conn_fail(c, 503, "audit_unavailable", "out of memory");
-        return AL_ERROR;
-    }
+    if (x->rec == NULL)
+        return px_refuse(c, 503, "audit_unavailable", "out of memory");
     px_conn_audit_fill(c, x->rec);
-    px_conn_ref(c); /* held until the commit notice arrives */
     c->aud_waiting = 1;
     rc = aud_begin_held(px_audit, x->rec, px_conn_audit_done, c);
     if (rc != AL_OK) {
         c->aud_waiting = 0;
-        px_conn_unref(c);
         aud_record_free(x->rec);
         x->rec = NULL;
         PX_MINC(audit_refusals);
-        px_conn_fail(c, 503, rc == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
-        return AL_ERROR;
+        return px_refuse(c, 503, rc == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
     }
     c->worker->aud_held = 1; /* released when this loop iteration ends */
-    px_conn_set_state(c, PX_ST_AUDIT);
-    px_conn_update_io(c);
     return AL_AGAIN;
-}
-
-static void
-px_conn_audit_committed(struct px_conn *c, int ok, int64_t row_id)
-{
-    c->aud_waiting = 0;
-    if (!c->closing && c->state == PX_ST_AUDIT && c->x != NULL) {
-        if (ok && c->x->rec != NULL) {
-            c->x->rec->row_id = row_id;
-            px_conn_resolve(c);
-        } else {
-            if (c->x->rec != NULL)
-                c->x->rec->row_id = 0;
-            px_conn_fail(c, 503, "audit_unavailable", "audit commit failed");
-        }
-    }
-    px_conn_unref(c);
-}
-
-void
-px_conns_audit_committed(struct px_worker *w)
-{
-    struct px_aud_done *d;
-
-    pthread_mutex_lock(&w->done_lock);
-    d = w->done_head;
-    w->done_head = NULL;
-    pthread_mutex_unlock(&w->done_lock);
-    while (d != NULL) {
-        struct px_aud_done *next = d->next;
-
-        px_conn_audit_committed(d->conn, d->ok, d->row_id);
-        d = next;
-    }
 }
 
 /* ev_prepare: the loop is about to poll, so every strict begin this
@@ -272,10 +229,4 @@ px_worker_audit_release(struct ev_loop *loop, ev_prepare *p, int revents)
         w->aud_held = 0;
         aud_release(px_audit);
     }
-}
-
-void
-px_conns_audit_discard(struct px_worker *w)
-{
-    px_conns_audit_committed(w); /* every conn is closing by now: only unrefs */
 }

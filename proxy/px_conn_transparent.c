@@ -6,9 +6,10 @@
  * else by the original destination IP; each at the original destination
  * port, through the same decision path as the forward listener, resolved by
  * airlock itself. A connection that can't be served has no protocol to
- * answer in: it gets an audit row and is closed.
+ * answer in: it is refused with a row (px_refuse_close) and the machine
+ * closes it.
  */
-#include "px_conn.h"
+#include "px_phase.h"
 #include "px_origdst.h"
 #include "px_sni.h"
 
@@ -76,43 +77,41 @@ px_conn_transparent_target(struct px_conn *c, const char **err)
     return AL_OK;
 }
 
-/* A transparent connection that cannot be served: audited, then closed
- * (there is no protocol to answer in). */
+/* The row of a transparent flow that is refused: the exchange as far as it
+ * got, its gaps filled from the connection (there is no protocol to answer
+ * in: the machine audits and closes). */
 void
-px_conn_transparent_refuse(struct px_conn *c, const char *reason)
+px_transparent_refusal_row(struct px_conn *c, const char *reason)
 {
     if (c->x == NULL)
         c->x = al_calloc(1, sizeof(*c->x));
-    if (c->x != NULL) {
-        if (c->x->start_us == 0)
-            c->x->start_us = al_now_us();
-        if (c->x->target.host[0] == '\0' && c->has_orig_dst)
-            px_conn_orig_target(c, &c->x->target);
-        if (c->x->sandbox[0] == '\0')
-            px_decide_sandbox_by_source(c, c->x->sandbox, sizeof(c->x->sandbox));
-        if (c->x->err_reason == NULL)
-            c->x->err_reason = reason;
-        if (c->x->method_name == NULL && !c->x->head_done)
-            c->x->method_name = "TCP";
-        px_conn_audit(c, reason);
-    }
-    al_log_info("conn %llu: transparent connection refused: %s", (unsigned long long)c->id, reason);
-    px_conn_close(c, reason);
+    if (c->x == NULL)
+        return;
+    if (c->x->start_us == 0)
+        c->x->start_us = al_now_us();
+    if (c->x->target.host[0] == '\0' && c->has_orig_dst)
+        px_conn_orig_target(c, &c->x->target);
+    if (c->x->sandbox[0] == '\0')
+        px_decide_sandbox_by_source(c, c->x->sandbox, sizeof(c->x->sandbox));
+    if (c->x->err_reason == NULL)
+        c->x->err_reason = reason;
+    if (c->x->method_name == NULL && !c->x->head_done)
+        c->x->method_name = "TCP";
 }
 
 /* TLS (by SNI) or raw TCP (by original destination) through a transparent
- * listener: decided like a CONNECT, relayed opaquely. */
-static void
-px_conn_transparent_tunnel(struct px_conn *c, const char *sni)
+ * listener: an exchange like a CONNECT's, decided and relayed by the
+ * machine. No SNI: the destination is the original IP literal; only a rule
+ * naming it (and, for non-public space, its cidrs) lets it through. */
+int
+px_transparent_tunnel_target(struct px_conn *c, const char *sni)
 {
     struct px_exch *x;
     const char     *err = NULL;
 
     x = c->x = al_calloc(1, sizeof(*c->x));
-    if (x == NULL) {
-        px_conn_close(c, "no memory");
-        return;
-    }
+    if (x == NULL)
+        return AL_ERROR;
     x->start_us = al_now_us();
     x->is_connect = 1;
     x->silent_tunnel = 1;
@@ -122,92 +121,47 @@ px_conn_transparent_tunnel(struct px_conn *c, const char *sni)
         uint16_t port = x->target.port;
 
         if (px_host_normalize(sni, strlen(sni), x->target.host, sizeof(x->target.host),
-                              &x->target.kind, &err) != AL_OK) {
-            px_conn_transparent_refuse(c, "bad_sni");
-            return;
-        }
+                              &x->target.kind, &err) != AL_OK)
+            return px_refuse_close(c, "bad_sni");
         x->target.port = port;
     }
-    /* No SNI: the destination is the original IP literal; only a rule naming
-     * it (and, for non-public space, its cidrs) lets it through. */
-    if (px_decide(c) != AL_OK)
-        return;
-    if (sni != NULL && (x->decision.intercept ||
-                        (c->conf->secrets != NULL &&
-                         sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)))) {
-        /* Intercepted exactly as through CONNECT, minus the 200: the peeked
-         * ClientHello goes straight into the TLS engine. */
-        if (px_tls_srv == NULL || x->target.kind != PX_HOST_NAME) {
-            px_conn_transparent_refuse(c, "interception_unavailable");
-            return;
-        }
-        px_conn_mitm_start(c);
-        return;
-    }
-    if (c->conf->secrets != NULL &&
-        sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)) {
-        /* Raw TCP to a secret's host would carry placeholders unseen. */
-        px_conn_transparent_refuse(c, "opaque_tunnel_to_secret_host");
-        return;
-    }
-    if (px_audit != NULL) {
-        int adm = aud_writer_admit(px_audit);
-
-        if (adm != AL_OK) {
-            PX_MINC(audit_refusals);
-            px_conn_transparent_refuse(c,
-                                       adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable");
-            return;
-        }
-    }
-    if (px_audit != NULL && c->conf->audit_strict && px_conn_audit_begin(c) != AL_OK)
-        return;
-    px_conn_resolve(c);
+    return AL_OK;
 }
 
 /* PX_ST_PEEK: the first bytes say which protocol the sandbox speaks. */
-void
-px_conn_peek(struct px_conn *c, int eof)
+int
+px_transparent_peek(struct px_conn *c, int eof, enum px_peek_kind *kind, char *sni, size_t snisz)
 {
     const unsigned char *b = (const unsigned char *)c->cin;
-    char                 sni[PX_SNI_HOST_BYTES];
     int                  h2only = 0;
     int                  rc = px_sni_looks_tls(b, c->cin_len);
 
     if (rc == AL_OK) {
-        rc = px_sni_parse(b, c->cin_len, sni, sizeof(sni), &h2only);
+        rc = px_sni_parse(b, c->cin_len, sni, snisz, &h2only);
         if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES && !eof)
-            return; /* the ClientHello continues in the next segment */
-        if (rc != AL_OK) {
-            px_conn_transparent_refuse(c, "bad_client_hello");
-            return;
-        }
-        px_conn_transparent_tunnel(c, sni);
-        return;
+            return AL_AGAIN; /* the ClientHello continues in the next segment */
+        if (rc != AL_OK)
+            return px_refuse_close(c, "bad_client_hello");
+        *kind = PX_PEEK_TLS;
+        return AL_OK;
     }
     if (rc == AL_AGAIN && !eof)
-        return;
+        return AL_AGAIN;
     rc = px_http_looks_like_request(b, c->cin_len);
     if (rc == AL_AGAIN && c->cin_len < PX_CIN_BYTES && !eof)
-        return;
-    if (rc == AL_OK) {
-        c->state = PX_ST_READ_HEAD; /* same clock: the head must complete in time */
-        px_conn_feed_client(c);
-        return;
-    }
-    px_conn_transparent_tunnel(c, NULL);
+        return AL_AGAIN;
+    *kind = rc == AL_OK ? PX_PEEK_HTTP : PX_PEEK_TCP;
+    return AL_OK;
 }
 
 /* Accept-time checks of a transparent connection. AL_OK to go on. */
 int
-px_conn_transparent_accept(struct px_conn *c)
+px_transparent_accept(struct px_conn *c)
 {
     const struct px_conf *conf = c->conf;
 
-    if (px_orig_dst(c->cl.fd, &c->orig_dst) != AL_OK) {
-        px_conn_transparent_refuse(c, "not_redirected");
-        return AL_ERROR;
-    }
+    if (px_orig_dst(c->cl.fd, &c->orig_dst) != AL_OK)
+        return px_refuse_close(c, "not_redirected");
     c->has_orig_dst = 1;
     /* Loop guard: a redirected connection to airlock's own listener. */
     for (int i = 0; i < conf->nself; i++) {
@@ -230,10 +184,8 @@ px_conn_transparent_accept(struct px_conn *c)
 
             same = IN6_IS_ADDR_UNSPECIFIED(a) || memcmp(a, o, sizeof(*a)) == 0;
         }
-        if (same) {
-            px_conn_transparent_refuse(c, "loop");
-            return AL_ERROR;
-        }
+        if (same)
+            return px_refuse_close(c, "loop");
     }
     return AL_OK;
 }

@@ -18,7 +18,7 @@
  * its port (px_ifaddrs.c keeps that list current). Dry-run never relaxes either the guard or
  * protocol errors (the policy module guarantees that).
  */
-#include "px_conn.h"
+#include "px_phase.h"
 #include "px_ifaddrs.h"
 
 #include <stdio.h>
@@ -40,7 +40,7 @@ px_hdr_value(const struct px_msg *m, int i, size_t *len)
 }
 
 /* Identity from Proxy-Authorization. AL_OK (identified), AL_DECLINED (no
- * header), or AL_ERROR after answering 407. */
+ * header), or AL_ERROR with c->refusal set (407). */
 static int
 px_decide_basic(struct px_conn *c)
 {
@@ -57,31 +57,31 @@ px_decide_basic(struct px_conn *c)
     if (i < 0 || c->conf->nsandboxes == 0)
         return AL_DECLINED; /* no sandboxes configured: clients are anonymous */
     if (px_msg_find(m, "proxy-authorization", i + 1) >= 0) {
-        px_conn_deny(c, 407, "bad_credentials", "more than one Proxy-Authorization",
-                     PX_AUTH_CHALLENGE);
+        px_refuse_deny(c, 407, "bad_credentials", "more than one Proxy-Authorization",
+                       PX_AUTH_CHALLENGE);
         return AL_ERROR;
     }
     v = px_hdr_value(m, i, &vl);
     if (pol_ident_parse_basic(v, vl, user, sizeof(user), pass, sizeof(pass)) != AL_OK ||
         pol_ident_split_user(user, &id) != AL_OK) {
-        px_conn_deny(c, 407, "bad_credentials", "expected Basic SANDBOX[+SESSION]+TOOL_CALL",
-                     PX_AUTH_CHALLENGE);
+        px_refuse_deny(c, 407, "bad_credentials", "expected Basic SANDBOX[+SESSION]+TOOL_CALL",
+                       PX_AUTH_CHALLENGE);
         goto out;
     }
     sb = px_conf_sandbox(c->conf, id.sandbox);
     if (sb == NULL) {
-        px_conn_deny(c, 407, "unknown_sandbox", NULL, PX_AUTH_CHALLENGE);
+        px_refuse_deny(c, 407, "unknown_sandbox", NULL, PX_AUTH_CHALLENGE);
         goto out;
     }
     if (sb->token_sha256[0] != '\0') {
         if (!pol_ident_token_ok(pass, strlen(pass), sb->token_sha256)) {
-            px_conn_deny(c, 407, "bad_credentials", NULL, PX_AUTH_CHALLENGE);
+            px_refuse_deny(c, 407, "bad_credentials", NULL, PX_AUTH_CHALLENGE);
             goto out;
         }
     } else if (!pol_ident_source_match(sb->cidrs, sb->ncidrs, (const struct sockaddr *)&c->peer)) {
         /* A CIDR-only sandbox can't be claimed from outside its CIDRs. */
-        px_conn_deny(c, 407, "bad_credentials", "source address outside the sandbox",
-                     PX_AUTH_CHALLENGE);
+        px_refuse_deny(c, 407, "bad_credentials", "source address outside the sandbox",
+                       PX_AUTH_CHALLENGE);
         goto out;
     }
     al_strlcpy(x->sandbox, sizeof(x->sandbox), id.sandbox);
@@ -119,7 +119,7 @@ px_decide_tags(struct px_conn *c)
 
             m->hdrs[i].drop = 1;
             if (!pol_ident_tag_valid(v, vl, POL_TAG_MAX_BYTES)) {
-                px_conn_deny(c, 400, "bad_tag", names[k], NULL);
+                px_refuse_deny(c, 400, "bad_tag", names[k], NULL);
                 return AL_ERROR;
             }
             claim = v; /* the last one, as before */
@@ -189,9 +189,10 @@ px_decide_identity(struct px_conn *c)
         px_decide_sandbox_by_source(c, x->sandbox, sizeof(x->sandbox));
         if (x->sandbox[0] == '\0' && conf->nsandboxes > 0) {
             if (conf->any_token)
-                px_conn_deny(c, 407, "auth_required", NULL, PX_AUTH_CHALLENGE);
+                px_refuse_deny(c, 407, "auth_required", NULL, PX_AUTH_CHALLENGE);
             else
-                px_conn_deny(c, 403, "unknown_sandbox", "source address matches no sandbox", NULL);
+                px_refuse_deny(c, 403, "unknown_sandbox", "source address matches no sandbox",
+                               NULL);
             return AL_ERROR;
         }
     }
@@ -252,8 +253,7 @@ px_decide(struct px_conn *c)
             d->rule = ""; /* no rule was consulted */
             d->reason = SEC_REFUSE_OUT_OF_SCOPE;
             PX_MINC(secrets_refused);
-            px_conn_deny(c, 403, SEC_REFUSE_OUT_OF_SCOPE, x->secret_refused, NULL);
-            return AL_DECLINED;
+            return px_refuse_deny(c, 403, SEC_REFUSE_OUT_OF_SCOPE, x->secret_refused, NULL);
         }
     }
     memset(&rq, 0, sizeof(rq));
@@ -278,16 +278,14 @@ px_decide(struct px_conn *c)
         status = strcmp(d->reason, "bad_path") == 0 || strcmp(d->reason, "encoded_slash") == 0
                      ? 400
                      : 403;
-        px_conn_deny(c, status, d->reason, d->rule, NULL);
-        return AL_DECLINED;
+        return px_refuse_deny(c, status, d->reason, d->rule, NULL);
     }
     if (d->verdict == POL_WOULD_DENY)
         al_log_info("conn %llu: would_deny %s:%u (%s, rule %s), let through (dry-run)",
                     (unsigned long long)c->id, x->target.host, x->target.port, d->reason,
                     d->staged_rule ? d->staged_rule : d->rule);
     if (!x->is_connect && px_decide_fwd_path(c) != AL_OK) {
-        px_conn_deny(c, 500, "internal", "out of memory", NULL);
-        return AL_DECLINED;
+        return px_refuse(c, 500, "internal", "out of memory");
     }
     return AL_OK;
 }
@@ -304,8 +302,7 @@ px_decide_addrs(struct px_conn *c)
 
     x->addrs.naddrs = kept;
     if (kept <= 0) {
-        px_conn_deny(c, 403, "address_not_allowed", x->target.host, NULL);
-        return AL_DECLINED;
+        return px_refuse_deny(c, 403, "address_not_allowed", x->target.host, NULL);
     }
     return AL_OK;
 }

@@ -12,6 +12,16 @@ SSL_CTX           *px_tls_srv, *px_tls_up;
 
 static const char *const px_uerr_names[PX_UERR_N] = {"dns", "refused", "timeout", "reset", "other"};
 
+void
+px_conn_count_status(int status)
+{
+    int cls = status / 100;
+
+    if (cls < 0 || cls > 5)
+        cls = 0;
+    atomic_fetch_add_explicit(&px_metrics.requests[cls], 1, memory_order_relaxed);
+}
+
 const char *
 px_uerr_name(enum px_uerr k)
 {

@@ -1,0 +1,296 @@
+/*
+ * px_half.c - one side of a connection: a socket, or TLS over it. Reads,
+ * writes its output queue, runs handshake steps and splices an opaque
+ * tunnel; the only place SSL_read/SSL_write run for a connection. Client
+ * halves read the socket into a memory BIO (so bytes that arrived with the
+ * CONNECT head, or a ClientHello a transparent listener peeked, go into the
+ * TLS engine the same way); upstream halves use a socket BIO. A half knows
+ * nothing of states: the machine (px_conn.c) decides what to call when.
+ */
+#include "px_half.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+void
+px_half_init(struct px_half *h, struct px_conn *c, int fd,
+             void (*cb)(struct ev_loop *, ev_io *, int))
+{
+    h->fd = fd;
+    h->conn = c;
+    h->pipe[0] = h->pipe[1] = -1;
+    ev_io_init(&h->rio, cb, fd, EV_READ);
+    ev_io_init(&h->wio, cb, fd, EV_WRITE);
+    h->rio.data = h;
+    h->wio.data = h;
+}
+
+void
+px_half_close(struct px_conn *c, struct px_half *h)
+{
+    ev_io_stop(c->worker->loop, &h->rio);
+    ev_io_stop(c->worker->loop, &h->wio);
+    if (h->ssl != NULL)
+        SSL_free(h->ssl); /* frees its BIOs */
+    h->ssl = NULL;
+    h->rbio = NULL;
+    h->tls_want = 0;
+    h->plain_out = 0;
+    if (h->fd >= 0)
+        close(h->fd);
+    h->fd = -1;
+    for (int i = 0; i < 2; i++) {
+        if (h->pipe[i] >= 0)
+            close(h->pipe[i]);
+        h->pipe[i] = -1;
+    }
+    h->inpipe = 0;
+    h->eof = h->shut = 0;
+    al_bufq_free(&h->out);
+}
+
+/* Writes as much of h->out as the socket takes. AL_OK when empty, AL_AGAIN
+ * when bytes remain, AL_ERROR when the peer is gone. */
+int
+px_half_flush(struct px_conn *c, struct px_half *h)
+{
+    while (al_bufq_len(&h->out) > 0) {
+        size_t      n;
+        const char *p = al_bufq_peek(&h->out, &n);
+        ssize_t     w;
+
+        if (p == NULL)
+            break;
+        if (h->ssl != NULL && h->plain_out == 0) {
+            size_t done = 0;
+            int    err;
+
+            px_tls_clear_errors();
+            if (SSL_write_ex(h->ssl, p, n, &done) <= 0) {
+                err = SSL_get_error(h->ssl, 0);
+                if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
+                    h->tls_want = err == SSL_ERROR_WANT_WRITE ? EV_WRITE : EV_READ;
+                    return AL_AGAIN;
+                }
+                return AL_ERROR;
+            }
+            h->tls_want = 0;
+            w = (ssize_t)done;
+        } else {
+            if (h->plain_out > 0 && n > h->plain_out)
+                n = h->plain_out; /* e.g. "200 Connection established" before TLS */
+            w = send(h->fd, p, n, MSG_NOSIGNAL);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return AL_AGAIN;
+                return AL_ERROR;
+            }
+            h->plain_out -= h->plain_out > 0 ? (size_t)w : 0;
+        }
+        al_bufq_skip(&h->out, (size_t)w);
+        c->last_activity = ev_now(c->worker->loop);
+        if (h == &c->cl)
+            PX_MADD(bytes_down, w);
+        else
+            PX_MADD(bytes_up, w);
+    }
+    return AL_OK;
+}
+
+/*
+ * Memory BIO: pulls more ciphertext from the socket into h->rbio. Returns 1
+ * (bytes fed), 0 at EOF, -1 when it would block, -2 on error. A read shorter
+ * than the buffer emptied the socket's queue: until the loop polls again the
+ * next attempt answers "would block" without a recv(2) that can only say
+ * EAGAIN (level-triggered polling reports bytes that arrive meanwhile).
+ */
+static int
+px_half_fill_rbio(struct px_conn *c, struct px_half *h)
+{
+    char         raw[PX_READ_BYTES];
+    unsigned int iter = ev_iteration(c->worker->loop);
+    ssize_t      r;
+
+    if (h->rdrained && h->rdrained_iter == iter)
+        return -1;
+    h->rdrained = 0;
+    r = recv(h->fd, raw, sizeof(raw), 0);
+    if (r < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+    if (r == 0)
+        return 0;
+    c->last_activity = ev_now(c->worker->loop);
+    if ((size_t)r < sizeof(raw)) {
+        h->rdrained = 1;
+        h->rdrained_iter = iter;
+    }
+    return BIO_write(h->rbio, raw, (int)r) == (int)r ? 1 : -2;
+}
+
+/*
+ * Reads decrypted bytes from a half. Client halves read the socket into a
+ * memory BIO first (bytes that arrived with the CONNECT head are fed in the
+ * same way); upstream halves use a socket BIO. Returns >0 bytes, 0 at EOF,
+ * -1 when it would block (h->tls_want says on what), -2 on error.
+ */
+ssize_t
+px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
+{
+    int need_fill;
+
+    if (h->ssl == NULL) {
+        ssize_t r = recv(h->fd, buf, n, 0);
+
+        if (r < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+        return r;
+    }
+    /* Nothing to decrypt yet: read the socket first rather than let a
+     * failing SSL_read find that out (it costs a record buffer). */
+    need_fill = h->rbio != NULL && BIO_ctrl_pending(h->rbio) == 0 && !SSL_has_pending(h->ssl);
+    for (;;) {
+        size_t got = 0;
+        int    err;
+
+        if (need_fill) {
+            h->tls_want = EV_READ;
+            switch (px_half_fill_rbio(c, h)) {
+            case -1:
+                return -1;
+            case -2:
+                return -2;
+            case 0:
+                BIO_set_mem_eof_return(h->rbio, 0);
+                break;
+            }
+        }
+        px_tls_clear_errors();
+        errno = 0;
+        if (SSL_read_ex(h->ssl, buf, n, &got) > 0) {
+            h->tls_want = 0;
+            return (ssize_t)got;
+        }
+        err = SSL_get_error(h->ssl, 0);
+        if (err == SSL_ERROR_ZERO_RETURN)
+            return 0;
+        if (err == SSL_ERROR_WANT_WRITE) {
+            h->tls_want = EV_WRITE;
+            return -1;
+        }
+        if (err != SSL_ERROR_WANT_READ) {
+            /* With SSL_OP_IGNORE_UNEXPECTED_EOF a plain close is
+             * ZERO_RETURN; a socket error (a reset) on the upstream's socket
+             * BIO is an error, not an end: a close-delimited body cut by a
+             * reset must not look complete. */
+            if (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+                return h->rbio == NULL && errno != 0 ? -2 : 0;
+            return -2;
+        }
+        h->tls_want = EV_READ;
+        if (h->rbio == NULL)
+            return -1;
+        need_fill = 1;
+    }
+}
+
+/* Does the half hold decrypted or undecrypted bytes no socket event will announce? */
+int
+px_half_tls_buffered(const struct px_half *h)
+{
+    return h->ssl != NULL &&
+           (SSL_has_pending(h->ssl) || (h->rbio != NULL && BIO_ctrl_pending(h->rbio) > 0));
+}
+
+/* One step of a TLS handshake. AL_OK done, AL_AGAIN waiting, AL_ERROR failed. */
+int
+px_half_handshake(struct px_conn *c, struct px_half *h)
+{
+    for (;;) {
+        int err;
+
+        px_tls_clear_errors();
+        if (SSL_do_handshake(h->ssl) == 1) {
+            h->tls_want = 0;
+            return AL_OK;
+        }
+        err = SSL_get_error(h->ssl, 0);
+        if (err == SSL_ERROR_WANT_WRITE) {
+            h->tls_want = EV_WRITE;
+            return AL_AGAIN;
+        }
+        if (err != SSL_ERROR_WANT_READ)
+            return AL_ERROR;
+        h->tls_want = EV_READ;
+        if (h->rbio == NULL)
+            return AL_AGAIN;
+        switch (px_half_fill_rbio(c, h)) {
+        case -1:
+            return AL_AGAIN;
+        case -2:
+        case 0:
+            return AL_ERROR;
+        }
+    }
+}
+
+/* One direction of an opaque tunnel: src's bytes go through src's pipe to dst. */
+int
+px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
+{
+    int rc = px_half_flush(c, dst); /* bytes queued before the tunnel started */
+
+    if (rc == AL_ERROR)
+        return AL_ERROR;
+    if (rc == AL_AGAIN)
+        return AL_OK;
+    for (;;) {
+        ssize_t n;
+
+        if (src->inpipe > 0) {
+            n = splice(src->pipe[0], NULL, dst->fd, NULL, src->inpipe,
+                       SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+            if (n < 0) {
+                if (errno == EAGAIN || errno == EINTR)
+                    return AL_OK;
+                return AL_ERROR;
+            }
+            src->inpipe -= (size_t)n;
+            if (dst == &c->cl) {
+                PX_MADD(bytes_down, n);
+                c->tun_down += (uint64_t)n;
+            } else {
+                PX_MADD(bytes_up, n);
+                c->tun_up += (uint64_t)n;
+            }
+            c->last_activity = ev_now(c->worker->loop);
+            continue;
+        }
+        if (src->eof) {
+            if (!dst->shut) {
+                (void)shutdown(dst->fd, SHUT_WR);
+                dst->shut = 1;
+            }
+            return AL_OK;
+        }
+        if (src->pipe[0] < 0 && pipe2(src->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+            al_log_warn("conn %llu: pipe2", (unsigned long long)c->id);
+            return AL_ERROR;
+        }
+        n = splice(src->fd, NULL, src->pipe[1], NULL, 65536, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return AL_OK;
+            return AL_ERROR;
+        }
+        if (n == 0)
+            src->eof = 1;
+        src->inpipe += (size_t)n;
+        c->last_activity = ev_now(c->worker->loop);
+    }
+}

@@ -1,0 +1,40 @@
+/*
+ * px_half.h - one side of a connection (px_half.c). Internal to proxy/.
+ */
+#ifndef PX_HALF_H
+#define PX_HALF_H
+
+#include <sys/types.h>
+
+#include <openssl/err.h>
+
+#include "px_exch.h"
+
+void px_half_init(struct px_half *h, struct px_conn *c, int fd,
+                  void (*cb)(struct ev_loop *, ev_io *, int));
+/* Stops its watchers, frees TLS, closes the socket and the splice pipe. */
+void px_half_close(struct px_conn *c, struct px_half *h);
+/* Writes as much of h->out as the socket takes: AL_OK empty, AL_AGAIN, AL_ERROR. */
+int px_half_flush(struct px_conn *c, struct px_half *h);
+/* Reads decrypted (or plain) bytes: >0, 0 at EOF, -1 would block, -2 error. */
+ssize_t px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n);
+/* Does the half hold decrypted or undecrypted bytes no socket event will announce? */
+int px_half_tls_buffered(const struct px_half *h);
+/* One step of a TLS handshake: AL_OK done, AL_AGAIN waiting, AL_ERROR failed. */
+int px_half_handshake(struct px_conn *c, struct px_half *h);
+/* One direction of an opaque tunnel: src's bytes through src's pipe to dst.
+ * AL_OK (moved what it could), AL_ERROR. */
+int px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst);
+
+/* Empties OpenSSL's error queue before an SSL call whose SSL_get_error()
+ * matters. ERR_clear_error() walks all of its slots (~800 instructions in
+ * OpenSSL 3.0) even when the queue is already empty, the usual case on the
+ * request path: peek first. */
+static inline void
+px_tls_clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
+#endif

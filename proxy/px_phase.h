@@ -1,0 +1,114 @@
+/*
+ * px_phase.h - the contract between the connection machine (px_conn.c) and
+ * the phases and codecs it calls.
+ *
+ * A phase (identify + decide, inject, a TLS step, the transparent peek, the
+ * audit begin) returns AL_OK (go on), AL_AGAIN (wait for I/O or a notice;
+ * the machine picks the state), AL_DECLINED (c->refusal says what to
+ * answer) or AL_ERROR (out of memory and the like). It never answers the
+ * client, changes the connection's state or touches I/O interest: the
+ * machine's finalize step does, in one place. Nothing declared here may
+ * call back into the machine.
+ */
+#ifndef PX_PHASE_H
+#define PX_PHASE_H
+
+#include "px_exch.h"
+
+/* A refusal answered with status and X-Airlock-Reason (a protocol error). */
+static inline int
+px_refuse(struct px_conn *c, int status, const char *reason, const char *detail)
+{
+    c->refusal = (struct px_refusal){status, reason, detail, NULL, NULL, 0, 0, PX_UERR_OTHER};
+    return AL_DECLINED;
+}
+
+/* A verdict on identity, policy or a secret's scope (audited as deny when
+ * 403/407), with extra header lines (a challenge) or NULL. */
+static inline int
+px_refuse_deny(struct px_conn *c, int status, const char *reason, const char *detail,
+               const char *extra)
+{
+    c->refusal = (struct px_refusal){
+        status, reason, detail, NULL, extra, status == 403 || status == 407, 0, PX_UERR_OTHER};
+    return AL_DECLINED;
+}
+
+/* The upstream failed (counted by kind in airlock_upstream_errors_total). */
+static inline int
+px_refuse_upstream(struct px_conn *c, enum px_uerr kind, int status, const char *reason,
+                   const char *detail)
+{
+    c->refusal = (struct px_refusal){status, reason, detail, NULL, NULL, 0, 1, kind};
+    return AL_DECLINED;
+}
+
+/* No protocol to answer in (a TLS or raw TCP flow): a row, then close. */
+static inline int
+px_refuse_close(struct px_conn *c, const char *reason)
+{
+    c->refusal = (struct px_refusal){0, reason, NULL, NULL, NULL, 0, 0, PX_UERR_OTHER};
+    return AL_DECLINED;
+}
+
+/* ---- exchange lifecycle (px_exch.c) ---------------------------------------- */
+struct px_exch *px_exch_new(size_t header_bytes);
+void            px_exch_free(struct px_exch *x);
+/* Readies a finished exchange for the next request on the connection. */
+void px_exch_reset(struct px_exch *x, size_t header_bytes);
+
+/* ---- identify + decide (px_decide.c) --------------------------------------- */
+/* Once per request head, before anything is resolved. */
+int px_decide(struct px_conn *c);
+/* The address guard over the resolved answers, before any connect. */
+int px_decide_addrs(struct px_conn *c);
+/* The sandbox whose cidrs hold the client's address, into out ("" if none). */
+void px_decide_sandbox_by_source(const struct px_conn *c, char *out, size_t outsz);
+
+/* ---- audit rows (px_conn_audit.c) ------------------------------------------ */
+void px_conn_audit_fill(const struct px_conn *c, struct aud_record *r);
+void px_conn_audit(struct px_conn *c, const char *error); /* once per request */
+void px_conn_tunnel_audit_open(struct px_conn *c);
+void px_conn_tunnel_audit_close(struct px_conn *c, const char *why);
+/* Strict mode: hands the begun row to the writer; AL_AGAIN while it commits
+ * (notice: px_conn_audit_committed), or AL_DECLINED (503). */
+int px_conn_audit_begin(struct px_conn *c);
+
+/* ---- TLS on a connection (px_conn_tls.c) ----------------------------------- */
+/* TCP to the upstream is up: a verified TLS client on it. AL_OK or AL_DECLINED. */
+int px_tls_up_start(struct px_conn *c);
+/* One step of the upstream handshake: AL_OK done, AL_AGAIN, AL_DECLINED. */
+int px_tls_up_step(struct px_conn *c);
+/* An allowed CONNECT (or transparent TLS) is intercepted: the client side's
+ * TLS server, a ClientHello already read fed in. AL_OK, AL_DECLINED, AL_ERROR. */
+int px_tls_mitm_prepare(struct px_conn *c);
+/* One step of the client handshake: AL_OK done (SNI checked), AL_AGAIN, or
+ * AL_DECLINED (close with a row: px_refuse_close). */
+int px_tls_client_step(struct px_conn *c);
+/* An opaque (not intercepted) CONNECT tunnel: the client's first bytes, if
+ * they are a TLS ClientHello, must name the CONNECT host in their SNI
+ * (domain fronting otherwise). AL_AGAIN for more bytes, AL_OK (no TLS, no
+ * SNI, or the same host), AL_DECLINED (sni_mismatch, bad_client_hello). */
+int px_tls_tunnel_sni_check(struct px_conn *c, int eof);
+/* The exchange readied for the row of an intercepted tunnel that fails. */
+void px_tls_refusal_row(struct px_conn *c, const char *reason);
+/* An inner request's target: AL_OK, AL_DECLINED (misdirected), AL_ERROR. */
+int px_conn_mitm_target(struct px_conn *c, const char **err);
+
+/* ---- transparent listeners (px_conn_transparent.c) ------------------------- */
+enum px_peek_kind { PX_PEEK_HTTP, PX_PEEK_TLS, PX_PEEK_TCP };
+/* Accept-time checks (original destination, loops): AL_OK or AL_DECLINED. */
+int px_transparent_accept(struct px_conn *c);
+/* PX_ST_PEEK: which protocol the first bytes speak. AL_AGAIN for more bytes,
+ * AL_OK with *kind (and sni for TLS), AL_DECLINED. */
+int px_transparent_peek(struct px_conn *c, int eof, enum px_peek_kind *kind, char *sni,
+                        size_t snisz);
+/* A TLS (by SNI) or raw TCP (by original destination) flow as a tunnel
+ * exchange, decided like a CONNECT: AL_OK, AL_DECLINED, AL_ERROR. */
+int px_transparent_tunnel_target(struct px_conn *c, const char *sni);
+/* Origin-form target: name from Host, port from the original destination. */
+int px_conn_transparent_target(struct px_conn *c, const char **err);
+/* The exchange readied for the row of a transparent flow that is refused. */
+void px_transparent_refusal_row(struct px_conn *c, const char *reason);
+
+#endif
