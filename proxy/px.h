@@ -175,8 +175,18 @@ struct px_listener {
     struct px_worker   *worker;
 };
 
+/* What connection code needs of the process, handed down through its worker
+ * (never read from globals there): set once before the workers start. */
+struct px_runtime {
+    struct aud_writer *audit;   /* NULL: no audit (unit tests) */
+    struct ssl_ctx_st *tls_srv; /* interception: the client side's server (NULL: no CA) */
+    struct ssl_ctx_st *tls_up;  /* verified upstream TLS */
+    struct px_ca      *ca;
+};
+
 struct px_worker {
     int                   index;
+    struct px_runtime     rt;
     pthread_t             thread;
     struct ev_loop       *loop;
     struct px_dns        *dns;

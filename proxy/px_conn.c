@@ -45,32 +45,25 @@
 #define PX_FLUSH_CLOSE_S 10.0                            /* to write a final answer */
 #define PX_LINGER_S 2.0                                  /* to drain input after it */
 
-static _Atomic uint64_t  px_conn_next_id = 1;
-static llhttp_settings_t px_req_settings, px_resp_settings;
-static pthread_once_t    px_settings_once = PTHREAD_ONCE_INIT;
+static _Atomic uint64_t px_conn_next_id = 1;
 
 static void px_conn_ref(struct px_conn *c);
 static void px_conn_unref(struct px_conn *c);
 static void px_conn_set_state(struct px_conn *c, enum px_state st);
 static void px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail);
-static void px_conn_deny(struct px_conn *c, int status, const char *reason, const char *detail,
-                         const char *extra_headers);
 static void px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status,
                                    const char *reason, const char *detail);
 static void px_conn_update_io(struct px_conn *c);
 static void px_conn_close(struct px_conn *c, const char *why);
-static void px_conn_parser_reset(struct px_conn *c);
 static void px_conn_upstream_ready(struct px_conn *c);
 static void px_conn_resolve(struct px_conn *c);
 static void px_conn_feed_client(struct px_conn *c);
 static void px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
-static void px_conn_connect_next(struct px_conn *c);
 static void px_conn_finish_exchange(struct px_conn *c);
 static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
 static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
 static void px_conn_idle_trim(struct px_conn *c);
-static void px_conn_park_upstream(struct px_conn *c);
 static void px_conn_close_refused(struct px_conn *c, const char *reason);
 static void px_conn_finalize(struct px_conn *c);
 static void px_conn_mitm_start(struct px_conn *c);
@@ -237,15 +230,6 @@ px_conn_fail(struct px_conn *c, int status, const char *reason, const char *deta
 }
 
 static void
-px_conn_deny(struct px_conn *c, int status, const char *reason, const char *detail,
-             const char *extra_headers)
-{
-    if (c->x != NULL && (status == 403 || status == 407))
-        c->x->deny = 1;
-    px_conn_fail_ex(c, status, reason, detail, extra_headers);
-}
-
-static void
 px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status, const char *reason,
                        const char *detail)
 {
@@ -299,7 +283,7 @@ px_conn_strict_begin(struct px_conn *c)
 {
     int rc;
 
-    if (px_audit == NULL || !c->conf->audit_strict)
+    if (c->worker->rt.audit == NULL || !c->conf->audit_strict)
         return AL_OK;
     rc = px_conn_audit_begin(c);
     if (rc == AL_AGAIN) {
@@ -433,7 +417,7 @@ px_conn_close(struct px_conn *c, const char *why)
     if (c->state == PX_ST_TUNNEL)
         PX_MDEC(tunnels_open);
     if (c->up_kept)
-        px_conn_park_upstream(c); /* the next connection to this host may use it */
+        px_upstream_park(c); /* the next connection to this host may use it */
     ev_timer_stop(w->loop, &c->timer);
     px_half_close(c, &c->cl);
     px_half_close(c, &c->up);
@@ -451,79 +435,7 @@ px_conn_close(struct px_conn *c, const char *why)
         ev_break(w->loop, EVBREAK_ONE);
 }
 
-/* ---- request parsing callbacks ----------------------------------------- */
-
-static int
-px_rq_message_begin(llhttp_t *p)
-{
-    struct px_conn *c = p->data;
-
-    if (c->nreqs > 0) /* the first head's clock runs from accept */
-        c->phase_start = ev_now(c->worker->loop);
-    if (c->conf != c->worker->conf) {
-        /* A reload happened: the next request on a keep-alive connection is
-         * decided by the new snapshot (the one in progress kept the old). */
-        px_conf_unref(c->conf);
-        c->conf = px_conf_ref(c->worker->conf);
-    }
-    c->head_started = 1;
-    px_conn_arm_timer(c);
-    if (c->x == NULL) {
-        c->x = al_calloc(1, sizeof(*c->x));
-        if (c->x == NULL)
-            return -1;
-        px_msg_init(&c->x->req, c->conf->limits.header_bytes);
-        px_msg_init(&c->x->resp, c->conf->limits.header_bytes);
-    } else {
-        px_exch_reset(c->x, c->conf->limits.header_bytes);
-    }
-    c->x->start_us = al_now_us();
-    return 0;
-}
-
-static int
-px_rq_url(llhttp_t *p, const char *at, size_t len)
-{
-    struct px_conn *c = p->data;
-
-    return px_msg_add(&c->x->req, PX_PIECE_URL, at, len);
-}
-
-static int
-px_rq_field(llhttp_t *p, const char *at, size_t len)
-{
-    struct px_conn *c = p->data;
-
-    return px_msg_add(&c->x->req, PX_PIECE_FIELD, at, len);
-}
-
-static int
-px_rq_value(llhttp_t *p, const char *at, size_t len)
-{
-    struct px_conn *c = p->data;
-
-    return px_msg_add(&c->x->req, PX_PIECE_VALUE, at, len);
-}
-
-static int
-px_rq_piece_end(llhttp_t *p)
-{
-    struct px_conn *c = p->data;
-
-    return px_msg_end_piece(&c->x->req);
-}
-
-static int
-px_rq_headers_complete(llhttp_t *p)
-{
-    struct px_conn *c = p->data;
-
-    if (px_msg_end_piece(&c->x->req) != 0)
-        return -1;
-    c->x->client_keepalive = llhttp_should_keep_alive(p);
-    c->x->req_framing = px_framing_parsed(p, 0);
-    return HPE_PAUSED; /* decide, resolve and connect before any body byte moves */
-}
+/* ---- from head to upstream --------------------------------------------- */
 
 /* Ends the hold on a scanned request: its bytes may go upstream now. */
 static void
@@ -535,627 +447,41 @@ px_conn_release_hold(struct px_conn *c)
         px_conn_update_io(c);
 }
 
-/* ":port" into buf (8 bytes), no printf; returns its length. */
-static size_t
-px_port_str(char *buf, unsigned port)
-{
-    char   tmp[6];
-    size_t n = 0, k = 0;
-
-    do {
-        tmp[n++] = (char)('0' + port % 10);
-        port /= 10;
-    } while (port != 0 && n < sizeof(tmp));
-    buf[k++] = ':';
-    while (n > 0)
-        buf[k++] = tmp[--n];
-    return k;
-}
-
 /*
- * Request body through the secrets stream: placeholders of the secrets in
- * body_mask become values; any other placeholder is judged before the bytes
- * that complete it are forwarded (the stream holds back a possible prefix),
- * so an out-of-scope placeholder stops the request instead of leaving.
- * Returns AL_OK, AL_DECLINED (x->body_refusal set) or AL_ERROR.
- */
-static int
-px_rq_body_sub(struct px_conn *c, const char *at, size_t len, int last)
-{
-    struct px_exch *x = c->x;
-    struct al_dbuf  d;
-    uint64_t        seen;
-    int             rc;
-
-    al_dbuf_init(&d, len + 65536);
-    rc = last ? sec_stream_finish(x->body_sub, &d) : sec_stream_feed(x->body_sub, at, len, &d);
-    if ((sec_stream_replaced(x->body_sub) & ~x->injected) != 0) {
-        /* A value went into the body: the row and the metric say so like
-         * for a header (the queue is already wiped: body_mask set it). */
-        if (x->injected == 0)
-            PX_MINC(secrets_injected);
-        x->injected |= sec_stream_replaced(x->body_sub);
-    }
-    seen = sec_stream_seen(x->body_sub) & ~x->body_mask;
-    if (rc == AL_OK && seen != 0) {
-        struct sec_dest   dest;
-        struct sec_result res;
-
-        memset(&dest, 0, sizeof(dest));
-        dest.host = x->target.host;
-        dest.port = x->target.port;
-        dest.path = x->fwd_path != NULL ? x->fwd_path : x->target.path;
-        dest.path_len = x->fwd_path != NULL ? x->fwd_path_len : x->target.path_len;
-        dest.tls = x->target.tls;
-        dest.only = x->inject_only;
-        memset(&res, 0, sizeof(res));
-        if (sec_body_verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
-            x->body_refusal = res.refusal != NULL ? res.refusal : SEC_REFUSE_OUT_OF_SCOPE;
-            x->secret_refused =
-                res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
-            rc = AL_DECLINED;
-        }
-    }
-    if (rc == AL_OK)
-        rc = px_body_frame(&c->up.out, x->req_chunked, d.data, d.len);
-    sec_dbuf_wipe(&d);
-    return rc;
-}
-
-static int
-px_rq_body(llhttp_t *p, const char *at, size_t len)
-{
-    struct px_conn *c = p->data;
-    struct px_exch *x = c->x;
-
-    if (x->body_sub != NULL) {
-        if (px_rq_body_sub(c, at, len, 0) != AL_OK)
-            return -1;
-        x->bytes_up += len;
-        x->req_body_bytes_sent = 1;
-        return 0;
-    }
-    if (px_body_frame(&c->up.out, x->req_chunked, at, len) != AL_OK)
-        return -1;
-    x->bytes_up += len;
-    x->req_body_bytes_sent = 1;
-    return 0;
-}
-
-static int
-px_rq_message_complete(llhttp_t *p)
-{
-    struct px_conn *c = p->data;
-    struct px_exch *x = c->x;
-
-    if (x->body_sub != NULL && px_rq_body_sub(c, NULL, 0, 1) != AL_OK)
-        return -1;
-    if (x->req_chunked && al_bufq_write(&c->up.out, "0\r\n\r\n", 5) != AL_OK)
-        return -1;
-    x->req_done = 1;
-    if (x->hold_up)
-        px_conn_release_hold(c); /* the whole body was scanned: send it */
-    return HPE_PAUSED;           /* the next pipelined request waits for this response */
-}
-
-/* ---- response parsing callbacks ---------------------------------------- */
-
-static int
-px_rs_status(llhttp_t *p, const char *at, size_t len)
-{
-    struct px_conn *c = p->data;
-
-    return px_msg_add(&c->x->resp, PX_PIECE_STATUS, at, len);
-}
-
-static int
-px_rs_field(llhttp_t *p, const char *at, size_t len)
-{
-    struct px_conn *c = p->data;
-
-    return px_msg_add(&c->x->resp, PX_PIECE_FIELD, at, len);
-}
-
-static int
-px_rs_value(llhttp_t *p, const char *at, size_t len)
-{
-    struct px_conn *c = p->data;
-
-    return px_msg_add(&c->x->resp, PX_PIECE_VALUE, at, len);
-}
-
-static int
-px_rs_piece_end(llhttp_t *p)
-{
-    struct px_conn *c = p->data;
-
-    return px_msg_end_piece(&c->x->resp);
-}
-
-/* Response headers from a host that holds a secret, once the head is known
- * to carry some form of one: names and values go through the redactor
- * straight into out (no printf per header). A name that no longer reads as a
- * token after redaction is dropped with its value. */
-static int
-px_write_headers_redacted(struct px_conn *c, const struct px_msg *m, struct al_dbuf *out)
-{
-    const struct sec_store *s = c->conf->secrets;
-    uint64_t                mask = c->x->redact_mask;
-
-    for (int i = 0; i < m->nhdrs; i++) {
-        const struct px_hdr *h = &m->hdrs[i];
-        size_t               at = out->len;
-
-        if (h->drop)
-            continue;
-        if (sec_redact_value(s, mask, px_msg_str(m, h->name), h->name_len, out) != AL_OK)
-            return AL_ERROR;
-        if (!px_http_is_token(out->data + at, out->len - at)) {
-            out->len = at;
-            continue;
-        }
-        if (al_dbuf_add(out, ": ", 2) != AL_OK ||
-            (h->val != UINT32_MAX &&
-             sec_redact_value(s, mask, px_msg_str(m, h->val), h->val_len, out) != AL_OK) ||
-            al_dbuf_add(out, "\r\n", 2) != AL_OK)
-            return AL_ERROR;
-    }
-    return AL_OK;
-}
-
-/* Re-serialises the response head toward the client and picks the framing. */
-static int
-px_rs_headers_complete(llhttp_t *p)
-{
-    struct px_conn *c = p->data;
-    struct px_exch *x = c->x;
-    struct px_msg  *m = &x->resp;
-    int             status = p->status_code;
-    int             interim = status >= 100 && status < 200 && status != 101;
-    int             upgrade = status == 101 && x->want_upgrade;
-    int             client11 = c->rq.http_major == 1 && c->rq.http_minor >= 1;
-    int             nobody = interim || status == 204 || status == 304 || x->is_head;
-    struct al_dbuf  d;
-    int             scrub = 0;
-    int             rc;
-
-    if (px_msg_end_piece(m) != 0)
-        return -1;
-    if (status == 101 && !upgrade)
-        return -1; /* a switch nobody asked for */
-    if (status < 100 || status > 999)
-        return -1; /* llhttp allows three digits only */
-    if (!px_msg_te_chunked_only(m)) {
-        /* Transfer-Encoding is hop-by-hop and re-framed here: a gzip (or any
-         * other) transfer coding would reach the client undecoded, and past
-         * the redactor as compressed bytes. We never send TE, so no
-         * conforming origin uses one. */
-        x->resp_refusal = "upstream_transfer_coding";
-        x->resp_refusal_detail = "a transfer coding other than chunked";
-        return -1;
-    }
-    if ((x->resp_refusal_detail = px_msg_connection_forbidden(m)) != NULL) {
-        /* Dropping it as hop-by-hop would change how the body is framed or
-         * scanned: refuse the response rather than guess. */
-        x->resp_refusal = "bad_connection_header";
-        return -1;
-    }
-    /* One pass over the whole head (status text, names, values) decides
-     * whether any piece carries a form of a secret this origin may hold. */
-    if (x->redact_mask != 0) {
-        scrub = sec_redact_any(c->conf->secrets, x->redact_mask, m->buf.data, m->buf.len);
-        if (scrub < 0)
-            return -1;
-    }
-    px_msg_drop_hop_by_hop(m, upgrade);
-    px_msg_drop_framing(m); /* ours is written below, from the parser's state */
-    if (x->redact_mask != 0 && !interim && !nobody) {
-        /* We asked for identity. A gzip or deflate body is decoded, scanned
-         * and passed on decoded (Content-Encoding dropped); any other coding,
-         * or more than one over all Content-Encoding headers, can't be
-         * scanned, so it is refused rather than passed on. */
-        int coding = px_msg_content_coding(m);
-
-        if (coding < 0) {
-            x->resp_refusal = "compressed_response";
-            x->resp_refusal_detail = "a host that received a secret answered compressed";
-            return -1;
-        }
-        if (coding > 0) {
-            x->inflater = px_inflate_new(coding);
-            if (x->inflater == NULL)
-                return -1;
-            for (int i = px_msg_find(m, "content-encoding", 0); i >= 0;
-                 i = px_msg_find(m, "content-encoding", i + 1))
-                m->hdrs[i].drop = 1;
-            PX_MINC(responses_decoded);
-        }
-        x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask);
-        if (x->redactor == NULL)
-            return -1;
-    }
-    al_dbuf_init(&d, c->conf->limits.header_bytes + 1024);
-    {
-        char sl[13] = "HTTP/1.1 000 ";
-
-        sl[9] = (char)('0' + status / 100);
-        sl[10] = (char)('0' + status / 10 % 10);
-        sl[11] = (char)('0' + status % 10);
-        rc = al_dbuf_add(&d, sl, sizeof(sl));
-    }
-    if (rc == AL_OK && m->status_text_len) /* the reason phrase can carry an echo too */
-        rc = scrub ? sec_redact_value(c->conf->secrets, x->redact_mask,
-                                      px_msg_str(m, m->status_text), m->status_text_len, &d)
-                   : al_dbuf_add(&d, px_msg_str(m, m->status_text), m->status_text_len);
-    if (rc == AL_OK)
-        rc = al_dbuf_add(&d, "\r\n", 2);
-    if (rc == AL_OK)
-        rc = scrub ? px_write_headers_redacted(c, m, &d) : px_msg_write_headers(m, &d);
-    if (!interim) {
-        /* The framing toward the client comes from the parser's state: the
-         * upstream's own Content-Length / Transfer-Encoding never pass. */
-        struct px_framing f = px_framing_parsed(p, nobody || upgrade);
-
-        x->status = status;
-        x->upstream_keepalive = llhttp_should_keep_alive(p);
-        x->resp_chunked_out = 0;
-        x->resp_close_delim = 0;
-        if (upgrade) {
-            if (rc == AL_OK)
-                rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
-        } else if (f.kind == PX_BODY_CHUNKED || f.kind == PX_BODY_CLOSE ||
-                   (f.kind == PX_BODY_LENGTH && x->redactor != NULL)) {
-            /* Chunked toward an HTTP/1.1 client whenever the upstream's
-             * length is not passed on as is: a close-delimited body
-             * re-framed keeps the client connection, and an upstream that
-             * fails mid-body leaves the last chunk out, which the client
-             * sees, where a close would read as the end. */
-            if (client11)
-                x->resp_chunked_out = 1;
-            else
-                x->resp_close_delim = 1;
-        } else if (f.kind == PX_BODY_LENGTH ||
-                   ((p->flags & F_CONTENT_LENGTH) && nobody && status != 204)) {
-            /* A HEAD or 304 answer's length describes the body it would
-             * have had (RFC 9110 8.6); still the parsed number, not the
-             * header. 1xx and 204 carry none. */
-            struct px_framing len = {PX_BODY_LENGTH, p->content_length};
-
-            if (rc == AL_OK)
-                rc = px_framing_write(&len, &d);
-        }
-        if (x->want_upgrade && !upgrade)
-            c->close_after_flush = 1; /* the upgrade asked for is not happening */
-        if (rc == AL_OK && x->resp_chunked_out)
-            rc = al_dbuf_adds(&d, "Transfer-Encoding: chunked\r\n");
-        if (rc == AL_OK && !upgrade &&
-            (x->resp_close_delim || c->draining || !x->client_keepalive || c->close_after_flush))
-            rc = al_dbuf_adds(&d, "Connection: close\r\n");
-        if (x->resp_close_delim || c->draining)
-            c->close_after_flush = 1;
-    }
-    if (rc == AL_OK)
-        rc = al_dbuf_add(&d, "\r\n", 2);
-    if (rc == AL_OK)
-        rc = px_dbuf_to_bufq(&d, &c->cl.out);
-    else
-        al_dbuf_free(&d);
-    if (rc != AL_OK) {
-        m->too_big = 1;
-        return -1;
-    }
-    /* After an interim (1xx) head the final answer is still ahead: an
-     * upstream failure can still be answered with a 502 or 504. */
-    if (!interim)
-        x->resp_started = 1;
-    /* 1: no body whatever the head says. A 1xx, 204, 304 or HEAD response
-     * ends with its head (RFC 9112 6.3); llhttp would otherwise read one by
-     * Content-Length or chunked, and pass it on unscanned, as a smuggled
-     * message, or wait for bytes that never come. */
-    return nobody ? 1 : 0;
-}
-
-/* Response body through the redactor; the length changes, so the client
- * side is chunked (or close-delimited) whenever a redactor runs. */
-static int
-px_rs_body_redact(struct px_conn *c, const char *at, size_t len, int last)
-{
-    struct px_exch *x = c->x;
-    struct al_dbuf  d;
-    int             rc;
-
-    al_dbuf_init(&d, len + 65536);
-    rc = last ? sec_stream_finish(x->redactor, &d) : sec_stream_feed(x->redactor, at, len, &d);
-    if (rc == AL_OK)
-        rc = px_body_frame(&c->cl.out, x->resp_chunked_out, d.data, d.len);
-    sec_dbuf_wipe(&d);
-    return rc;
-}
-
-static int
-px_rs_body_redact_sink(void *arg, const char *p, size_t n)
-{
-    return px_rs_body_redact(arg, p, n, 0);
-}
-
-static int
-px_rs_body(llhttp_t *p, const char *at, size_t len)
-{
-    struct px_conn *c = p->data;
-    struct px_exch *x = c->x;
-
-    if (x->inflater != NULL) { /* decoded, then redacted like any body */
-        if (px_inflate_feed(x->inflater, at, len, px_rs_body_redact_sink, c, &x->resp_abort) !=
-            AL_OK)
-            return -1;
-        x->bytes_down += len;
-        return 0;
-    }
-    if (x->redactor != NULL) {
-        if (px_rs_body_redact(c, at, len, 0) != AL_OK)
-            return -1;
-        x->bytes_down += len;
-        return 0;
-    }
-    if (px_body_frame(&c->cl.out, x->resp_chunked_out, at, len) != AL_OK)
-        return -1;
-    x->bytes_down += len;
-    return 0;
-}
-
-static int
-px_rs_message_complete(llhttp_t *p)
-{
-    struct px_conn *c = p->data;
-    struct px_exch *x = c->x;
-    int             status = p->status_code;
-
-    if (status >= 100 && status < 200 && status != 101) {
-        px_msg_reset(&x->resp); /* interim answer forwarded; the final one follows */
-        return 0;
-    }
-    if (x->inflater != NULL && px_inflate_finish(x->inflater, &x->resp_abort) != AL_OK)
-        return -1;
-    if (x->redactor != NULL && px_rs_body_redact(c, NULL, 0, 1) != AL_OK)
-        return -1;
-    if (x->resp_chunked_out && al_bufq_write(&c->cl.out, "0\r\n\r\n", 5) != AL_OK)
-        return -1;
-    x->resp_done = 1;
-    x->upstream_reusable = x->upstream_keepalive && status != 101;
-    return HPE_PAUSED;
-}
-
-static void
-px_settings_init(void)
-{
-    llhttp_settings_init(&px_req_settings);
-    px_req_settings.on_message_begin = px_rq_message_begin;
-    px_req_settings.on_url = px_rq_url;
-    px_req_settings.on_url_complete = px_rq_piece_end;
-    px_req_settings.on_header_field = px_rq_field;
-    px_req_settings.on_header_field_complete = px_rq_piece_end;
-    px_req_settings.on_header_value = px_rq_value;
-    px_req_settings.on_header_value_complete = px_rq_piece_end;
-    px_req_settings.on_headers_complete = px_rq_headers_complete;
-    px_req_settings.on_body = px_rq_body;
-    px_req_settings.on_message_complete = px_rq_message_complete;
-
-    llhttp_settings_init(&px_resp_settings);
-    px_resp_settings.on_status = px_rs_status;
-    px_resp_settings.on_status_complete = px_rs_piece_end;
-    px_resp_settings.on_header_field = px_rs_field;
-    px_resp_settings.on_header_field_complete = px_rs_piece_end;
-    px_resp_settings.on_header_value = px_rs_value;
-    px_resp_settings.on_header_value_complete = px_rs_piece_end;
-    px_resp_settings.on_headers_complete = px_rs_headers_complete;
-    px_resp_settings.on_body = px_rs_body;
-    px_resp_settings.on_message_complete = px_rs_message_complete;
-}
-
-static void
-px_conn_parser_reset(struct px_conn *c)
-{
-    pthread_once(&px_settings_once, px_settings_init);
-    llhttp_init(&c->rq, HTTP_REQUEST, &px_req_settings);
-    c->rq.data = c;
-}
-
-/* ---- from head to upstream --------------------------------------------- */
-
-/* The secrets the allowing rule's "inject" list names (0: no list). */
-static uint64_t
-px_conn_inject_mask(const struct px_conn *c)
-{
-    const struct pol_decision *d = &c->x->decision;
-    uint64_t                   mask = 0;
-
-    for (int k = 0; k < d->ninject; k++) {
-        int i = sec_find(c->conf->secrets, d->inject[k]);
-
-        if (i >= 0 && i < 64)
-            mask |= 1ULL << i;
-    }
-    return mask;
-}
-
-/* Status for a secret refusal (X-Airlock-Reason is the refusal itself). */
-static int
-px_secret_refusal_status(const char *refusal)
-{
-    if (strcmp(refusal, SEC_REFUSE_COMPRESSED) == 0)
-        return 415;
-    if (strcmp(refusal, SEC_REFUSE_TRACE) == 0)
-        return 405;
-    return 403;
-}
-
-/*
- * Header block and target after secret injection. Returns AL_OK (hb and tb
- * filled: wipe with sec_dbuf_wipe), AL_DECLINED after answering the client
- * (a placeholder that may not go there), or AL_ERROR.
- */
-static int
-px_conn_apply_secrets(struct px_conn *c, const char *target, size_t tlen, struct al_dbuf *hb,
-                      struct al_dbuf *tb)
-{
-    struct px_exch   *x = c->x;
-    struct px_msg    *m = &x->req;
-    struct sec_hdr    hdrs[PX_HTTP_MAX_HEADERS];
-    struct sec_dest   d;
-    struct sec_result res;
-    int               n = 0, rc;
-
-    for (int i = 0; i < m->nhdrs; i++) {
-        if (m->hdrs[i].drop)
-            continue;
-        hdrs[n].name = px_msg_str(m, m->hdrs[i].name);
-        hdrs[n].name_len = m->hdrs[i].name_len;
-        hdrs[n].value = m->hdrs[i].val == UINT32_MAX ? "" : px_msg_str(m, m->hdrs[i].val);
-        hdrs[n].value_len = m->hdrs[i].val == UINT32_MAX ? 0 : m->hdrs[i].val_len;
-        n++;
-    }
-    memset(&d, 0, sizeof(d));
-    d.host = x->target.host;
-    d.port = x->target.port;
-    d.path = target;
-    d.path_len = tlen;
-    d.tls = x->target.tls;
-    d.only = x->inject_only = px_conn_inject_mask(c);
-    memset(&res, 0, sizeof(res));
-    rc = sec_apply_head(c->conf->secrets, &d, llhttp_method_name(c->rq.method), hdrs, n, target,
-                        tlen, hb, tb, &res);
-    if (rc == AL_DECLINED) {
-        x->secret_refused =
-            res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
-        x->decision.verdict = POL_DENY; /* audited as a deny with the refusal as reason */
-        x->decision.reason = res.refusal;
-        PX_MINC(secrets_refused);
-        px_conn_deny(c, px_secret_refusal_status(res.refusal), res.refusal, x->secret_refused,
-                     NULL);
-        return AL_DECLINED;
-    }
-    if (rc != AL_OK)
-        return AL_ERROR;
-    x->injected = res.injected;
-    x->redact_mask = res.redact_mask;
-    x->body_mask = res.body_mask;
-    if (x->want_upgrade && x->redact_mask != 0) {
-        /* After a 101 the connection is relayed as raw frames that nothing
-         * scans: an echoed credential would reach the sandbox (also one the
-         * origin kept from an earlier request). */
-        x->secret_refused = sec_name(c->conf->secrets, __builtin_ctzll(x->redact_mask));
-        x->decision.verdict = POL_DENY;
-        x->decision.reason = "upgrade_with_secret";
-        PX_MINC(secrets_refused);
-        px_conn_deny(c, 403, "upgrade_with_secret", x->secret_refused, NULL);
-        return AL_DECLINED;
-    }
-    return AL_OK;
-}
-
-/*
- * Builds the upstream request head from the parsed request into up.out.
- * Returns AL_OK, AL_DECLINED (a secret refusal was answered) or AL_ERROR.
+ * The upstream request head from the parsed request, into up.out: what
+ * never goes upstream dropped (codec), placeholders replaced in scope and
+ * the body's chain readied (inject), the head written with framing of
+ * airlock's own (codec). AL_OK, AL_DECLINED (c->refusal), AL_ERROR.
  */
 static int
 px_conn_write_request_head(struct px_conn *c)
 {
     struct px_exch   *x = c->x;
-    struct px_msg    *m = &x->req;
     struct px_target *t = &x->target;
-    struct al_dbuf    d, hb, tb;
-    int               rc = AL_OK;
-    int               default_port = t->port == (t->tls ? 443 : 80);
-    const char       *lb = t->kind == PX_HOST_IPV6 ? "[" : "";
-    const char       *rb = t->kind == PX_HOST_IPV6 ? "]" : "";
     const char       *target = x->fwd_path;
-    char              slash[2] = "/";
     size_t            tlen = x->fwd_path_len;
-    int               secret_host = 0;
+    struct al_dbuf    hb, tb;
+    int               rc;
 
-    px_msg_drop_hop_by_hop(m, x->want_upgrade);
-    px_msg_drop_framing(m); /* ours is written below, from the parser's state */
-    for (int i = px_msg_find(m, "host", 0); i >= 0; i = px_msg_find(m, "host", i + 1))
-        m->hdrs[i].drop = 1; /* the request-target's authority wins (RFC 9112 3.2.2) */
     if (target == NULL) {
-        target = t->path_needs_slash ? slash : t->path;
+        target = t->path_needs_slash ? "/" : t->path;
         tlen = t->path_needs_slash ? 1 : t->path_len;
     }
-    x->req_chunked = x->req_framing.kind == PX_BODY_CHUNKED;
-    al_dbuf_init(&d, c->conf->limits.header_bytes * 2 + 4096);
+    px_h1_request_prepare(c);
     al_dbuf_init(&hb, c->conf->limits.header_bytes * 2 + 4096);
     al_dbuf_init(&tb, tlen * 3 + 4096);
     if (c->conf->secrets != NULL) {
-        secret_host = sec_any_scope_host(c->conf->secrets, t->host, t->port);
-        if (secret_host) /* bodies from such hosts must stay scannable */
-            for (int i = px_msg_find(m, "accept-encoding", 0); i >= 0;
-                 i = px_msg_find(m, "accept-encoding", i + 1))
-                m->hdrs[i].drop = 1;
-        rc = px_conn_apply_secrets(c, target, tlen, &hb, &tb);
-        if (rc == AL_OK && x->body_mask != 0 && x->req_framing.kind == PX_BODY_LENGTH &&
-            x->req_framing.len > 0)
-            x->req_chunked = 1; /* substitution changes the body's length */
-        if (rc == AL_OK && x->req_framing.kind != PX_BODY_NONE &&
-            (x->req_framing.kind != PX_BODY_LENGTH || x->req_framing.len > 0)) {
-            /* Every body is scanned: substituted where a secret opts in,
-             * judged for placeholders that may not go here. */
-            if (x->body_sub == NULL) /* a retried head keeps its unfed stream */
-                x->body_sub = sec_body_new(c->conf->secrets, x->body_mask);
-            if (x->body_sub == NULL)
-                rc = AL_ERROR;
-            if (x->body_mask != 0) /* values may go into the body: wipe its chunks */
-                c->up.out.sensitive = 1;
-            /* Hold the head and body until the body is scanned (up to a cap),
-             * so a refused placeholder means the upstream saw nothing. */
-            if (x->req_framing.kind != PX_BODY_LENGTH || x->req_framing.len <= PX_HOLD_BODY_BYTES) {
-                x->hold_up = 1;
-                c->up.out.max = PX_HOLD_QUEUE_BYTES;
-            }
-        }
-        if (rc == AL_OK && x->injected != 0) {
-            c->up.out.sensitive = 1; /* chunks holding values are wiped when freed */
-            PX_MINC(secrets_injected);
-        }
+        rc = px_inject_request(c, target, tlen, &hb, &tb);
         target = tb.data;
         tlen = tb.len;
     } else {
-        rc = px_msg_write_headers(m, &hb);
+        rc = px_msg_write_headers(&x->req, &hb);
     }
-    if (rc == AL_OK) { /* no printf: this runs for every request */
-        const char *meth = llhttp_method_name(c->rq.method);
-        char        port[8];
-        size_t      pl = default_port ? 0 : px_port_str(port, t->port);
-
-        if (al_dbuf_adds(&d, meth) != AL_OK || al_dbuf_add(&d, " ", 1) != AL_OK ||
-            al_dbuf_add(&d, target, tlen) != AL_OK ||
-            al_dbuf_adds(&d, " HTTP/1.1\r\nHost: ") != AL_OK || al_dbuf_adds(&d, lb) != AL_OK ||
-            al_dbuf_adds(&d, t->host) != AL_OK || al_dbuf_adds(&d, rb) != AL_OK ||
-            al_dbuf_add(&d, port, pl) != AL_OK || al_dbuf_add(&d, "\r\n", 2) != AL_OK)
-            rc = AL_ERROR;
-    }
-    if (rc == AL_OK && hb.len > 0)
-        rc = al_dbuf_add(&d, hb.data, hb.len);
-    if (rc == AL_OK && secret_host)
-        rc = al_dbuf_adds(&d, "Accept-Encoding: identity\r\n");
-    if (rc == AL_OK) {
-        /* Framing from the parser, never a forwarded header: the body ends
-         * upstream exactly where it ended on the client side. */
-        struct px_framing f = x->req_framing;
-
-        if (x->req_chunked)
-            f.kind = PX_BODY_CHUNKED;
-        rc = px_framing_write(&f, &d);
-    }
-    if (rc == AL_OK && x->want_upgrade)
-        rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
     if (rc == AL_OK)
-        rc = al_dbuf_add(&d, "\r\n", 2);
-    if (rc == AL_OK)
-        rc = al_bufq_write(&c->up.out, d.data, d.len);
-    sec_dbuf_wipe(&d);
+        rc = px_h1_request_head(c, target, tlen, &hb);
     sec_dbuf_wipe(&hb);
     sec_dbuf_wipe(&tb);
-    return rc == AL_DECLINED ? AL_DECLINED : rc;
+    return rc;
 }
 
 /*
@@ -1246,8 +572,7 @@ px_conn_upstream_ready(struct px_conn *c)
         return;
     }
     px_conn_set_state(c, PX_ST_EXCHANGE);
-    llhttp_init(&c->rs, HTTP_RESPONSE, &px_resp_settings);
-    c->rs.data = c;
+    px_h1_response_parser(c);
     llhttp_resume(&c->rq);
     /* A request without a body completes without another byte: let llhttp
      * reach on_message_complete now rather than when the next bytes arrive. */
@@ -1281,207 +606,71 @@ px_conn_upstream_ready(struct px_conn *c)
         px_conn_update_io(c);
 }
 
+/* After a connect attempt started (AL_AGAIN) or failed for good. */
 static void
-px_conn_connect_next(struct px_conn *c)
+px_conn_connecting(struct px_conn *c, int rc)
 {
-    struct px_exch *x = c->x;
-    int             last_err = ECONNREFUSED;
-
-    while (x->addr_idx < x->addrs.naddrs) {
-        struct sockaddr_storage *ss = &x->addrs.addrs[x->addr_idx];
-        socklen_t                sl =
-            ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-        int one = 1;
-        int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-
-        if (fd < 0) {
-            last_err = errno;
-            al_log_warn("conn %llu: socket", (unsigned long long)c->id);
-            break;
-        }
-        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (connect(fd, (struct sockaddr *)ss, sl) == 0 || errno == EINPROGRESS) {
-            px_half_init(&c->up, c, fd, px_conn_io_cb);
-            if (c->state != PX_ST_CONNECT)
-                px_conn_set_state(c, PX_ST_CONNECT);
-            px_conn_update_io(c);
-            return;
-        }
-        last_err = errno;
-        close(fd);
-        x->addr_idx++;
+    if (rc == AL_AGAIN) {
+        if (c->state != PX_ST_CONNECT) /* the next address keeps the first's clock */
+            px_conn_set_state(c, PX_ST_CONNECT);
+        px_conn_update_io(c);
+    } else {
+        px_conn_finalize(c);
     }
-    if (last_err == ECONNREFUSED)
-        px_conn_upstream_error(c, PX_UERR_REFUSED, 502, "upstream_refused", NULL);
-    else
-        px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_unreachable", strerror(last_err));
 }
 
 /* The upstream socket became writable while connecting. */
 static void
 px_conn_connect_done(struct px_conn *c)
 {
-    struct px_exch *x = c->x;
-    int             err = 0;
-    socklen_t       el = sizeof(err);
+    int rc = px_upstream_connected(c);
 
-    if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
-        err = errno;
-    if (err == 0) {
-        PX_MINC(pool_misses);
-        if (x->target.tls) {
-            if (px_tls_up_start(c) != AL_OK) {
-                px_conn_finalize(c);
-                return;
-            }
-            px_conn_set_state(c, PX_ST_TLS_UP);
-            px_conn_tls_up_step(c);
-            return;
-        }
-        px_conn_upstream_ready(c);
+    if (rc != AL_OK) {
+        px_conn_connecting(c, rc);
         return;
     }
-    al_log_debug("conn %llu: connect attempt %d failed: %s", (unsigned long long)c->id, x->addr_idx,
-                 strerror(err));
-    /* Keep the queued request head: it moves to the next attempt's socket. */
-    {
-        struct al_bufq keep = c->up.out;
-
-        al_bufq_init(&c->up.out, PX_BUF_HIGH_BYTES);
-        px_half_close(c, &c->up);
-        x->addr_idx++;
-        if (x->addr_idx >= x->addrs.naddrs) {
-            al_bufq_free(&keep);
-            if (err == ECONNREFUSED)
-                px_conn_upstream_error(c, PX_UERR_REFUSED, 502, "upstream_refused", NULL);
-            else
-                px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_unreachable",
-                                       strerror(err));
+    if (c->x->target.tls) {
+        if (px_tls_up_start(c) != AL_OK) {
+            px_conn_finalize(c);
             return;
         }
-        px_conn_connect_next(c);
-        if (!c->closing && c->state == PX_ST_CONNECT) {
-            al_bufq_free(&c->up.out);
-            c->up.out = keep;
-        } else {
-            al_bufq_free(&keep);
-        }
+        px_conn_set_state(c, PX_ST_TLS_UP);
+        px_conn_tls_up_step(c);
+        return;
     }
+    px_conn_upstream_ready(c);
 }
 
 static void
 px_conn_dns_done(void *arg, const struct px_dns_result *res)
 {
     struct px_conn *c = arg;
+    int             rc;
 
     px_conn_ref(c);
     c->x->dnsq = NULL;
-    if (res != &c->x->addrs)
-        c->x->addrs = *res;
-    if (res->err != PX_DNS_OK || res->naddrs == 0) {
-        if (res->err == PX_DNS_TIMEOUT)
-            px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_timeout", c->x->target.host);
-        else if (res->err == PX_DNS_NOTFOUND || res->naddrs == 0)
-            px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_not_found", c->x->target.host);
-        else
-            px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_failed", c->x->target.host);
-    } else {
-        /* Policy's address guard slots in here: px_decide_addrs() filters the
-         * answers before any connect. */
-        if (px_decide_addrs(c) == AL_OK) {
-            c->x->addr_idx = 0;
-            px_conn_connect_next(c);
-        } else {
-            px_conn_finalize(c);
-        }
-    }
+    rc = px_upstream_resolved(c, res);
+    if (rc == AL_OK)
+        rc = px_upstream_connect(c);
+    px_conn_connecting(c, rc);
     px_conn_unref(c);
 }
 
-/*
- * A pooled upstream (plain, or TLS with `ssl`) carries this request. Its
- * peer was checked under the policy of its time, so the address guard runs
- * again; a refusal there has answered the client and closes the socket.
- */
-static void
-px_conn_use_pooled(struct px_conn *c, int fd, const struct sockaddr_storage *peer, SSL *ssl)
-{
-    struct px_exch *x = c->x;
-
-    PX_MINC(pool_hits);
-    x->from_pool = 1;
-    x->addrs.naddrs = 1;
-    x->addrs.addrs[0] = *peer;
-    x->addr_idx = 0;
-    if (px_decide_addrs(c) != AL_OK) {
-        if (ssl != NULL)
-            SSL_free(ssl);
-        close(fd);
-        px_conn_finalize(c);
-        return;
-    }
-    px_half_init(&c->up, c, fd, px_conn_io_cb);
-    if (ssl != NULL)
-        c->up.ssl = ssl;
-    /* A held request keeps the hold's bound: at 64 KiB a body between that
-     * and the hold's cap filled the queue, and the hold was either released
-     * before the scan ended or, with no client bytes left to feed, never. */
-    c->up.out.max = x->hold_up ? PX_HOLD_QUEUE_BYTES : PX_BUF_HIGH_BYTES;
-    px_conn_upstream_ready(c);
-}
-
+/* An upstream for the exchange: reused when one is at hand, else resolved
+ * (airlock's own resolution) and connected. */
 static void
 px_conn_resolve(struct px_conn *c)
 {
     struct px_exch *x = c->x;
-    int             rc;
+    int             rc = px_upstream_reuse(c);
 
-    if (c->mitm && c->up_kept && c->up.fd >= 0 && !x->no_pool) {
-        x->from_pool = 1; /* the tunnel's upstream, kept from the previous request */
-        c->up_kept = 0;
+    if (rc == AL_OK) {
         px_conn_upstream_ready(c);
         return;
     }
-    if (!c->mitm && c->up_kept) {
-        /* The previous request's plain upstream, still on this connection:
-         * the same destination takes it as it is (no pool round trip, no
-         * watcher restarted); another one parks it for whoever wants it. */
-        if (!x->is_connect && !x->want_upgrade && !x->no_pool && !x->target.tls && c->up.fd >= 0 &&
-            strcmp(x->kept_key, x->pool_key) == 0) {
-            c->up_kept = 0;
-            PX_MINC(pool_hits);
-            x->from_pool = 1;
-            x->addrs.naddrs = 1;
-            x->addrs.addrs[0] = x->kept_peer;
-            x->addr_idx = 0;
-            if (px_decide_addrs(c) != AL_OK) {
-                px_half_close(c, &c->up); /* refused now */
-                px_conn_finalize(c);
-                return;
-            }
-            px_conn_upstream_ready(c);
-            return;
-        }
-        px_conn_park_upstream(c);
-    }
-    if (c->mitm && x->target.tls && !x->no_pool && c->up.fd < 0 && px_tls_up != NULL) {
-        struct sockaddr_storage peer;
-        SSL                    *ssl = NULL;
-        int fd = px_pool_get_tls(c->worker, x->pool_key, px_tls_up, &peer, &ssl);
-
-        if (fd >= 0) { /* a verified upstream another tunnel to this host parked */
-            px_conn_use_pooled(c, fd, &peer, ssl);
-            return;
-        }
-    }
-    if (!x->is_connect && !x->want_upgrade && !x->no_pool && !x->target.tls) {
-        struct sockaddr_storage peer;
-        int                     fd = px_pool_get(c->worker, x->pool_key, &peer);
-
-        if (fd >= 0) {
-            px_conn_use_pooled(c, fd, &peer, NULL);
-            return;
-        }
+    if (rc != AL_AGAIN) {
+        px_conn_finalize(c);
+        return;
     }
     px_conn_set_state(c, PX_ST_RESOLVE);
     rc = px_dns_resolve(c->worker->dns, x->target.host, x->target.port, px_conn_dns_done, c,
@@ -1561,12 +750,7 @@ px_conn_on_head(struct px_conn *c)
         if (!x->want_upgrade)
             c->rq.upgrade = 0;
     }
-    {
-        size_t hl = strnlen(x->target.host, sizeof(x->pool_key) - 7);
-
-        memcpy(x->pool_key, x->target.host, hl); /* "host:port", no printf */
-        x->pool_key[hl + px_port_str(x->pool_key + hl, x->target.port)] = '\0';
-    }
+    px_h1_pool_key(&x->target, x->pool_key, sizeof(x->pool_key));
     if (px_decide(c) != AL_OK) {
         px_conn_finalize(c);
         return;
@@ -1580,8 +764,8 @@ px_conn_on_head(struct px_conn *c)
         px_conn_fail(c, 400, "bad_connection_header", err);
         return;
     }
-    if (px_audit != NULL) {
-        int adm = aud_writer_admit(px_audit);
+    if (c->worker->rt.audit != NULL) {
+        int adm = aud_writer_admit(c->worker->rt.audit);
 
         if (adm != AL_OK) { /* fail closed: nothing goes out unaudited */
             PX_MINC(audit_refusals);
@@ -1603,8 +787,10 @@ px_conn_on_head(struct px_conn *c)
     }
     if (!x->is_connect) {
         rc = px_conn_write_request_head(c);
-        if (rc == AL_DECLINED)
-            return; /* a secret refusal was answered */
+        if (rc == AL_DECLINED) {
+            px_conn_finalize(c); /* a placeholder that may not go there */
+            return;
+        }
         if (rc != AL_OK) {
             px_conn_fail(c, 500, "internal", "out of memory");
             return;
@@ -1623,12 +809,9 @@ px_conn_parse_error(struct px_conn *c, llhttp_errno_t e)
     if (x != NULL && x->body_refusal != NULL) {
         /* A placeholder in the body that may not go there: the upstream got
          * a truncated request (never the whole placeholder); cut it off. */
-        PX_MINC(secrets_refused);
-        x->decision.verdict = POL_DENY;
-        x->decision.reason = x->body_refusal;
         px_half_close(c, &c->up);
-        px_conn_deny(c, px_secret_refusal_status(x->body_refusal), x->body_refusal,
-                     x->secret_refused, NULL);
+        px_inject_body_refusal(c);
+        px_conn_finalize(c);
         return;
     }
 
@@ -1651,6 +834,7 @@ px_conn_feed_client(struct px_conn *c)
 {
     while (c->cin_len > 0 && !c->closing) {
         int            in_head = c->state == PX_ST_READ_HEAD;
+        int            started;
         llhttp_errno_t e;
         size_t         used;
 
@@ -1660,7 +844,10 @@ px_conn_feed_client(struct px_conn *c)
         if (!in_head && (c->state != PX_ST_EXCHANGE || c->x == NULL || c->x->req_done ||
                          al_bufq_full(&c->up.out)))
             break;
+        started = c->head_started;
         e = llhttp_execute(&c->rq, c->cin, c->cin_len);
+        if (in_head && !started && c->head_started)
+            px_conn_arm_timer(c); /* a head began: its deadline runs */
         used = e == HPE_OK ? c->cin_len : (size_t)(llhttp_get_error_pos(&c->rq) - c->cin);
         if (used > c->cin_len)
             used = c->cin_len;
@@ -1752,7 +939,7 @@ px_conn_mitm_start(struct px_conn *c)
     x->status = 200;
     px_conn_audit(c, NULL); /* the CONNECT's own row; inner requests get theirs */
     px_exch_reset(x, c->conf->limits.header_bytes);
-    px_conn_parser_reset(c); /* the inner stream starts a new HTTP/1.1 parse */
+    px_h1_request_parser(c); /* the inner stream starts a new HTTP/1.1 parse */
     c->nreqs = 0;
     px_conn_set_state(c, PX_ST_TLS_CLIENT);
     if (px_half_flush(c, &c->cl) == AL_ERROR) {
@@ -1798,7 +985,7 @@ px_conn_transparent_route(struct px_conn *c, int tls)
     if (tls && (x->decision.intercept || secret_host)) {
         /* Intercepted exactly as through CONNECT, minus the 200: the peeked
          * ClientHello goes straight into the TLS engine. */
-        if (px_tls_srv == NULL || x->target.kind != PX_HOST_NAME) {
+        if (c->worker->rt.tls_srv == NULL || x->target.kind != PX_HOST_NAME) {
             px_conn_close_refused(c, "interception_unavailable");
             return;
         }
@@ -1809,8 +996,8 @@ px_conn_transparent_route(struct px_conn *c, int tls)
         px_conn_close_refused(c, "opaque_tunnel_to_secret_host");
         return;
     }
-    if (px_audit != NULL) {
-        int adm = aud_writer_admit(px_audit);
+    if (c->worker->rt.audit != NULL) {
+        int adm = aud_writer_admit(c->worker->rt.audit);
 
         if (adm != AL_OK) {
             PX_MINC(audit_refusals);
@@ -1956,9 +1143,14 @@ px_conn_upstream_lost(struct px_conn *c, const char *detail)
         x->from_pool = 0;
         x->no_pool = 1;
         x->upstream_reusable = 0;
-        if (px_conn_write_request_head(c) != AL_OK) {
-            if (!c->closing && c->state != PX_ST_FLUSH_CLOSE)
-                px_conn_fail(c, 500, "internal", "out of memory");
+        switch (px_conn_write_request_head(c)) {
+        case AL_OK:
+            break;
+        case AL_DECLINED:
+            px_conn_finalize(c);
+            return;
+        default:
+            px_conn_fail(c, 500, "internal", "out of memory");
             return;
         }
         px_conn_resolve(c);
@@ -1999,7 +1191,36 @@ px_conn_upstream_readable(struct px_conn *c)
             return;
         }
     } else {
-        e = llhttp_execute(&c->rs, buf, (size_t)n);
+        const char *at = buf;
+        size_t      left = (size_t)n;
+
+        for (;;) {
+            const char *pos;
+            int         rc = AL_OK;
+
+            e = llhttp_execute(&c->rs, at, left);
+            if (e != HPE_PAUSED || !x->resp_head_ready)
+                break;
+            /* A response head: redacted and its body's chain readied
+             * (inject), written with framing of airlock's own (codec). */
+            pos = llhttp_get_error_pos(&c->rs);
+            x->resp_head_ready = 0;
+            if (c->conf->secrets != NULL)
+                rc = px_inject_response(c);
+            if (rc == AL_OK)
+                rc = px_h1_response_head(c);
+            if (rc == AL_DECLINED) {
+                px_conn_finalize(c);
+                return;
+            }
+            if (rc != AL_OK) {
+                px_conn_fail(c, 500, "internal", "out of memory");
+                return;
+            }
+            llhttp_resume(&c->rs);
+            left -= (size_t)(pos - at);
+            at = pos;
+        }
         if (e == HPE_PAUSED) {
             if ((const char *)llhttp_get_error_pos(&c->rs) < buf + n)
                 x->upstream_reusable = 0; /* bytes after the response: never reuse */
@@ -2033,70 +1254,6 @@ px_conn_upstream_readable(struct px_conn *c)
 }
 
 /*
- * A kept upstream (intercepted tunnel, between requests) became readable.
- * TLS records that carry no data (a session ticket, a key update) are taken
- * in stride; data nobody asked for, a close or an error drop it, and the
- * next request opens a new one.
- */
-static void
-px_conn_kept_upstream_readable(struct px_conn *c)
-{
-    if (c->up.ssl != NULL) {
-        char   buf[512];
-        size_t got = 0;
-
-        ERR_clear_error();
-        if (SSL_read_ex(c->up.ssl, buf, sizeof(buf), &got) <= 0 &&
-            SSL_get_error(c->up.ssl, 0) == SSL_ERROR_WANT_READ) {
-            c->up.tls_want = EV_READ;
-            return;
-        }
-        ERR_clear_error();
-    }
-    al_log_debug("conn %llu: kept upstream closed or spoke out of turn: dropped",
-                 (unsigned long long)c->id);
-    px_half_close(c, &c->up);
-    c->up_kept = 0;
-}
-
-/*
- * The upstream kept on the connection between requests goes to the worker's
- * pool (plain: keyed host:port; TLS of an intercepted tunnel: the tunnel's
- * host), where any connection to the same destination may take it; one
- * that cannot be parked cleanly is closed.
- */
-static void
-px_conn_park_upstream(struct px_conn *c)
-{
-    struct px_half *h = &c->up;
-
-    if (c->up_kept && h->fd >= 0 && !c->mitm && h->ssl == NULL && c->x != NULL) {
-        /* bytes already in up.out are the next request's: they stay */
-        ev_io_stop(c->worker->loop, &h->rio);
-        ev_io_stop(c->worker->loop, &h->wio);
-        px_pool_put(c->worker, c->x->kept_key, h->fd, &c->x->kept_peer);
-        h->fd = -1;
-    } else if (c->up_kept && h->fd >= 0 && c->mitm && h->ssl != NULL && al_bufq_len(&h->out) == 0 &&
-               h->tls_want != EV_WRITE && !SSL_has_pending(h->ssl)) {
-        struct sockaddr_storage peer;
-        socklen_t               sl = sizeof(peer);
-        char                    key[PX_HOST_MAX + 8];
-
-        if (getpeername(h->fd, (struct sockaddr *)&peer, &sl) == 0) {
-            snprintf(key, sizeof(key), "%s:%u", c->mitm_target.host, c->mitm_target.port);
-            ev_io_stop(c->worker->loop, &h->rio);
-            ev_io_stop(c->worker->loop, &h->wio);
-            px_pool_put_tls(c->worker, key, h->fd, h->ssl, &peer);
-            h->fd = -1;
-            h->ssl = NULL;
-        }
-    }
-    if (c->up_kept && h->fd >= 0)
-        px_half_close(c, h);
-    c->up_kept = 0;
-}
-
-/*
  * A keep-alive connection idle for PX_IDLE_TRIM_S between requests: the
  * request state is freed (the next request allocates it again) and a kept
  * TLS upstream is parked in the worker's pool, where any tunnel to the same
@@ -2106,7 +1263,7 @@ px_conn_park_upstream(struct px_conn *c)
 static void
 px_conn_idle_trim(struct px_conn *c)
 {
-    px_conn_park_upstream(c);
+    px_upstream_park(c);
     if (c->x != NULL) {
         px_dns_cancel(c->x->dnsq);
         c->x->dnsq = NULL;
@@ -2282,7 +1439,7 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         /* Nothing moves while the row commits: bytes wait in the socket.
          * A kept upstream that closes meanwhile is dropped. */
         if (!is_cl && c->up_kept && (revents & EV_READ))
-            px_conn_kept_upstream_readable(c);
+            px_upstream_kept_readable(c);
         else
             ev_io_stop(loop, w);
         break;
@@ -2346,7 +1503,7 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         else if (!is_cl && (revents & EV_READ) && c->state == PX_ST_EXCHANGE)
             px_conn_upstream_readable(c);
         else if (!is_cl && (revents & EV_READ) && c->up_kept)
-            px_conn_kept_upstream_readable(c);
+            px_upstream_kept_readable(c);
         if (!c->closing)
             px_conn_update_io(c);
         break;
@@ -2444,7 +1601,6 @@ px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
     int             one = 1;
     uint64_t        open = atomic_load_explicit(&px_metrics.conns_open, memory_order_relaxed);
 
-    pthread_once(&px_settings_once, px_settings_init);
     if (open >= (uint64_t)w->conf->limits.max_connections || w->draining) {
         struct al_dbuf d;
 
@@ -2474,8 +1630,7 @@ px_conn_accept(struct px_worker *w, int fd, const struct sockaddr_storage *peer,
     px_half_init(&c->up, c, -1, px_conn_io_cb);
     al_bufq_init(&c->cl.out, PX_BUF_HIGH_BYTES);
     al_bufq_init(&c->up.out, PX_BUF_HIGH_BYTES);
-    llhttp_init(&c->rq, HTTP_REQUEST, &px_req_settings);
-    c->rq.data = c;
+    px_h1_request_parser(c);
     ev_init(&c->timer, px_conn_timer_cb);
     c->timer.data = c;
     c->next = w->conns;

@@ -84,9 +84,9 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
 }
 
 static void
-px_audit_hand_over(struct aud_record *r)
+px_audit_hand_over(struct aud_writer *a, struct aud_record *r)
 {
-    int rc = r->row_id != 0 ? aud_complete(px_audit, r) : aud_submit(px_audit, r);
+    int rc = r->row_id != 0 ? aud_complete(a, r) : aud_submit(a, r);
 
     if (rc == AL_DECLINED)
         PX_MINC(audit_refusals);
@@ -110,7 +110,7 @@ px_conn_audit(struct px_conn *c, const char *error)
                                   memory_order_relaxed);
     px_tags_count(x->sandbox, x->deny || (x->decided && x->decision.verdict == POL_DENY),
                   x->bytes_up, x->bytes_down);
-    if (px_audit == NULL)
+    if (c->worker->rt.audit == NULL)
         return;
     r = x->rec != NULL ? x->rec : aud_record_new();
     x->rec = NULL;
@@ -121,7 +121,7 @@ px_conn_audit(struct px_conn *c, const char *error)
     px_conn_audit_fill(c, r);
     if (error != NULL && r->error[0] == '\0')
         snprintf(r->error, sizeof(r->error), "%s", error);
-    px_audit_hand_over(r);
+    px_audit_hand_over(c->worker->rt.audit, r);
 }
 
 /* A tunnel's row is written when it closes, with its bytes and duration. */
@@ -134,7 +134,7 @@ px_conn_tunnel_audit_open(struct px_conn *c)
     if (x->decided)
         atomic_fetch_add_explicit(&px_metrics.decisions[x->decision.verdict], 1,
                                   memory_order_relaxed);
-    if (px_audit == NULL)
+    if (c->worker->rt.audit == NULL)
         return;
     c->trec = x->rec != NULL ? x->rec : aud_record_new();
     x->rec = NULL;
@@ -162,7 +162,7 @@ px_conn_tunnel_audit_close(struct px_conn *c, const char *why)
     if (why != NULL && strcmp(why, "tunnel done") != 0)
         snprintf(r->error, sizeof(r->error), "%s", why);
     px_tags_count(r->sandbox, 0, c->tun_up, c->tun_down);
-    px_audit_hand_over(r);
+    px_audit_hand_over(c->worker->rt.audit, r);
 }
 
 /* Writer thread: a strict row committed (or failed); bounce to the worker.
@@ -204,7 +204,7 @@ px_conn_audit_begin(struct px_conn *c)
         return px_refuse(c, 503, "audit_unavailable", "out of memory");
     px_conn_audit_fill(c, x->rec);
     c->aud_waiting = 1;
-    rc = aud_begin_held(px_audit, x->rec, px_conn_audit_done, c);
+    rc = aud_begin_held(c->worker->rt.audit, x->rec, px_conn_audit_done, c);
     if (rc != AL_OK) {
         c->aud_waiting = 0;
         aud_record_free(x->rec);
@@ -227,6 +227,6 @@ px_worker_audit_release(struct ev_loop *loop, ev_prepare *p, int revents)
     (void)revents;
     if (w->aud_held) {
         w->aud_held = 0;
-        aud_release(px_audit);
+        aud_release(w->rt.audit);
     }
 }

@@ -29,7 +29,7 @@ px_tls_up_start(struct px_conn *c)
 {
     struct px_exch *x = c->x;
 
-    c->up.ssl = px_tls_up != NULL ? SSL_new(px_tls_up) : NULL;
+    c->up.ssl = c->worker->rt.tls_up != NULL ? SSL_new(c->worker->rt.tls_up) : NULL;
     if (c->up.ssl == NULL || SSL_set_fd(c->up.ssl, c->up.fd) != 1 ||
         px_tls_upstream_prepare(c->up.ssl, x->target.host, x->target.port,
                                 x->target.kind != PX_HOST_NAME) != AL_OK)
@@ -71,7 +71,7 @@ px_tls_mitm_prepare(struct px_conn *c)
     struct px_exch *x = c->x;
     BIO            *wbio = NULL;
 
-    if (px_tls_srv == NULL)
+    if (c->worker->rt.tls_srv == NULL)
         return px_refuse_deny(c, 403, "interception_unavailable", "no CA configured (ca.dir)",
                               NULL);
     c->mitm = 1;
@@ -82,7 +82,7 @@ px_tls_mitm_prepare(struct px_conn *c)
     snprintf(c->tun_sandbox, sizeof(c->tun_sandbox), "%s", x->sandbox);
     snprintf(c->tun_session, sizeof(c->tun_session), "%s", x->session);
     snprintf(c->tun_tool_call, sizeof(c->tun_tool_call), "%s", x->tool_call);
-    c->cl.ssl = SSL_new(px_tls_srv);
+    c->cl.ssl = SSL_new(c->worker->rt.tls_srv);
     c->cl.rbio = BIO_new(BIO_s_mem());
     wbio = BIO_new_socket(c->cl.fd, BIO_NOCLOSE);
     if (c->cl.ssl == NULL || c->cl.rbio == NULL || wbio == NULL ||

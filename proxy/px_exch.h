@@ -13,6 +13,25 @@
 #include "px_http.h"
 
 /*
+ * A body filter chain (request bodies, response bodies; later websocket
+ * messages and HTTP/2 DATA): filters in order, each taking a piece (last:
+ * the body ends) and handing what it makes to the next (px_chain_feed); past
+ * the last filter the bytes are framed onto `out` (chunked or as they are).
+ * A filter may hold bytes back, and may refuse (AL_DECLINED, with the reason
+ * left in the exchange). Every filter's state is the connection.
+ */
+struct px_chain;
+typedef int (*px_filter_fn)(struct px_chain *ch, int i, const char *p, size_t n, int last);
+#define PX_CHAIN_MAX 4
+struct px_chain {
+    px_filter_fn    fn[PX_CHAIN_MAX];
+    int             n;
+    struct px_conn *conn;
+    struct al_bufq *out;     /* where framed bytes go (set with the head) */
+    int             chunked; /* frame as chunks, "0\r\n\r\n" at the end */
+};
+
+/*
  * What a phase or codec returns when it says no (with AL_DECLINED): the
  * machine's finalize step turns it into the answer, the audit row and the
  * next state. A phase never answers the client itself.
@@ -28,7 +47,9 @@ struct px_refusal {
     enum px_uerr uerr;
 };
 
-#define PX_CIN_BYTES 16384 /* client bytes buffered for the parser */
+#define PX_HOLD_BODY_BYTES (1024 * 1024)                 /* request bodies held until scanned */
+#define PX_HOLD_QUEUE_BYTES (PX_HOLD_BODY_BYTES + 65536) /* up.out's bound while held */
+#define PX_CIN_BYTES 16384                               /* client bytes buffered for the parser */
 
 enum px_state {
     PX_ST_READ_HEAD = 0, /* waiting for / reading a request head */
@@ -100,11 +121,17 @@ struct px_exch {
     struct sec_stream   *body_sub;       /* request body substitution; owned */
     const char          *resp_refusal;   /* why the response head was refused (502 reason) */
     const char          *resp_refusal_detail;
-    struct px_inflate   *inflater;     /* its decoder (gzip/deflate), feeding the redactor */
-    const char          *resp_abort;   /* why the response was cut off mid-body */
-    const char          *body_refusal; /* a placeholder in the body that may not go there */
-    int                  hold_up;      /* request held back until its body is scanned */
-    uint64_t             inject_only;  /* the allowing rule's "inject" list, as a mask */
+    struct px_inflate   *inflater;        /* its decoder (gzip/deflate), feeding the redactor */
+    struct px_chain      req_chain;       /* request body: substitute or scan, frame */
+    struct px_chain      resp_chain;      /* response body: inflate, redact, frame */
+    int                  resp_head_ready; /* the codec paused at a response head */
+    int                  resp_nobody;     /* that head's message has no body */
+    int                  resp_scrub;      /* that head carries a form of a secret */
+    int                  secret_host;     /* the destination is in some secret's scope */
+    const char          *resp_abort;      /* why the response was cut off mid-body */
+    const char          *body_refusal;    /* a placeholder in the body that may not go there */
+    int                  hold_up;         /* request held back until its body is scanned */
+    uint64_t             inject_only;     /* the allowing rule's "inject" list, as a mask */
     /* Not cleared between keep-alive requests (px_exch_reset stops here):
      * the big buffers are reused, addrs is valid only up to naddrs. */
     struct px_dns_result addrs;

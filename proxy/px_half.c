@@ -30,6 +30,15 @@ px_half_init(struct px_half *h, struct px_conn *c, int fd,
 }
 
 void
+px_half_attach(struct px_half *h, int fd)
+{
+    h->fd = fd;
+    h->pipe[0] = h->pipe[1] = -1;
+    ev_io_set(&h->rio, fd, EV_READ);
+    ev_io_set(&h->wio, fd, EV_WRITE);
+}
+
+void
 px_half_close(struct px_conn *c, struct px_half *h)
 {
     ev_io_stop(c->worker->loop, &h->rio);

@@ -12,6 +12,8 @@
 
 void px_half_init(struct px_half *h, struct px_conn *c, int fd,
                   void (*cb)(struct ev_loop *, ev_io *, int));
+/* The half's socket from now on (its watchers, inactive, follow it). */
+void px_half_attach(struct px_half *h, int fd);
 /* Stops its watchers, frees TLS, closes the socket and the splice pipe. */
 void px_half_close(struct px_conn *c, struct px_half *h);
 /* Writes as much of h->out as the socket takes: AL_OK empty, AL_AGAIN, AL_ERROR. */

@@ -223,6 +223,7 @@ px_main_run(const char *config_path, int dry_run)
             al_log_err("%s", err);
             goto out;
         }
+        m.workers[i].rt = (struct px_runtime){px_audit, px_tls_srv, px_tls_up, px_ca_g};
     }
     if (px_listen_verify(m.workers, m.nworkers, c, err, sizeof(err)) != AL_OK) {
         al_log_err("%s", err);

@@ -57,6 +57,68 @@ void            px_exch_free(struct px_exch *x);
 /* Readies a finished exchange for the next request on the connection. */
 void px_exch_reset(struct px_exch *x, size_t header_bytes);
 
+/* ---- the HTTP/1.1 codec (px_h1.c) ------------------------------------------- */
+/* A fresh request parser (a connection, or the inside of a tunnel). */
+void px_h1_request_parser(struct px_conn *c);
+/* A fresh response parser for the exchange's upstream. */
+void px_h1_response_parser(struct px_conn *c);
+/* "host:port" of a target into key (PX_HOST_MAX + 8 bytes). */
+void px_h1_pool_key(const struct px_target *t, char *key, size_t keysz);
+/* Drops what never goes upstream from the parsed request head: hop-by-hop
+ * headers, the client's framing and Host (the target's authority wins). */
+void px_h1_request_prepare(struct px_conn *c);
+/* Writes the request head toward the upstream into up.out: request line,
+ * Host, the header block hb (after injection), framing of airlock's own. */
+int px_h1_request_head(struct px_conn *c, const char *target, size_t tlen,
+                       const struct al_dbuf *hb);
+/* Writes a response head (x->resp, after px_inject_response) toward the
+ * client with framing of airlock's own. AL_OK or AL_ERROR. */
+int px_h1_response_head(struct px_conn *c);
+
+/* ---- body filter chains (px_filter.c) -------------------------------------- */
+void px_chain_init(struct px_chain *ch, struct px_conn *c);
+int  px_chain_add(struct px_chain *ch, px_filter_fn fn);
+/* Feeds a piece to filter i and on (i == n: framed onto ch->out). AL_OK,
+ * AL_DECLINED (a filter refused: its reason is in the exchange), AL_ERROR. */
+int px_chain_feed(struct px_chain *ch, int i, const char *p, size_t n, int last);
+
+/* ---- the secrets seam (px_inject.c) ------------------------------------------ */
+/*
+ * The request head toward the upstream: placeholders in headers and target
+ * replaced in scope (hb: the header block, tb: the target; wipe both), a
+ * refused placeholder as AL_DECLINED (403/405/415), Accept-Encoding dropped
+ * toward a secret's host (x->secret_host), the body's chain readied
+ * (substitute or scan; held until scanned up to a cap).
+ */
+int px_inject_request(struct px_conn *c, const char *target, size_t tlen, struct al_dbuf *hb,
+                      struct al_dbuf *tb);
+/* A request body's placeholder that may not go there (x->body_refusal, set
+ * by the substitute filter) as a refusal (403/405/415, audited deny). */
+void px_inject_body_refusal(struct px_conn *c);
+/* A response head from an upstream that may hold a secret: redacted in
+ * place (status text, names, values), a compressed body decoded or refused
+ * (AL_DECLINED: 502 compressed_response), the body's chain readied. */
+int px_inject_response(struct px_conn *c);
+
+/* ---- upstreams (px_upstream.c) ------------------------------------------------ */
+/* An upstream without DNS: the tunnel's kept one, this connection's kept
+ * plain one (same destination), or the worker's pool (guard checked again).
+ * AL_OK (c->up is it), AL_AGAIN (none: resolve), AL_DECLINED. */
+int px_upstream_reuse(struct px_conn *c);
+/* The resolver's answer through the address guard: AL_OK, AL_DECLINED. */
+int px_upstream_resolved(struct px_conn *c, const struct px_dns_result *res);
+/* A non-blocking connect to the next address: AL_AGAIN (in progress on
+ * c->up, the request head queued there stays), AL_DECLINED (none left). */
+int px_upstream_connect(struct px_conn *c);
+/* The connecting socket became writable: AL_OK connected, AL_AGAIN the next
+ * address is being tried, AL_DECLINED. */
+int px_upstream_connected(struct px_conn *c);
+/* A kept upstream became readable between requests: a TLS record without
+ * data keeps it, anything else drops it. */
+void px_upstream_kept_readable(struct px_conn *c);
+/* The kept upstream goes to the worker's pool (or is closed). */
+void px_upstream_park(struct px_conn *c);
+
 /* ---- identify + decide (px_decide.c) --------------------------------------- */
 /* Once per request head, before anything is resolved. */
 int px_decide(struct px_conn *c);

@@ -1,0 +1,348 @@
+/*
+ * px_inject.c - the secrets seam of the proxy, the twin of px_decide.c:
+ * what secrets do to an exchange. On the way up, placeholders in the head
+ * are replaced in scope (or the request refused), and the body passes a
+ * substitute-or-scan filter; on the way down, a head that may carry an
+ * echoed value is redacted in place, and the body passes inflate (when a
+ * secret's host answered compressed anyway) and redact filters. These
+ * filters plug into the body chains of px_filter.c; the codec feeds the
+ * chains without knowing which filters run.
+ */
+#include "px_inflate.h"
+#include "px_phase.h"
+
+#include <string.h>
+
+/* The secrets the allowing rule's "inject" list names (0: no list). */
+static uint64_t
+px_inject_mask(const struct px_conn *c)
+{
+    const struct pol_decision *d = &c->x->decision;
+    uint64_t                   mask = 0;
+
+    for (int k = 0; k < d->ninject; k++) {
+        int i = sec_find(c->conf->secrets, d->inject[k]);
+
+        if (i >= 0 && i < 64)
+            mask |= 1ULL << i;
+    }
+    return mask;
+}
+
+/* Status for a secret refusal (X-Airlock-Reason is the refusal itself). */
+static int
+px_inject_refusal_status(const char *refusal)
+{
+    if (strcmp(refusal, SEC_REFUSE_COMPRESSED) == 0)
+        return 415;
+    if (strcmp(refusal, SEC_REFUSE_TRACE) == 0)
+        return 405;
+    return 403;
+}
+
+/* A secret refusal: audited as a deny with the refusal as its reason. */
+static int
+px_inject_refuse(struct px_conn *c, int status, const char *reason, const char *secret)
+{
+    struct px_exch *x = c->x;
+
+    x->secret_refused = secret;
+    x->decision.verdict = POL_DENY;
+    x->decision.reason = reason;
+    PX_MINC(secrets_refused);
+    px_refuse_deny(c, status, reason, secret, NULL);
+    c->refusal.secret = secret;
+    return AL_DECLINED;
+}
+
+static void
+px_inject_dest(const struct px_conn *c, const char *path, size_t path_len, struct sec_dest *d)
+{
+    const struct px_exch *x = c->x;
+
+    memset(d, 0, sizeof(*d));
+    d->host = x->target.host;
+    d->port = x->target.port;
+    d->path = path;
+    d->path_len = path_len;
+    d->tls = x->target.tls;
+}
+
+/* ---- request ---------------------------------------------------------------- */
+
+/*
+ * Request body through the secrets stream: placeholders of the secrets in
+ * body_mask become values; any other placeholder is judged before the bytes
+ * that complete it are forwarded (the stream holds back a possible prefix),
+ * so an out-of-scope placeholder stops the request instead of leaving.
+ */
+static int
+px_inject_substitute(struct px_chain *ch, int i, const char *at, size_t len, int last)
+{
+    struct px_conn *c = ch->conn;
+    struct px_exch *x = c->x;
+    struct al_dbuf  d;
+    uint64_t        seen;
+    int             rc;
+
+    al_dbuf_init(&d, len + 65536);
+    rc = last ? sec_stream_finish(x->body_sub, &d) : sec_stream_feed(x->body_sub, at, len, &d);
+    if ((sec_stream_replaced(x->body_sub) & ~x->injected) != 0) {
+        /* A value went into the body: the row and the metric say so like
+         * for a header (the queue is already wiped: body_mask set it). */
+        if (x->injected == 0)
+            PX_MINC(secrets_injected);
+        x->injected |= sec_stream_replaced(x->body_sub);
+    }
+    seen = sec_stream_seen(x->body_sub) & ~x->body_mask;
+    if (rc == AL_OK && seen != 0) {
+        struct sec_dest   dest;
+        struct sec_result res;
+
+        px_inject_dest(c, x->fwd_path != NULL ? x->fwd_path : x->target.path,
+                       x->fwd_path != NULL ? x->fwd_path_len : x->target.path_len, &dest);
+        dest.only = x->inject_only;
+        memset(&res, 0, sizeof(res));
+        if (sec_body_verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
+            x->body_refusal = res.refusal != NULL ? res.refusal : SEC_REFUSE_OUT_OF_SCOPE;
+            x->secret_refused =
+                res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
+            rc = AL_DECLINED;
+        }
+    }
+    if (rc == AL_OK)
+        rc = px_chain_feed(ch, i + 1, d.data, d.len, last);
+    sec_dbuf_wipe(&d);
+    return rc;
+}
+
+int
+px_inject_request(struct px_conn *c, const char *target, size_t tlen, struct al_dbuf *hb,
+                  struct al_dbuf *tb)
+{
+    struct px_exch   *x = c->x;
+    struct px_msg    *m = &x->req;
+    struct sec_hdr    hdrs[PX_HTTP_MAX_HEADERS];
+    struct sec_dest   d;
+    struct sec_result res;
+    int               n = 0, rc;
+
+    x->secret_host = sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port);
+    if (x->secret_host) /* bodies from such hosts must stay scannable */
+        for (int i = px_msg_find(m, "accept-encoding", 0); i >= 0;
+             i = px_msg_find(m, "accept-encoding", i + 1))
+            m->hdrs[i].drop = 1;
+    for (int i = 0; i < m->nhdrs; i++) {
+        if (m->hdrs[i].drop)
+            continue;
+        hdrs[n].name = px_msg_str(m, m->hdrs[i].name);
+        hdrs[n].name_len = m->hdrs[i].name_len;
+        hdrs[n].value = m->hdrs[i].val == UINT32_MAX ? "" : px_msg_str(m, m->hdrs[i].val);
+        hdrs[n].value_len = m->hdrs[i].val == UINT32_MAX ? 0 : m->hdrs[i].val_len;
+        n++;
+    }
+    px_inject_dest(c, target, tlen, &d);
+    d.only = x->inject_only = px_inject_mask(c);
+    memset(&res, 0, sizeof(res));
+    rc = sec_apply_head(c->conf->secrets, &d, llhttp_method_name(c->rq.method), hdrs, n, target,
+                        tlen, hb, tb, &res);
+    if (rc == AL_DECLINED)
+        return px_inject_refuse(
+            c, px_inject_refusal_status(res.refusal), res.refusal,
+            res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL);
+    if (rc != AL_OK)
+        return AL_ERROR;
+    x->injected = res.injected;
+    x->redact_mask = res.redact_mask;
+    x->body_mask = res.body_mask;
+    if (x->want_upgrade && x->redact_mask != 0)
+        /* After a 101 the connection is relayed as raw frames that nothing
+         * scans: an echoed credential would reach the sandbox (also one the
+         * origin kept from an earlier request). */
+        return px_inject_refuse(c, 403, "upgrade_with_secret",
+                                sec_name(c->conf->secrets, __builtin_ctzll(x->redact_mask)));
+    if (x->body_mask != 0 && x->req_framing.kind == PX_BODY_LENGTH && x->req_framing.len > 0)
+        x->req_chunked = 1; /* substitution changes the body's length */
+    if (x->req_framing.kind != PX_BODY_NONE &&
+        (x->req_framing.kind != PX_BODY_LENGTH || x->req_framing.len > 0)) {
+        /* Every body is scanned: substituted where a secret opts in,
+         * judged for placeholders that may not go here. */
+        if (x->body_sub == NULL) /* a retried head keeps its unfed stream */
+            x->body_sub = sec_body_new(c->conf->secrets, x->body_mask);
+        if (x->body_sub == NULL)
+            return AL_ERROR;
+        if (x->req_chain.n == 0 && px_chain_add(&x->req_chain, px_inject_substitute) != AL_OK)
+            return AL_ERROR;
+        if (x->body_mask != 0) /* values may go into the body: wipe its chunks */
+            c->up.out.sensitive = 1;
+        /* Hold the head and body until the body is scanned (up to a cap),
+         * so a refused placeholder means the upstream saw nothing. */
+        if (x->req_framing.kind != PX_BODY_LENGTH || x->req_framing.len <= PX_HOLD_BODY_BYTES) {
+            x->hold_up = 1;
+            c->up.out.max = PX_HOLD_QUEUE_BYTES;
+        }
+    }
+    if (x->injected != 0) {
+        c->up.out.sensitive = 1; /* chunks holding values are wiped when freed */
+        PX_MINC(secrets_injected);
+    }
+    return AL_OK;
+}
+
+void
+px_inject_body_refusal(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    (void)px_inject_refuse(c, px_inject_refusal_status(x->body_refusal), x->body_refusal,
+                           x->secret_refused);
+}
+
+/* ---- response --------------------------------------------------------------- */
+
+/* Response body through the redactor (the length changes: the codec
+ * frames the client side chunked, or close-delimited). */
+static int
+px_inject_redact(struct px_chain *ch, int i, const char *at, size_t len, int last)
+{
+    struct px_exch *x = ch->conn->x;
+    struct al_dbuf  d;
+    int             rc;
+
+    al_dbuf_init(&d, len + 65536);
+    rc = last ? sec_stream_finish(x->redactor, &d) : sec_stream_feed(x->redactor, at, len, &d);
+    if (rc == AL_OK)
+        rc = px_chain_feed(ch, i + 1, d.data, d.len, last);
+    sec_dbuf_wipe(&d);
+    return rc;
+}
+
+struct px_inflate_sink {
+    struct px_chain *ch;
+    int              next;
+};
+
+static int
+px_inject_inflate_sink(void *arg, const char *p, size_t n)
+{
+    struct px_inflate_sink *s = arg;
+
+    return px_chain_feed(s->ch, s->next, p, n, 0);
+}
+
+/* A gzip or deflate body from a secret's host: decoded, then redacted. */
+static int
+px_inject_inflate(struct px_chain *ch, int i, const char *at, size_t len, int last)
+{
+    struct px_exch        *x = ch->conn->x;
+    struct px_inflate_sink s = {ch, i + 1};
+
+    if (len > 0 &&
+        px_inflate_feed(x->inflater, at, len, px_inject_inflate_sink, &s, &x->resp_abort) != AL_OK)
+        return AL_ERROR;
+    if (!last)
+        return AL_OK;
+    if (px_inflate_finish(x->inflater, &x->resp_abort) != AL_OK)
+        return AL_ERROR;
+    return px_chain_feed(ch, i + 1, NULL, 0, 1);
+}
+
+/* The parsed head redacted in place: the reason phrase and every kept
+ * header's name and value go through the redactor; a name that no longer
+ * reads as a token after redaction is dropped with its value. */
+static int
+px_inject_redact_head(struct px_conn *c)
+{
+    const struct sec_store *s = c->conf->secrets;
+    struct px_exch         *x = c->x;
+    struct px_msg          *m = &x->resp;
+    struct px_msg           r;
+    struct al_dbuf          t;
+    int                     rc = AL_OK;
+
+    px_msg_init(&r, m->buf.max * 2 + 4096); /* placeholders may be longer than values */
+    al_dbuf_init(&t, 4096);
+    if (m->status_text_len > 0) {
+        rc = sec_redact_value(s, x->redact_mask, px_msg_str(m, m->status_text), m->status_text_len,
+                              &t);
+        if (rc == AL_OK && t.len > 0 && px_msg_add(&r, PX_PIECE_STATUS, t.data, t.len) != 0)
+            rc = AL_ERROR;
+    }
+    for (int i = 0; rc == AL_OK && i < m->nhdrs; i++) {
+        const struct px_hdr *h = &m->hdrs[i];
+
+        if (h->drop)
+            continue;
+        t.len = 0;
+        if (sec_redact_value(s, x->redact_mask, px_msg_str(m, h->name), h->name_len, &t) != AL_OK) {
+            rc = AL_ERROR;
+            break;
+        }
+        if (t.len == 0 || !px_http_is_token(t.data, t.len))
+            continue;
+        if (px_msg_add(&r, PX_PIECE_FIELD, t.data, t.len) != 0) {
+            rc = AL_ERROR;
+            break;
+        }
+        t.len = 0;
+        if (h->val != UINT32_MAX &&
+            sec_redact_value(s, x->redact_mask, px_msg_str(m, h->val), h->val_len, &t) != AL_OK) {
+            rc = AL_ERROR;
+            break;
+        }
+        if (px_msg_add(&r, PX_PIECE_VALUE, t.data != NULL ? t.data : "", t.len) != 0)
+            rc = AL_ERROR;
+    }
+    if (rc == AL_OK && px_msg_end_piece(&r) != 0)
+        rc = AL_ERROR;
+    sec_dbuf_wipe(&t);
+    if (rc != AL_OK) {
+        px_msg_free(&r);
+        return AL_ERROR;
+    }
+    r.buf.max = m->buf.max;
+    px_msg_free(m);
+    *m = r;
+    return AL_OK;
+}
+
+int
+px_inject_response(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    struct px_msg  *m = &x->resp;
+    int             scrub, coding;
+
+    if (x->redact_mask == 0)
+        return AL_OK;
+    /* One pass over the whole head (status text, names, values) decides
+     * whether any piece carries a form of a secret this origin may hold. */
+    scrub = sec_redact_any(c->conf->secrets, x->redact_mask, m->buf.data, m->buf.len);
+    if (scrub < 0 || (scrub && px_inject_redact_head(c) != AL_OK))
+        return AL_ERROR;
+    if (x->resp_nobody)
+        return AL_OK;
+    /* We asked for identity. A gzip or deflate body is decoded, scanned and
+     * passed on decoded (Content-Encoding dropped); any other coding, or
+     * more than one over all Content-Encoding headers, can't be scanned,
+     * so it is refused rather than passed on. */
+    coding = px_msg_content_coding(m);
+    if (coding < 0) {
+        x->resp_refusal = "compressed_response";
+        x->resp_refusal_detail = "a host that received a secret answered compressed";
+        return px_refuse_upstream(c, PX_UERR_OTHER, 502, x->resp_refusal, x->resp_refusal_detail);
+    }
+    if (coding > 0) {
+        x->inflater = px_inflate_new(coding);
+        if (x->inflater == NULL || px_chain_add(&x->resp_chain, px_inject_inflate) != AL_OK)
+            return AL_ERROR;
+        for (int i = px_msg_find(m, "content-encoding", 0); i >= 0;
+             i = px_msg_find(m, "content-encoding", i + 1))
+            m->hdrs[i].drop = 1;
+        PX_MINC(responses_decoded);
+    }
+    x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask);
+    if (x->redactor == NULL || px_chain_add(&x->resp_chain, px_inject_redact) != AL_OK)
+        return AL_ERROR;
+    return AL_OK;
+}
