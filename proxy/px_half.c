@@ -43,8 +43,16 @@ px_half_close(struct px_conn *c, struct px_half *h)
 {
     ev_io_stop(c->worker->loop, &h->rio);
     ev_io_stop(c->worker->loop, &h->wio);
-    if (h->ssl != NULL)
+    if (h->ssl != NULL) {
+        /* A connection whose handshake completed ends without a fatal
+         * alert here (one sent or received already removed its session):
+         * mark it shut down so SSL_free keeps the session in the server
+         * cache. Freed unmarked, OpenSSL drops it, and a TLS 1.2 client's
+         * session id never resumes once the tunnel it came from closed. */
+        if (SSL_is_init_finished(h->ssl))
+            SSL_set_shutdown(h->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
         SSL_free(h->ssl); /* frees its BIOs */
+    }
     h->ssl = NULL;
     h->rbio = NULL;
     h->tls_want = 0;

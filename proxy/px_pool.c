@@ -21,6 +21,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 struct px_pool_entry {
@@ -94,17 +95,40 @@ px_pool_get(struct px_worker *w, const char *key, struct sockaddr_storage *peer)
     return px_pool_get_tls(w, key, NULL, peer, NULL);
 }
 
+/* The pool's invariant, checked as a connection leaves it: nothing arrived
+ * since its last message ended (the readable watcher drops such an entry,
+ * but bytes can land in this very loop iteration). A plain socket with
+ * unread bytes, or a TLS one with decrypted bytes held, would hand the next
+ * request someone else's answer. */
+static int
+px_pool_entry_quiet(const struct px_pool_entry *e)
+{
+    int n = 0;
+
+    if (e->ssl != NULL)
+        return !SSL_has_pending(e->ssl);
+    return ioctl(e->fd, FIONREAD, &n) == 0 && n == 0;
+}
+
 int
 px_pool_get_tls(struct px_worker *w, const char *key, SSL_CTX *ctx, struct sockaddr_storage *peer,
                 SSL **ssl)
 {
-    for (struct px_pool_entry *e = w->pool; e != NULL; e = e->next) {
+    struct px_pool_entry *next;
+
+    for (struct px_pool_entry *e = w->pool; e != NULL; e = next) {
         int fd = e->fd;
 
+        next = e->next;
         if (strcmp(e->key, key) != 0 || (e->ssl != NULL) != (ssl != NULL))
             continue;
         if (e->ssl != NULL && SSL_get_SSL_CTX(e->ssl) != ctx)
             continue; /* verified under another trust store (before a reload) */
+        if (!px_pool_entry_quiet(e)) {
+            al_log_debug("pool: %s spoke while parked: dropped", e->key);
+            px_pool_drop(w, e);
+            continue;
+        }
         *peer = e->peer;
         if (ssl != NULL)
             *ssl = e->ssl;

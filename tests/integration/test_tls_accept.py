@@ -153,6 +153,27 @@ def test_tls13_ticket_other_host_full_handshake(t):
 
 
 @test
+def test_tls12_session_id_resumes_after_close(t):
+    """A TLS 1.2 session id (no tickets) still resumes after the client
+    closed the tunnel it was minted in: airlock's close of a connection whose
+    handshake completed keeps the session in the server cache (RFC 5246 does
+    not ask to drop it; OpenSSL did when freed without a shutdown)."""
+    up = t.upstream(tls=True)
+    al = start_mitm(t)
+    ctx = client_ctx(ssl.TLSVersion.TLSv1_2, tickets=False)
+    sa = tunnel(t, al, HOST_A, up.port, ctx)
+    eq(get(sa, HOST_A, up.port).status, 200, "request to A")
+    sess_a = sa.session
+    sa.close()
+    wait_until(lambda: al.metrics().need("airlock_connections_open") == 0, 5,
+               "the first tunnel closed")
+    sa2 = tunnel(t, al, HOST_A, up.port, ctx, session=sess_a)
+    eq(sa2.session_reused, True, "A's session id resumed after its tunnel closed")
+    eq(get(sa2, HOST_A, up.port).status, 200, "request after resumption")
+    sa2.close()
+
+
+@test
 def test_tls12_resume_with_other_sni_refused(t):
     """CONNECT A, then a ClientHello naming B that offers A's TLS 1.2
     session: the SNI must still name the CONNECT host. (OpenSSL reports the
