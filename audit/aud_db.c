@@ -21,6 +21,11 @@
  *       writer thread, so an untagged allowed request now costs two (ts,
  *       host) instead of five; the read side adds the matching term
  *       (`sandbox != ''`, ...) so the planner can use them.
+ *   v4  + sni (the client's TLS server name, where there was one) and addr
+ *       (the resolved address the address guard checked: the one connected
+ *       to, or for an address_not_allowed refusal the first one refused),
+ *       so `policy replay` has every input a decision used. Rows from
+ *       before read both as ''.
  */
 #include "aud_int.h"
 
@@ -64,11 +69,12 @@ static const char aud_db_indexes_v3[] =
     "CREATE INDEX IF NOT EXISTS requests_decision_ts ON requests(decision, ts) "
     "WHERE " AUD_IDX_DECISION ";";
 
-static const char aud_db_schema_v2[] =
+static const char aud_db_schema_v4[] =
     "CREATE TABLE schema_version (version INTEGER NOT NULL, applied_us INTEGER NOT NULL);"
     "CREATE TABLE requests (" AUD_COLS_V1 ", mode TEXT NOT NULL DEFAULT '', "
     "orig_dst TEXT NOT NULL DEFAULT '', conn_id INTEGER NOT NULL DEFAULT 0, "
-    "pending INTEGER NOT NULL DEFAULT 0);";
+    "pending INTEGER NOT NULL DEFAULT 0, sni TEXT NOT NULL DEFAULT '', "
+    "addr TEXT NOT NULL DEFAULT '');";
 
 static const char aud_db_migrate_v1_v2[] =
     "ALTER TABLE requests ADD COLUMN mode TEXT NOT NULL DEFAULT '';"
@@ -85,17 +91,24 @@ static const char aud_db_migrate_v2_v3[] = "DROP INDEX IF EXISTS requests_sandbo
                                            "DROP INDEX IF EXISTS requests_tool_call_ts;"
                                            "DROP INDEX IF EXISTS requests_decision_ts;";
 
+/* v3 -> v4: the replay inputs (ADD COLUMN with a constant default rewrites
+ * nothing: old rows read the default). */
+static const char aud_db_migrate_v3_v4[] =
+    "ALTER TABLE requests ADD COLUMN sni TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE requests ADD COLUMN addr TEXT NOT NULL DEFAULT '';";
+
 static const char aud_db_sql_insert[] =
     "INSERT INTO requests (ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, "
     "method, scheme, host, port, path, upstream, orig_dst, decision, rule, reason, secrets, "
-    "status, bytes_up, bytes_down, error, pending) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    "status, bytes_up, bytes_down, error, pending, sni, addr) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 static const char aud_db_sql_update[] =
     "UPDATE requests SET status = ?1, bytes_up = ?2, bytes_down = ?3, duration_us = ?4, "
     "error = ?5, decision = COALESCE(NULLIF(?6, ''), decision), "
     "upstream = COALESCE(NULLIF(?7, ''), upstream), rule = COALESCE(NULLIF(?8, ''), rule), "
     "reason = COALESCE(NULLIF(?9, ''), reason), secrets = COALESCE(NULLIF(?10, ''), secrets), "
+    "sni = COALESCE(NULLIF(?12, ''), sni), addr = COALESCE(NULLIF(?13, ''), addr), "
     "pending = 0 WHERE id = ?11";
 
 #define AUD_DB_STR2(x) #x
@@ -198,7 +211,7 @@ aud_db_migrate(sqlite3 *db, const char *path, struct al_errs *errs)
         goto out;
     }
     if (v == 0) {
-        if (aud_db_exec(db, aud_db_schema_v2, path, "creating schema", errs) != AL_OK)
+        if (aud_db_exec(db, aud_db_schema_v4, path, "creating schema", errs) != AL_OK)
             goto out;
         if (aud_db_mark_version(db, AUD_SCHEMA_VERSION, path, errs) != AL_OK)
             goto out;
@@ -221,6 +234,14 @@ aud_db_migrate(sqlite3 *db, const char *path, struct al_errs *errs)
         if (aud_db_mark_version(db, 3, path, errs) != AL_OK)
             goto out;
         v = 3;
+    }
+    if (v == 3) {
+        al_log_info("audit: %s: migrating schema v3 -> v4 (sni, addr)", path);
+        if (aud_db_exec(db, aud_db_migrate_v3_v4, path, "migrating v3 -> v4", errs) != AL_OK)
+            goto out;
+        if (aud_db_mark_version(db, 4, path, errs) != AL_OK)
+            goto out;
+        v = 4;
     }
     if (aud_db_exec(db, aud_db_indexes_v3, path, "creating indexes", errs) != AL_OK)
         goto out;
@@ -508,6 +529,8 @@ aud_db_insert(struct aud_db *d, const struct aud_record *r, int complete, int64_
     sqlite3_bind_int64(st, 22, r->bytes_down);
     AUD_BIND_FIELD(st, 23, r->error);
     sqlite3_bind_int(st, 24, complete ? 0 : 1);
+    AUD_BIND_FIELD(st, 25, r->sni);
+    AUD_BIND_FIELD(st, 26, r->addr);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -534,6 +557,8 @@ aud_db_update(struct aud_db *d, const struct aud_record *r)
     AUD_BIND_FIELD(st, 9, r->reason);
     AUD_BIND_FIELD(st, 10, r->secrets);
     sqlite3_bind_int64(st, 11, r->row_id);
+    AUD_BIND_FIELD(st, 12, r->sni);
+    AUD_BIND_FIELD(st, 13, r->addr);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);

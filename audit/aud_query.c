@@ -16,19 +16,23 @@
 #include <string.h>
 #include <time.h>
 
+static const char aud_query_cols_v4[] =
+    "id, ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, method, scheme, "
+    "host, port, path, upstream, orig_dst, decision, rule, reason, secrets, status, bytes_up, "
+    "bytes_down, error, pending, sni, addr";
 static const char aud_query_cols_v2[] =
     "id, ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, method, scheme, "
     "host, port, path, upstream, orig_dst, decision, rule, reason, secrets, status, bytes_up, "
-    "bytes_down, error, pending";
+    "bytes_down, error, pending, '' AS sni, '' AS addr";
 static const char aud_query_cols_v1[] =
     "id, ts, duration_us, 0 AS conn_id, sandbox, session, tool_call, client, '' AS mode, "
     "method, scheme, host, port, path, upstream, '' AS orig_dst, decision, rule, reason, "
-    "secrets, status, bytes_up, bytes_down, error, 0 AS pending";
+    "secrets, status, bytes_up, bytes_down, error, 0 AS pending, '' AS sni, '' AS addr";
 
 const char *
 aud_query_columns(int version)
 {
-    return version <= 1 ? aud_query_cols_v1 : aud_query_cols_v2;
+    return version <= 1 ? aud_query_cols_v1 : version <= 3 ? aud_query_cols_v2 : aud_query_cols_v4;
 }
 
 sqlite3 *
@@ -258,6 +262,8 @@ aud_query_row(sqlite3_stmt *st, struct aud_record *r)
     r->bytes_down = sqlite3_column_int64(st, 22);
     AUD_Q_TEXT(st, 23, r->error);
     r->pending = sqlite3_column_int(st, 24);
+    AUD_Q_TEXT(st, 25, r->sni);
+    AUD_Q_TEXT(st, 26, r->addr);
 }
 
 /* WHERE for f plus the snapshot bound and the batch cursor:
@@ -420,6 +426,155 @@ aud_query_each(const char *db_path, const struct aud_filter           *f,
         goto out;
     ret = aud_query_run(db, f, cb, arg, errs);
 out:
+    sqlite3_close(db);
+    return ret;
+}
+
+/* ---- bulk scan (policy replay) ----------------------------------------- */
+
+/* The columns of struct aud_scan_row, in its order, per schema version. */
+static const char aud_scan_cols_v4[] =
+    "id, ts, sandbox, mode, method, scheme, host, port, path, upstream, decision, rule, reason, "
+    "error, status, sni, addr";
+static const char aud_scan_cols_v2[] =
+    "id, ts, sandbox, mode, method, scheme, host, port, path, upstream, decision, rule, reason, "
+    "error, status, '' AS sni, '' AS addr";
+static const char aud_scan_cols_v1[] =
+    "id, ts, sandbox, '' AS mode, method, scheme, host, port, path, upstream, decision, rule, "
+    "reason, error, status, '' AS sni, '' AS addr";
+
+static const char *
+aud_scan_text(sqlite3_stmt *st, int col, size_t *len)
+{
+    const char *s = (const char *)sqlite3_column_text(st, col);
+
+    if (len != NULL)
+        *len = s != NULL ? (size_t)sqlite3_column_bytes(st, col) : 0;
+    return s != NULL ? s : "";
+}
+
+/*
+ * A rowid range scan (the table is read in id order, NOT INDEXED: the
+ * filters are checked per row, which for a replay of most of the file is
+ * far cheaper than an index walk plus a table lookup per row), in batches of
+ * AUD_SCAN_BATCH keyed on id, bounded by max(id) at the start. The callback
+ * runs while its batch's statement is stepping: no copy, but it must not
+ * block (the read transaction lasts one batch).
+ */
+int
+aud_query_scan(const char *db_path, const struct aud_filter             *f,
+               int (*cb)(void *arg, const struct aud_scan_row *r), void *arg, int *version,
+               struct al_errs *errs)
+{
+    sqlite3            *db = NULL;
+    sqlite3_stmt       *st = NULL;
+    struct al_dbuf      sql;
+    struct aud_binds    b;
+    struct aud_filter   g = *f;
+    struct aud_scan_row r;
+    int64_t             hi = 0, cid = 0, lts = 0, lid = 0;
+    int                 v, found, idx, n, rc, ret = AL_ERROR;
+    const char         *cols;
+
+    al_dbuf_init(&sql, 64 * 1024);
+    db = aud_db_open_ro(db_path, errs);
+    if (db == NULL)
+        goto out;
+    (void)sqlite3_exec(db, "PRAGMA cache_size=-16384", NULL, NULL, NULL);
+    v = aud_db_schema_version(db);
+    if (version != NULL)
+        *version = v;
+    cols = v <= 1 ? aud_scan_cols_v1 : v <= 3 ? aud_scan_cols_v2 : aud_scan_cols_v4;
+    if (sqlite3_prepare_v2(db, "SELECT id FROM requests ORDER BY id DESC LIMIT 1", -1, &st, NULL) !=
+            SQLITE_OK ||
+        aud_query_step_keys(st, &hi, NULL, &found) != AL_OK)
+        goto sqlerr;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (!found)
+        goto done;
+    g.by_id = 1;
+    g.limit = 0;
+    g.after_id = 0;
+    if (f->limit > 0) { /* the newest `limit` matching rows: start at that key */
+        al_dbuf_addf(&sql, "SELECT id, id FROM requests");
+        if (aud_query_where(&sql, &b, &g) != AL_OK)
+            goto toolong;
+        al_dbuf_adds(&sql, b.n > 0 ? " AND id <= ?" : " WHERE id <= ?");
+        al_dbuf_adds(&sql, " ORDER BY id DESC LIMIT 1 OFFSET ?");
+        if (sql.data == NULL)
+            goto toolong;
+        idx = 1;
+        if (sqlite3_prepare_v2(db, sql.data, -1, &st, NULL) != SQLITE_OK ||
+            aud_query_bind(st, &b, &idx) != AL_OK || sqlite3_bind_int64(st, idx, hi) != SQLITE_OK ||
+            sqlite3_bind_int64(st, idx + 1, f->limit - 1) != SQLITE_OK ||
+            aud_query_step_keys(st, &lts, &lid, &found) != AL_OK)
+            goto sqlerr;
+        sqlite3_finalize(st);
+        st = NULL;
+        if (found)
+            cid = lid - 1;
+        al_dbuf_reset(&sql);
+    }
+    al_dbuf_addf(&sql, "SELECT %s FROM requests NOT INDEXED", cols);
+    if (aud_query_where(&sql, &b, &g) != AL_OK)
+        goto toolong;
+    al_dbuf_adds(&sql, b.n > 0 ? " AND id <= ? AND id > ?" : " WHERE id <= ? AND id > ?");
+    al_dbuf_addf(&sql, " ORDER BY id LIMIT %d", AUD_SCAN_BATCH);
+    if (sql.data == NULL)
+        goto toolong;
+    if (sqlite3_prepare_v3(db, sql.data, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK)
+        goto sqlerr;
+    for (;;) {
+        idx = 1;
+        if (aud_query_bind(st, &b, &idx) != AL_OK || sqlite3_bind_int64(st, idx, hi) != SQLITE_OK ||
+            sqlite3_bind_int64(st, idx + 1, cid) != SQLITE_OK)
+            goto sqlerr;
+        n = 0;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            r.id = sqlite3_column_int64(st, 0);
+            r.ts_us = sqlite3_column_int64(st, 1);
+            r.sandbox = aud_scan_text(st, 2, NULL);
+            r.mode = aud_scan_text(st, 3, NULL);
+            r.method = aud_scan_text(st, 4, NULL);
+            r.scheme = aud_scan_text(st, 5, NULL);
+            r.host = aud_scan_text(st, 6, NULL);
+            r.port = sqlite3_column_int(st, 7);
+            r.path = aud_scan_text(st, 8, &r.path_len);
+            r.upstream = aud_scan_text(st, 9, NULL);
+            r.decision = aud_scan_text(st, 10, NULL);
+            r.rule = aud_scan_text(st, 11, NULL);
+            r.reason = aud_scan_text(st, 12, NULL);
+            r.error = aud_scan_text(st, 13, NULL);
+            r.status = sqlite3_column_int(st, 14);
+            r.sni = aud_scan_text(st, 15, NULL);
+            r.addr = aud_scan_text(st, 16, NULL);
+            cid = r.id;
+            n++;
+            ret = cb(arg, &r);
+            if (ret != AL_OK) {
+                sqlite3_reset(st);
+                goto out;
+            }
+        }
+        ret = AL_ERROR;
+        if (rc != SQLITE_DONE)
+            goto sqlerr;
+        sqlite3_reset(st); /* ends this batch's read transaction */
+        if (n < AUD_SCAN_BATCH)
+            break;
+    }
+done:
+    ret = AL_OK;
+    goto out;
+toolong:
+    al_errs_add(errs, "audit: filter too long");
+    goto out;
+sqlerr:
+    al_errs_add(errs, "%s: scan: %s", db_path, sqlite3_errmsg(db));
+out:
+    sqlite3_finalize(st);
+    al_dbuf_free(&sql);
     sqlite3_close(db);
     return ret;
 }

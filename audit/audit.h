@@ -24,7 +24,7 @@
 /* Rows deleted per retention step (one small transaction between batches). */
 #define AUD_RETENTION_CHUNK_ROWS 1000
 /* Current on-disk schema version (table schema_version). */
-#define AUD_SCHEMA_VERSION 3
+#define AUD_SCHEMA_VERSION 4
 /* aud_writer_stop() keeps retrying a failing database this long before it drops. */
 #define AUD_STOP_RETRY_MS 5000
 
@@ -54,8 +54,12 @@ struct aud_record {
     int      status;       /* HTTP status sent to the client, 0 if none */
     int64_t  bytes_up, bytes_down;
     char     error[128];
-    int64_t  row_id;  /* strict mode: the row aud_begin() created; read side: id */
-    int      pending; /* read side only: strict row begun but never completed */
+    int64_t  row_id;   /* strict mode: the row aud_begin() created; read side: id */
+    int      pending;  /* read side only: strict row begun but never completed */
+    char     sni[256]; /* the client's TLS server name where there was one (v4) */
+    char     addr[64]; /* "ip:port" the address guard checked: the one connected to, or
+                          the first refused (address_not_allowed); "" when none (v4) */
+    char     instance[64]; /* read side on PostgreSQL only: the replica that wrote the row */
 };
 
 struct aud_conf {
@@ -66,6 +70,11 @@ struct aud_conf {
     int         queue_max;      /* admission bound; see aud_submit() */
     int         retention_days; /* 0 keeps rows forever */
     int         log_query;      /* 1 keeps "?query" in path */
+    /* Fleet sink (docs/FLEET.md): a libpq conninfo (URI or key=value); NULL =
+     * none. A shipper thread copies committed rows there; retention keeps
+     * every row it has not shipped. */
+    const char *sink_postgres;
+    const char *sink_instance; /* unique per replica; NULL or "" = the host name */
 };
 
 struct aud_stats {
@@ -79,6 +88,22 @@ struct aud_stats {
     uint64_t deleted;   /* rows removed by retention */
     uint64_t wal_bytes; /* size of the -wal file (sampled by the writer, ~100 ms) */
 };
+
+/* The fleet sink's state (all 0 when none is configured). */
+struct aud_sink_stats {
+    int      configured; /* 1 when audit.sink.postgres is set */
+    int      up;         /* 1 while connected and the last batch went through */
+    uint64_t rows;       /* rows shipped (committed in PostgreSQL) */
+    uint64_t errors;     /* failed connects, batches, migrations */
+    uint64_t lag;        /* local rows not shipped yet */
+    int64_t  shipped_id; /* the high-water mark: the last local id shipped */
+    char     instance[64];
+    char     target[256]; /* "user@host:port/dbname": never the password */
+    char     last_error[256]; /* scrubbed of the password; "" after a success */
+};
+struct aud_writer;
+/* Snapshot of the sink's state; any thread. */
+void aud_writer_sink_stats(const struct aud_writer *w, struct aud_sink_stats *out);
 
 struct aud_writer;
 
@@ -170,6 +195,7 @@ struct aud_filter {
     int64_t     after_id;             /* id > after_id */
     int64_t     limit;                /* the newest `limit` rows; 0 = all */
     int         by_id;                /* order (and pick the newest) by id, not ts */
+    const char *instance;             /* PostgreSQL only: the replica's name */
 };
 
 /*
@@ -184,6 +210,35 @@ struct aud_filter {
  */
 int aud_query_each(const char *db_path, const struct aud_filter           *f,
                    int (*cb)(void *arg, const struct aud_record *r), void *arg,
+                   struct al_errs *errs);
+
+/*
+ * Bulk reader for `policy replay`: the decision inputs and the recorded
+ * decision of one row. Every string is NUL-terminated, never NULL ("" when
+ * the file's schema lacks the column: mode before v2, sni and addr before
+ * v4), and borrowed for the callback only.
+ */
+struct aud_scan_row {
+    int64_t     id, ts_us;
+    const char *sandbox, *mode, *method, *scheme, *host, *path, *upstream;
+    const char *decision, *rule, *reason, *error, *sni, *addr;
+    size_t      path_len;
+    int         port, status;
+};
+/* Rows per read transaction of aud_query_scan. */
+#define AUD_SCAN_BATCH 8192
+/*
+ * Calls cb for every row matching f, in id order (f->by_id is implied;
+ * f->limit keeps the newest `limit` matching rows by id). Rows committed
+ * after the call starts are left out. Unlike aud_query_each the rows are not
+ * copied: cb runs inside a read transaction of at most AUD_SCAN_BATCH rows,
+ * so it must not block (no output, no I/O: collect, print afterwards).
+ * Memory is constant whatever the row count. *version (may be NULL) gets the
+ * file's schema version. cb returns AL_OK to go on. AL_OK, or AL_ERROR with
+ * a message in errs (or what cb returned).
+ */
+int aud_query_scan(const char *db_path, const struct aud_filter             *f,
+                   int (*cb)(void *arg, const struct aud_scan_row *r), void *arg, int *version,
                    struct al_errs *errs);
 
 /* Parses a --since/--until value: a duration ("90s", "15m", "2h", "7d": that

@@ -479,6 +479,8 @@ pol_filter_addrs_self(const struct pol_policy *p, struct pol_decision *d,
         kept++;
     }
     if (kept == 0) {
+        if (naddrs > 0)
+            d->refused_addr = addrs[0]; /* untouched: nothing was kept */
         d->verdict = POL_DENY;
         d->reason = "address_not_allowed";
         d->intercept = 0;

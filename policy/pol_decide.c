@@ -113,6 +113,7 @@ pol_decision_reset(struct pol_decision *out)
     out->inject = NULL;
     out->ninject = 0;
     out->rule_ref = NULL;
+    out->refused_addr.ss_family = 0;
     out->explain[0] = '\0';
 }
 

@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #include "common.h"
@@ -87,7 +88,10 @@ struct pol_decision {
     const char *const *inject;      /* secret names from the allowing rule */
     int                ninject;
     const void        *rule_ref; /* allowing rule, for pol_filter_addrs (cidrs) */
-    char               explain[512];
+    /* address_not_allowed by pol_filter_addrs: the first address it refused
+     * (ss_family 0 = none), recorded in the audit row for `policy replay` */
+    struct sockaddr_storage refused_addr;
+    char                    explain[512];
 };
 /*
  * Reason codes: allowed_by_rule, default_allow, denied_by_rule, default_deny
@@ -109,6 +113,52 @@ struct pol_decision {
 void pol_decide(const struct pol_policy *p, const struct pol_request *rq, struct pol_decision *out);
 /* "allow", "deny", "would_deny" */
 const char *pol_verdict_name(enum pol_verdict v);
+
+/* ---- replay (`airlock policy replay`) ------------------------------------ */
+
+#define POL_REPLAY_EXAMPLES 3 /* example requests listed per group */
+enum pol_replay_format { POL_REPLAY_TABLE = 0, POL_REPLAY_JSON, POL_REPLAY_CSV };
+
+struct pol_replay_opts {
+    const char *db;                 /* audit database (read-only) */
+    const char *policy_name;        /* for the report */
+    int64_t     since_us, until_us; /* window; 0 = open */
+    const char *sandbox, *host;     /* filters (host: glob); NULL = any */
+    int64_t     limit;              /* only the newest `limit` rows; 0 = all */
+    /* airlock's own listening addresses, for the address guard */
+    const struct sockaddr_storage *self;
+    int                            nself;
+    enum pol_replay_format         format;
+    FILE                          *out; /* report; NULL = none (tests) */
+};
+
+struct pol_replay_stats {
+    uint64_t rows;          /* rows read in the window */
+    uint64_t replayed;      /* rows the policy had decided, decided again */
+    uint64_t unchanged;     /* same decision */
+    uint64_t rule_changed;  /* of those, decided by another rule */
+    uint64_t changed;       /* another decision */
+    uint64_t unlisted;      /* changed rows beyond the group cap (counted, not listed) */
+    uint64_t before_policy; /* refused before the policy (identity, protocol) or errors */
+    uint64_t after_policy;  /* allowed by the policy, refused after (secret scope) */
+    uint64_t lacked;        /* replayed rows that lacked an input */
+    uint64_t lacked_addr;   /* ... the address the guard would check */
+    uint64_t lacked_path;   /* ... the whole path (stored cut) */
+    uint64_t groups;        /* (transition, host, rules, reason) groups listed */
+    int64_t  first_us, last_us;
+    int      schema_version; /* of the audit file */
+};
+
+/*
+ * Decides every recorded request in the window again under p with
+ * pol_decide() and the address guard, as the daemon does, and reports the
+ * changed ones grouped by transition, host and rule (format o->format on
+ * o->out). Memory is bounded whatever the row count. Returns the exit code:
+ * 0 no decision changes, 3 some do, 1 the database could not be read
+ * (message in errs).
+ */
+int pol_replay(const struct pol_policy *p, const struct pol_replay_opts *o,
+               struct pol_replay_stats *st, struct al_errs *errs);
 
 /* ---- addresses (SSRF guard) ---------------------------------------------- */
 enum pol_addr_class {

@@ -17,6 +17,9 @@ static const char px_usage[] =
     "  check  --config FILE                 validate config and policy (errors, warnings)\n"
     "  policy check --config FILE [--sandbox S] [--json] [--no-resolve] METHOD URL\n"
     "                                       decide one request, explained (exit 3: deny)\n"
+    "  policy replay --config FILE --policy NEW [--db DB] [--since T] [--until T]\n"
+    "         [--sandbox S] [--host GLOB] [--limit N] [--dry-run] [--format table|json|csv]\n"
+    "                                       NEW over recorded traffic (exit 3: changes)\n"
     "  ca     init --dir DIR [--force]      create the interception CA (ECDSA P-256)\n"
     "  ca     env --config FILE | --dir DIR   trust variables for a sandbox\n"
     "  secrets env --config FILE [--sandbox S]  NAME=placeholder lines for a sandbox\n"
@@ -24,7 +27,8 @@ static const char px_usage[] =
     "                                       read the audit trail (airlock audit --help)\n"
     "  version                              print the version\n"
     "\n"
-    "Exit codes: 0 ok, 1 runtime failure, 2 usage or invalid input, 3 a deny verdict.\n";
+    "Exit codes: 0 ok, 1 runtime failure, 2 usage or invalid input, 3 a deny verdict\n"
+    "or decisions a replayed policy changes.\n";
 
 #define AIRLOCK_VERSION "0.1.0"
 

@@ -10,12 +10,20 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char px_cli_policy_usage[] =
     "usage: airlock policy check --config FILE [--sandbox S] [--json] [--no-resolve] METHOD URL\n"
     "  URL is http://host[:port]/path, https://host[:port]/path, or host:port with CONNECT.\n"
-    "  Exit: 0 allow (also would_deny), 3 deny, 2 bad input.\n";
+    "  Exit: 0 allow (also would_deny), 3 deny, 2 bad input.\n"
+    "       airlock policy replay --config FILE --policy NEW [--db DB] [--since T] [--until T]\n"
+    "                             [--sandbox S] [--host GLOB] [--limit N] [--dry-run]\n"
+    "                             [--format table|json|csv]\n"
+    "  Decides the recorded requests of the window (default --since 7d, DB from the config)\n"
+    "  again under NEW and lists the changed ones. --limit N: the newest N rows only.\n"
+    "  --dry-run: decide as `airlock run --dry-run` would. Exit: 0 nothing changes,\n"
+    "  3 decisions change, 2 bad input (NEW's errors as file:line:col), 1 runtime failure.\n";
 
 static int
 px_cli_usage(const char *what, const char *arg)
@@ -76,6 +84,128 @@ px_cli_json_str(const char *s)
     putchar('"');
 }
 
+/* `airlock policy replay`: the daemon's pol_decide over recorded rows. */
+static int
+px_cli_replay(int argc, char **argv)
+{
+    const char             *config = NULL, *policy = NULL, *db = NULL, *since = "7d";
+    const char             *until = NULL, *format = "table";
+    struct pol_replay_opts  o;
+    struct pol_replay_stats st;
+    struct al_errs          errs;
+    struct px_conf         *c = NULL;
+    struct pol_policy      *p = NULL;
+    const char            **names = NULL;
+    int64_t                 now = al_now_us();
+    int                     rc = 2, dry_run = 0;
+    char                   *end;
+
+    al_errs_init(&errs);
+    memset(&o, 0, sizeof(o));
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+
+        if (strcmp(a, "--dry-run") == 0) {
+            dry_run = 1;
+            continue;
+        }
+        if (a[0] != '-' || i + 1 >= argc) {
+            rc = px_cli_usage(a[0] == '-' ? "missing value for" : "unexpected argument", a);
+            goto out;
+        }
+        if (strcmp(a, "--config") == 0)
+            config = argv[++i];
+        else if (strcmp(a, "--policy") == 0)
+            policy = argv[++i];
+        else if (strcmp(a, "--db") == 0)
+            db = argv[++i];
+        else if (strcmp(a, "--since") == 0)
+            since = argv[++i];
+        else if (strcmp(a, "--until") == 0)
+            until = argv[++i];
+        else if (strcmp(a, "--sandbox") == 0)
+            o.sandbox = argv[++i];
+        else if (strcmp(a, "--host") == 0)
+            o.host = argv[++i];
+        else if (strcmp(a, "--format") == 0)
+            format = argv[++i];
+        else if (strcmp(a, "--limit") == 0) {
+            o.limit = strtoll(argv[++i], &end, 10);
+            if (*end != '\0' || o.limit <= 0) {
+                rc = px_cli_usage("bad --limit", argv[i]);
+                goto out;
+            }
+        } else {
+            rc = px_cli_usage("unknown option", a);
+            goto out;
+        }
+    }
+    if (config == NULL || policy == NULL) {
+        rc = px_cli_usage("--config and --policy are required", NULL);
+        goto out;
+    }
+    if (strcmp(format, "table") == 0)
+        o.format = POL_REPLAY_TABLE;
+    else if (strcmp(format, "json") == 0)
+        o.format = POL_REPLAY_JSON;
+    else if (strcmp(format, "csv") == 0)
+        o.format = POL_REPLAY_CSV;
+    else {
+        rc = px_cli_usage("bad --format", format);
+        goto out;
+    }
+    if (aud_parse_time(since, now, &o.since_us) != AL_OK) {
+        rc = px_cli_usage("bad --since", since);
+        goto out;
+    }
+    if (until != NULL && aud_parse_time(until, now, &o.until_us) != AL_OK) {
+        rc = px_cli_usage("bad --until", until);
+        goto out;
+    }
+    c = px_conf_load(config, &errs);
+    if (c == NULL) {
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        goto out;
+    }
+    names = al_calloc((size_t)c->nsandboxes + 1, sizeof(*names));
+    if (names == NULL) {
+        rc = 1;
+        goto out;
+    }
+    for (int i = 0; i < c->nsandboxes; i++)
+        names[i] = c->sandboxes[i].name;
+    /* The candidate is checked as `airlock check` would (same messages). */
+    p = pol_load(policy, names, c->nsandboxes, dry_run, &errs);
+    if (p == NULL) {
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        goto out;
+    }
+    if (errs.warnings > 0)
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+    if (db == NULL)
+        db = c->audit_db;
+    if (db == NULL) {
+        rc = px_cli_usage("no audit database: the config has none and --db was not given", NULL);
+        goto out;
+    }
+    o.db = db;
+    o.policy_name = policy;
+    o.self = c->self;
+    o.nself = c->nself;
+    o.out = stdout;
+    al_errs_free(&errs);
+    al_errs_init(&errs);
+    rc = pol_replay(p, &o, &st, &errs);
+    if (rc == 1)
+        fprintf(stderr, "airlock policy replay: %s", errs.text.data ? errs.text.data : "failed\n");
+out:
+    pol_policy_unref(p);
+    px_conf_unref(c);
+    al_free(names);
+    al_errs_free(&errs);
+    return rc;
+}
+
 int
 px_cli_policy(int argc, char **argv)
 {
@@ -92,6 +222,10 @@ px_cli_policy(int argc, char **argv)
     char                    mbuf[32];
 
     al_errs_init(&errs);
+    if (argc >= 2 && strcmp(argv[1], "replay") == 0) {
+        rc = px_cli_replay(argc, argv);
+        goto out;
+    }
     if (argc < 2 || strcmp(argv[1], "check") != 0) {
         rc = px_cli_usage("unknown policy command", argc >= 2 ? argv[1] : NULL);
         goto out;

@@ -7,6 +7,7 @@
  * locked list and the worker's ev_async (px_conns_audit_committed).
  */
 #include "px_phase.h"
+#include "px_ca.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -49,6 +50,19 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
                      x->target.path_len > 2000 ? 2000 : x->target.path_len);
     }
     PX_CPY(r->upstream, x->upstream_str);
+    /* The inputs `policy replay` needs besides the request: the address the
+     * guard checked (kept and connected, or the first refused) and the
+     * client's SNI where airlock terminated its TLS. */
+    if (x->upstream_str[0] != '\0')
+        PX_CPY(r->addr, x->upstream_str);
+    else if (x->decided && d->refused_addr.ss_family != 0)
+        px_sockaddr_str((const struct sockaddr *)&d->refused_addr, r->addr, sizeof(r->addr));
+    if (c->cl.ssl != NULL) {
+        const char *sni = px_tls_sni(c->cl.ssl);
+
+        if (sni != NULL)
+            PX_CPY(r->sni, sni);
+    }
     if (x->decided) {
         PX_CPY(r->decision, pol_verdict_name(d->verdict));
         PX_CPY(r->rule, d->verdict == POL_WOULD_DENY && d->staged_rule ? d->staged_rule : d->rule);

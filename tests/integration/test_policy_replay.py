@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""`airlock policy replay` (issue 17): real traffic recorded by a real airlock
+(allowed, denied, dry-run, an intercepted tunnel and its inner request, an
+opaque tunnel, a guard refusal, two sandboxes), then replayed under the same,
+a stricter and a looser policy.
+
+    python3 tests/integration/test_policy_replay.py --airlock build/proxy/airlock [-k NAME]
+
+Every name is pinned with the config's "resolve" map (meta.test to
+169.254.169.254, which the guard refuses before connecting); nothing leaves
+127.0.0.1.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import altest  # noqa: E402
+from altest import check, eq, test  # noqa: E402
+
+TOK_A = "tok-a-0123456789"
+TOK_B = "tok-b-9876543210"
+LOOP = ["127.0.0.1/32"]
+RESOLVE = {"upstream.test": "127.0.0.1", "other.test": "127.0.0.1", "tun.test": "127.0.0.1",
+           "meta.test": "169.254.169.254"}
+
+
+def tok_hash(tok):
+    return hashlib.sha256(tok.encode()).hexdigest()
+
+
+def rule(name, hosts, **kw):
+    r = {"name": name, "hosts": hosts}
+    r.update(kw)
+    return r
+
+
+BASE_RULES = [
+    rule("stage-delete", ["upstream.test"], methods=["DELETE"], action="deny", mode="dry-run"),
+    rule("up", ["upstream.test"], cidrs=LOOP, intercept=True),
+    rule("other-a", ["other.test"], sandboxes=["a"], cidrs=LOOP),
+    rule("tun", ["tun.test"], cidrs=LOOP),
+    rule("meta", ["meta.test"]),
+    rule("block", ["blocked.test"], action="deny"),
+]
+
+
+def policy(rules):
+    return {"default": "deny", "rules": rules}
+
+
+def cli(t, *args, timeout=60):
+    p = subprocess.run([altest.RUN.airlock_bin] + list(args), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=timeout, cwd=t.tmp)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+def write(t, name, obj):
+    path = os.path.join(t.tmp, name)
+    with open(path, "w") as fh:
+        fh.write(obj if isinstance(obj, str) else json.dumps(obj, indent=1))
+    return path
+
+
+def record(t):
+    """Runs real traffic through an airlock under BASE_RULES, stops it (every
+    row committed) and returns it."""
+    cadir = os.path.join(t.tmp, "interception-ca")
+    p = subprocess.run([t.run.airlock_bin, "ca", "init", "--dir", cadir],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    eq(p.returncode, 0, "airlock ca init (%s)" % p.stdout.decode().strip())
+    up = t.upstream()
+    tup = t.upstream(tls=True)
+    cfg = {"sandboxes": [{"name": "a", "token_sha256": tok_hash(TOK_A)},
+                         {"name": "b", "token_sha256": tok_hash(TOK_B)}],
+           "ca": {"dir": cadir}, "upstream_ca": t.run.ca_pem, "resolve": dict(RESOLVE),
+           "audit": {"db": "audit.db", "flush_ms": 20}}
+    al = t.airlock(config=cfg, policy=policy(BASE_RULES))
+    ua, ub = ["-U", "a:" + TOK_A], ["-U", "b:" + TOK_B]
+
+    def get(user, url, status, *extra):
+        r = al.curl(user + list(extra) + [url])
+        eq(r.status, status, "%s %s (%r)" % (" ".join(extra), url, r))
+
+    u = "http://upstream.test:%d" % up.port
+    get(ua, u + "/bytes/10", 200)
+    get(ub, u + "/bytes/11", 200)
+    get(ua, u + "/echo/del", 200, "-X", "DELETE")  # staged deny: would_deny, let through
+    get(ua, "http://other.test:%d/echo/o" % up.port, 200)
+    get(ub, "http://other.test:%d/echo/o" % up.port, 403)  # sandbox_not_allowed
+    get(ua, "http://nowhere.test:%d/x" % up.port, 403)  # host_not_allowed
+    get(ua, "http://meta.test:%d/latest/meta-data" % up.port, 403)  # address_not_allowed
+    get(ua, "http://blocked.test:%d/b" % up.port, 403)  # denied_by_rule
+    # intercepted: the CONNECT and the inner request, each its own row
+    get(ua, "https://upstream.test:%d/echo/mitm" % tup.port, 200,
+        "--cacert", os.path.join(cadir, "ca.pem"))
+    # an opaque tunnel carrying plain HTTP
+    c = al.conn()
+    c.send(b"CONNECT tun.test:%d HTTP/1.1\r\nHost: tun.test:%d\r\n"
+           b"Proxy-Authorization: Basic %s\r\n\r\n" %
+           (up.port, up.port, __import__("base64").b64encode(("b:" + TOK_B).encode())))
+    r = c.read_response("CONNECT")
+    eq(r.status, 200, "CONNECT tun.test")
+    c.send(b"GET /bytes/5 HTTP/1.1\r\nHost: tun.test\r\nConnection: close\r\n\r\n")
+    r = c.read_response()
+    eq(r.status, 200, "GET through the opaque tunnel")
+    c.close()
+    altest.wait_until(lambda: len(rows(al)) >= 11, 10, "11 audit rows")
+    problem = al.stop()
+    check(problem is None, "airlock stop: %s" % problem)
+    return al
+
+
+def rows(al):
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(al.dir, "audit.db"), uri=True)
+    try:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY id")]
+    finally:
+        db.close()
+
+
+def replay(t, al, pol, *args):
+    path = write(t, "candidate.json", pol)
+    return cli(t, "policy", "replay", "--config", al.cfg_path, "--policy", path, *args)
+
+
+def changed_hosts(j, frm, to):
+    out = set()
+    for tr in j["transitions"]:
+        if tr["from"] == frm and tr["to"] == to:
+            out |= {g["host"] for g in tr["groups"]}
+    return out
+
+
+def all_transitions(j):
+    return {(tr["from"], tr["to"]) for tr in j["transitions"]}
+
+
+@test
+def test_replay(t):
+    al = record(t)
+    rs = rows(al)
+    # the recorded rows hold what the replay needs (schema v4)
+    by = {(r["method"], r["host"], r["path"]): r for r in rs}
+    meta = [r for r in rs if r["host"] == "meta.test"]
+    check(meta and meta[0]["reason"] == "address_not_allowed" and
+          meta[0]["addr"].startswith("169.254.169.254:"), "guard refusal row: %r" % meta)
+    inner = [r for r in rs if r["scheme"] == "https"]
+    check(inner and inner[0]["sni"] == "upstream.test" and inner[0]["addr"].startswith("127.0.0.1:"),
+          "inner request row (sni, addr): %r" % inner)
+    check(("DELETE", "upstream.test", "/echo/del") in by and
+          by[("DELETE", "upstream.test", "/echo/del")]["decision"] == "would_deny",
+          "staged DELETE row: %r" % rs)
+    decisions = sorted(r["decision"] for r in rs)
+    check("allow" in decisions and "deny" in decisions and "would_deny" in decisions,
+          "decisions recorded: %r" % decisions)
+    check({r["sandbox"] for r in rs} == {"a", "b"}, "sandboxes: %r" % {r["sandbox"] for r in rs})
+    check(any(r["scheme"] == "connect" and r["host"] == "tun.test" for r in rs), "tunnel row")
+
+    # 1. the same policy: nothing changes, every row replayed
+    rc, out, err = replay(t, al, policy(BASE_RULES), "--format", "json")
+    eq(rc, 0, "same policy exit (out %r err %r)" % (out, err))
+    j = json.loads(out)
+    eq(j["changed"], 0, "same policy: changed")
+    eq(j["transitions"], [], "same policy: transitions")
+    eq(j["replayed"], len(rs), "same policy: every row replayed (%r)" % j)
+    eq(j["lacked_input"]["rows"], 0, "v4 rows lack nothing")
+    eq(j["schema_version"], 4, "schema version")
+    rc, out, err = replay(t, al, policy(BASE_RULES))
+    eq(rc, 0, "same policy, table exit")
+    check("changed:    0" in out and "\u2192" not in out, "same policy table: %r" % out)
+
+    # 2. stricter: other.test and tun.test no longer allowed; DELETE enforced
+    strict = [r for r in BASE_RULES if r["name"] not in ("other-a", "tun", "stage-delete")]
+    strict.insert(0, rule("no-delete", ["upstream.test"], methods=["DELETE"], action="deny"))
+    rc, out, err = replay(t, al, policy(strict), "--format", "json")
+    eq(rc, 3, "stricter exit (out %r err %r)" % (out, err))
+    j = json.loads(out)
+    eq(changed_hosts(j, "allow", "deny"), {"other.test", "tun.test"}, "stricter allow->deny hosts")
+    eq(changed_hosts(j, "would_deny", "deny"), {"upstream.test"}, "stricter would_deny->deny")
+    eq(all_transitions(j), {("allow", "deny"), ("would_deny", "deny")}, "stricter transitions")
+    g = [g for tr in j["transitions"] for g in tr["groups"] if g["host"] == "tun.test"][0]
+    eq((g["rule_was"], g["rule"], g["reason"], g["count"]), ("tun", "default", "host_not_allowed", 1),
+       "tun.test group")
+    check(g["first"].endswith("Z") and g["examples"], "group time/examples: %r" % g)
+    rc, out, err = replay(t, al, policy(strict))
+    eq(rc, 3, "stricter table exit")
+    check("allow \u2192 deny: 2 requests" in out and "other.test" in out and "tun.test" in out,
+          "stricter table: %r" % out)
+    check("/echo/o" in out, "stricter table lists an example path: %r" % out)
+
+    # 3. looser: other.test for every sandbox, blocked.test allowed, meta.test
+    # within its cidrs (the guard's address comes from the row)
+    loose = [r for r in BASE_RULES if r["name"] not in ("other-a", "block", "meta")]
+    loose += [rule("other", ["other.test"], cidrs=LOOP), rule("blk", ["blocked.test"]),
+              rule("meta", ["meta.test"], cidrs=["169.254.169.254/32"])]
+    rc, out, err = replay(t, al, policy(loose), "--format", "json")
+    eq(rc, 3, "looser exit (out %r err %r)" % (out, err))
+    j = json.loads(out)
+    eq(changed_hosts(j, "deny", "allow"), {"other.test", "blocked.test", "meta.test"},
+       "looser deny->allow hosts")
+    eq(all_transitions(j), {("deny", "allow")}, "looser transitions")
+    # blocked.test and b's other.test were denied before any lookup: decided
+    # without an address for the guard (and said so)
+    eq(j["lacked_input"]["addr"], 2, "looser: rows without the guard's address")
+
+    # csv
+    rc, out, err = replay(t, al, policy(loose), "--format", "csv")
+    eq(rc, 3, "csv exit")
+    recs = list(csv.DictReader(io.StringIO(out)))
+    eq({r["host"] for r in recs}, {"other.test", "blocked.test", "meta.test"}, "csv hosts")
+    check(all(r["from"] == "deny" and r["to"] == "allow" and int(r["count"]) >= 1 for r in recs),
+          "csv rows: %r" % recs)
+
+    # filters: --sandbox, --host, --limit
+    rc, out, err = replay(t, al, policy(strict), "--format", "json", "--sandbox", "b")
+    eq(rc, 3, "--sandbox b exit")
+    eq(changed_hosts(json.loads(out), "allow", "deny"), {"tun.test"}, "--sandbox b hosts")
+    rc, out, err = replay(t, al, policy(strict), "--format", "json", "--host", "other.*")
+    eq(changed_hosts(json.loads(out), "allow", "deny"), {"other.test"}, "--host glob")
+    rc, out, err = replay(t, al, policy(strict), "--format", "json", "--limit", "1")
+    eq(json.loads(out)["rows"], 1, "--limit 1")
+    rc, out, err = replay(t, al, policy(strict), "--format", "json", "--since", "2000-01-01",
+                          "--until", "2000-01-02")
+    eq((rc, json.loads(out)["rows"]), (0, 0), "an empty window")
+
+
+@test
+def test_replay_bad_input(t):
+    cfg = write(t, "airlock.json", {"listen": [{"addr": "127.0.0.1:%d" % altest.free_port(),
+                                               "mode": "forward"}],
+                                   "policy": "policy.json", "audit": {"db": "none.db"}})
+    write(t, "policy.json", policy([]))
+    bad = write(t, "bad.json", '{"rules": [\n  {"name": "x", "hosts": ["a.test"],}\n]}\n')
+    rc, out, err = cli(t, "policy", "replay", "--config", cfg, "--policy", bad)
+    eq(rc, 2, "syntax error exit (out %r err %r)" % (out, err))
+    check("bad.json:2:" in err, "error names file:line:col: %r" % err)
+    unknown = write(t, "unk.json", policy([rule("x", ["a.test"], bogus=1)]))
+    rc, out, err = cli(t, "policy", "replay", "--config", cfg, "--policy", unknown)
+    eq(rc, 2, "invalid policy exit (%r)" % err)
+    good = write(t, "good.json", policy([]))
+    for args in (["--format", "yaml"], ["--since", "yesterday"], ["--limit", "0"], ["--bogus", "1"]):
+        rc, out, err = cli(t, "policy", "replay", "--config", cfg, "--policy", good, *args)
+        eq(rc, 2, "%r exit (err %r)" % (args, err))
+    rc, out, err = cli(t, "policy", "replay", "--config", cfg, "--policy", good)
+    eq(rc, 1, "a missing database is a runtime failure (err %r)" % err)
+    check("none.db" in err, "names the database: %r" % err)
+
+
+if __name__ == "__main__":
+    sys.exit(altest.main())
