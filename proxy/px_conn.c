@@ -220,7 +220,6 @@ px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *d
         return;
     }
     px_conn_set_state(c, PX_ST_FLUSH_CLOSE);
-    px_conn_update_io(c);
 }
 
 static void
@@ -289,7 +288,6 @@ px_conn_strict_begin(struct px_conn *c)
     if (rc == AL_AGAIN) {
         px_conn_ref(c); /* held until the commit notice arrives */
         px_conn_set_state(c, PX_ST_AUDIT);
-        px_conn_update_io(c);
     } else {
         px_conn_finalize(c);
         rc = AL_DECLINED;
@@ -298,6 +296,10 @@ px_conn_strict_begin(struct px_conn *c)
 }
 
 /* ---- watcher bookkeeping ------------------------------------------------ */
+
+/* Which watchers run follows from the state and the queue levels, and is
+ * recomputed once at the end of every event (I/O, timer, DNS answer, strict
+ * audit notice, accept): no path arms or stops a watcher by hand. */
 
 static void
 px_io_want(struct ev_loop *loop, ev_io *w, int fd, int want)
@@ -443,8 +445,6 @@ px_conn_release_hold(struct px_conn *c)
 {
     c->x->hold_up = 0;
     c->up.out.max = PX_BUF_HIGH_BYTES;
-    if (!c->closing && c->state == PX_ST_EXCHANGE)
-        px_conn_update_io(c);
 }
 
 /*
@@ -508,7 +508,6 @@ px_conn_enter_tunnel(struct px_conn *c)
     PX_MINC(tunnels_open);
     PX_MINC(tunnels_total);
     px_conn_set_state(c, PX_ST_TUNNEL);
-    px_conn_update_io(c);
 }
 
 /* PX_ST_SNI_PEEK: the client's first bytes of an opaque CONNECT tunnel. A
@@ -521,10 +520,8 @@ px_conn_sni_peek(struct px_conn *c, int eof)
     struct px_exch *x = c->x;
     int             rc = px_tls_tunnel_sni_check(c, eof);
 
-    if (rc == AL_AGAIN) {
-        px_conn_update_io(c);
+    if (rc == AL_AGAIN)
         return;
-    }
     if (rc != AL_OK) {
         x->decided = 0;
         x->deny = 1;
@@ -602,8 +599,6 @@ px_conn_upstream_ready(struct px_conn *c)
         return;
     }
     px_conn_feed_client(c);
-    if (!c->closing)
-        px_conn_update_io(c);
 }
 
 /* After a connect attempt started (AL_AGAIN) or failed for good. */
@@ -613,7 +608,6 @@ px_conn_connecting(struct px_conn *c, int rc)
     if (rc == AL_AGAIN) {
         if (c->state != PX_ST_CONNECT) /* the next address keeps the first's clock */
             px_conn_set_state(c, PX_ST_CONNECT);
-        px_conn_update_io(c);
     } else {
         px_conn_finalize(c);
     }
@@ -653,6 +647,8 @@ px_conn_dns_done(void *arg, const struct px_dns_result *res)
     if (rc == AL_OK)
         rc = px_upstream_connect(c);
     px_conn_connecting(c, rc);
+    if (!c->closing)
+        px_conn_update_io(c);
     px_conn_unref(c);
 }
 
@@ -731,7 +727,8 @@ px_conn_on_head(struct px_conn *c)
         px_conn_fail(c, 400, err != NULL ? err : "bad_target", NULL);
         return;
     }
-    if (!px_msg_te_chunked_only(m)) {
+    if (!px_msg_te_chunked_only(m) ||
+        ((c->rq.flags & F_TRANSFER_ENCODING) && !(c->rq.flags & F_CHUNKED))) {
         /* The body is re-framed here and Transfer-Encoding dropped: a gzip
          * transfer coding would go upstream undecoded, and past the body
          * scanner (a placeholder inside unseen). RFC 9112 6.1: 501. */
@@ -885,8 +882,6 @@ px_conn_feed_client(struct px_conn *c)
         px_conn_parse_error(c, e);
         return;
     }
-    if (!c->closing && c->state == PX_ST_EXCHANGE)
-        px_conn_update_io(c);
 }
 
 /* ---- TLS steps and transparent flows --------------------------------------- */
@@ -896,11 +891,9 @@ px_conn_tls_up_step(struct px_conn *c)
 {
     int rc = px_tls_up_step(c);
 
-    if (rc == AL_AGAIN)
-        px_conn_update_io(c);
-    else if (rc == AL_OK)
+    if (rc == AL_OK)
         px_conn_upstream_ready(c);
-    else
+    else if (rc != AL_AGAIN)
         px_conn_finalize(c);
 }
 
@@ -950,8 +943,6 @@ px_conn_mitm_start(struct px_conn *c)
      * peeked by a transparent listener) will not be announced by the socket. */
     if (c->cl.plain_out == 0)
         px_conn_tls_client_step(c);
-    else
-        px_conn_update_io(c);
 }
 
 /* Handshake with the client; then the inner requests start. */
@@ -960,16 +951,13 @@ px_conn_tls_client_step(struct px_conn *c)
 {
     int rc = px_tls_client_step(c);
 
-    if (rc == AL_AGAIN) {
-        px_conn_update_io(c);
+    if (rc == AL_AGAIN)
         return;
-    }
     if (rc != AL_OK) {
         px_conn_finalize(c);
         return;
     }
     px_conn_set_state(c, PX_ST_READ_HEAD);
-    px_conn_update_io(c);
     if (px_half_tls_buffered(&c->cl))
         c->cl.tls_more = 1, ev_feed_event(c->worker->loop, &c->cl.rio, EV_READ);
 }
@@ -1249,8 +1237,6 @@ px_conn_upstream_readable(struct px_conn *c)
     }
     if (x->resp_done && al_bufq_len(&c->cl.out) == 0)
         px_conn_finish_exchange(c);
-    else
-        px_conn_update_io(c);
 }
 
 /*
@@ -1346,7 +1332,6 @@ px_conn_finish_exchange(struct px_conn *c)
     llhttp_resume(&c->rq);
     if (c->cin_len == 0)
         al_safefree(c->cin); /* idle keep-alive connections hold no buffer */
-    px_conn_update_io(c);
     px_conn_feed_client(c);
     if (!c->closing && c->state == PX_ST_READ_HEAD && c->cl.eof) {
         /* The client closed while the response was on its way: what it
@@ -1357,8 +1342,6 @@ px_conn_finish_exchange(struct px_conn *c)
             px_conn_close(c, "client closed");
         return;
     }
-    if (!c->closing)
-        px_conn_update_io(c);
 }
 
 static void
@@ -1372,7 +1355,6 @@ px_conn_tunnel_io(struct px_conn *c)
         px_conn_close(c, "tunnel done");
         return;
     }
-    px_conn_update_io(c);
 }
 
 /*
@@ -1411,7 +1393,6 @@ px_conn_flush_close_io(struct px_conn *c, int revents)
             return;
         }
     }
-    px_conn_update_io(c);
 }
 
 static void
@@ -1446,8 +1427,6 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     case PX_ST_PEEK:
         if (is_cl && (revents & EV_READ))
             px_conn_client_readable(c);
-        if (!c->closing)
-            px_conn_update_io(c);
         break;
     case PX_ST_SNI_PEEK:
         if (is_cl && (revents & EV_WRITE) && px_half_flush(c, &c->cl) == AL_ERROR) {
@@ -1458,8 +1437,6 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
             px_conn_client_readable(c);
         else if (!is_cl && (revents & EV_READ) && c->cin_len == 0)
             px_conn_enter_tunnel(c); /* the upstream speaks first (SSH, SMTP, ...) */
-        if (!c->closing && c->state == PX_ST_SNI_PEEK)
-            px_conn_update_io(c);
         break;
     case PX_ST_TLS_CLIENT:
         if (is_cl && (revents & EV_WRITE) && al_bufq_len(&c->cl.out) > 0 &&
@@ -1504,11 +1481,11 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
             px_conn_upstream_readable(c);
         else if (!is_cl && (revents & EV_READ) && c->up_kept)
             px_upstream_kept_readable(c);
-        if (!c->closing)
-            px_conn_update_io(c);
         break;
     }
 out:
+    if (!c->closing) /* once per event: the watchers follow the state */
+        px_conn_update_io(c);
     px_conn_unref(c);
 }
 
@@ -1533,7 +1510,6 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (!c->head_started && c->nreqs > 0 && (c->x != NULL || c->up_kept) &&
             PX_IDLE_TRIM_S < c->conf->limits.idle_timeout_s) {
             px_conn_idle_trim(c);
-            px_conn_update_io(c);
             px_conn_arm_timer(c); /* now the idle timeout proper */
         } else if (c->head_started)
             px_conn_fail(c, 408, "header_timeout", NULL);
@@ -1588,6 +1564,8 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         break;
     }
 out:
+    if (!c->closing) /* once per event: the watchers follow the state */
+        px_conn_update_io(c);
     px_conn_unref(c);
 }
 
@@ -1696,6 +1674,8 @@ px_conn_audit_committed(struct px_conn *c, int ok, int64_t row_id)
                 c->x->rec->row_id = 0;
             px_conn_fail(c, 503, "audit_unavailable", "audit commit failed");
         }
+        if (!c->closing)
+            px_conn_update_io(c);
     }
     px_conn_unref(c); /* px_conn_strict_begin's */
 }

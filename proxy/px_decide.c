@@ -212,8 +212,19 @@ px_decide_fwd_path(struct px_conn *c)
     int               enc = 0;
     char             *out;
 
-    if (t->path_needs_slash || t->path_len == 0)
+    if (t->path_len == 0)
         return AL_OK;
+    if (t->path_needs_slash) { /* "http://h?q": the path is "/", the query stays */
+        out = al_malloc(t->path_len + 2);
+        if (out == NULL)
+            return AL_ERROR;
+        out[0] = '/';
+        memcpy(out + 1, t->path, t->path_len);
+        out[t->path_len + 1] = '\0';
+        x->fwd_path = out;
+        x->fwd_path_len = t->path_len + 1;
+        return AL_OK;
+    }
     q = memchr(t->path, '?', t->path_len);
     plen = q != NULL ? (size_t)(q - t->path) : t->path_len;
     qlen = t->path_len - plen;

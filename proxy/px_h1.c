@@ -241,11 +241,13 @@ px_h1_rs_head_done(llhttp_t *p)
         return -1; /* a switch nobody asked for */
     if (status < 100 || status > 999)
         return -1; /* llhttp allows three digits only */
-    if (!px_msg_te_chunked_only(m)) {
+    if (!px_msg_te_chunked_only(m) ||
+        ((p->flags & F_TRANSFER_ENCODING) && !(p->flags & F_CHUNKED))) {
         /* Transfer-Encoding is hop-by-hop and re-framed here: a gzip (or any
          * other) transfer coding would reach the client undecoded, and past
          * the redactor as compressed bytes. We never send TE, so no
-         * conforming origin uses one. */
+         * conforming origin uses one. llhttp's own reading counts too:
+         * "chunked<TAB>" is not chunked to it (it would read to the close). */
         x->resp_refusal = "upstream_transfer_coding";
         x->resp_refusal_detail = "a transfer coding other than chunked";
         return -1;

@@ -48,6 +48,9 @@ def responses(secret=b""):
         "ce-two": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Encoding: br\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(gz) + gz,
         "head-len": b"HTTP/1.1 200 OK\r\nContent-Length: 0042\r\n\r\n",
+        # "chunked<TAB>": chunked to a lax reader, not to llhttp (read to the close)
+        "te-tab": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\n\r\n",
     }
 
 

@@ -320,6 +320,40 @@ def test_duplicate_content_encoding_from_secret_host(t):
 
 
 @test
+def test_query_without_path_kept(t):
+    """http://host?q goes upstream as "/?q", not "/" (found by fuzz_h1_diff):
+    what the row records is what went upstream."""
+    o = origin(t)
+    al = start(t)
+    r = al.raw(b"GET http://upstream.test:%d?q=1&r=2 HTTP/1.1\r\nHost: upstream.test\r\n\r\n" %
+               o.port)
+    eq(r.status, 403, "the policy sees the path '/' (not under /public/)")
+    al2 = t.airlock(config={"resolve": {HOST: "127.0.0.1"}},
+                    policy={"default": "deny", "rules": [
+                        {"name": "all", "hosts": [HOST], "cidrs": ["127.0.0.1/32"],
+                         "action": "allow"}]})
+    r = al2.raw(b"GET http://upstream.test:%d?q=1&r=2 HTTP/1.1\r\nHost: upstream.test\r\n\r\n" %
+                o.port)
+    eq(r.status, 200, "status")
+    eq(o.lines(), ["GET /?q=1&r=2"], "what the origin parsed")
+
+
+@test
+def test_transfer_encoding_chunked_tab(t):
+    """"chunked<TAB>" is not chunked to llhttp: a request with it is refused
+    501, a response with it 502, never relayed as something else."""
+    o = origin(t)
+    al = start(t)
+    r = al.raw(b"POST http://upstream.test:%d/public/x HTTP/1.1\r\nHost: upstream.test\r\n"
+               b"Transfer-Encoding: chunked\t\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % o.port)
+    check(r.status in (400, 501), "request with chunked<TAB>: %d" % r.status)
+    eq(o.lines(), [], "nothing reached the origin")
+    r = al.raw(b"GET http://upstream.test:%d/public/resp/te-tab HTTP/1.1\r\nHost: upstream.test\r\n\r\n"
+               % o.port)
+    expect_error(r, 502, "upstream_transfer_coding")
+
+
+@test
 def test_h2c_upgrade_does_not_wedge(t):
     """Upgrade: h2c is not performed: stripped (with HTTP2-Settings), the
     request answered, and the pipelined request after it answered too."""
