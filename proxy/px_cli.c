@@ -1,7 +1,10 @@
 /*
  * px_cli.c - `airlock policy check`: one request through the same decision
  * path the daemon uses (pol_decide, then the address guard on the resolved
- * answers), explained rule by rule. Resolution honours the config's
+ * answers), explained rule by rule. An https:// URL is decided as the
+ * daemon meets it: the client's CONNECT first, the request inside only when
+ * the tunnel is intercepted. `airlock policy replay`: the same decisions
+ * over recorded traffic (policy/pol_replay.c). Resolution honours the config's
  * `resolve` pins; other names go to the system resolver (this is a CLI, so a
  * blocking lookup is fine), or nowhere with --no-resolve.
  */
@@ -16,6 +19,8 @@
 static const char px_cli_policy_usage[] =
     "usage: airlock policy check --config FILE [--sandbox S] [--json] [--no-resolve] METHOD URL\n"
     "  URL is http://host[:port]/path, https://host[:port]/path, or host:port with CONNECT.\n"
+    "  An https:// URL is decided as the daemon sees it: CONNECT host:port first, the\n"
+    "  request itself only when the rule intercepts the tunnel.\n"
     "  Exit: 0 allow (also would_deny), 3 deny, 2 bad input.\n"
     "       airlock policy replay --config FILE --policy NEW [--db DB] [--since T] [--until T]\n"
     "                             [--sandbox S] [--host GLOB] [--limit N] [--dry-run]\n"
@@ -220,6 +225,9 @@ px_cli_policy(int argc, char **argv)
     struct sockaddr_storage addrs[PX_DNS_MAX_ADDRS], all[PX_DNS_MAX_ADDRS];
     char                    rerr[320] = "";
     char                    mbuf[32];
+    struct pol_decision     cd;
+    int                     via_connect = 0;
+    const char             *tunnel = NULL;
 
     al_errs_init(&errs);
     if (argc >= 2 && strcmp(argv[1], "replay") == 0) {
@@ -297,7 +305,25 @@ px_cli_policy(int argc, char **argv)
         rq.path_len = t.path_needs_slash ? 1 : t.path_len;
     }
     rq.want_explain = 1;
-    pol_decide(c->policy, &rq, &d);
+    /* An https:// URL reaches the daemon as `CONNECT host:port` first: that
+     * is decided on its own (methods and paths are not visible yet), and
+     * the request itself only where the tunnel is intercepted. An opaque
+     * tunnel carries it unseen, so the CONNECT's decision is the answer. */
+    if (t.tls && strcmp(mbuf, "CONNECT") != 0) {
+        struct pol_request crq = rq;
+
+        crq.scheme = "connect";
+        crq.method = "CONNECT";
+        crq.path = NULL;
+        crq.path_len = 0;
+        pol_decide(c->policy, &crq, &cd);
+        via_connect = 1;
+        tunnel = cd.verdict == POL_DENY ? "refused" : cd.intercept ? "intercepted" : "opaque";
+    }
+    if (via_connect && strcmp(tunnel, "intercepted") != 0)
+        d = cd;
+    else
+        pol_decide(c->policy, &rq, &d);
     if (d.verdict != POL_DENY && !no_resolve) {
         naddrs = px_cli_resolve(c, &t, all, PX_DNS_MAX_ADDRS, rerr, sizeof(rerr));
         memcpy(addrs, all, sizeof(all));
@@ -321,6 +347,18 @@ px_cli_policy(int argc, char **argv)
             printf("null");
         printf(",\"intercept\":%s,\"explain\":", d.intercept ? "true" : "false");
         px_cli_json_str(d.explain);
+        if (via_connect) {
+            printf(",\"connect\":{\"decision\":");
+            px_cli_json_str(pol_verdict_name(cd.verdict));
+            printf(",\"rule\":");
+            px_cli_json_str(cd.rule);
+            printf(",\"reason\":");
+            px_cli_json_str(cd.reason);
+            printf(",\"explain\":");
+            px_cli_json_str(cd.explain);
+            printf("},\"tunnel\":");
+            px_cli_json_str(tunnel);
+        }
         printf(",\"addresses\":[");
         for (int i = 0; i < naddrs; i++) {
             char s[80];
@@ -341,6 +379,18 @@ px_cli_policy(int argc, char **argv)
                d.reason);
         if (d.staged_rule != NULL)
             printf("staged:    %s (dry-run rule matched)\n", d.staged_rule);
+        if (via_connect) {
+            printf("connect:   CONNECT %s:%u -> %s by %s (%s)\n", t.host, t.port,
+                   pol_verdict_name(cd.verdict), cd.rule, cd.reason);
+            if (strcmp(tunnel, "refused") == 0)
+                printf("tunnel:    refused: the client's CONNECT is denied, the request never "
+                       "gets sent\n");
+            else if (strcmp(tunnel, "opaque") == 0)
+                printf("tunnel:    opaque (not intercepted): airlock sees only the CONNECT; "
+                       "the request's method and path are not checked\n");
+            else
+                printf("tunnel:    intercepted: the request inside is decided on its own\n");
+        }
         printf("explain:   %s\n", d.explain);
         if (rerr[0] != '\0')
             printf("resolve:   %s\n", rerr);

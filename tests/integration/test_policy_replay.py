@@ -255,5 +255,59 @@ def test_replay_bad_input(t):
     check("none.db" in err, "names the database: %r" % err)
 
 
+@test
+def test_policy_check_https_decides_the_connect(t):
+    """`policy check METHOD https://...` decides what the daemon decides: the
+    client's CONNECT first, the inner request only when intercepted. A rule
+    with "methods": ["GET"] and no intercept refuses the CONNECT
+    (method_not_allowed), in the CLI as on the wire."""
+    up = t.upstream(tls=True)
+    pol = policy([rule("pypi", ["pypi.test"], methods=["GET"], cidrs=LOOP),
+                  rule("mitm", ["mitm.test"], methods=["GET"], paths=["/simple/**"], cidrs=LOOP,
+                       intercept=True),
+                  rule("plain", ["plain.test"], cidrs=LOOP)])
+    al = t.airlock(config={"resolve": {"pypi.test": "127.0.0.1"}}, policy=pol)
+    r = al.curl(["--cacert", t.ca, "https://pypi.test:%d/simple/" % up.port])
+    check(r.status == 403 or "403" in r.stderr, "daemon: CONNECT under a GET-only rule: %r" % r)
+    check("method_not_allowed" in al.log(), "daemon refuses the CONNECT method_not_allowed")
+    cfg = al.cfg_path
+
+    rc, out, err = cli(t, "policy", "check", "--config", cfg, "--no-resolve", "--json",
+                       "GET", "https://pypi.test:8443/simple/")
+    eq(rc, 3, "GET https under a GET-only, non-intercepting rule (out %r err %r)" % (out, err))
+    j = json.loads(out)
+    eq((j["decision"], j["reason"], j["tunnel"]), ("deny", "method_not_allowed", "refused"),
+       "https GET-only decision")
+    eq(j["connect"]["decision"], "deny", "connect decision")
+    rc, out, err = cli(t, "policy", "check", "--config", cfg, "--no-resolve",
+                       "GET", "https://pypi.test:8443/simple/")
+    eq(rc, 3, "text exit")
+    check("CONNECT pypi.test:8443" in out and "method_not_allowed" in out, "text: %r" % out)
+    # the same URL over http is a plain request: GET allowed
+    rc, out, err = cli(t, "policy", "check", "--config", cfg, "--no-resolve",
+                       "GET", "http://pypi.test:8443/simple/")
+    eq(rc, 0, "http GET under the GET-only rule")
+    # intercepted: the CONNECT passes, the inner request is decided
+    rc, out, err = cli(t, "policy", "check", "--config", cfg, "--no-resolve", "--json",
+                       "GET", "https://mitm.test/simple/x")
+    eq(rc, 0, "intercepted GET in /simple/ (out %r)" % out)
+    j = json.loads(out)
+    eq((j["decision"], j["tunnel"], j["connect"]["decision"]), ("allow", "intercepted", "allow"),
+       "intercepted allow")
+    rc, out, err = cli(t, "policy", "check", "--config", cfg, "--no-resolve", "--json",
+                       "POST", "https://mitm.test/simple/x")
+    eq(rc, 3, "intercepted POST")
+    j = json.loads(out)
+    eq((j["reason"], j["tunnel"]), ("method_not_allowed", "intercepted"), "inner POST refused")
+    rc, out, err = cli(t, "policy", "check", "--config", cfg, "--no-resolve", "--json",
+                       "GET", "https://mitm.test/other")
+    eq((rc, json.loads(out)["reason"]), (3, "path_not_allowed"), "inner path refused")
+    # opaque: the CONNECT's decision stands, and the output says the request is unseen
+    rc, out, err = cli(t, "policy", "check", "--config", cfg, "--no-resolve",
+                       "DELETE", "https://plain.test/anything")
+    eq(rc, 0, "opaque tunnel exit (%r)" % out)
+    check("opaque" in out and "not checked" in out, "opaque tunnel said so: %r" % out)
+
+
 if __name__ == "__main__":
     sys.exit(altest.main())
