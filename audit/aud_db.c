@@ -114,7 +114,8 @@ static const char aud_db_sql_update[] =
 #define AUD_DB_STR2(x) #x
 #define AUD_DB_STR(x) AUD_DB_STR2(x)
 static const char aud_db_sql_retention[] =
-    "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < ?1 ORDER BY ts "
+    "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < ?1 AND id <= ?2 "
+    "ORDER BY ts "
     "LIMIT " AUD_DB_STR(AUD_RETENTION_CHUNK_ROWS) ")";
 
 const char *
@@ -566,11 +567,12 @@ aud_db_update(struct aud_db *d, const struct aud_record *r)
 }
 
 int
-aud_db_retention(struct aud_db *d, int64_t cutoff_us, int *n)
+aud_db_retention(struct aud_db *d, int64_t cutoff_us, int64_t max_id, int *n)
 {
     int rc;
 
     sqlite3_bind_int64(d->retention, 1, cutoff_us);
+    sqlite3_bind_int64(d->retention, 2, max_id);
     rc = sqlite3_step(d->retention);
     sqlite3_reset(d->retention);
     if (rc != SQLITE_DONE)

@@ -50,8 +50,9 @@ void aud_db_rollback(struct aud_db *d);
 int aud_db_insert(struct aud_db *d, const struct aud_record *r, int complete, int64_t *id);
 /* Completes row r->row_id. AL_OK/AL_ERROR. */
 int aud_db_update(struct aud_db *d, const struct aud_record *r);
-/* Deletes up to AUD_RETENTION_CHUNK_ROWS rows with ts < cutoff; *n = deleted. */
-int aud_db_retention(struct aud_db *d, int64_t cutoff_us, int *n);
+/* Deletes up to AUD_RETENTION_CHUNK_ROWS rows with ts < cutoff and id <= max_id
+ * (the fleet sink's high-water mark: unshipped rows stay); *n = deleted. */
+int aud_db_retention(struct aud_db *d, int64_t cutoff_us, int64_t max_id, int *n);
 /* Size of the -wal file now (0 if none). Any thread that owns d. */
 int64_t aud_db_wal_bytes(const struct aud_db *d);
 /* wal_checkpoint(TRUNCATE) without waiting for readers (busy handler off

@@ -46,15 +46,20 @@
  * aud_writer_stop drains everything, commits and closes.
  */
 #include "aud_int.h"
+#include "aud_pg.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define AUD_RETRY_MIN_MS 50
+/* At stop, the sink ships what it can for this long after the writer drained. */
+#define AUD_SINK_STOP_GRACE_MS 2000
 #define AUD_RETRY_MAX_MS 2000
 #define AUD_ERRLOG_INTERVAL_US (5 * 1000000LL)
 #define AUD_RETENTION_IDLE_US (60 * 1000000LL)
@@ -127,6 +132,8 @@ struct aud_writer {
     int64_t         walstat_us; /* last stat of the -wal file */
     int             wal_dirty;  /* committed since the WAL was last emptied */
     int64_t         ckpt_errlog_us;
+
+    struct aud_ship *ship; /* fleet sink (aud_ship.c); NULL when none */
 };
 
 /*
@@ -502,7 +509,9 @@ aud_writer_retention(struct aud_writer *w)
     w->retention_us = al_mono_us() + AUD_RETENTION_IDLE_US;
     if (w->db == NULL)
         return;
-    if (aud_db_begin(w->db) != AL_OK || aud_db_retention(w->db, cutoff, &n) != AL_OK ||
+    /* Rows the sink has not shipped yet stay (aud_ship_shipped: all when no sink). */
+    if (aud_db_begin(w->db) != AL_OK ||
+        aud_db_retention(w->db, cutoff, aud_ship_shipped(w->ship), &n) != AL_OK ||
         aud_db_commit(w->db) != AL_OK) {
         al_log_warnx("audit: %s: retention: %s", w->db_path, aud_db_errmsg(w->db));
         aud_db_rollback(w->db);
@@ -658,6 +667,55 @@ aud_writer_main(void *arg)
     return NULL;
 }
 
+/* Instance names: what a metric label or a file name can hold as it is. */
+static int
+aud_writer_instance_ok(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > 63)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && strchr("._:-", s[i]) == NULL)
+            return 0;
+    return 1;
+}
+
+/* Starts the fleet sink's shipper (conf->sink_postgres set). */
+static int
+aud_writer_sink_start(struct aud_writer *w, const struct aud_conf *conf, struct al_errs *errs)
+{
+    struct aud_ship_conf sc;
+    char                 host[256];
+
+    memset(&sc, 0, sizeof(sc));
+    sc.instance = conf->sink_instance;
+    if (sc.instance == NULL || sc.instance[0] == '\0') {
+        if (gethostname(host, sizeof(host)) != 0)
+            al_strlcpy(host, sizeof(host), "localhost");
+        host[sizeof(host) - 1] = '\0';
+        sc.instance = host;
+    }
+    if (!aud_writer_instance_ok(sc.instance)) {
+        al_errs_add(errs,
+                    "audit.sink.instance: \"%.64s\" is not a valid instance name (1-63 of "
+                    "A-Z a-z 0-9 . _ : -)",
+                    sc.instance);
+        return AL_ERROR;
+    }
+    sc.db_path = conf->db_path;
+    sc.conninfo = conf->sink_postgres;
+    sc.retention_days = w->retention_days;
+    w->ship = aud_ship_start(&sc, errs);
+    return w->ship != NULL ? AL_OK : AL_ERROR;
+}
+
+void
+aud_writer_sink_stats(const struct aud_writer *w, struct aud_sink_stats *out)
+{
+    aud_ship_stats(w != NULL ? w->ship : NULL, out);
+}
+
 struct aud_writer *
 aud_writer_start(const struct aud_conf *conf, struct al_errs *errs)
 {
@@ -694,6 +752,8 @@ aud_writer_start(const struct aud_conf *conf, struct al_errs *errs)
     w->db = aud_db_open(w->db_path, w->strict, w->log_query, errs);
     if (w->db == NULL)
         goto fail;
+    if (conf->sink_postgres != NULL && aud_writer_sink_start(w, conf, errs) != AL_OK)
+        goto fail;
     atomic_store(&w->healthy, 1);
     w->retention_us = al_mono_us();
     w->active_us = w->ckpt_last = al_mono_us();
@@ -728,6 +788,7 @@ aud_writer_stop(struct aud_writer *w)
         pthread_join(w->thread, NULL);
         aud_writer_droplog(w, 1);
     }
+    aud_ship_stop(w->ship, AUD_SINK_STOP_GRACE_MS); /* after the drain: its rows go too */
     /* Nothing can be queued now; free anything left (start failure paths). */
     if (w->ring != NULL) {
         for (size_t i = 0; i < w->count; i++)

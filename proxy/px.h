@@ -86,6 +86,7 @@ struct px_conf {
     char                   *policy_path, *secrets_path, *ca_dir, *upstream_ca;
     int                     upstream_verify_cache_s; /* 0 = verify every chain in full */
     char                   *audit_db;
+    char                   *audit_sink_postgres, *audit_sink_instance; /* fleet sink; NULL = none */
     int                     audit_strict, audit_flush_ms, audit_retention_days, audit_log_query;
     struct px_dns_override *overrides;
     int                     noverrides;

@@ -138,6 +138,20 @@ px_admin_respond(struct px_admin_conn *a, int status, const char *ctype, const s
         al_dbuf_add(&a->out, body->data, body->len);
 }
 
+/* /healthz stays 200 whatever the fleet sink does (rows wait in the local
+ * file); it says how the sink is doing. Never the connection string. */
+static void
+px_admin_sink_state(struct al_dbuf *body)
+{
+    struct aud_sink_stats ss;
+
+    aud_writer_sink_stats(px_audit, &ss);
+    if (ss.configured)
+        al_dbuf_addf(body, "audit_sink: %s instance=%s lag_rows=%llu shipped_id=%lld\n",
+                     ss.up ? "up" : "down", ss.instance, (unsigned long long)ss.lag,
+                     (long long)ss.shipped_id);
+}
+
 /* "Authorization: Bearer TOKEN" against admin.token_sha256, when configured. */
 static int
 px_admin_authorized(const struct px_admin_conn *a, const struct px_conf *c)
@@ -215,6 +229,7 @@ px_admin_route(struct px_admin_conn *a)
     al_dbuf_init(&body, 1 << 20);
     if (strcmp(u, "/healthz") == 0) {
         al_dbuf_adds(&body, "ok\n");
+        px_admin_sink_state(&body);
         px_admin_respond(a, a->method == HTTP_GET ? 200 : 405, "text/plain", &body);
     } else if (!px_admin_authorized(a, c)) {
         al_dbuf_adds(&body, "admin token required\n");

@@ -47,6 +47,10 @@ px_conf_unref(struct px_conf *c)
     al_free(c->ca_dir);
     al_free(c->upstream_ca);
     al_free(c->audit_db);
+    if (c->audit_sink_postgres != NULL)
+        explicit_bzero(c->audit_sink_postgres, strlen(c->audit_sink_postgres));
+    al_free(c->audit_sink_postgres);
+    al_free(c->audit_sink_instance);
     for (int i = 0; i < c->noverrides; i++) {
         al_free((char *)(uintptr_t)c->overrides[i].name);
         al_free((char *)(uintptr_t)c->overrides[i].addr);
@@ -399,8 +403,9 @@ static void
 px_cfg_audit(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj, const char *cfgpath)
 {
     static const char *const keys[] = {"db",        "durability", "flush_ms", "retention_days",
-                                       "log_query", NULL};
-    const cJSON             *dur;
+                                       "log_query", "sink",       NULL};
+    static const char *const sink_keys[] = {"postgres", "instance", NULL};
+    const cJSON             *dur, *sink;
 
     al_json_check_keys(x->errs, x->doc, obj, "audit", keys);
     if (cJSON_GetObjectItemCaseSensitive(obj, "db") != NULL) {
@@ -419,6 +424,18 @@ px_cfg_audit(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj, const cha
             c->audit_strict = 1;
         else
             al_json_err(x->errs, x->doc, "audit.durability", "expected \"batched\" or \"strict\"");
+    }
+    /* Fleet sink (docs/FLEET.md): checked and started with the audit writer. */
+    sink = px_cfg_get(x, obj, "audit", "sink", cJSON_Object, "an object");
+    if (sink != NULL) {
+        al_json_check_keys(x->errs, x->doc, sink, "audit.sink", sink_keys);
+        al_safefree(c->audit_sink_postgres);
+        al_safefree(c->audit_sink_instance);
+        c->audit_sink_postgres = px_cfg_string(x, sink, "audit.sink", "postgres");
+        c->audit_sink_instance = px_cfg_string(x, sink, "audit.sink", "instance");
+        if (c->audit_sink_postgres == NULL)
+            al_json_err(x->errs, x->doc, "audit.sink.postgres",
+                        "required (a libpq URI or key=value connection string)");
     }
 }
 
@@ -822,7 +839,9 @@ px_conf_restart_only(const struct px_conf *running, const struct px_conf *next, 
              running->audit_strict == next->audit_strict &&
              running->audit_flush_ms == next->audit_flush_ms &&
              running->audit_retention_days == next->audit_retention_days &&
-             running->audit_log_query == next->audit_log_query,
+             running->audit_log_query == next->audit_log_query &&
+             px_cfg_streq(running->audit_sink_postgres, next->audit_sink_postgres) &&
+             px_cfg_streq(running->audit_sink_instance, next->audit_sink_instance),
          "audit"},
         {px_cfg_dns_eq(running, next), "resolve/dns"},
     };

@@ -185,6 +185,8 @@ px_main_run(const char *config_path, int dry_run)
         ac.flush_ms = c->audit_flush_ms;
         ac.retention_days = c->audit_retention_days;
         ac.log_query = c->audit_log_query;
+        ac.sink_postgres = c->audit_sink_postgres;
+        ac.sink_instance = c->audit_sink_instance;
         al_errs_init(&errs);
         px_audit = aud_writer_start(&ac, &errs);
         if (px_audit == NULL) {

