@@ -59,7 +59,8 @@ struct aud_record {
     char     sni[256]; /* the client's TLS server name where there was one (v4) */
     char     addr[64]; /* "ip:port" the address guard checked: the one connected to, or
                           the first refused (address_not_allowed); "" when none (v4) */
-    char     instance[64]; /* read side on PostgreSQL only: the replica that wrote the row */
+    char    instance[64]; /* read side on PostgreSQL only: the replica that wrote the row */
+    int64_t seq;          /* read side on PostgreSQL only: arrival order in the shared store */
 };
 
 struct aud_conf {
@@ -98,7 +99,7 @@ struct aud_sink_stats {
     uint64_t lag;        /* local rows not shipped yet */
     int64_t  shipped_id; /* the high-water mark: the last local id shipped */
     char     instance[64];
-    char     target[256]; /* "user@host:port/dbname": never the password */
+    char     target[256];     /* "user@host:port/dbname": never the password */
     char     last_error[256]; /* scrubbed of the password; "" after a success */
 };
 struct aud_writer;
@@ -221,9 +222,9 @@ int aud_query_each(const char *db_path, const struct aud_filter           *f,
 struct aud_scan_row {
     int64_t     id, ts_us;
     const char *sandbox, *mode, *method, *scheme, *host, *path, *upstream;
-    const char *decision, *rule, *reason, *error, *sni, *addr;
+    const char *decision, *rule, *reason, *sni, *addr;
     size_t      path_len;
-    int         port, status;
+    int         port;
 };
 /* Rows per read transaction of aud_query_scan. */
 #define AUD_SCAN_BATCH 8192

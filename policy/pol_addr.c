@@ -97,11 +97,20 @@ pol_prefix_eq(const uint8_t *a, const uint8_t *b, int prefix)
     return ((a[full] ^ b[full]) & (uint8_t)(0xff << (8 - rem))) == 0;
 }
 
+/* Word compares, not pol_prefix_eq's memcmp: this runs for every address
+ * the guard checks (and for every row `policy replay` re-checks). */
 static enum pol_addr_class
 pol_addr_classify_v4(const uint8_t *a)
 {
+    uint32_t x = (uint32_t)a[0] << 24 | (uint32_t)a[1] << 16 | (uint32_t)a[2] << 8 | a[3];
+
     for (size_t i = 0; i < sizeof(pol_v4_ranges) / sizeof(pol_v4_ranges[0]); i++) {
-        if (pol_prefix_eq(a, pol_v4_ranges[i].a, pol_v4_ranges[i].prefix))
+        const uint8_t *r = pol_v4_ranges[i].a;
+        uint32_t       y = (uint32_t)r[0] << 24 | (uint32_t)r[1] << 16 | (uint32_t)r[2] << 8 | r[3];
+        int            p = pol_v4_ranges[i].prefix;
+        uint32_t       m = p == 0 ? 0 : 0xffffffffu << (32 - p);
+
+        if (((x ^ y) & m) == 0)
             return pol_v4_ranges[i].cls;
     }
     return POL_ADDR_PUBLIC;
@@ -405,7 +414,7 @@ pol_addr_is_self(const struct sockaddr *sa, const struct pol_self *self)
     if (self == NULL || !pol_sa_bytes(sa, a, &fa))
         return 0;
     pa = pol_sa_port(sa);
-    cls = pol_addr_classify(sa);
+    cls = POL_ADDR_INVALID; /* classified when a wildcard listener needs it */
     if (fa == AF_INET6)
         nemb = pol_v6_embedded_v4(a, emb);
     for (int i = 0; i < self->nlisten; i++) {
@@ -428,6 +437,8 @@ pol_addr_is_self(const struct sockaddr *sa, const struct pol_self *self)
          * public ones included. Either family: [::] is usually dual-stack. */
         if (ps == 0)
             continue;
+        if (cls == POL_ADDR_INVALID)
+            cls = pol_addr_classify(sa);
         if (cls != POL_ADDR_PUBLIC)
             return 1;
         for (int k = 0; k < self->nhost; k++) {

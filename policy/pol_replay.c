@@ -102,6 +102,21 @@ pol_replay_addr(const char *s, uint16_t port, struct sockaddr_storage *out)
     long        pt = port;
 
     memset(out, 0, sizeof(*out));
+    /* fast path: the canonical "a.b.c.d:port" the daemon writes */
+    colon = strchr(s, ':');
+    if (colon != NULL && s[0] != '[' && strchr(colon + 1, ':') == NULL &&
+        (size_t)(colon - s) < INET_ADDRSTRLEN) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)out;
+
+        n = (size_t)(colon - s);
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+        if (inet_pton(AF_INET, buf, &sin->sin_addr) == 1) {
+            sin->sin_family = AF_INET;
+            sin->sin_port = htons((uint16_t)strtol(colon + 1, NULL, 10));
+            return AL_OK;
+        }
+    }
     if (s[0] == '[') {
         const char *end = strchr(s, ']');
 
