@@ -313,6 +313,43 @@ test_req_pipelined(void **state)
     pxf_free(&f);
 }
 
+/* A reload between keep-alive requests: the request in progress keeps its
+ * snapshot, the next one is parsed and decided under the worker's new one. */
+static void
+test_req_reload_between_requests(void **state)
+{
+    static const char two[] =
+        "GET http://a.test/1 HTTP/1.1\r\n\r\nGET http://a.test/2 HTTP/1.1\r\n\r\n";
+    struct pxf      f;
+    struct px_conf *next = al_calloc(1, sizeof(*next));
+    const char     *rest;
+    size_t          rlen;
+
+    (void)state;
+    assert_non_null(next);
+    pxf_init(&f, NULL, NULL);
+    next->refs = 1;
+    next->limits = f.conf->limits;
+    next->limits.header_bytes = 1024;
+    t_head(&f, two, &rest, &rlen);
+    assert_int_equal(pxf_request_head(f.c), AL_OK);
+    al_free(pxf_take(&f.c->up.out));
+    f.w.conf = next; /* the reload lands mid-request */
+    assert_ptr_equal(f.c->conf, f.conf);
+    assert_int_equal(t_resume(&f, &rest, &rlen), HPE_PAUSED);
+    assert_int_equal(f.c->x->req_done, 1);
+    assert_ptr_equal(f.c->conf, f.conf);
+    f.c->nreqs++;
+    assert_int_equal(t_resume(&f, &rest, &rlen), HPE_PAUSED);
+    assert_ptr_equal(f.c->conf, next);
+    assert_int_equal(next->refs, 2);
+    assert_int_equal(f.conf->refs, 1); /* the connection let go of the old one */
+    assert_int_equal(f.c->x->req.buf.max, 1024);
+    assert_string_equal(px_msg_str(&f.c->x->req, f.c->x->req.url), "http://a.test/2");
+    pxf_free(&f); /* the worker's old reference and the connection's new one */
+    px_conf_unref(next);
+}
+
 /* A websocket upgrade keeps Upgrade and says "Connection: upgrade"; any
  * other upgrade is a plain request with the upgrade headers dropped. */
 static void
@@ -896,17 +933,29 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_req_content_length),  cmocka_unit_test(test_req_content_length_split),
-        cmocka_unit_test(test_req_chunked),         cmocka_unit_test(test_req_chunked_bytewise),
-        cmocka_unit_test(test_req_no_body),         cmocka_unit_test(test_req_pipelined),
-        cmocka_unit_test(test_req_upgrade),         cmocka_unit_test(test_req_errors),
-        cmocka_unit_test(test_req_raw_scan),        cmocka_unit_test(test_req_too_big),
-        cmocka_unit_test(test_resp_content_length), cmocka_unit_test(test_resp_head_pause),
-        cmocka_unit_test(test_resp_chunked),        cmocka_unit_test(test_resp_close_delimited),
-        cmocka_unit_test(test_resp_http10_client),  cmocka_unit_test(test_resp_connection_close),
-        cmocka_unit_test(test_resp_interim),        cmocka_unit_test(test_resp_no_body),
-        cmocka_unit_test(test_resp_refused),        cmocka_unit_test(test_resp_llhttp_errors),
-        cmocka_unit_test(test_resp_upgrade),        cmocka_unit_test(test_resp_two_messages),
+        cmocka_unit_test(test_req_content_length),
+        cmocka_unit_test(test_req_content_length_split),
+        cmocka_unit_test(test_req_chunked),
+        cmocka_unit_test(test_req_chunked_bytewise),
+        cmocka_unit_test(test_req_no_body),
+        cmocka_unit_test(test_req_pipelined),
+        cmocka_unit_test(test_req_reload_between_requests),
+        cmocka_unit_test(test_req_upgrade),
+        cmocka_unit_test(test_req_errors),
+        cmocka_unit_test(test_req_raw_scan),
+        cmocka_unit_test(test_req_too_big),
+        cmocka_unit_test(test_resp_content_length),
+        cmocka_unit_test(test_resp_head_pause),
+        cmocka_unit_test(test_resp_chunked),
+        cmocka_unit_test(test_resp_close_delimited),
+        cmocka_unit_test(test_resp_http10_client),
+        cmocka_unit_test(test_resp_connection_close),
+        cmocka_unit_test(test_resp_interim),
+        cmocka_unit_test(test_resp_no_body),
+        cmocka_unit_test(test_resp_refused),
+        cmocka_unit_test(test_resp_llhttp_errors),
+        cmocka_unit_test(test_resp_upgrade),
+        cmocka_unit_test(test_resp_two_messages),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -217,6 +217,39 @@ test_head_other_refusals(void **state)
     pxf_free(&f);
 }
 
+/* The allowing rule's "inject" list: only the secrets it names may go out
+ * on this request, in scope or not (decided by px_decide first). */
+static void
+test_head_rule_inject_list(void **state)
+{
+    static const char policy[] = "{\"default\": \"deny\", \"rules\": ["
+                                 "{\"name\": \"api\", \"hosts\": [\"api.test\"], "
+                                 "\"action\": \"allow\", \"inject\": [\"hdr\"]}]}";
+    struct pxf        f;
+    const char       *rest;
+    size_t            rlen;
+
+    (void)state;
+    pxf_init(&f, pxf_policy(policy), pxf_secrets(t_secrets));
+    t_head(&f, "GET http://api.test/ HTTP/1.1\r\nX-Api-Key: " TOK_PH "\r\n\r\n", &rest, &rlen);
+    assert_int_equal(px_decide(f.c), AL_OK);
+    assert_string_equal(f.c->x->decision.rule, "api");
+    assert_int_equal(pxf_request_head(f.c), AL_DECLINED);
+    assert_string_equal(f.c->refusal.reason, SEC_REFUSE_OUT_OF_SCOPE);
+    assert_string_equal(f.c->refusal.secret, "tok");
+    assert_int_equal(f.c->x->inject_only, 1ULL << sec_find(f.conf->secrets, "hdr"));
+    pxf_free(&f);
+
+    /* Without the placeholder: the named template goes out. */
+    pxf_init(&f, pxf_policy(policy), pxf_secrets(t_secrets));
+    t_head(&f, "GET http://api.test/ HTTP/1.1\r\n\r\n", &rest, &rlen);
+    assert_int_equal(px_decide(f.c), AL_OK);
+    assert_int_equal(pxf_request_head(f.c), AL_OK);
+    pxf_expect_q(&f.c->up.out, "GET / HTTP/1.1\r\nHost: api.test\r\nX-Key: K " HDR_VAL "\r\n"
+                               "Accept-Encoding: identity\r\n\r\n");
+    pxf_free(&f);
+}
+
 /* ---- request bodies ---------------------------------------------------------- */
 
 /* A placeholder split over two reads: substituted all the same; the body
@@ -336,6 +369,37 @@ test_body_refused(void **state)
         assert_int_equal(f.c->refusal.deny, 1);
         pxf_free(&f);
     }
+}
+
+/* A body longer than PX_HOLD_BODY_BYTES is not held (it streams with a
+ * placeholder's length held back); an empty one has no chain at all. */
+static void
+test_body_hold_cap(void **state)
+{
+    struct pxf  f;
+    const char *rest;
+    size_t      rlen;
+    char        req[256];
+
+    (void)state;
+    t_init(&f);
+    snprintf(req, sizeof(req), "POST http://api.test/ HTTP/1.1\r\nContent-Length: %d\r\n\r\n",
+             PX_HOLD_BODY_BYTES + 1);
+    t_head(&f, req, &rest, &rlen);
+    assert_int_equal(pxf_request_head(f.c), AL_OK);
+    assert_int_equal(f.c->x->req_chain.n, 1);
+    assert_int_equal(f.c->x->hold_up, 0);
+    assert_int_equal(f.c->up.out.max, PX_BUF_HIGH_BYTES);
+    pxf_free(&f);
+
+    t_init(&f);
+    t_head(&f, "POST http://api.test/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &rest, &rlen);
+    assert_int_equal(pxf_request_head(f.c), AL_OK);
+    assert_int_equal(f.c->x->req_chain.n, 0);
+    assert_int_equal(f.c->x->hold_up, 0);
+    pxf_expect_q(&f.c->up.out, "POST / HTTP/1.1\r\nHost: api.test\r\nX-Key: K " HDR_VAL
+                               "\r\nAccept-Encoding: identity\r\nContent-Length: 0\r\n\r\n");
+    pxf_free(&f);
 }
 
 /* A body toward a host where no secret opts into bodies is scanned but
@@ -586,8 +650,10 @@ main(void)
         cmocka_unit_test(test_head_no_secret_host),
         cmocka_unit_test(test_head_out_of_scope),
         cmocka_unit_test(test_head_other_refusals),
+        cmocka_unit_test(test_head_rule_inject_list),
         cmocka_unit_test(test_body_substituted),
         cmocka_unit_test(test_body_refused),
+        cmocka_unit_test(test_body_hold_cap),
         cmocka_unit_test(test_body_plain),
         cmocka_unit_test(test_resp_redacted),
         cmocka_unit_test(test_resp_clean_head),
