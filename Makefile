@@ -14,7 +14,7 @@ CONFIG     ?= etc/airlock.json
 DEB_PKGS = cmake make gcc pkg-config libssl-dev node-llhttp libev-dev libcjson-dev \
            libsqlite3-dev libc-ares-dev libcmocka-dev libidn2-dev zlib1g-dev \
            curl python3 openssl sqlite3 clang-format iproute2 nftables \
-           clang libclang-rt-14-dev libpq-dev postgresql
+           clang libclang-rt-14-dev prometheus libpq-dev postgresql
 
 .PHONY: all deps build run test fuzz check-format format bench clean
 

@@ -26,7 +26,30 @@ enum al_status {
 /* ---- logging: one line per event on stderr ---------------------------- */
 enum al_log_level { AL_LOG_DEBUG = 0, AL_LOG_INFO, AL_LOG_WARN, AL_LOG_ERROR, AL_LOG_OFF };
 
-void              al_log_set_level(enum al_log_level lvl);
+/* text: "ts level message [key=value ...]"; json: one object per line,
+ * {"time", "level", "message", "fields"}. Control characters are escaped
+ * in both (\n, \t, \xHH / \u00HH), never dropped or replaced. */
+enum al_log_format { AL_LOG_TEXT = 0, AL_LOG_JSON };
+void               al_log_set_format(enum al_log_format f);
+enum al_log_format al_log_get_format(void);
+/* Parses "text|json"; AL_ERROR for anything else. */
+int al_log_format_parse(const char *s, enum al_log_format *out);
+/* One structured event: `message` and n key/value fields. A field with
+ * str == NULL is the integer num. Values are escaped, never truncated
+ * mid-character; the line is capped at AL_LOG_LINE_MAX bytes. */
+#define AL_LOG_LINE_MAX 8192
+struct al_log_field {
+    const char *key;
+    const char *str;
+    long long   num;
+};
+void al_log_fields(enum al_log_level lvl, const char *message, const struct al_log_field *f, int n);
+/* Appends s (len bytes) to out[*pos..cap) escaped for the current format's
+ * string values (text: \n \t \r \\ \" \xHH; json: RFC 8259 escapes,
+ * invalid UTF-8 as \u00HH). Stops before overflowing. Exposed for tests. */
+void al_log_escape(enum al_log_format f, char *out, size_t cap, size_t *pos, const char *s,
+                   size_t len);
+void al_log_set_level(enum al_log_level lvl);
 enum al_log_level al_log_get_level(void);
 /* Parses "debug|info|warn|error|off"; returns AL_ERROR for anything else. */
 int  al_log_level_parse(const char *s, enum al_log_level *out);

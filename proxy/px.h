@@ -95,6 +95,8 @@ struct px_conf {
     int                     dns_timeout_ms;
     struct px_limits        limits;
     enum al_log_level       log_level;
+    enum al_log_format      log_format; /* "log_format": text | json */
+    int                     access_log; /* "access_log": a line per finished request */
     struct px_sandbox      *sandboxes;
     int                     nsandboxes;
     int                     any_token; /* some sandbox authenticates by token */
@@ -141,6 +143,14 @@ enum px_uerr {
 };
 /* Why accept(2) failed: EMFILE/ENFILE, ENOBUFS/ENOMEM, anything else. */
 enum px_aerr { PX_AERR_FD = 0, PX_AERR_MEM, PX_AERR_OTHER, PX_AERR_N };
+/* A latency histogram: fixed buckets (PX_HIST_BOUNDS_US in px_metrics.c),
+ * non-cumulative counts (the last one is +Inf), relaxed atomic adds only. */
+#define PX_HIST_NB 16
+struct px_hist {
+    _Atomic uint64_t b[PX_HIST_NB + 1];
+    _Atomic uint64_t sum_us;
+};
+void px_hist_observe(struct px_hist *h, int64_t us);
 struct px_metrics {
     _Atomic uint64_t conns_open, conns_total, conns_refused;
     _Atomic uint64_t requests[6]; /* index = status / 100 (0 = none) */
@@ -153,8 +163,12 @@ struct px_metrics {
     _Atomic uint64_t audit_refusals;
     _Atomic uint64_t tls_client_handshakes, tls_upstream_handshakes, tls_failures;
     _Atomic uint64_t secrets_injected, secrets_refused;
-    _Atomic uint64_t responses_decoded;        /* gzip/deflate answers decoded to be scanned */
-    _Atomic uint64_t accept_errors[PX_AERR_N]; /* failed accept(2) calls, by reason */
+    _Atomic uint64_t responses_decoded;           /* gzip/deflate answers decoded to be scanned */
+    _Atomic uint64_t accept_errors[PX_AERR_N];    /* failed accept(2) calls, by reason */
+    struct px_hist   h_request, h_connect, h_dns; /* request duration, upstream connect, DNS */
+    struct px_hist   h_tls[2];                    /* TLS handshake: [0] client, [1] upstream */
+    _Atomic int64_t  start_us, reload_ok_us;      /* process start, last successful (re)load */
+    _Atomic int      reload_last_ok;              /* the last reload attempt succeeded */
 };
 extern struct px_metrics px_metrics;
 #define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)
@@ -162,8 +176,26 @@ extern struct px_metrics px_metrics;
 #define PX_MDEC(f) atomic_fetch_sub_explicit(&px_metrics.f, 1, memory_order_relaxed)
 void        px_metrics_render(struct al_dbuf *out);
 const char *px_uerr_name(enum px_uerr k);
-/* Counts an answer under airlock_requests_total{class="Nxx"}. */
+/* Counts an answer under airlock_responses_total{class="Nxx"}. */
 void px_conn_count_status(int status);
+/* One finished request (an audit row): airlock_requests_total{decision,
+ * reason, class} and airlock_rule_requests_total{rule, decision}.
+ * decision: 0 allow, 1 deny, 2 would_deny, 3 error. reason is a code from
+ * a fixed list (anything else counts as "other"); rule a policy rule name
+ * (NULL or "" when none; at most PX_METRICS_MAX_RULES distinct names). */
+#define PX_METRICS_MAX_RULES 256
+void px_metrics_request(int decision, const char *reason, const char *rule, int status,
+                        int64_t duration_us);
+/* Hook in px_conn_set_state: a connection leaves state `from` (enum
+ * px_state) for `to`, having entered it at `since` (ev_now time). Leaving
+ * RESOLVE, CONNECT, TLS_CLIENT or TLS_UP other than for FLUSH_CLOSE observes
+ * the DNS, connect and handshake histograms. */
+void px_metrics_phase(int from, int to, double since);
+/* Build information for airlock_build_info. */
+#define PX_BUILD_VERSION "0.1.0"
+#ifndef AIRLOCK_COMMIT
+#define AIRLOCK_COMMIT "unknown"
+#endif
 
 /* ---- workers ------------------------------------------------------------ */
 struct px_pool_entry;
@@ -204,10 +236,10 @@ struct px_worker {
     struct px_conf       *conf;      /* snapshot for new connections */
     pthread_mutex_t       done_lock; /* strict audit commits, from the writer thread */
     struct px_aud_done   *done_head;
-    ev_prepare            aud_release;  /* lets this iteration's strict begins go together */
-    int                   aud_held;     /* begins queued since the last release */
-    ev_timer              accept_pause; /* listeners stopped after accept hit a resource limit */
-    int                   accept_paused;
+    ev_prepare            aud_release;   /* lets this iteration's strict begins go together */
+    int                   aud_held;      /* begins queued since the last release */
+    ev_timer              accept_pause;  /* listeners stopped after accept hit a resource limit */
+    _Atomic int           accept_paused; /* read by /readyz on the main thread */
     int                   spare_fd; /* /dev/null, given up to shed one client when out of fds */
 };
 
@@ -268,6 +300,13 @@ typedef int (*px_reload_fn)(void *arg, struct al_dbuf *msg);
 int  px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn reload,
                     void *arg);
 void px_admin_stop(struct ev_loop *loop);
+/* What GET /readyz looks at besides the audit writer: the workers (their
+ * listeners paused after accept(2) failures) and whether the process drains. */
+void px_admin_set_workers(struct px_worker *w, int n);
+void px_admin_set_draining(int on);
+/* Readiness: AL_OK, or AL_DECLINED with a static reason code and a detail
+ * line in detail[]; GET /readyz answers 503 with both as JSON. */
+int px_admin_ready(const char **reason, char *detail, size_t detailsz);
 
 /* Live per-sandbox tags and counters (px_tags.c); thread-safe. */
 int px_tags_set(const char *sandbox, const char *session, const char *tool_call);

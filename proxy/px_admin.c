@@ -1,9 +1,12 @@
 /*
  * px_admin.c - the admin listener on the main thread's loop:
- * GET /healthz, GET /metrics (Prometheus text), POST /reload, and the
+ * GET /healthz (liveness: the main loop answers), GET /readyz (readiness:
+ * 503 with a JSON reason while the audit writer cannot commit or is
+ * backlogged, while draining, or while a listener does not accept),
+ * GET /metrics (Prometheus text), POST /reload, and the
  * sandbox API: GET /v1/sandboxes, PUT|DELETE /v1/sandboxes/{name}/tool-call.
- * With admin.token_sha256 configured every route but /healthz needs
- * "Authorization: Bearer TOKEN". Requests are parsed with
+ * With admin.token_sha256 configured every route but /healthz and /readyz
+ * needs "Authorization: Bearer TOKEN". Requests are parsed with
  * llhttp; each connection has a small capped buffer and a 5 s deadline, and
  * is closed after one answer. Nothing here blocks the main loop.
  * px_admin_start also starts the host address watcher (px_ifaddrs.c) on
@@ -21,6 +24,9 @@
 
 #define PX_ADMIN_MAX_REQ 8192
 #define PX_ADMIN_TIMEOUT_S 5.0
+/* /readyz says audit_backlog from this queue depth on: three quarters of the
+ * admission bound, so a balancer moves traffic before requests are refused. */
+#define PX_READY_AUDIT_DEPTH (AUD_DEFAULT_QUEUE_MAX / 4 * 3)
 
 struct px_admin_conn {
     int            fd;
@@ -38,6 +44,75 @@ static px_reload_fn      px_admin_reload;
 static void             *px_admin_reload_arg;
 static ev_io             px_admin_accept_w;
 static llhttp_settings_t px_admin_settings;
+static struct px_worker *px_admin_workers; /* for /readyz; main thread only */
+static int               px_admin_nworkers;
+static int               px_admin_draining;
+
+void
+px_admin_set_workers(struct px_worker *w, int n)
+{
+    px_admin_workers = w;
+    px_admin_nworkers = n;
+}
+
+void
+px_admin_set_draining(int on)
+{
+    px_admin_draining = on;
+}
+
+int
+px_admin_ready(const char **reason, char *detail, size_t detailsz)
+{
+    struct px_conf *c;
+    uint64_t        open;
+    int             maxc;
+
+    if (px_admin_draining) {
+        *reason = "draining";
+        snprintf(detail, detailsz, "shutting down: finishing requests in progress");
+        return AL_DECLINED;
+    }
+    if (px_audit != NULL) {
+        struct aud_stats st;
+
+        if (!aud_writer_healthy(px_audit)) {
+            *reason = "audit_unavailable";
+            snprintf(detail, detailsz,
+                     "the audit writer cannot commit (disk full or database unwritable): "
+                     "requests are refused");
+            return AL_DECLINED;
+        }
+        aud_writer_stats(px_audit, &st);
+        if (st.depth >= PX_READY_AUDIT_DEPTH) {
+            *reason = "audit_backlog";
+            snprintf(detail, detailsz, "%llu audit rows wait for their commit (limit %d)",
+                     (unsigned long long)st.depth, AUD_DEFAULT_QUEUE_MAX);
+            return AL_DECLINED;
+        }
+    }
+    for (int i = 0; i < px_admin_nworkers; i++) {
+        if (atomic_load_explicit(&px_admin_workers[i].accept_paused, memory_order_relaxed)) {
+            *reason = "listener_paused";
+            snprintf(detail, detailsz,
+                     "worker %d stopped accepting after accept(2) failed (out of file "
+                     "descriptors or memory)",
+                     i);
+            return AL_DECLINED;
+        }
+    }
+    c = px_conf_current();
+    maxc = c != NULL ? c->limits.max_connections : 0;
+    px_conf_unref(c);
+    open = atomic_load_explicit(&px_metrics.conns_open, memory_order_relaxed);
+    if (maxc > 0 && open >= (uint64_t)maxc) {
+        *reason = "connection_limit";
+        snprintf(detail, detailsz, "%llu client connections open (limits.max_connections %d)",
+                 (unsigned long long)open, maxc);
+        return AL_DECLINED;
+    }
+    return AL_OK;
+}
 
 static void
 px_admin_conn_free(struct ev_loop *loop, struct px_admin_conn *a)
@@ -122,6 +197,8 @@ px_admin_status_text(int status)
         return "Unprocessable Content";
     case 401:
         return "Unauthorized";
+    case 503:
+        return "Service Unavailable";
     default:
         return "Bad Request";
     }
@@ -217,6 +294,42 @@ px_admin_tool_call(struct px_admin_conn *a, const struct px_conf *c, const char 
     cJSON_Delete(j);
 }
 
+/* A JSON string's contents: " \ and control characters escaped. */
+static void
+px_admin_json_str(struct al_dbuf *b, const char *s)
+{
+    for (; *s != '\0'; s++) {
+        if (*s == '"' || *s == '\\')
+            al_dbuf_addf(b, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            al_dbuf_addf(b, "\\u%04x", (unsigned char)*s);
+        else
+            al_dbuf_add(b, s, 1);
+    }
+}
+
+static void
+px_admin_readyz(struct px_admin_conn *a, struct al_dbuf *body)
+{
+    const char *reason = NULL;
+    char        detail[256];
+
+    if (a->method != HTTP_GET) {
+        al_dbuf_adds(body, "{\"error\":\"use GET\"}\n");
+        px_admin_respond(a, 405, "application/json", body);
+        return;
+    }
+    if (px_admin_ready(&reason, detail, sizeof(detail)) == AL_OK) {
+        al_dbuf_adds(body, "{\"ready\":true}\n");
+        px_admin_respond(a, 200, "application/json", body);
+        return;
+    }
+    al_dbuf_addf(body, "{\"ready\":false,\"reason\":\"%s\",\"detail\":\"", reason);
+    px_admin_json_str(body, detail);
+    al_dbuf_adds(body, "\"}\n");
+    px_admin_respond(a, 503, "application/json", body);
+}
+
 static void
 px_admin_route(struct px_admin_conn *a)
 {
@@ -231,6 +344,8 @@ px_admin_route(struct px_admin_conn *a)
         al_dbuf_adds(&body, "ok\n");
         px_admin_sink_state(&body);
         px_admin_respond(a, a->method == HTTP_GET ? 200 : 405, "text/plain", &body);
+    } else if (strcmp(u, "/readyz") == 0) {
+        px_admin_readyz(a, &body);
     } else if (!px_admin_authorized(a, c)) {
         al_dbuf_adds(&body, "admin token required\n");
         px_admin_respond(a, 401, "text/plain", &body);
@@ -413,6 +528,9 @@ px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn re
     }
     ev_io_init(&px_admin_accept_w, px_admin_accept_cb, px_admin_fd, EV_READ);
     ev_io_start(loop, &px_admin_accept_w);
+    al_log_info("admin listener on %s (/healthz, /readyz, /metrics%s)",
+                px_admin_addr_text(conf, text, sizeof(text)),
+                conf->admin_token_sha256[0] != '\0' ? "; bearer token required" : "");
     return AL_OK;
 }
 

@@ -615,7 +615,8 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
         "listen",  "admin",     "workers",     "policy",
         "secrets", "ca",        "upstream_ca", "upstream_verify_cache_s",
         "audit",   "resolve",   "dns",         "sandboxes",
-        "limits",  "log_level", NULL};
+        "limits",  "log_level", "log_format",  "access_log",
+        NULL};
     struct px_cfgctx x = {errs, doc};
     const cJSON     *root = doc->root, *v;
     struct px_conf  *c;
@@ -701,6 +702,10 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
     v = px_cfg_get(&x, root, "", "log_level", cJSON_String, "a string");
     if (v != NULL && al_log_level_parse(v->valuestring, &c->log_level) != AL_OK)
         al_json_err(errs, doc, "log_level", "expected debug, info, warn, error or off");
+    v = px_cfg_get(&x, root, "", "log_format", cJSON_String, "\"text\" or \"json\"");
+    if (v != NULL && al_log_format_parse(v->valuestring, &c->log_format) != AL_OK)
+        al_json_err(errs, doc, "log_format", "expected \"text\" or \"json\"");
+    px_cfg_bool(&x, root, "", "access_log", &c->access_log);
 
     for (int i = 0; i < c->nlisten && c->nself < PX_MAX_LISTENERS; i++)
         c->self[c->nself++] = c->listen[i].addr;

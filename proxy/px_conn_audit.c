@@ -5,6 +5,8 @@
  * and, in strict mode, begun and committed before anything goes upstream:
  * the writer thread's commit notice comes back to the worker through a
  * locked list and the worker's ev_async (px_conns_audit_committed).
+ * With "access_log": true the finished row is also logged as one line
+ * (px_conn_access_log); off, that costs one test per request.
  */
 #include "px_phase.h"
 #include "px_ca.h"
@@ -97,6 +99,59 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
     r->bytes_down = (int64_t)x->bytes_down;
 }
 
+/* Metrics of one finished request: decision, reason and rule as its row
+ * has them (px_conn_audit_fill), its status class and duration. */
+static void
+px_conn_metrics(const struct px_exch *x, int64_t duration_us)
+{
+    const struct pol_decision *d = &x->decision;
+
+    if (x->decided)
+        px_metrics_request((int)d->verdict, d->reason,
+                           d->verdict == POL_WOULD_DENY && d->staged_rule ? d->staged_rule
+                                                                          : d->rule,
+                           x->status, duration_us);
+    else
+        px_metrics_request(x->deny ? 1 : 3, x->err_reason ? x->err_reason : "", NULL, x->status,
+                           duration_us);
+}
+
+/*
+ * access_log: one line per finished request, from its audit row, so it
+ * carries exactly what the row does (names of secrets, never a value; no
+ * header value) and the path without its query.
+ */
+static void
+px_conn_access_log(const struct aud_record *r)
+{
+    char                path[sizeof(r->path)];
+    size_t              n = strcspn(r->path, "?#");
+    struct al_log_field f[] = {
+        {"sandbox", r->sandbox, 0},
+        {"session", r->session, 0},
+        {"tool_call", r->tool_call, 0},
+        {"client", r->client, 0},
+        {"mode", r->mode, 0},
+        {"method", r->method, 0},
+        {"host", r->host, 0},
+        {"port", NULL, r->port},
+        {"path", path, 0},
+        {"decision", r->decision, 0},
+        {"rule", r->rule, 0},
+        {"reason", r->reason, 0},
+        {"status", NULL, r->status},
+        {"bytes_up", NULL, (long long)r->bytes_up},
+        {"bytes_down", NULL, (long long)r->bytes_down},
+        {"duration_us", NULL, (long long)r->duration_us},
+        {"secrets", r->secrets, 0},
+        {"error", r->error, 0},
+    };
+
+    memcpy(path, r->path, n);
+    path[n] = '\0';
+    al_log_fields(AL_LOG_INFO, "access", f, (int)(sizeof(f) / sizeof(f[0])));
+}
+
 static void
 px_audit_hand_over(struct aud_writer *a, struct aud_record *r)
 {
@@ -124,7 +179,8 @@ px_conn_audit(struct px_conn *c, const char *error)
                                   memory_order_relaxed);
     px_tags_count(x->sandbox, x->deny || (x->decided && x->decision.verdict == POL_DENY),
                   x->bytes_up, x->bytes_down);
-    if (c->worker->rt.audit == NULL)
+    px_conn_metrics(x, al_now_us() - x->start_us);
+    if (c->worker->rt.audit == NULL && !c->conf->access_log)
         return;
     r = x->rec != NULL ? x->rec : aud_record_new();
     x->rec = NULL;
@@ -135,7 +191,12 @@ px_conn_audit(struct px_conn *c, const char *error)
     px_conn_audit_fill(c, r);
     if (error != NULL && r->error[0] == '\0')
         snprintf(r->error, sizeof(r->error), "%s", error);
-    px_audit_hand_over(c->worker->rt.audit, r);
+    if (c->conf->access_log)
+        px_conn_access_log(r);
+    if (c->worker->rt.audit != NULL)
+        px_audit_hand_over(c->worker->rt.audit, r);
+    else
+        aud_record_free(r);
 }
 
 /* A tunnel's row is written when it closes, with its bytes and duration. */
@@ -148,7 +209,8 @@ px_conn_tunnel_audit_open(struct px_conn *c)
     if (x->decided)
         atomic_fetch_add_explicit(&px_metrics.decisions[x->decision.verdict], 1,
                                   memory_order_relaxed);
-    if (c->worker->rt.audit == NULL)
+    px_conn_metrics(x, al_now_us() - x->start_us);
+    if (c->worker->rt.audit == NULL && !c->conf->access_log)
         return;
     c->trec = x->rec != NULL ? x->rec : aud_record_new();
     x->rec = NULL;
@@ -176,7 +238,12 @@ px_conn_tunnel_audit_close(struct px_conn *c, const char *why)
     if (why != NULL && strcmp(why, "tunnel done") != 0)
         snprintf(r->error, sizeof(r->error), "%s", why);
     px_tags_count(r->sandbox, 0, c->tun_up, c->tun_down);
-    px_audit_hand_over(c->worker->rt.audit, r);
+    if (c->conf->access_log)
+        px_conn_access_log(r);
+    if (c->worker->rt.audit != NULL)
+        px_audit_hand_over(c->worker->rt.audit, r);
+    else
+        aud_record_free(r);
 }
 
 /* Writer thread: a strict row committed (or failed); bounce to the worker.

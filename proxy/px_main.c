@@ -9,12 +9,25 @@
  * listening sockets are bound once, at start, and a reload never re-binds
  * (nor re-checks) them. A start whose addresses another process listens on
  * fails with exit 1 (px_listen_probe, px_listen_verify in px_worker.c).
+ *
+ * systemd (Type=notify): READY=1 once every worker listens, RELOADING=1 /
+ * READY=1 around a reload, STOPPING=1 when the drain starts, and WATCHDOG=1
+ * every WATCHDOG_USEC/2 from the main loop, sent as datagrams to
+ * $NOTIFY_SOCKET (the sd_notify protocol, without libsystemd). While the
+ * workers drain the main loop keeps running: the admin listener answers
+ * /readyz 503 draining until the last worker has finished.
  */
 #include "px_ca.h"
 #include "px_worker.h"
 
+#include <errno.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -27,7 +40,107 @@ struct px_main {
     int               dry_run;
     ev_signal         sigterm, sigint, sighup;
     int               stopping;
+    int              *joined;   /* workers whose thread has been joined */
+    ev_timer          drain_w;  /* polls the draining workers */
+    ev_timer          watchdog; /* WATCHDOG=1 to systemd */
 };
+
+/* ---- sd_notify: one datagram to $NOTIFY_SOCKET ------------------------------ */
+
+static char   px_notify_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static size_t px_notify_len; /* 0: not under a service manager */
+
+/* Reads NOTIFY_SOCKET once ("/path" or "@abstract"); others are ignored. */
+static void
+px_notify_init(void)
+{
+    const char *e = getenv("NOTIFY_SOCKET");
+    size_t      n = e != NULL ? strlen(e) : 0;
+
+    px_notify_len = 0;
+    if (n == 0)
+        return;
+    if ((e[0] != '/' && e[0] != '@') || n >= sizeof(px_notify_path)) {
+        al_log_warnx("NOTIFY_SOCKET=%s: not a unix socket path; systemd is not notified", e);
+        return;
+    }
+    memcpy(px_notify_path, e, n);
+    if (e[0] == '@')
+        px_notify_path[0] = '\0'; /* abstract namespace */
+    px_notify_len = n;
+}
+
+static int
+px_sd_notify(const char *state)
+{
+    struct sockaddr_un sa;
+    int                fd;
+    ssize_t            rc;
+    size_t             len = strlen(state);
+
+    if (px_notify_len == 0)
+        return AL_DECLINED;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, px_notify_path, px_notify_len);
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return AL_ERROR;
+    rc = sendto(fd, state, len, MSG_NOSIGNAL, (const struct sockaddr *)&sa,
+                (socklen_t)(offsetof(struct sockaddr_un, sun_path) + px_notify_len));
+    if (rc != (ssize_t)len)
+        al_log_warn("sd_notify %.*s", (int)strcspn(state, "\n"), state);
+    close(fd);
+    return rc == (ssize_t)len ? AL_OK : AL_ERROR;
+}
+
+static void
+px_main_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)t;
+    (void)revents;
+    (void)px_sd_notify("WATCHDOG=1");
+}
+
+/* WATCHDOG_USEC (and WATCHDOG_PID, when set, naming this process): ping at
+ * half the interval. */
+static void
+px_main_watchdog_start(struct ev_loop *loop, struct px_main *m)
+{
+    const char *us = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+    long        v = 0, p = 0;
+
+    if (px_notify_len == 0 || us == NULL || al_parse_long(us, 1, 86400L * 1000000, &v) != AL_OK)
+        return;
+    if (pid != NULL && (al_parse_long(pid, 1, 1L << 30, &p) != AL_OK || p != (long)getpid()))
+        return;
+    ev_timer_init(&m->watchdog, px_main_watchdog_cb, 0., (double)v / 2e6);
+    ev_timer_again(loop, &m->watchdog);
+    (void)px_sd_notify("WATCHDOG=1");
+}
+
+/* While draining: every worker thread that has finished is joined; after
+ * the last one the admin listener closes and the main loop ends. */
+static void
+px_main_drain_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct px_main *m = t->data;
+    int             left = 0;
+
+    (void)revents;
+    for (int i = 0; i < m->nworkers; i++) {
+        if (!m->joined[i] && pthread_tryjoin_np(m->workers[i].thread, NULL) == 0)
+            m->joined[i] = 1;
+        left += !m->joined[i];
+    }
+    if (left > 0)
+        return;
+    ev_timer_stop(loop, t);
+    ev_timer_stop(loop, &m->watchdog);
+    px_admin_stop(loop);
+    ev_break(loop, EVBREAK_ALL);
+}
 
 static void
 px_main_stop_cb(struct ev_loop *loop, ev_signal *s, int revents)
@@ -39,10 +152,13 @@ px_main_stop_cb(struct ev_loop *loop, ev_signal *s, int revents)
         return;
     m->stopping = 1;
     al_log_info("signal %d: draining", s->signum);
-    px_admin_stop(loop);
+    (void)px_sd_notify("STOPPING=1");
+    px_admin_set_draining(1); /* /readyz: 503 draining from now on */
     for (int i = 0; i < m->nworkers; i++)
         px_worker_signal(&m->workers[i], 1, 0);
-    ev_break(loop, EVBREAK_ALL);
+    ev_timer_init(&m->drain_w, px_main_drain_poll_cb, 0., 0.02);
+    m->drain_w.data = m;
+    ev_timer_again(loop, &m->drain_w);
 }
 
 /* Builds a new snapshot (config + policy); on any error nothing changes. */
@@ -55,9 +171,11 @@ px_main_reload(void *arg, struct al_dbuf *msg)
     int             rc = AL_OK;
 
     al_errs_init(&errs);
+    (void)px_sd_notify("RELOADING=1");
     nc = px_conf_load_all(m->config_path, m->dry_run, &errs);
     if (nc == NULL) {
         PX_MINC(reloads_failed);
+        atomic_store(&px_metrics.reload_last_ok, 0);
         al_log_err("reload failed; keeping the running configuration:\n%s",
                    errs.text.data ? errs.text.data : "");
         if (msg != NULL) {
@@ -72,9 +190,12 @@ px_main_reload(void *arg, struct al_dbuf *msg)
 
         px_conf_unref(running);
         PX_MINC(reloads_ok);
+        atomic_store(&px_metrics.reload_last_ok, 1);
+        atomic_store(&px_metrics.reload_ok_us, al_now_us());
         if (nfixed > 0)
             al_log_warnx("reload: %s changed; that takes effect at the next start", fixed);
         al_log_set_level(nc->log_level);
+        al_log_set_format(nc->log_format);
         px_conf_set_current(nc);
         for (int i = 0; i < m->nworkers; i++)
             px_worker_signal(&m->workers[i], 0, 1);
@@ -91,6 +212,7 @@ px_main_reload(void *arg, struct al_dbuf *msg)
         }
     }
     al_errs_free(&errs);
+    (void)px_sd_notify("READY=1");
     return rc;
 }
 
@@ -107,6 +229,22 @@ px_print_errs(const struct al_errs *errs)
 {
     if (errs->text.data != NULL)
         fputs(errs->text.data, stderr);
+}
+
+/* Warnings of a configuration that loaded: one log line each (in the
+ * configured log format), not raw text on stderr. */
+static void
+px_log_warnings(const struct al_errs *errs)
+{
+    const char *p = errs->text.data;
+
+    while (p != NULL && *p != '\0') {
+        size_t n = strcspn(p, "\n");
+
+        if (n > 0)
+            al_log_warnx("%.*s", (int)n, p);
+        p += n + (p[n] == '\n');
+    }
 }
 
 int
@@ -139,18 +277,24 @@ px_main_run(const char *config_path, int dry_run)
 
     memset(&m, 0, sizeof(m));
     m.config_path = config_path;
+    atomic_store(&px_metrics.start_us, al_now_us());
+    px_notify_init();
     al_errs_init(&errs);
     c = px_conf_load_all(config_path, dry_run, &errs);
-    px_print_errs(&errs); /* errors, or the policy's warnings */
     if (c == NULL) {
+        px_print_errs(&errs);
         al_errs_free(&errs);
         return 2;
     }
+    al_log_set_level(c->log_level);
+    al_log_set_format(c->log_format);
+    px_log_warnings(&errs); /* the policy's warnings, a log line each */
     al_errs_free(&errs);
     m.dry_run = dry_run;
     if (pol_policy_dry_run(c->policy))
         al_log_info("policy in dry-run: denies are recorded as would_deny and let through");
-    al_log_set_level(c->log_level);
+    atomic_store(&px_metrics.reload_ok_us, al_now_us());
+    atomic_store(&px_metrics.reload_last_ok, 1);
     signal(SIGPIPE, SIG_IGN);
     /* TLS record buffers (released between records, SSL_MODE_RELEASE_BUFFERS)
      * and queue chunks come and go at the top of the worker arenas; with the
@@ -218,7 +362,8 @@ px_main_run(const char *config_path, int dry_run)
     }
     m.nworkers = c->workers;
     m.workers = al_calloc((size_t)m.nworkers, sizeof(*m.workers));
-    if (m.workers == NULL)
+    m.joined = al_calloc((size_t)m.nworkers, sizeof(*m.joined));
+    if (m.workers == NULL || m.joined == NULL)
         goto out;
     for (int i = 0; i < m.nworkers; i++) {
         if (px_worker_init(&m.workers[i], i, c, err, sizeof(err)) != AL_OK) {
@@ -255,11 +400,17 @@ px_main_run(const char *config_path, int dry_run)
     ev_signal_start(loop, &m.sigterm);
     ev_signal_start(loop, &m.sigint);
     ev_signal_start(loop, &m.sighup);
+    px_admin_set_workers(m.workers, m.nworkers);
+    px_main_watchdog_start(loop, &m);
+    (void)px_sd_notify("READY=1\nSTATUS=accepting connections");
     ev_run(loop, 0);
-    for (int i = 0; i < m.nworkers; i++)
-        pthread_join(m.workers[i].thread, NULL);
+    for (int i = 0; i < m.nworkers; i++) {
+        if (!m.joined[i])
+            pthread_join(m.workers[i].thread, NULL);
+    }
     rc = 0;
 out:
+    px_admin_set_workers(NULL, 0);
     /* Every row handed over is committed before exit (SIGTERM loses nothing). */
     aud_writer_stop(px_audit);
     px_audit = NULL;
@@ -275,6 +426,7 @@ out:
             px_worker_destroy(&m.workers[i]);
         al_free(m.workers);
     }
+    al_free(m.joined);
     px_conf_set_current(NULL);
     px_conf_unref(c);
     px_tags_free_all();
