@@ -58,6 +58,7 @@ struct px_limits {
     size_t header_bytes;
     int    header_timeout_s, idle_timeout_s, connect_timeout_s, tls_handshake_timeout_s;
     int    drain_timeout_s;
+    size_t ws_message_bytes; /* largest websocket frame or message (close 1009 beyond) */
 };
 
 /* A sandbox identity from the config: by source CIDR and/or by token. */

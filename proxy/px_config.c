@@ -442,11 +442,12 @@ px_cfg_audit(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj, const cha
 static void
 px_cfg_limits(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj)
 {
-    static const char *const keys[] = {"max_connections",   "header_bytes",
-                                       "header_timeout_s",  "idle_timeout_s",
-                                       "connect_timeout_s", "tls_handshake_timeout_s",
-                                       "drain_timeout_s",   NULL};
-    int                      hb = (int)c->limits.header_bytes;
+    static const char *const keys[] = {
+        "max_connections", "header_bytes",      "header_timeout_s",
+        "idle_timeout_s",  "connect_timeout_s", "tls_handshake_timeout_s",
+        "drain_timeout_s", "ws_message_bytes",  NULL};
+    int hb = (int)c->limits.header_bytes;
+    int wsb = (int)c->limits.ws_message_bytes;
 
     al_json_check_keys(x->errs, x->doc, obj, "limits", keys);
     px_cfg_int(x, obj, "limits", "max_connections", 1, 1000000, &c->limits.max_connections);
@@ -458,6 +459,8 @@ px_cfg_limits(struct px_cfgctx *x, struct px_conf *c, const cJSON *obj)
     px_cfg_int(x, obj, "limits", "tls_handshake_timeout_s", 1, 600,
                &c->limits.tls_handshake_timeout_s);
     px_cfg_int(x, obj, "limits", "drain_timeout_s", 0, 3600, &c->limits.drain_timeout_s);
+    px_cfg_int(x, obj, "limits", "ws_message_bytes", 1024, 1 << 30, &wsb);
+    c->limits.ws_message_bytes = (size_t)wsb;
 }
 
 /* A token digest: 64 hex digits (`sha256sum` output), stored lowercase in out[65]. */
@@ -635,6 +638,7 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
     c->path = al_strdup(cfgpath);
     c->limits.max_connections = PX_DEFAULT_MAX_CONNECTIONS;
     c->limits.header_bytes = PX_DEFAULT_HEADER_BYTES;
+    c->limits.ws_message_bytes = 16u << 20;
     c->limits.header_timeout_s = PX_DEFAULT_HEADER_TIMEOUT_S;
     c->limits.idle_timeout_s = PX_DEFAULT_IDLE_TIMEOUT_S;
     c->limits.connect_timeout_s = PX_DEFAULT_CONNECT_TIMEOUT_S;

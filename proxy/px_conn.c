@@ -70,15 +70,16 @@ static void px_conn_mitm_start(struct px_conn *c);
 static void px_conn_tls_client_step(struct px_conn *c);
 static void px_conn_tls_up_step(struct px_conn *c);
 static void px_conn_enter_tunnel(struct px_conn *c);
+static void px_conn_enter_ws(struct px_conn *c);
 static void px_conn_sni_peek(struct px_conn *c, int eof);
 
 /* ---- small pieces ------------------------------------------------------- */
 
 /* Indexed by enum px_state; the static assert keeps the two in step. */
-static const char *const px_state_names[] = {"read_head",  "resolve",     "connect", "exchange",
-                                             "tunnel",     "flush_close", "audit",   "peek",
-                                             "tls_client", "tls_up",      "sni_peek"};
-_Static_assert(sizeof(px_state_names) / sizeof(px_state_names[0]) == PX_ST_SNI_PEEK + 1,
+static const char *const px_state_names[] = {"read_head",  "resolve",     "connect",  "exchange",
+                                             "tunnel",     "flush_close", "audit",    "peek",
+                                             "tls_client", "tls_up",      "sni_peek", "ws"};
+_Static_assert(sizeof(px_state_names) / sizeof(px_state_names[0]) == PX_ST_WS + 1,
                "px_state_names must name every px_state");
 
 static void
@@ -127,6 +128,7 @@ px_conn_deadline(const struct px_conn *c)
         return c->phase_start + l->connect_timeout_s;
     case PX_ST_EXCHANGE:
     case PX_ST_TUNNEL:
+    case PX_ST_WS:
         return c->last_activity + l->idle_timeout_s;
     case PX_ST_PEEK:
     case PX_ST_SNI_PEEK:
@@ -383,6 +385,13 @@ px_conn_update_io(struct px_conn *c)
         cr = !c->cl.eof && c->cin_len < PX_CIN_BYTES;
         ur = c->cin_len == 0; /* an upstream that speaks first: no ClientHello to check */
         break;
+    case PX_ST_WS:
+        /* Each side is read while the other's queue has room; once close
+         * frames are queued only the queues drain. */
+        cr = !c->ws_closing && !c->cl.eof && !al_bufq_full(&c->up.out);
+        ur = !c->ws_closing && !c->up.eof && !al_bufq_full(&c->cl.out);
+        uw = al_bufq_len(&c->up.out) > 0;
+        break;
     }
     /* An SSL call that needs the other direction (rare: key updates). */
     if (c->cl.ssl != NULL && c->cl.tls_want == EV_WRITE)
@@ -417,7 +426,7 @@ px_conn_close(struct px_conn *c, const char *why)
         px_conn_audit(c, why); /* a request cut short still gets its row */
     }
     px_conn_tunnel_audit_close(c, why);
-    if (c->state == PX_ST_TUNNEL)
+    if (c->state == PX_ST_TUNNEL || c->state == PX_ST_WS)
         PX_MDEC(tunnels_open);
     if (c->up_kept)
         px_upstream_park(c); /* the next connection to this host may use it */
@@ -1029,6 +1038,178 @@ px_conn_peek(struct px_conn *c, int eof)
         px_conn_transparent_route(c, kind == PX_PEEK_TLS);
 }
 
+/* ---- websockets -------------------------------------------------------------- */
+
+/* The socket is over: its row (error: why, NULL after a clean close
+ * handshake), then the connection closes. */
+static void
+px_conn_ws_end(struct px_conn *c, const char *why)
+{
+    struct px_ws *ws = c->x->ws;
+
+    al_log_info("conn %llu: websocket %s:%u closed: %llu/%llu messages up/down, close %d/%d%s%s",
+                (unsigned long long)c->id, c->x->target.host, c->x->target.port,
+                (unsigned long long)ws->up.msgs, (unsigned long long)ws->down.msgs,
+                ws->up.close_code, ws->down.close_code, why != NULL ? ": " : "",
+                why != NULL ? why : "");
+    px_conn_audit(c, why);
+    px_conn_close(c, why != NULL ? why : "websocket closed");
+}
+
+/* The socket ends: close frames queued toward the sides that have none yet
+ * (code: airlock's own, 1001 going away, 1002/1008/1009 a violation), the
+ * queues drain, then the connection closes with its row. */
+static void
+px_conn_ws_close(struct px_conn *c, int code, const char *why)
+{
+    struct px_exch *x = c->x;
+
+    if (x->ws->error == NULL && code != 1000)
+        x->ws->error = why;
+    if (px_ws_close_frame(c, 1, code, why) != AL_OK ||
+        px_ws_close_frame(c, 0, code, why) != AL_OK) {
+        px_conn_close(c, "no memory");
+        return;
+    }
+    c->ws_closing = 1;
+    if (px_half_flush(c, &c->cl) != AL_AGAIN && px_half_flush(c, &c->up) != AL_AGAIN)
+        px_conn_ws_end(c, why);
+}
+
+/* A violation (or refusal) by one side: both sides get its close code. */
+static void
+px_conn_ws_fail(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    struct px_ws   *ws = x->ws;
+
+    if (ws->fail_code == 1008) { /* a placeholder that may not go there */
+        PX_MINC(secrets_refused);
+        x->decision.verdict = POL_DENY;
+        x->decision.reason = x->body_refusal != NULL ? x->body_refusal : SEC_REFUSE_OUT_OF_SCOPE;
+        x->err_reason = x->decision.reason;
+    } else {
+        x->err_reason = ws->error;
+    }
+    px_conn_ws_close(c, ws->fail_code, ws->error);
+}
+
+/* Bytes from one side through the codec. AL_OK or the socket is ending. */
+static int
+px_conn_ws_feed(struct px_conn *c, int from_client, const char *p, size_t n)
+{
+    int rc = px_ws_feed(c, from_client, p, n);
+
+    if (rc == AL_DECLINED) {
+        px_conn_ws_fail(c);
+        return AL_ERROR;
+    }
+    if (rc != AL_OK) {
+        px_conn_close(c, "no memory");
+        return AL_ERROR;
+    }
+    if (px_ws_done(c->x->ws)) { /* the close handshake went both ways */
+        c->ws_closing = 1;
+        if (px_half_flush(c, &c->cl) != AL_AGAIN && px_half_flush(c, &c->up) != AL_AGAIN)
+            px_conn_ws_end(c, NULL);
+    }
+    return AL_OK;
+}
+
+/*
+ * After a 101: the socket is relayed frame by frame both ways (px_ws.c),
+ * scanned where secrets apply; the exchange stays for the one row written
+ * when the socket closes (duration, messages and bytes each way, close
+ * codes).
+ */
+static void
+px_conn_enter_ws(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    x->ws = px_ws_new(c, x->ws_scan, !x->ws_scan);
+    if (x->ws == NULL || px_ws_chains(c) != AL_OK) {
+        px_conn_close(c, "no memory");
+        return;
+    }
+    x->bytes_up = x->bytes_down = 0; /* from here on: the frames' payload bytes */
+    PX_MINC(tunnels_open);
+    PX_MINC(tunnels_total);
+    px_conn_set_state(c, PX_ST_WS);
+    if (c->cin_len > 0) { /* frames the client sent right after the upgrade */
+        size_t n = c->cin_len;
+
+        c->cin_len = 0;
+        if (px_conn_ws_feed(c, 1, c->cin, n) != AL_OK)
+            return;
+    }
+    if (x->ws_early.len > 0 && px_conn_ws_feed(c, 0, x->ws_early.data, x->ws_early.len) != AL_OK)
+        return;
+    al_dbuf_free(&x->ws_early);
+    if (!c->closing &&
+        (px_half_flush(c, &c->cl) == AL_ERROR || px_half_flush(c, &c->up) == AL_ERROR))
+        px_conn_close(c, "write error");
+}
+
+/* One side of a websocket became readable (TLS: drained of what it holds,
+ * as long as the other side's queue has room). */
+static void
+px_conn_ws_read(struct px_conn *c, int from_client)
+{
+    struct px_half *h = from_client ? &c->cl : &c->up;
+    struct al_bufq *q = from_client ? &c->up.out : &c->cl.out;
+    char            buf[PX_READ_BYTES];
+
+    if (from_client)
+        c->cl.tls_more = 0; /* owed nothing once the read runs (see client_readable) */
+    do {
+        ssize_t n = px_half_recv(c, h, buf, sizeof(buf));
+
+        if (n == -1)
+            return;
+        if (n < 0 || n == 0) {
+            int done = c->x->ws->up.close_seen && c->x->ws->down.close_seen;
+
+            /* A side that goes away without its close frame: the other
+             * side gets 1001 (or 1006 is what it will see), the row says so. */
+            if (done)
+                px_conn_ws_end(c, NULL);
+            else
+                px_conn_ws_close(
+                    c, 1001, from_client ? "client closed websocket" : "upstream closed websocket");
+            return;
+        }
+        c->last_activity = ev_now(c->worker->loop);
+        if (px_conn_ws_feed(c, from_client, buf, (size_t)n) != AL_OK)
+            return;
+    } while (!c->closing && !c->ws_closing && px_half_tls_buffered(h) && !al_bufq_full(q));
+    /* Decrypted bytes held back by a full queue announce themselves to
+     * nobody: px_conn_update_io resumes the read when there is room. */
+    if (from_client && !c->closing && px_half_tls_buffered(h) && al_bufq_full(q))
+        c->cl.tls_more = 1;
+}
+
+static void
+px_conn_ws_io(struct px_conn *c, int is_cl, int revents)
+{
+    if (revents & EV_WRITE) {
+        if (px_half_flush(c, is_cl ? &c->cl : &c->up) == AL_ERROR) {
+            px_conn_close(c, "websocket write error");
+            return;
+        }
+    }
+    if (c->ws_closing) {
+        if (al_bufq_len(&c->cl.out) == 0 && al_bufq_len(&c->up.out) == 0)
+            px_conn_ws_end(c, c->x->err_reason);
+        return;
+    }
+    if (revents & EV_READ)
+        px_conn_ws_read(c, is_cl);
+    if (!c->closing &&
+        (px_half_flush(c, &c->cl) == AL_ERROR || px_half_flush(c, &c->up) == AL_ERROR))
+        px_conn_close(c, "websocket write error");
+}
+
 /* ---- I/O handlers -------------------------------------------------------- */
 
 static void
@@ -1216,7 +1397,9 @@ px_conn_upstream_readable(struct px_conn *c)
         } else if (e == HPE_PAUSED_UPGRADE) {
             const char *pos = llhttp_get_error_pos(&c->rs);
 
-            if (pos < buf + n && al_bufq_write(&c->cl.out, pos, (size_t)(buf + n - pos)) != AL_OK) {
+            /* The origin's first frames: they go through the websocket
+             * codec once the 101 is out. */
+            if (pos < buf + n && al_dbuf_add(&x->ws_early, pos, (size_t)(buf + n - pos)) != AL_OK) {
                 px_conn_close(c, "no memory");
                 return;
             }
@@ -1304,7 +1487,7 @@ px_conn_finish_exchange(struct px_conn *c)
                 (long long)(al_now_us() - x->start_us));
     px_conn_count_status(x->status);
     if (x->status == 101 && x->want_upgrade) {
-        px_conn_enter_tunnel(c);
+        px_conn_enter_ws(c);
         return;
     }
     if (c->mitm && px_conn_upstream_clean(c) && !c->draining) {
@@ -1409,6 +1592,9 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     switch (c->state) {
     case PX_ST_TUNNEL:
         px_conn_tunnel_io(c);
+        break;
+    case PX_ST_WS:
+        px_conn_ws_io(c, is_cl, revents);
         break;
     case PX_ST_CONNECT:
         if (!is_cl && (revents & EV_WRITE))
@@ -1559,6 +1745,9 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         else
             px_conn_close(c, "idle timeout");
         break;
+    case PX_ST_WS:
+        px_conn_ws_close(c, 1001, "idle timeout");
+        break;
     case PX_ST_TUNNEL:
     case PX_ST_FLUSH_CLOSE:
         px_conn_close(c, "idle timeout");
@@ -1656,8 +1845,21 @@ px_conns_drain(struct px_worker *w)
 void
 px_conns_close_all(struct px_worker *w)
 {
-    while (w->conns != NULL)
-        px_conn_close(w->conns, "shutdown");
+    while (w->conns != NULL) {
+        struct px_conn *c = w->conns;
+
+        if (c->state == PX_ST_WS && c->x != NULL && c->x->ws != NULL) {
+            /* Drain ran out: websockets are told 1001, best effort. */
+            if (px_ws_close_frame(c, 1, 1001, "going away") == AL_OK &&
+                px_ws_close_frame(c, 0, 1001, "going away") == AL_OK) {
+                (void)px_half_flush(c, &c->cl);
+                (void)px_half_flush(c, &c->up);
+            }
+            if (c->x->ws->error == NULL)
+                c->x->ws->error = "going away";
+        }
+        px_conn_close(c, "shutdown");
+    }
 }
 
 /* ---- strict audit notices ---------------------------------------------------- */

@@ -34,6 +34,9 @@ px_exch_free(struct px_exch *x)
     sec_stream_free(x->redactor);
     sec_stream_free(x->body_sub);
     px_inflate_free(x->inflater);
+    sec_stream_free(x->ws_sub);
+    px_ws_free(x->ws);
+    al_dbuf_free(&x->ws_early);
     al_free(x);
 }
 
@@ -45,6 +48,9 @@ px_exch_reset(struct px_exch *x, size_t header_bytes)
     sec_stream_free(x->redactor);
     sec_stream_free(x->body_sub);
     px_inflate_free(x->inflater);
+    sec_stream_free(x->ws_sub);
+    px_ws_free(x->ws);
+    al_dbuf_free(&x->ws_early);
     memset(x, 0, offsetof(struct px_exch, addrs));
     x->addrs.naddrs = 0;
     px_msg_reset(&x->req);

@@ -31,6 +31,35 @@ struct px_chain {
     int             chunked; /* frame as chunks, "0\r\n\r\n" at the end */
 };
 
+/* One direction of a WebSocket (px_ws.c): the frame being read and the
+ * message it belongs to. */
+struct px_ws_dir {
+    int           from_client; /* frames must be masked; output goes to the origin */
+    unsigned char hdr[14];     /* the header being read */
+    unsigned      hlen, hneed; /* bytes read, bytes still needed (0: in a payload) */
+    int           fin, rsv, opcode, masked;
+    unsigned char key[4];
+    uint64_t      left, off; /* payload bytes to come, and read so far */
+    unsigned char ctl[125];  /* a control frame's payload */
+    unsigned      ctl_len;
+    int           in_msg, msg_opcode, msg_rsv, out_started;
+    uint64_t      msg_bytes;
+    uint64_t      msgs, bytes; /* complete data messages, wire bytes read */
+    int           close_code;  /* from this side's close frame: -1 none, 1005 none given */
+    int           close_seen;
+};
+
+struct px_ws {
+    struct px_ws_dir up, down;      /* up: client -> origin */
+    uint64_t         max_msg;       /* limits.ws_message_bytes */
+    uint64_t         rng;           /* masks toward the origin */
+    int              scan;          /* secrets apply: data through the inject filters */
+    int              rsv_ok;        /* an extension was agreed (only where nothing is scanned) */
+    int              sent_close[2]; /* a close frame went [0] to the origin, [1] to the client */
+    int              fail_code;     /* close code airlock sends for a violation, or 0 */
+    const char      *error;         /* why, for the row */
+};
+
 /*
  * What a phase or codec returns when it says no (with AL_DECLINED): the
  * machine's finalize step turns it into the answer, the audit row and the
@@ -63,6 +92,7 @@ enum px_state {
     PX_ST_TLS_CLIENT,    /* intercepting: TLS handshake with the client */
     PX_ST_TLS_UP,        /* TLS handshake with the upstream */
     PX_ST_SNI_PEEK,      /* opaque CONNECT tunnel: the ClientHello's SNI must name its host */
+    PX_ST_WS,            /* a websocket: frames parsed, scanned, re-framed both ways */
 };
 
 struct px_half {
@@ -128,10 +158,19 @@ struct px_exch {
     int                  resp_nobody;     /* that head's message has no body */
     int                  resp_scrub;      /* that head carries a form of a secret */
     int                  secret_host;     /* the destination is in some secret's scope */
-    const char          *resp_abort;      /* why the response was cut off mid-body */
-    const char          *body_refusal;    /* a placeholder in the body that may not go there */
-    int                  hold_up;         /* request held back until its body is scanned */
-    uint64_t             inject_only;     /* the allowing rule's "inject" list, as a mask */
+    /* A websocket after its 101 (px_ws.c): the codec, its two chains,
+     * the substitute stream toward the origin, bytes the origin sent
+     * right after the 101. */
+    struct px_ws      *ws;
+    struct px_chain    ws_up_chain, ws_down_chain;
+    struct sec_stream *ws_sub;
+    uint64_t           ws_mask; /* secrets substituted in frames toward the origin */
+    int                ws_scan; /* the upgrade goes to a secret's host */
+    struct al_dbuf     ws_early;
+    const char        *resp_abort;   /* why the response was cut off mid-body */
+    const char        *body_refusal; /* a placeholder in the body that may not go there */
+    int                hold_up;      /* request held back until its body is scanned */
+    uint64_t           inject_only;  /* the allowing rule's "inject" list, as a mask */
     /* Not cleared between keep-alive requests (px_exch_reset stops here):
      * the big buffers are reused, addrs is valid only up to naddrs. */
     struct px_dns_result addrs;
@@ -169,6 +208,7 @@ struct px_conn {
     struct sockaddr_storage orig_dst; /* transparent: SO_ORIGINAL_DST */
     /* Interception: the tunnel's target and identity, for every inner request. */
     int              mitm, up_kept;
+    int              ws_closing; /* close frames queued: flush both sides, then close */
     struct px_target mitm_target;
     char             tun_sandbox[POL_SANDBOX_MAX_BYTES + 1];
     char             tun_session[POL_TAG_MAX_BYTES + 1];

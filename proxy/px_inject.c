@@ -68,6 +68,8 @@ px_inject_dest(const struct px_conn *c, const char *path, size_t path_len, struc
     d->tls = x->target.tls;
 }
 
+static int px_inject_redact(struct px_chain *ch, int i, const char *at, size_t len, int last);
+
 /* ---- request ---------------------------------------------------------------- */
 
 /*
@@ -132,6 +134,15 @@ px_inject_request(struct px_conn *c, const char *target, size_t tlen, struct al_
         for (int i = px_msg_find(m, "accept-encoding", 0); i >= 0;
              i = px_msg_find(m, "accept-encoding", i + 1))
             m->hdrs[i].drop = 1;
+    if (x->secret_host && x->want_upgrade) {
+        /* Frames from such hosts must stay readable: no permessage-deflate
+         * (or any extension) is offered; one the origin picks anyway is
+         * refused with its 101. */
+        for (int i = px_msg_find(m, "sec-websocket-extensions", 0); i >= 0;
+             i = px_msg_find(m, "sec-websocket-extensions", i + 1))
+            m->hdrs[i].drop = 1;
+        x->ws_scan = 1;
+    }
     for (int i = 0; i < m->nhdrs; i++) {
         if (m->hdrs[i].drop)
             continue;
@@ -155,12 +166,9 @@ px_inject_request(struct px_conn *c, const char *target, size_t tlen, struct al_
     x->injected = res.injected;
     x->redact_mask = res.redact_mask;
     x->body_mask = res.body_mask;
+    x->ws_mask = res.ws_mask;
     if (x->want_upgrade && x->redact_mask != 0)
-        /* After a 101 the connection is relayed as raw frames that nothing
-         * scans: an echoed credential would reach the sandbox (also one the
-         * origin kept from an earlier request). */
-        return px_inject_refuse(c, 403, "upgrade_with_secret",
-                                sec_name(c->conf->secrets, __builtin_ctzll(x->redact_mask)));
+        x->ws_scan = 1; /* every frame both ways is scanned (px_ws.c) */
     if (x->body_mask != 0 && x->req_framing.kind == PX_BODY_LENGTH && x->req_framing.len > 0)
         x->req_chunked = 1; /* substitution changes the body's length */
     if (x->req_framing.kind != PX_BODY_NONE &&
@@ -187,6 +195,104 @@ px_inject_request(struct px_conn *c, const char *target, size_t tlen, struct al_
         PX_MINC(secrets_injected);
     }
     return AL_OK;
+}
+
+/* ---- websockets --------------------------------------------------------------- */
+
+/* Frames toward the origin, one stream per message: placeholders of the
+ * secrets that opt into "ws" become values in scope; any other placeholder
+ * is judged before the bytes that complete it go on. */
+static int
+px_inject_ws_substitute(struct px_chain *ch, int i, const char *at, size_t len, int last)
+{
+    struct px_conn *c = ch->conn;
+    struct px_exch *x = c->x;
+    struct al_dbuf  d;
+    uint64_t        seen;
+    int             rc;
+
+    al_dbuf_init(&d, len + 65536);
+    rc = last ? sec_stream_finish(x->ws_sub, &d) : sec_stream_feed(x->ws_sub, at, len, &d);
+    if ((sec_stream_replaced(x->ws_sub) & ~x->injected) != 0) {
+        if (x->injected == 0)
+            PX_MINC(secrets_injected);
+        x->injected |= sec_stream_replaced(x->ws_sub);
+    }
+    seen = sec_stream_seen(x->ws_sub) & ~x->ws_mask;
+    if (rc == AL_OK && seen != 0) {
+        struct sec_dest   dest;
+        struct sec_result res;
+
+        px_inject_dest(c, x->fwd_path != NULL ? x->fwd_path : x->target.path,
+                       x->fwd_path != NULL ? x->fwd_path_len : x->target.path_len, &dest);
+        dest.only = x->inject_only;
+        memset(&res, 0, sizeof(res));
+        if (sec_ws_verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
+            x->body_refusal = res.refusal != NULL ? res.refusal : SEC_REFUSE_OUT_OF_SCOPE;
+            x->secret_refused =
+                res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
+            rc = AL_DECLINED;
+        }
+    }
+    if (rc == AL_OK)
+        rc = px_chain_feed(ch, i + 1, d.data, d.len, last);
+    sec_dbuf_wipe(&d);
+    return rc;
+}
+
+int
+px_inject_ws_filters(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    x->ws_sub = sec_body_new(c->conf->secrets, x->ws_mask);
+    if (x->redactor == NULL)
+        x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask);
+    if (x->ws_sub == NULL || x->redactor == NULL)
+        return AL_ERROR;
+    if (x->ws_mask != 0)
+        c->up.out.sensitive = 1; /* values may go into frames: wipe their chunks */
+    if (px_chain_add(&x->ws_up_chain, px_inject_ws_substitute) != AL_OK ||
+        px_chain_add(&x->ws_down_chain, px_inject_redact) != AL_OK)
+        return AL_ERROR;
+    return AL_OK;
+}
+
+int
+px_inject_ws_control(struct px_conn *c, int from_client, const char *p, size_t n,
+                     struct al_dbuf *out)
+{
+    struct px_exch    *x = c->x;
+    struct sec_stream *st;
+    uint64_t           seen;
+    int                rc;
+
+    if (!from_client)
+        return sec_redact_value(c->conf->secrets, x->redact_mask, p, n, out);
+    st = sec_body_new(c->conf->secrets, x->ws_mask);
+    if (st == NULL)
+        return AL_ERROR;
+    rc = sec_stream_feed(st, p, n, out);
+    if (rc == AL_OK)
+        rc = sec_stream_finish(st, out);
+    seen = sec_stream_seen(st) & ~x->ws_mask;
+    x->injected |= sec_stream_replaced(st);
+    sec_stream_free(st);
+    if (rc == AL_OK && seen != 0) {
+        struct sec_dest   dest;
+        struct sec_result res;
+
+        px_inject_dest(c, x->target.path, x->target.path_len, &dest);
+        dest.only = x->inject_only;
+        memset(&res, 0, sizeof(res));
+        if (sec_ws_verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
+            x->body_refusal = res.refusal != NULL ? res.refusal : SEC_REFUSE_OUT_OF_SCOPE;
+            x->secret_refused =
+                res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
+            return AL_DECLINED;
+        }
+    }
+    return rc;
 }
 
 void
@@ -315,6 +421,17 @@ px_inject_response(struct px_conn *c)
 
     if (x->redact_mask == 0)
         return AL_OK;
+    if (c->rs.status_code == 101) {
+        /* No extension was offered toward this host: one in the answer
+         * would leave frames compressed past the scanners. */
+        if (x->ws_scan && px_msg_find(m, "sec-websocket-extensions", 0) >= 0)
+            return px_refuse_upstream(c, PX_UERR_OTHER, 502, "ws_extension_not_offered",
+                                      "the origin picked a websocket extension nobody offered");
+        if (sec_redact_any(c->conf->secrets, x->redact_mask, m->buf.data, m->buf.len) > 0 &&
+            px_inject_redact_head(c) != AL_OK)
+            return AL_ERROR;
+        return AL_OK;
+    }
     /* One pass over the whole head (status text, names, values) decides
      * whether any piece carries a form of a secret this origin may hold. */
     scrub = sec_redact_any(c->conf->secrets, x->redact_mask, m->buf.data, m->buf.len);

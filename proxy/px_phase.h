@@ -75,6 +75,22 @@ int px_h1_request_head(struct px_conn *c, const char *target, size_t tlen,
  * client with framing of airlock's own. AL_OK or AL_ERROR. */
 int px_h1_response_head(struct px_conn *c);
 
+/* ---- the WebSocket codec (px_ws.c) ----------------------------------------------- */
+/* After a 101: scan = secrets apply to this host (frames through the inject
+ * filters); rsv_ok = an extension was agreed (never where scan is on). */
+struct px_ws *px_ws_new(struct px_conn *c, int scan, int rsv_ok);
+void          px_ws_free(struct px_ws *ws);
+/* The two directions' chains: inject filters (when scanning), then the framer. */
+int px_ws_chains(struct px_conn *c);
+/* Bytes read from one side: frames checked, scanned and re-framed onto the
+ * other side's queue. AL_OK, AL_DECLINED (ws->fail_code: close both sides
+ * with it), AL_ERROR. */
+int px_ws_feed(struct px_conn *c, int from_client, const char *p, size_t n);
+/* Airlock's own close frame toward one side (once). */
+int px_ws_close_frame(struct px_conn *c, int to_client, int code, const char *reason);
+/* Both close frames went through: the socket ends when the queues drain. */
+int px_ws_done(const struct px_ws *ws);
+
 /* ---- body filter chains (px_filter.c) -------------------------------------- */
 void px_chain_init(struct px_chain *ch, struct px_conn *c);
 int  px_chain_add(struct px_chain *ch, px_filter_fn fn);
@@ -92,6 +108,14 @@ int px_chain_feed(struct px_chain *ch, int i, const char *p, size_t n, int last)
  */
 int px_inject_request(struct px_conn *c, const char *target, size_t tlen, struct al_dbuf *hb,
                       struct al_dbuf *tb);
+/* A websocket to a secret's host: the substitute/scan filter on frames
+ * toward the origin (the "ws" location), the redactor toward the client. */
+int px_inject_ws_filters(struct px_conn *c);
+/* A control frame's payload (ping, pong, close reason) scanned into out:
+ * redacted toward the client; toward the origin a placeholder is
+ * substituted where allowed, else AL_DECLINED. */
+int px_inject_ws_control(struct px_conn *c, int from_client, const char *p, size_t n,
+                         struct al_dbuf *out);
 /* A request body's placeholder that may not go there (x->body_refusal, set
  * by the substitute filter) as a refusal (403/405/415, audited deny). */
 void px_inject_body_refusal(struct px_conn *c);

@@ -288,6 +288,7 @@ sec_apply_head(const struct sec_store *s, const struct sec_dest *d, const char *
             tmpl |= (uint64_t)1 << i;
     }
     res->body_mask = sec_loc_mask(s, elig, SEC_IN_BODY);
+    res->ws_mask = sec_loc_mask(s, elig, SEC_IN_WS);
     if (sec_stream_init(&st, s, s->ph_ac, SEC_MODE_SUBST, 0) != AL_OK)
         goto out;
     st_ok = 1;
@@ -372,7 +373,7 @@ sec_apply_head(const struct sec_store *s, const struct sec_dest *d, const char *
             goto out;
         res->injected |= (uint64_t)1 << i;
     }
-    m = res->injected | res->body_mask | sec_host_mask(s, d->host, d->port);
+    m = res->injected | res->body_mask | res->ws_mask | sec_host_mask(s, d->host, d->port);
     res->redact_mask = m;
     rc = AL_OK;
 out:
@@ -383,9 +384,9 @@ out:
     return rc;
 }
 
-int
-sec_body_verdict(const struct sec_store *s, const struct sec_dest *d, uint64_t seen,
-                 struct sec_result *res)
+static int
+sec_loc_verdict(const struct sec_store *s, const struct sec_dest *d, uint64_t seen, unsigned loc,
+                struct sec_result *res)
 {
     uint64_t inscope = 0, elig = 0;
 
@@ -396,6 +397,19 @@ sec_body_verdict(const struct sec_store *s, const struct sec_dest *d, uint64_t s
         if (d->tls || s->secs[i].allow_plaintext)
             elig |= (uint64_t)1 << i;
     }
-    return sec_check_seen(s, d, inscope, seen, sec_loc_mask(s, elig, SEC_IN_BODY), SEC_IN_BODY,
-                          res);
+    return sec_check_seen(s, d, inscope, seen, sec_loc_mask(s, elig, loc), loc, res);
+}
+
+int
+sec_body_verdict(const struct sec_store *s, const struct sec_dest *d, uint64_t seen,
+                 struct sec_result *res)
+{
+    return sec_loc_verdict(s, d, seen, SEC_IN_BODY, res);
+}
+
+int
+sec_ws_verdict(const struct sec_store *s, const struct sec_dest *d, uint64_t seen,
+               struct sec_result *res)
+{
+    return sec_loc_verdict(s, d, seen, SEC_IN_WS, res);
 }

@@ -41,7 +41,13 @@ struct sec_scope {
     size_t           path_len;
 };
 
-enum sec_in { SEC_IN_HEADER = 1, SEC_IN_QUERY = 2, SEC_IN_PATH = 4, SEC_IN_BODY = 8 };
+enum sec_in {
+    SEC_IN_HEADER = 1,
+    SEC_IN_QUERY = 2,
+    SEC_IN_PATH = 4,
+    SEC_IN_BODY = 8,
+    SEC_IN_WS = 16 /* websocket frames toward the origin */
+};
 
 struct sec_secret {
     char             *name;

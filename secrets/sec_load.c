@@ -443,7 +443,8 @@ sec_parse_one(struct al_errs *errs, const struct al_json *doc, const cJSON *it,
         x->in = SEC_IN_HEADER;
     } else if (!cJSON_IsArray(in) || cJSON_GetArraySize(in) == 0) {
         al_json_err(errs, doc, sub,
-                    "expected a non-empty array of \"header\", \"query\", \"path\", \"body\"");
+                    "expected a non-empty array of \"header\", \"query\", \"path\", \"body\", "
+                    "\"ws\"");
     } else {
         const cJSON *e;
         int          k = 0;
@@ -460,9 +461,12 @@ sec_parse_one(struct al_errs *errs, const struct al_json *doc, const cJSON *it,
                 x->in |= SEC_IN_PATH;
             else if (cJSON_IsString(e) && strcmp(e->valuestring, "body") == 0)
                 x->in |= SEC_IN_BODY;
+            else if (cJSON_IsString(e) && strcmp(e->valuestring, "ws") == 0)
+                x->in |= SEC_IN_WS;
             else
                 al_json_err(errs, doc, ep,
-                            "expected one of \"header\", \"query\", \"path\", \"body\"");
+                            "expected one of \"header\", \"query\", \"path\", \"body\", "
+                            "\"ws\"");
         }
     }
 

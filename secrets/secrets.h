@@ -101,6 +101,7 @@ struct sec_result {
     const char *refusal;        /* NULL or one of SEC_REFUSE_* (static string) */
     int         refusal_secret; /* index of the secret involved, -1 if none */
     uint64_t    body_mask;      /* secrets to substitute in the request body (sec_body_new) */
+    uint64_t    ws_mask;        /* secrets to substitute in websocket frames toward the origin */
     uint64_t    redact_mask;    /* secrets to redact from the response: those injected and
                                  * every secret scoped to this host:port (on any path: it
                                  * may hold a value from an earlier request) */
@@ -155,6 +156,11 @@ void sec_stream_free(struct sec_stream *st);
  */
 int sec_body_verdict(const struct sec_store *s, const struct sec_dest *d, uint64_t seen,
                      struct sec_result *res);
+
+/* The same for placeholders found in websocket frames toward the origin
+ * (the "ws" location). */
+int sec_ws_verdict(const struct sec_store *s, const struct sec_dest *d, uint64_t seen,
+                   struct sec_result *res);
 
 /* 1 when any form of a secret in mask occurs in in[0..n), 0 when none does,
  * -1 when the matcher cannot be built (out of memory): one pass over a whole

@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""WebSockets through interception (issue 16): a real python `websockets`
+client and server (Debian python3-websockets) over a TLS connection that
+airlock intercepts, trusting airlock's CA.
+
+    python3 tests/integration/test_websocket.py --airlock build/proxy/airlock [-k NAME]
+
+The upgrade is a request (decided, injected, audited); after the 101 every
+frame is parsed, scanned and re-framed by airlock: the origin's echo of the
+injected value reaches the client as its placeholder only, a placeholder in a
+client frame is substituted where the secret opts into "ws" and closes the
+socket with 1008 where it may not go. Protocol violations close with 1002 /
+1009. Everything the client saw is checked for the secret value at the end.
+"""
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import altest  # noqa: E402
+from altest import TestFailure, check, eq, test, wait_until  # noqa: E402
+
+try:
+    import websockets  # noqa: E402
+except ImportError:  # Debian's python3-websockets under another python3
+    sys.path.append("/usr/lib/python3/dist-packages")
+    import websockets  # noqa: E402
+
+HOST = "upstream.test"      # the harness's server certificate names it
+OTHER = "other.test"
+SECRET = "SECRET-VALUE-ws-8e1f2a"      # injected as a header on the upgrade
+WS_VALUE = "SECRET-VALUE-wskey-41c9"   # placeholder-only, opted into "ws"
+OTHER_VALUE = "SECRET-VALUE-other-77d0"  # scoped to other.test only
+SEEN = []  # everything a client received, for the final leak check
+
+
+# ---------------------------------------------------------------------------
+# the origin: a real websockets server over TLS
+
+class Origin:
+    def __init__(self, tls_ctx):
+        self.got = []         # (path, message) the origin received
+        self.headers = {}     # path -> upgrade request headers
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.tls_ctx = tls_ctx
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(10):
+            raise TestFailure("websocket origin did not start")
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+
+        async def main():
+            self.server = await websockets.serve(self._handler, "127.0.0.1", 0,
+                                                 ssl=self.tls_ctx, max_size=8 << 20,
+                                                 compression="deflate")
+            self.port = self.server.sockets[0].getsockname()[1]
+            self.ready.set()
+            await self.server.wait_closed()
+
+        try:
+            self.loop.run_until_complete(main())
+        except Exception:  # noqa: BLE001
+            pass
+
+    async def _handler(self, ws, path=None):
+        path = path or ws.path
+        self.headers[path] = dict(ws.request_headers.raw_items())
+        auth = ws.request_headers.get("Authorization", "")
+        value = auth[7:] if auth.startswith("Bearer ") else auth
+        try:
+            async for msg in ws:
+                self.got.append((path, msg))
+                if msg == "say":
+                    await ws.send("text:" + value)
+                    await ws.send(("binary:" + value).encode())
+                    half = len(value) // 2
+                    await ws.send(["frag:" + value[:half], value[half:] + ":end"])
+                    big = "x" * (512 << 10) + value + "y" * (512 << 10)
+                    await ws.send(big)
+                    await ws.send("done")
+                elif isinstance(msg, bytes):
+                    await ws.send(msg)
+                else:
+                    await ws.send("echo:" + msg)
+        except websockets.ConnectionClosed:
+            pass
+
+    def stop(self):
+        def _stop():
+            self.server.close()
+        try:
+            self.loop.call_soon_threadsafe(_stop)
+        except RuntimeError:
+            pass
+        self.thread.join(5)
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+
+class G:
+    aca = None
+
+
+def airlock_ca(t):
+    if G.aca is None:
+        d = os.path.join(t.run.tmp, "ws-ca")
+        p = subprocess.run([t.run.airlock_bin, "ca", "init", "--dir", d], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=30)
+        if p.returncode != 0:
+            raise TestFailure("ca init: %r" % p.stdout)
+        G.aca = d
+    return G.aca
+
+
+def start(t, limits=None):
+    d = airlock_ca(t)
+    secrets = {"secrets": {
+        "tok": {"from": {"value": SECRET}, "hosts": [HOST],
+                "header": {"name": "Authorization", "format": "Bearer {}"}},
+        "wskey": {"from": {"value": WS_VALUE}, "hosts": [HOST], "in": ["header", "ws"]},
+        "other": {"from": {"value": OTHER_VALUE}, "hosts": [OTHER]},
+    }}
+    cfg = {"ca": {"dir": d}, "upstream_ca": t.run.ca_pem,
+           "secrets": t.file("secrets.json", json.dumps(secrets).encode()),
+           "resolve": {HOST: "127.0.0.1", OTHER: "127.0.0.1"},
+           "audit": {"db": "audit.db", "flush_ms": 20}}
+    pol = {"default": "deny", "rules": [
+        {"name": "ws", "hosts": [HOST, OTHER], "cidrs": ["127.0.0.1/32"], "action": "allow",
+         "intercept": True}]}
+    al = t.airlock(config=cfg, policy=pol, limits=limits)
+    p = subprocess.run([t.run.airlock_bin, "secrets", "env", "--config", al.cfg_path],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    if p.returncode != 0:
+        raise TestFailure("secrets env: %r" % p.stderr)
+    al.ph = {}
+    for line in p.stdout.decode().splitlines():
+        k, _, v = line.partition("=")
+        al.ph[k.strip().lower()] = v.strip()
+    return al
+
+
+def origin(t):
+    o = Origin(t.run.server_ctx())
+    t.defer(o.stop)
+    return o
+
+
+def ph(al, name):
+    for k, v in al.ph.items():
+        if name in k:
+            return v
+    raise TestFailure("no placeholder for %s in %r" % (name, list(al.ph)))
+
+
+def tunnel_sock(al, host, port):
+    """A socket with an answered CONNECT host:port (airlock intercepts)."""
+    s = socket.create_connection(("127.0.0.1", al.port), timeout=10)
+    s.sendall(("CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host, port, host, port)).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(4096)
+        if not d:
+            raise TestFailure("CONNECT: closed")
+        buf += d
+    if not buf.startswith(b"HTTP/1.1 200"):
+        raise TestFailure("CONNECT: %r" % buf[:80])
+    s.setblocking(False)
+    return s
+
+
+def client_ctx():
+    return ssl.create_default_context(cafile=os.path.join(G.aca, "ca.pem"))
+
+
+def run(coro, timeout=60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def rows(al):
+    c = sqlite3.connect("file:%s?mode=ro" % os.path.join(al.dir, "audit.db"), uri=True, timeout=5)
+    c.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in c.execute("SELECT * FROM requests ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        c.close()
+
+
+def ws_row(al, path):
+    return wait_until(lambda: next((r for r in rows(al) if r["path"] == path and
+                                    r["method"] == "GET"), None), 10, "the row of %s" % path)
+
+
+# ---------------------------------------------------------------------------
+
+
+@test
+def test_inject_and_redact(t):
+    o = origin(t)
+    al = start(t)
+
+    async def go():
+        sock = tunnel_sock(al, HOST, o.port)
+        async with websockets.connect("wss://%s:%d/say" % (HOST, o.port), sock=sock,
+                                      ssl=client_ctx(), server_hostname=HOST,
+                                      max_size=8 << 20) as ws:
+            await ws.send("say")
+            got = []
+            while True:
+                m = await ws.recv()
+                got.append(m)
+                if m == "done":
+                    return got, ws.response_headers
+    got, rh = run(go())
+    SEEN.extend(got)
+    auth = o.headers["/say"].get("Authorization", "")
+    eq(auth, "Bearer " + SECRET, "the value injected on the upgrade")
+    check("Sec-WebSocket-Extensions" not in o.headers["/say"],
+          "an extension was offered toward a secret's host: %r" % o.headers["/say"])
+    tokph = ph(al, "tok")
+    eq(got[0], "text:" + tokph, "text frame echo")
+    eq(got[1], ("binary:" + tokph).encode(), "binary frame echo")
+    eq(got[2], "frag:" + tokph + ":end", "fragmented echo")
+    check(len(got[3]) >= (1 << 20) and tokph in got[3] and SECRET not in got[3],
+          "1 MiB message echo redacted")
+    for m in got:
+        check((SECRET.encode() if isinstance(m, bytes) else SECRET) not in m, "secret in %r" % m)
+    r = ws_row(al, "/say")
+    eq((r["status"], r["decision"]), (101, "allow"), "row status/decision")
+    check("tok" in r["secrets"], "row names the injected secret: %r" % r["secrets"])
+
+
+@test
+def test_placeholder_substituted_and_refused(t):
+    o = origin(t)
+    al = start(t)
+    wsph, otherph = ph(al, "wskey"), ph(al, "other")
+
+    async def go():
+        sock = tunnel_sock(al, HOST, o.port)
+        async with websockets.connect("wss://%s:%d/sub" % (HOST, o.port), sock=sock,
+                                      ssl=client_ctx(), server_hostname=HOST) as ws:
+            await ws.send("key=" + wsph)
+            first = await ws.recv()
+            await ws.send("leak=" + otherph)
+            try:
+                more = await ws.recv()
+                return first, more, None
+            except websockets.ConnectionClosed as e:
+                return first, None, e.code
+    first, more, code = run(go())
+    SEEN.append(first)
+    eq(o.got[0], ("/sub", "key=" + WS_VALUE), "the origin got the value (secret opts into ws)")
+    eq(first, "echo:key=" + wsph, "the echo came back as the placeholder")
+    eq(code, 1008, "close code for a placeholder that may not go there (got %r)" % (more,))
+    check(all("leak" not in m for _, m in o.got if isinstance(m, str)),
+          "the origin saw the refused message: %r" % o.got)
+    r = ws_row(al, "/sub")
+    eq((r["decision"], r["reason"]), ("deny", "secret_out_of_scope"), "row")
+    check("other" in r["error"], "row names the refused secret: %r" % r["error"])
+
+
+@test
+def test_binary_roundtrip_and_close_handshake(t):
+    o = origin(t)
+    al = start(t)
+    blob = os.urandom(1 << 20)
+
+    async def go():
+        sock = tunnel_sock(al, HOST, o.port)
+        ws = await websockets.connect("wss://%s:%d/bin" % (HOST, o.port), sock=sock,
+                                      ssl=client_ctx(), server_hostname=HOST, max_size=4 << 20)
+        await ws.send(blob)
+        back = await ws.recv()
+        await ws.ping(b"p1")
+        await ws.close(1000, "bye")
+        return back, ws.close_code
+    back, code = run(go())
+    check(back == blob, "1 MiB random binary not byte-exact (%d bytes back)" % len(back))
+    eq(code, 1000, "close code from the origin")
+    r = ws_row(al, "/bin")
+    eq((r["status"], r["error"]), (101, ""), "a clean close leaves no error")
+    check(r["bytes_up"] >= (1 << 20) and r["bytes_down"] >= (1 << 20), "bytes each way: %r" %
+          ((r["bytes_up"], r["bytes_down"]),))
+
+
+def raw_ws(al, port, path, key=b"dGhlIHNhbXBsZSBub25jZQ=="):
+    """A TLS socket through the tunnel with a completed upgrade."""
+    s = tunnel_sock(al, HOST, port)
+    s.setblocking(True)
+    s.settimeout(10)
+    ts = client_ctx().wrap_socket(s, server_hostname=HOST)
+    ts.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n" %
+                (path, HOST, port, key.decode())).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = ts.recv(4096)
+        if not d:
+            raise TestFailure("upgrade: closed")
+        buf += d
+    if not buf.startswith(b"HTTP/1.1 101"):
+        raise TestFailure("upgrade: %r" % buf[:200])
+    return ts, buf.split(b"\r\n\r\n", 1)[1]
+
+
+def frame(opcode, payload, fin=True, mask=True, rsv=0):
+    h = bytes([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload)
+    m = 0x80 if mask else 0
+    if n < 126:
+        h += bytes([m | n])
+    elif n < 65536:
+        h += bytes([m | 126]) + struct.pack(">H", n)
+    else:
+        h += bytes([m | 127]) + struct.pack(">Q", n)
+    if not mask:
+        return h + payload
+    key = os.urandom(4)
+    return h + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+
+def read_close(ts, rest):
+    """Reads server frames until a close frame; returns its code."""
+    buf = rest
+    while True:
+        while len(buf) < 2:
+            d = ts.recv(65536)
+            if not d:
+                return None
+            buf += d
+        n = buf[1] & 0x7F
+        o = 2
+        if n == 126:
+            n = struct.unpack(">H", buf[2:4])[0]
+            o = 4
+        elif n == 127:
+            n = struct.unpack(">Q", buf[2:10])[0]
+            o = 10
+        while len(buf) < o + n:
+            d = ts.recv(65536)
+            if not d:
+                return None
+            buf += d
+        op, payload, buf = buf[0] & 0x0F, buf[o:o + n], buf[o + n:]
+        if op == 8:
+            return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+
+@test
+def test_protocol_violations(t):
+    o = origin(t)
+    al = start(t, limits={"ws_message_bytes": 65536})
+    cases = [
+        ("unmasked", frame(1, b"hello", mask=False), 1002),
+        ("bad opcode", frame(3, b"x"), 1002),
+        ("reserved bit", frame(1, b"x", rsv=0x40), 1002),
+        ("too big", frame(2, b"z" * 70000), 1009),
+        ("too big in pieces", frame(2, b"z" * 40000, fin=False) + frame(0, b"z" * 40000), 1009),
+        ("continuation first", frame(0, b"x"), 1002),
+        ("long ping", frame(9, b"p" * 126), 1002),
+    ]
+    for name, data, want in cases:
+        ts, rest = raw_ws(al, o.port, "/v-" + name.replace(" ", "-"))
+        ts.sendall(data)
+        eq(read_close(ts, rest), want, "close code for %s" % name)
+        ts.close()
+    eq([m for p, m in o.got if p.startswith("/v-")], [], "the origin got none of it")
+
+
+class ExtOrigin:
+    """A TLS origin that answers every upgrade with permessage-deflate,
+    offered or not."""
+
+    def __init__(self, tls_ctx):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.ctx = tls_ctx
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                c.settimeout(5)
+                s = self.ctx.wrap_socket(c, server_side=True)
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(4096)
+                    if not d:
+                        break
+                    buf += d
+                key = [ln.split(b":", 1)[1].strip() for ln in buf.split(b"\r\n")
+                       if ln.lower().startswith(b"sec-websocket-key:")]
+                acc = base64.b64encode(hashlib.sha1(
+                    (key[0] if key else b"") + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + acc +
+                          b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+                s.close()
+            except (OSError, ssl.SSLError):
+                pass
+
+    def stop(self):
+        self.sock.close()
+
+
+@test
+def test_extension_nobody_offered(t):
+    o = ExtOrigin(t.run.server_ctx())
+    t.defer(o.stop)
+    al = start(t)
+    s = tunnel_sock(al, HOST, o.port)
+    s.setblocking(True)
+    s.settimeout(10)
+    ts = client_ctx().wrap_socket(s, server_hostname=HOST)
+    ts.sendall(("GET /ext HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n" % (HOST, o.port)).encode())
+    c = altest.Conn(0, sock=ts)
+    r = c.read_response()
+    altest.expect_error(r, 502, "ws_extension_not_offered")
+    row = wait_until(lambda: next((x for x in rows(al) if x["path"] == "/ext"), None), 5, "row")
+    eq((row["status"], row["error"]), (502, "ws_extension_not_offered"), "row")
+
+
+@test
+def test_no_secret_in_client_output(t):
+    for m in SEEN:
+        b = m.encode() if isinstance(m, str) else m
+        for v in (SECRET, WS_VALUE, OTHER_VALUE):
+            check(v.encode() not in b, "a secret value reached a client")
+
+
+altest.main()
