@@ -283,6 +283,9 @@ al_log_line(enum al_log_level lvl, const char *msg, size_t msglen, const struct 
     (void)!write(STDERR_FILENO, line, o);
 }
 
+static void al_log_emit(enum al_log_level lvl, const char *suffix, const char *fmt, va_list ap)
+    AL_PRINTF(3, 0);
+
 static void
 al_log_emit(enum al_log_level lvl, const char *suffix, const char *fmt, va_list ap)
 {
