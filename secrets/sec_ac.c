@@ -35,11 +35,11 @@ struct sec_ac *
 sec_ac_build(const struct sec_ac_in *in, int n)
 {
     struct sec_ac *ac = NULL, *ret = NULL;
-    uint32_t      *tbl, *depth, *fail = NULL, *queue = NULL, *olink = NULL;
+    uint32_t      *tbl, *depth, *fail = NULL, *queue = NULL, *olink = NULL, *nsl = NULL;
     int32_t       *out;
     uint8_t       *shift = NULL;
     size_t         maxst = 1, off, sz_tbl, sz_st, sz_shift = 0, sz_pats, sz_olink = 0;
-    uint32_t       ncls = 1, nst = 1, minl = UINT32_MAX, maxl = 0, ce = 0;
+    uint32_t       ncls = 1, nst = 1, minl = UINT32_MAX, maxl = 0, ce = 0, cb = 0, rawl = 0;
     int            locked, eol = 0;
     char          *base;
     uint8_t        used[256];
@@ -68,8 +68,12 @@ sec_ac_build(const struct sec_ac_in *in, int n)
     if (eol) {
         ce = ncls++;
         ac->cls['\r'] = ac->cls['\n'] = (uint8_t)ce;
+        /* a backslash has a class of its own: its transitions carry SEC_AC_ESC */
+        if (!used['\\'])
+            ac->cls['\\'] = (uint8_t)ncls++;
+        cb = ac->cls['\\'];
     }
-    if (maxst * ncls >= (size_t)SEC_AC_FLAG)
+    if (maxst * ncls >= (size_t)SEC_AC_ESC)
         goto out;
     sz_tbl = maxst * ncls * sizeof(uint32_t);
     sz_st = maxst * sizeof(uint32_t);
@@ -104,7 +108,9 @@ sec_ac_build(const struct sec_ac_in *in, int n)
         shift = (uint8_t *)(base + off);
     fail = al_calloc(maxst, sizeof(*fail));
     queue = al_calloc(maxst, sizeof(*queue));
-    if (fail == NULL || queue == NULL)
+    if (eol)
+        nsl = al_calloc(maxst, sizeof(*nsl)); /* '/' on the way to a state */
+    if (fail == NULL || queue == NULL || (eol && nsl == NULL))
         goto out;
     memset(tbl, 0xff, ncls * sizeof(uint32_t));
     out[0] = -1;
@@ -116,6 +122,7 @@ sec_ac_build(const struct sec_ac_in *in, int n)
         ac->pats[k].secret = in[k].secret;
         ac->pats[k].len = in[k].len;
         ac->pats[k].wrap = eol && in[k].wrap;
+        ac->pats[k].c0 = in[k].len > 0 ? (uint8_t)in[k].p[0] : 0;
         for (uint32_t j = 0; j < in[k].len; j++) {
             uint32_t c = ac->cls[(uint8_t)in[k].p[j]];
 
@@ -123,10 +130,14 @@ sec_ac_build(const struct sec_ac_in *in, int n)
                 memset(tbl + (size_t)nst * ncls, 0xff, ncls * sizeof(uint32_t));
                 out[nst] = -1;
                 depth[nst] = depth[s] + 1;
+                if (nsl != NULL)
+                    nsl[nst] = nsl[s] + (in[k].p[j] == '/');
                 tbl[s * ncls + c] = nst++;
             }
             s = tbl[s * ncls + c];
         }
+        if (nsl != NULL && SEC_WRAP_RAW(in[k].len) + nsl[s] > rawl)
+            rawl = SEC_WRAP_RAW(in[k].len) + nsl[s];
         if (out[s] < 0)
             out[s] = k;
         else if (ac->pats[k].wrap) /* the same text: it may be wrapped */
@@ -174,39 +185,53 @@ sec_ac_build(const struct sec_ac_in *in, int n)
     }
     if (eol) {
         /* a line break leaves the state as it is (the match goes on, and
-         * was reported when its last character came) */
-        for (uint32_t st = 0; st < nst; st++)
+         * was reported when its last character came); a backslash may
+         * begin a JSON escape */
+        for (uint32_t st = 0; st < nst; st++) {
             tbl[(size_t)st * ncls + ce] = st * ncls;
-        /* a match in progress of depth d started at most this far back */
-        for (uint32_t st = 0; st < nst; st++)
-            depth[st] = SEC_WRAP_RAW(depth[st]);
-        maxl = SEC_WRAP_RAW(maxl);
+            tbl[(size_t)st * ncls + cb] |= SEC_AC_ESC;
+        }
+        /* a match in progress of depth d started at most this far back
+         * (line breaks or escapes, escaped slashes, the bytes before it) */
+        for (uint32_t st = 1; st < nst; st++)
+            depth[st] = SEC_WRAP_RAW(depth[st]) + nsl[st] + SEC_WRAP_SLACK;
+        maxl = rawl + SEC_WRAP_SLACK + 1;
     }
     if (shift != NULL) {
         uint32_t m = minl;
 
         memset(shift, (int)(m - 1 > 255 ? 255 : m - 1), 65536);
         for (int k = 0; k < n; k++) {
-            for (uint32_t q = 1; q < m; q++) {
+            uint32_t sl = in[k].p[0] == '/'; /* '/' in p[0, q) */
+
+            for (uint32_t q = 1; q < m; sl += in[k].p[q] == '/', q++) {
                 unsigned blk = (uint8_t)in[k].p[q - 1] | (unsigned)(uint8_t)in[k].p[q] << 8;
                 uint32_t sh = m - 1 - q;
 
-                /* wrapped, the pair sits up to 2 bytes further per line
-                 * break before it (breaks start at 1, then every >= 60) */
+                /* wrapped, the pair sits up to 4 bytes further per line
+                 * break before it (breaks start at 1, then every >= 60)
+                 * and 1 more per escaped '/' before it */
                 if (eol && in[k].wrap) {
-                    uint32_t more = 2 * ((q - 1 + SEC_WRAP_MIN - 1) / SEC_WRAP_MIN);
+                    uint32_t more = 4 * ((q - 1 + SEC_WRAP_MIN - 1) / SEC_WRAP_MIN) + sl;
+                    unsigned nblk = 'n' | (blk >> 8) << 8;
+                    uint32_t nsh;
 
                     sh = sh > more ? sh - more : 0;
+                    /* 'n' then p[q]: right after an escaped line break */
+                    more = 4 * ((q + SEC_WRAP_MIN - 1) / SEC_WRAP_MIN) + sl;
+                    nsh = m - 1 - q > more ? m - 1 - q - more : 0;
+                    if (nsh < shift[nblk])
+                        shift[nblk] = (uint8_t)nsh;
                 }
                 if (sh < shift[blk])
                     shift[blk] = (uint8_t)sh;
             }
         }
-        /* a line break may sit anywhere inside a wrapped match */
+        /* a line break or an escape may sit anywhere inside a wrapped match */
         if (eol) {
             for (unsigned b = 0; b < 256; b++) {
-                shift[b | '\r' << 8] = shift[b | '\n' << 8] = 0;
-                shift['\r' | b << 8] = shift['\n' | b << 8] = 0;
+                shift[b | '\r' << 8] = shift[b | '\n' << 8] = shift[b | '\\' << 8] = 0;
+                shift['\r' | b << 8] = shift['\n' | b << 8] = shift['\\' | b << 8] = 0;
             }
         }
     }
@@ -225,6 +250,7 @@ sec_ac_build(const struct sec_ac_in *in, int n)
 out:
     if (fail != NULL)
         sec_wipe_free(fail, maxst * sizeof(*fail));
+    al_free(nsl);
     al_free(queue);
     sec_ac_free(ac);
     return ret;
@@ -753,6 +779,110 @@ sec_ac_check_wrapped(const struct sec_ac *ac, int pat, const struct sec_raw *r, 
     return 1;
 }
 
+/* The line rules of a wrapped form, walking back: a break with c pattern
+ * characters after it, the nb-th found (0: the last one). */
+struct sec_wrap_walk {
+    uint32_t cprev, clast, gap, nb;
+    int      kind;
+};
+
+static int
+sec_wrap_break(struct sec_wrap_walk *w, uint32_t c, int kind)
+{
+    if (c == 0 || (w->nb > 0 && c == w->cprev))
+        return 0; /* at the end, two breaks in a row */
+    if (w->kind != 0 && kind != w->kind)
+        return 0; /* kinds mixed */
+    if (w->nb == 0) {
+        /* the last line: after the last break no further one fits */
+        if (c > SEC_WRAP_MAX)
+            return 0;
+        w->clast = c;
+    } else if (w->nb == 1) {
+        w->gap = c - w->cprev;
+        if ((w->gap != 60 && w->gap != 64 && w->gap != 76) || w->clast > w->gap)
+            return 0;
+    } else if (c - w->cprev != w->gap) {
+        return 0;
+    }
+    w->kind = kind;
+    w->cprev = c;
+    w->nb++;
+    return 1;
+}
+
+/*
+ * Like sec_ac_check_wrapped, for a match of the walk that drops JSON
+ * escapes: a wrap pattern whose line breaks are all "\n" (kind 2) or all
+ * "\r\n" (kind 4) escapes, any '/' possibly "\/"; no real line break and
+ * no other backslash inside. Before the first character, an escape is a
+ * break after it when the byte before is that first character (c0) and the
+ * break fits; else the n or r is the first character itself, after a
+ * literal backslash (the longer reading wins: both may be true).
+ */
+static int
+sec_ac_check_esc(const struct sec_ac *ac, int pat, const struct sec_raw *r, uint64_t end,
+                 uint64_t *start)
+{
+    uint32_t             L = ac->pats[pat].len, c = 0;
+    uint64_t             x = end;
+    struct sec_wrap_walk w = {0, 0, 0, 0, 0};
+
+    if (!ac->pats[pat].wrap)
+        return 0;
+    while (c < L) {
+        unsigned char b;
+        int           k;
+
+        if (x <= r->lo)
+            return 0;
+        b = sec_raw_at(r, x - 1);
+        if (b == '\r' || b == '\n' || b == '\\')
+            return 0;
+        if (x - 1 <= r->lo || sec_raw_at(r, x - 2) != '\\' || (b != 'n' && b != 'r' && b != '/')) {
+            c++;
+            x--;
+            continue;
+        }
+        if (b == '/') { /* "\/": the character, escaped */
+            c++;
+            x -= 2;
+            continue;
+        }
+        if (b == 'r') { /* "\r" without "\n": only the first character after a backslash */
+            if (c + 1 == L && b == ac->pats[pat].c0) {
+                *start = x - 1;
+                return 1;
+            }
+            return 0;
+        }
+        /* "\n", or "\r\n" (unless the r stands after an escaped backslash) */
+        k = x - 3 > r->lo && sec_raw_at(r, x - 3) == 'r' && sec_raw_at(r, x - 4) == '\\' ? 4 : 2;
+        if (c + 1 == L) {
+            /* one character left: before this escape (a break after the
+             * first character), or this n after a literal backslash */
+            for (int kk = k; kk >= 2; kk -= 2) {
+                struct sec_wrap_walk t = w;
+
+                if (x - (uint64_t)kk > r->lo && sec_wrap_break(&t, c, kk) &&
+                    sec_raw_at(r, x - (uint64_t)kk - 1) == ac->pats[pat].c0) {
+                    *start = x - (uint64_t)kk - 1;
+                    return 1;
+                }
+            }
+            if (b != ac->pats[pat].c0)
+                return 0;
+            *start = x - 1;
+            return 1;
+        }
+        if (!sec_wrap_break(&w, c, k))
+            return 0; /* not as an encoder wraps */
+        x -= (uint64_t)k;
+    }
+    *start = x;
+    return 1;
+}
+
 /* The raw bytes of the stream (its hold and the piece being fed) since the
  * last byte already searched for a line break: remember the last one. */
 static void
@@ -776,9 +906,26 @@ sec_stream_eol_scan(struct sec_stream *st, const struct sec_raw *r, uint64_t end
     }
 }
 
+/* How far back from pos a match in progress may start: the main walk in
+ * state s, the escape-dropping one, a backslash just read (eol automata). */
+static inline uint32_t
+sec_stream_depth(const struct sec_stream *st, uint32_t s)
+{
+    const struct sec_ac *ac = st->ac;
+    uint32_t             d = ac->depth[s / ac->ncls];
+
+    if (st->wst != 0 && ac->depth[st->wst / ac->ncls] > d)
+        d = ac->depth[st->wst / ac->ncls];
+    if (st->warm && ac->depth[st->wcand / ac->ncls] + 1 > d)
+        d = ac->depth[st->wcand / ac->ncls] + 1;
+    return d;
+}
+
+/* A match ending at end in state `state` of the main walk (esc = 0) or of
+ * the one dropping JSON escapes (esc = 1); the main walk is in smain. */
 static int
 sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t end, uint32_t state,
-                 struct al_dbuf *out)
+                 int esc, uint32_t smain, struct al_dbuf *out)
 {
     const struct sec_ac *ac = st->ac;
     uint32_t             sid = state / ac->ncls;
@@ -793,17 +940,21 @@ sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t 
 
         if (r.lo < st->hold_pos)
             r.lo = st->hold_pos;
-        if (st->eol_hi < end) {
+        if (!esc && st->eol_hi < end) {
             sec_stream_eol_scan(st, &r, end);
             st->eol_hi = end;
         }
         /* the longest pattern ending here that counts */
         for (;;) {
             start = end - ac->pats[pat].len;
-            if (start >= r.lo && st->last_eol <= start)
+            if (esc) {
+                if (sec_ac_check_esc(ac, pat, &r, end, &start))
+                    break;
+            } else if (start >= r.lo && st->last_eol <= start) {
                 break; /* no line break inside: as it is */
-            if (ac->pats[pat].wrap && sec_ac_check_wrapped(ac, pat, &r, end, &start))
+            } else if (ac->pats[pat].wrap && sec_ac_check_wrapped(ac, pat, &r, end, &start)) {
                 break;
+            }
             t = ac->olink[t];
             pat = ac->out[t];
             if (t == 0 || pat < 0)
@@ -841,7 +992,8 @@ sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t 
     st->cl[st->ncl].plen = plen;
     st->ncl++;
     /* st->pos is the end of this match: the frontier is pos - depth */
-    return sec_stream_advance(st, in, base, sec_frontier(st->pos, ac->depth[sid]), out);
+    return sec_stream_advance(st, in, base, sec_frontier(st->pos, sec_stream_depth(st, smain)),
+                              out);
 }
 
 /* From the root state: skips (bad-character shifts on byte pairs) to the
@@ -861,6 +1013,72 @@ sec_ac_skip(const uint8_t *shift, const unsigned char *u, size_t i, size_t n, si
     return p - m1;
 }
 
+/*
+ * eol automata, while the walk dropping JSON escapes runs or a backslash
+ * was just read: both walks, byte by byte, until neither is pending.
+ * After a backslash read from state q, "\\n" and "\\r" start that walk in q,
+ * "\\/" in q's transition on '/'. It ends at the root or at a backslash not
+ * followed by n, r or '/'. Escapes pair as in JSON: after "\\\\" the next
+ * byte begins nothing (the n of "\\\\n" is a character).
+ */
+static int
+sec_stream_slow(struct sec_stream *st, const char *in, uint64_t base, size_t n, size_t *ip,
+                uint32_t *sp, struct al_dbuf *out)
+{
+    const struct sec_ac *ac = st->ac;
+    const uint32_t      *tbl = ac->tbl;
+    const unsigned char *u = (const unsigned char *)in;
+    size_t               i = *ip;
+    uint32_t             s = *sp;
+    int                  rc = AL_OK;
+
+    while (i < n && (st->wst != 0 || st->warm) && rc == AL_OK) {
+        unsigned char b = u[i];
+        uint32_t      prev = s, t = tbl[s + ac->cls[b]], wt = 0;
+        int           wbefore = st->wst != 0, pair = st->warm && b == '\\';
+
+        s = t & ~SEC_AC_FLAGS;
+        i++;
+        st->pos = base + i;
+        if (st->warm) {
+            st->warm = 0;
+            if (b == 'n' || b == 'r') {
+                st->wst = st->wcand;
+            } else if (b == '/') {
+                wt = tbl[st->wcand + ac->cls['/']];
+                st->wst = wt & ~SEC_AC_FLAGS;
+            }
+            st->wbs = 0;
+        } else if (st->wbs) {
+            st->wbs = 0;
+            if (b == '/') {
+                wt = tbl[st->wst + ac->cls['/']];
+                st->wst = wt & ~SEC_AC_FLAGS;
+            } else if (b != 'n' && b != 'r') {
+                st->wst = 0;
+            }
+        } else if (b == '\\') {
+            st->wbs = 1;
+        } else {
+            wt = tbl[st->wst + ac->cls[b]];
+            st->wst = wt & ~SEC_AC_FLAGS;
+        }
+        if ((t & SEC_AC_ESC) && !wbefore && !pair) { /* not the 2nd of "\\\\" */
+            st->warm = 1;
+            st->wcand = prev;
+        }
+        if (t & SEC_AC_FLAG)
+            rc = sec_stream_match(st, in, base, base + i, s, 0, s, out);
+        if ((wt & SEC_AC_FLAG) && rc == AL_OK)
+            rc = sec_stream_match(st, in, base, base + i, st->wst, 1, s, out);
+        if (st->wst == 0)
+            st->wbs = 0;
+    }
+    *ip = i;
+    *sp = s;
+    return rc;
+}
+
 int
 sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out)
 {
@@ -877,27 +1095,41 @@ sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf 
     if (n == 0)
         return AL_OK;
     while (i < n) {
+        if (st->wst != 0 || st->warm) {
+            rc = sec_stream_slow(st, in, base, n, &i, &s, out);
+            if (rc != AL_OK)
+                goto out;
+            continue;
+        }
         if (s == 0 && shift != NULL) {
             i = sec_ac_skip(shift, u, i, n, m1);
             if (i >= n)
                 break;
         }
         do {
-            uint32_t t = tbl[s + cls[u[i]]];
+            uint32_t prev = s, t = tbl[s + cls[u[i]]];
 
-            s = t & ~SEC_AC_FLAG;
+            s = t & ~SEC_AC_FLAGS;
             i++;
-            if (t & SEC_AC_FLAG) {
+            if (t & SEC_AC_FLAGS) {
                 st->pos = base + i;
-                rc = sec_stream_match(st, in, base, base + i, s, out);
-                if (rc != AL_OK)
-                    goto out;
+                if (t & SEC_AC_ESC) { /* eol: a JSON escape may begin */
+                    st->warm = 1;
+                    st->wcand = prev;
+                }
+                if (t & SEC_AC_FLAG) {
+                    rc = sec_stream_match(st, in, base, base + i, s, 0, s, out);
+                    if (rc != AL_OK)
+                        goto out;
+                }
+                if (st->warm)
+                    break;
             }
         } while (s != 0 && i < n);
     }
     st->pos = base + n;
     st->state = s;
-    rc = sec_stream_advance(st, in, base, sec_frontier(st->pos, ac->depth[s / ac->ncls]), out);
+    rc = sec_stream_advance(st, in, base, sec_frontier(st->pos, sec_stream_depth(st, s)), out);
     if (rc != AL_OK)
         goto out;
     /* keep [max(emitted, pos - max_len), pos) */
@@ -935,6 +1167,9 @@ sec_stream_finish(struct sec_stream *st, struct al_dbuf *out)
     st->hold_pos = st->pos;
     st->ncl = 0;
     st->state = 0;
+    st->wst = 0;
+    st->wbs = 0;
+    st->warm = 0;
     st->emitted = st->pos;
     return rc;
 }
@@ -1020,15 +1255,31 @@ sec_stream_free(struct sec_stream *st)
 
 /* Whether any of ac's patterns occurs in in[0..n): the scan of
  * sec_stream_feed() without the bookkeeping, for values that (almost
- * always) hold nothing to replace. */
+ * always) hold nothing to replace. With a backslash (a JSON escape may
+ * hide a wrapped form), a stream that replaces nothing tells. */
 static int
-sec_ac_any(const struct sec_ac *ac, const char *in, size_t n)
+sec_ac_any(const struct sec_store *cs, const struct sec_ac *ac, const char *in, size_t n)
 {
     const unsigned char *u = (const unsigned char *)in;
     size_t               m1 = ac->min_len - 1, i = 0;
     uint32_t             s = 0;
     int            eol = ac->eol && (memchr(in, '\n', n) != NULL || memchr(in, '\r', n) != NULL);
     struct sec_raw r = {in, in, 0, 0, 0};
+
+    if (ac->eol && memchr(in, '\\', n) != NULL) {
+        struct sec_stream st;
+        struct al_dbuf    out;
+        int               rc = 1;
+
+        al_dbuf_init(&out, n + 1);
+        if (sec_stream_init(&st, cs, ac, SEC_MODE_REDACT, 0) == AL_OK) {
+            if (sec_stream_oneshot(&st, in, n, &out) == AL_OK)
+                rc = st.seen != 0;
+            sec_stream_fini(&st);
+        }
+        sec_dbuf_wipe(&out);
+        return rc;
+    }
 
     while (i < n) {
         if (s == 0 && ac->shift != NULL) {
@@ -1039,7 +1290,7 @@ sec_ac_any(const struct sec_ac *ac, const char *in, size_t n)
         do {
             uint32_t t = ac->tbl[s + ac->cls[u[i]]];
 
-            s = t & ~SEC_AC_FLAG;
+            s = t & ~SEC_AC_FLAGS;
             i++;
             if ((t & SEC_AC_FLAG) && !eol)
                 return 1;
@@ -1070,7 +1321,7 @@ sec_redact_any(const struct sec_store *cs, uint64_t mask, const char *in, size_t
     ac = sec_redact_ac(s, mask, &own);
     if (ac == NULL)
         return -1;
-    rc = sec_ac_any(ac, in, n);
+    rc = sec_ac_any(s, ac, in, n);
     sec_ac_free(own);
     return rc;
 }
@@ -1090,7 +1341,7 @@ sec_redact_value(const struct sec_store *cs, uint64_t mask, const char *in, size
     ac = sec_redact_ac(s, mask, &own);
     if (ac == NULL)
         goto out;
-    if (!sec_ac_any(ac, in, n)) {
+    if (!sec_ac_any(s, ac, in, n)) {
         rc = sec_dbuf_add(out, in, n);
         goto out;
     }

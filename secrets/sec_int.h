@@ -69,24 +69,32 @@ struct sec_secret {
 };
 
 /* One pattern of an automaton: which secret, how long, and whether it may
- * also occur MIME line-wrapped (a standard base64 form). */
+ * also occur MIME line-wrapped (a standard base64 form); c0 is its first
+ * character (tells an escape from that character after a backslash). */
 struct sec_pat {
     int      secret;
     uint32_t len;
     int      wrap;
+    uint8_t  c0;
 };
 
 /*
  * MIME line-wrapped base64 (issue #14): a wrap pattern of length L also
- * matches with one EOL ("\n" or "\r\n", the same throughout) inserted before
- * characters p, p+W, p+2W, ... < L, for any 1 <= p < L and W in
- * {60, 64, 76}. SEC_WRAP_MIN/MAX are the smallest and largest W.
- * SEC_WRAP_RAW(d) bounds the raw length of such a text holding d pattern
- * characters (at most ceil(d/60) EOLs of 2 bytes).
+ * matches with one EOL inserted before characters p, p+W, p+2W, ... < L,
+ * for any 1 <= p < L and W in {60, 64, 76}, the EOL being the same
+ * throughout: "\n" or "\r\n" (real line breaks), or, inside a JSON string,
+ * the escapes "\\n" (2 bytes) or "\\r\\n" (4 bytes); there each '/' may
+ * also be escaped as "\\/" (PHP), wrapped or not. SEC_WRAP_MIN/MAX are
+ * the smallest and largest W. SEC_WRAP_RAW(d) bounds the raw length of such
+ * a text holding d pattern characters (at most ceil(d/60) EOLs of <= 4
+ * bytes; escaped slashes come on top, counted per trie state).
+ * SEC_WRAP_SLACK: a match in progress also keeps the bytes just before it
+ * (an escape or that character after a backslash) and a pending escape.
  */
 #define SEC_WRAP_MIN 60u
 #define SEC_WRAP_MAX 76u
-#define SEC_WRAP_RAW(d) ((d) + 2u * (((d) + SEC_WRAP_MIN - 1) / SEC_WRAP_MIN))
+#define SEC_WRAP_RAW(d) ((d) + 4u * (((d) + SEC_WRAP_MIN - 1) / SEC_WRAP_MIN))
+#define SEC_WRAP_SLACK 8u
 
 /*
  * Aho-Corasick automaton compiled to a dense DFA over byte classes.
@@ -105,8 +113,19 @@ struct sec_pat {
  * pattern wrapped as above). olink[state] is where the next shorter
  * pattern ending at state is found (out[olink] < 0: none), for when the
  * longest fails that check. max_len is then the longest raw match.
+ *
+ * JSON escapes (eol too): the DFA reads a backslash literally (the raw,
+ * JSON and other forms keep matching as they are), but every transition on
+ * it carries SEC_AC_ESC. A stream then looks at the next byte: for "\\n",
+ * "\\r" or "\\/" it starts a second walk of the same DFA, from the state
+ * before the backslash, that drops those escapes ("\\/" reads as '/') and
+ * ends at the root or at any other backslash (struct sec_stream: wst).
+ * Its matches count only for wrap patterns checked against the escapes
+ * (sec_ac_check_esc). depth[] covers the escapes' extra bytes.
  */
 #define SEC_AC_FLAG 0x80000000u
+#define SEC_AC_ESC 0x40000000u
+#define SEC_AC_FLAGS (SEC_AC_FLAG | SEC_AC_ESC)
 struct sec_ac {
     void           *map; /* vault region holding everything below */
     size_t          map_len;
@@ -177,6 +196,10 @@ struct sec_stream {
     int                  ncl, clcap;
     uint64_t             eol_hi;   /* eol automata: bytes before were searched for CR/LF, */
     uint64_t             last_eol; /* the last one found there + 1 (0: none) */
+    uint32_t             wst;      /* the walk dropping JSON escapes (0: none), */
+    int                  wbs;      /* which has just read a backslash */
+    int                  warm;     /* the main walk has just read a backslash, */
+    uint32_t             wcand;    /* coming from this state */
     uint64_t             seen, replaced;
 };
 

@@ -65,6 +65,21 @@ class Handler(upstream_mod._Handler):
             for off in OFFSETS:
                 parts.append(b"--doc %d" % off + eol + wrap(b64_doc(v, off), width, eol) + eol)
             body = b"".join(parts)
+        elif form == "contents":
+            # GitHub's contents API: base64 wrapped at W inside a JSON
+            # string, the line breaks being the escape \n (or \r\n), '/'
+            # escaped as \/ with slash=1 (PHP's json_encode)
+            width = int(q.get("w", "60"))
+            esc = "\\r\\n" if q.get("eol") == "crlf" else "\\n"
+            docs = []
+            for off in OFFSETS:
+                text = wrap(b64_doc(v, off), width, b"\n").decode() + "\n"
+                s = json.dumps({"name": "doc%d" % off, "content": text, "encoding": "base64"})
+                s = s.replace("\\n", esc)
+                if q.get("slash") == "1":
+                    s = s.replace("/", "\\/")
+                docs.append(s)
+            body = ("[" + ",\n".join(docs) + "]\n").encode()
         else:
             body = b"unknown form\n"
         self._send(200, body, "text/plain")
@@ -84,9 +99,11 @@ def forms_of(v):
 
 def no_value(body, what):
     flat = body.replace(b"\r", b"").replace(b"\n", b"")
+    # and with the JSON escapes taken out (\/ read as /)
+    jflat = body.replace(b"\\r", b"").replace(b"\\n", b"").replace(b"\\/", b"/")
     for name, v in VALUES.items():
         for form, f in forms_of(v.encode()).items():
-            if f in body or f in flat:
+            if f in body or f in flat or f in jflat:
                 raise TestFailure("%s: secret %s visible (%s form): %r" %
                                   (what, name, form, body[:400]))
 
@@ -140,6 +157,25 @@ def test_wrapped_base64(t):
                 check(body.count(b"--doc ") == len(OFFSETS), "documents: %r" % body[:300])
                 if eol == "crlf":
                     check(b"\r\n" in body, "CRLF kept around the placeholder")
+
+
+@test
+def test_json_wrapped_base64(t):
+    """A JSON document like GitHub's contents API answer: the base64 of a
+    file holding the value, wrapped at 60 (64, 76) with the escape \\n (or
+    \\r\\n) inside a JSON string: each document shows the placeholder and
+    no form of the value, and the JSON still parses."""
+    up, al = start(t)
+    for name in VALUES:
+        for width, eol, slash in ((60, "lf", 0), (60, "crlf", 0), (64, "lf", 0), (76, "crlf", 0),
+                                  (60, "lf", 1)):
+            q = "w=%d&eol=%s&slash=%d&s=%s" % (width, eol, slash, name)
+            body = fetch(al, up, name, "contents", q)
+            no_value(body, "%s contents %s" % (name, q))
+            docs = json.loads(body)
+            eq(len(docs), len(OFFSETS), "documents")
+            for d in docs:
+                eq(d["content"].count(PH[name]), 1, "%s %s: placeholder in %r" % (name, q, d))
 
 
 if __name__ == "__main__":

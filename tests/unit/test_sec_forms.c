@@ -4,7 +4,8 @@
  *
  * With AL_SEC_FORMS_BENCH=1 in the environment it also prints measurements
  * (automaton size and build time for 5 secrets of 40 bytes and 1 of 200,
- * redactor throughput on random, base64-alphabet and wrapped-base64 text).
+ * redactor throughput on random, base64-alphabet, wrapped-base64 text and
+ * base64 wrapped with JSON "\\n" escapes).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -231,11 +232,15 @@ t_bench_one(const char *what, int n, size_t len)
            st->ac->npats, st->ac->nstates, st->ac->ncls, st->ac->map_len >> 10, st->ac->max_len,
            (t1 - t0) * 1e3);
     al_dbuf_init(&out, (size_t)1 << 20);
-    for (int kind = 0; kind < 3; kind++) {
+    for (int kind = 0; kind < 4; kind++) {
         static const char b64[] =
             "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        static const char *names[] = {"random", "base64 alphabet", "base64 wrapped at 76 (CRLF)"};
+        static const char *names[] = {"random", "base64 alphabet", "base64 wrapped at 76 (CRLF)",
+                                      "base64 wrapped at 60 (JSON \\n)"};
 
+        if (getenv("AL_SEC_FORMS_BENCH_KIND") != NULL && /* one kind only (callgrind) */
+            atoi(getenv("AL_SEC_FORMS_BENCH_KIND")) != kind)
+            continue;
         assert_int_equal(RAND_bytes(data, (int)total), 1);
         if (kind == 1) {
             for (size_t i = 0; i < total; i++)
@@ -246,6 +251,13 @@ t_bench_one(const char *what, int n, size_t len)
             for (size_t i = 76; i + 1 < total; i += 78) {
                 data[i] = '\r';
                 data[i + 1] = '\n';
+            }
+        } else if (kind == 3) { /* GitHub's contents API */
+            for (size_t i = 0; i < total; i++)
+                data[i] = (unsigned char)b64[data[i] & 63];
+            for (size_t i = 60; i + 1 < total; i += 62) {
+                data[i] = '\\';
+                data[i + 1] = 'n';
             }
         }
         t0 = t_now();
@@ -287,6 +299,27 @@ t_store(void)
     struct al_errs    errs;
     struct sec_store *s;
 
+    al_errs_init(&errs);
+    s = sec_load_text("t.json", json, strlen(json), NULL, &errs);
+    if (s == NULL)
+        print_error("%s", errs.text.data);
+    assert_non_null(s);
+    al_errs_free(&errs);
+    return s;
+}
+
+/* A store of one secret, placeholder PH-XXXXXXXX. */
+static struct sec_store *
+t_store1(const char *v)
+{
+    char              json[1024];
+    struct al_errs    errs;
+    struct sec_store *s;
+
+    snprintf(json, sizeof(json),
+             "{\"secrets\": {\"x\": {\"from\": {\"value\": \"%s\"}, \"hosts\": [\"x.test\"], "
+             "\"placeholder\": \"PH-XXXXXXXX\"}}}",
+             v);
     al_errs_init(&errs);
     s = sec_load_text("t.json", json, strlen(json), NULL, &errs);
     if (s == NULL)
@@ -448,6 +481,9 @@ test_forms_dedup(void **state)
 
 static const size_t t_widths[] = {60, 64, 76};
 static const char  *t_eols[] = {"\n", "\r\n"};
+/* and the JSON string escapes of those (GitHub's contents API) */
+static const char *t_jeols[] = {"\\n", "\\r\\n"};
+static const char *t_alleols[] = {"\n", "\r\n", "\\n", "\\r\\n"};
 
 /* Every wrapped variant of every standard base64 form of secret idx. */
 static void
@@ -599,9 +635,9 @@ test_wrapped_document(void **state)
 
         for (size_t at = 100; at < 103 + 76; at++) {
             size_t             wi = at % 3, dlen = 600, elen, o = 0;
-            const char        *eol = t_eols[at / 3 % 2];
+            const char        *eol = t_alleols[at / 3 % 4];
             unsigned char      doc[700];
-            char              *enc = malloc(2000), *wr = malloc(2200), *r;
+            char              *enc = malloc(2000), *wr = malloc(2600), *r;
             struct sec_stream *st = sec_redactor_new(s, 7);
 
             assert_non_null(st);
@@ -619,7 +655,7 @@ test_wrapped_document(void **state)
             {
                 struct al_dbuf out;
                 size_t         off = 0;
-                char           flat[2200], inner[1024];
+                char           flat[2600], inner[1024];
                 size_t         fo = 0;
 
                 al_dbuf_init(&out, (size_t)1 << 24);
@@ -641,9 +677,12 @@ test_wrapped_document(void **state)
                                 t_widths[wi], r);
                     fail();
                 }
-                for (size_t i = 0; r[i] != '\0'; i++)
-                    if (r[i] != '\r' && r[i] != '\n')
+                for (size_t i = 0; r[i] != '\0'; i++) {
+                    if (r[i] == '\\' && (r[i + 1] == 'n' || r[i + 1] == 'r'))
+                        i++;
+                    else if (r[i] != '\r' && r[i] != '\n')
                         flat[fo++] = r[i];
+                }
                 flat[fo] = '\0';
                 for (int k = 0; k < 3; k++) {
                     t_b64_form(v, n, k, 2, inner);
@@ -657,6 +696,255 @@ test_wrapped_document(void **state)
         }
     }
     sec_store_unref(s);
+}
+
+/* f with every '/' escaped as "\/" (PHP's json_encode). */
+static size_t
+t_slashes(const char *f, char *out)
+{
+    size_t o = 0;
+
+    for (; *f != '\0'; f++) {
+        if (*f == '/')
+            out[o++] = '\\';
+        out[o++] = *f;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Every standard base64 form of secret idx wrapped with the JSON escapes
+ * "\n" / "\r\n" inside a JSON string, at every width and alignment (and
+ * with '/' escaped too): one placeholder. */
+static void
+t_json_wrapped_all(struct sec_store *s, int idx, int every, int *nslash)
+{
+    const char        *v = s->secs[idx].value, *ph = sec_placeholder(s, idx);
+    size_t             n = s->secs[idx].value_len;
+    struct sec_stream *st = sec_redactor_new(s, 7);
+    int                cases = 0;
+
+    assert_non_null(st);
+    for (int f = 0; f < 5; f++) {
+        char   form[1024], w[2400], w2[2800], in[2900], exp[128];
+        size_t L = t_b64_form(v, n, f < 2 ? 0 : f - 2, f < 2 ? f : 2, form);
+
+        snprintf(exp, sizeof(exp), "{\"content\": \"%s\"}", ph);
+        for (size_t wi = 0; wi < 3; wi++) {
+            for (size_t p = 1; p < L; p++) {
+                if (wi > 0 && p + t_widths[0] >= L)
+                    continue;
+                for (int e = 0; e < 2; e++) {
+                    t_wrap(form, L, p, t_widths[wi], t_jeols[e], w);
+                    snprintf(in, sizeof(in), "{\"content\": \"%s\"}", w);
+                    t_expect(s, st, 7, in, exp, every && (p % 7 == 1 || p + 2 >= L),
+                             "json-wrapped");
+                    cases++;
+                    if (strchr(form, '/') != NULL && (p % 5 == 0 || p == 1)) {
+                        t_slashes(w, w2);
+                        snprintf(in, sizeof(in), "{\"content\": \"%s\"}", w2);
+                        t_expect(s, st, 7, in, exp, every && p == 1, "json-wrapped \\/");
+                        (*nslash)++;
+                    }
+                }
+            }
+        }
+        if (strchr(form, '/') != NULL) { /* "\/" alone, not wrapped */
+            t_slashes(form, w2);
+            snprintf(in, sizeof(in), "{\"content\": \"%s\"}", w2);
+            t_expect(s, st, 7, in, exp, 1, "\\/ only");
+            (*nslash)++;
+        }
+    }
+    print_message("secret %d: %d JSON-wrapped variants\n", idx, cases);
+    sec_stream_free(st);
+}
+
+static void
+test_json_wrapped_b64(void **state)
+{
+    struct sec_store *s = t_store();
+    int               nslash = 0;
+
+    (void)state;
+    t_json_wrapped_all(s, 0, 1, &nslash);
+    t_json_wrapped_all(s, 1, 0, &nslash);
+    t_json_wrapped_all(s, 2, 1, &nslash);
+    sec_store_unref(s);
+    /* '?' (0x3f) ends a base64 group with '/' */
+    s = t_store1("sk?live?TEST?????0123456789??abcdef???");
+    t_json_wrapped_all(s, 0, 1, &nslash);
+    assert_true(nslash > 0); /* some form holds a '/' */
+    sec_store_unref(s);
+}
+
+/* JSON-escaped, but not as an encoder wraps (or no escape): left alone. */
+static void
+test_json_wrapped_near_miss(void **state)
+{
+    struct sec_store  *s = t_store();
+    struct sec_stream *st = sec_redactor_new(s, 7);
+    char               form[1024], w[2400], x[2600];
+    size_t             L;
+
+    (void)state;
+    assert_non_null(st);
+    L = t_b64_form(T_V40, strlen(T_V40), 0, 1, form);
+    t_wrap(form, L, 20, 60, "\\n", w);
+    snprintf(x, sizeof(x), "\"%s\"", w);
+    t_expect(s, st, 7, x, "\"PH-AAAAAAAA\"", 1, "json control");
+    {
+        /* two escapes, a lone "\r", "\r" "\r\n", an escaped backslash
+         * then n ("\\n" is a backslash and an n), real and escaped breaks
+         * mixed, "\t", "\u000a" */
+        static const char *bad[] = {"\\n\\n",  "\\r", "\\r\\r\\n", "\\\\n", "\\n\n", "\n\\n", "\\t",
+                                    "\\u000a", "\\",  "\\r\\n\\n", "\\/",   "\\n\\/"};
+
+        for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+            t_wrap(form, L, 20, 60, bad[b], w);
+            t_expect(s, st, 7, w, w, 1, "bad escape");
+        }
+        t_wrap(form, L, 20, 60, "\\r\\n", w);
+        w[30] = (char)(w[30] == 'A' ? 'B' : 'A');
+        t_expect(s, st, 7, w, w, 1, "json changed character");
+        /* two escapes 20 apart */
+        memcpy(x, form, 20);
+        memcpy(x + 20, "\\n", 2);
+        memcpy(x + 22, form + 20, 20);
+        memcpy(x + 42, "\\n", 2);
+        memcpy(x + 44, form + 40, L - 40);
+        x[44 + L - 40] = '\0';
+        t_expect(s, st, 7, x, x, 1, "escapes 20 apart");
+    }
+    L = t_b64_form(T_V200, strlen(T_V200), 0, 1, form);
+    {
+        t_wrap(form, L, 10, 50, "\\n", w);
+        t_expect(s, st, 7, w, w, 1, "json width 50");
+        t_wrap(form, L, 10, 72, "\\r\\n", w);
+        t_expect(s, st, 7, w, w, 0, "json width 72");
+        /* "\n" then "\r\n" */
+        t_wrap(form, L, 10, 60, "\\n", w);
+        {
+            char *q = strstr(strstr(w, "\\n") + 2, "\\n"); /* the 2nd becomes "\r\n" */
+
+            memmove(q + 2, q, strlen(q) + 1);
+            memcpy(q, "\\r", 2);
+            t_expect(s, st, 7, w, w, 0, "\\n and \\r\\n");
+        }
+        /* escapes where real breaks would be, one real among them */
+        t_wrap(form, L, 10, 60, "\\n", w);
+        {
+            char *q = strstr(strstr(w, "\\n") + 2, "\\n");
+
+            memmove(q, q + 1, strlen(q + 1) + 1);
+            *q = '\n';
+            t_expect(s, st, 7, w, w, 0, "real and escaped");
+        }
+        /* one escape only, too early for any width */
+        memcpy(x, form, 10);
+        memcpy(x + 10, "\\n", 2);
+        memcpy(x + 12, form + 10, L - 10);
+        x[L + 2] = '\0';
+        t_expect(s, st, 7, x, x, 1, "one early escape");
+        /* the last line too long */
+        memcpy(x, form, L - 78);
+        memcpy(x + L - 78, "\\n", 2);
+        memcpy(x + L - 76, form + L - 78, 78);
+        x[L + 2] = '\0';
+        t_expect(s, st, 7, x, x, 1, "json last line 78");
+    }
+    sec_stream_free(st);
+    sec_store_unref(s);
+}
+
+/* Values beginning with n or r right after a literal backslash (a Windows
+ * path, an escaped backslash in JSON) are redacted as they are; so are
+ * their wrapped forms, and base64 forms beginning with n after a break. */
+static void
+test_json_escape_pitfall(void **state)
+{
+    const char        *json = "{\"secrets\": {"
+                              "\"n\": {\"from\": {\"value\": \"nSECRET-0123456789-abcdef\"}, "
+                              "\"hosts\": [\"n.test\"], \"placeholder\": \"PH-NNNNNNNN\"},"
+                              "\"r\": {\"from\": {\"value\": \"rSECRET-9876543210-fedcba\"}, "
+                              "\"hosts\": [\"r.test\"], \"placeholder\": \"PH-RRRRRRRR\"}}}";
+    struct al_errs     errs;
+    struct sec_store  *s;
+    struct sec_stream *st;
+    char               in[4096], exp[4096], form[1024], w[2400];
+
+    (void)state;
+    al_errs_init(&errs);
+    s = sec_load_text("t.json", json, strlen(json), NULL, &errs);
+    assert_non_null(s);
+    al_errs_free(&errs);
+    st = sec_redactor_new(s, 3);
+    assert_non_null(st);
+    for (int i = 0; i < 2; i++) {
+        const char        *v = s->secs[i].value, *ph = sec_placeholder(s, i);
+        static const char *pre[] = {"C:\\",     "\\\\",    "x\\",         "\\n\\",
+                                    "\\r\\n\\", "ab\\r\\", "QUJD\\\\\\n", "\\"};
+
+        for (size_t k = 0; k < sizeof(pre) / sizeof(pre[0]); k++) {
+            snprintf(in, sizeof(in), "\"%s%s\"", pre[k], v);
+            snprintf(exp, sizeof(exp), "\"%s%s\"", pre[k], ph);
+            t_expect(s, st, 3, in, exp, 1, "value after a backslash");
+            /* right after a wrapped form of the other one */
+            t_b64_form(s->secs[!i].value, s->secs[!i].value_len, 0, 0, form);
+            t_wrap(form, strlen(form), 7, 60, "\\n", w);
+            snprintf(in, sizeof(in), "\"%s%s%s\"", w, pre[k], v);
+            snprintf(exp, sizeof(exp), "\"%s%s%s\"", sec_placeholder(s, !i), pre[k], ph);
+            t_expect(s, st, 3, in, exp, 0, "value after a wrapped one");
+        }
+        /* an escaped break right before the value: "\n" then n... */
+        snprintf(in, sizeof(in), "\"abc\\n%s\\r\\n%s\"", v, v);
+        snprintf(exp, sizeof(exp), "\"abc\\n%s\\r\\n%s\"", ph, ph);
+        t_expect(s, st, 3, in, exp, 1, "value after an escape");
+    }
+    sec_stream_free(st);
+    sec_store_unref(s);
+}
+
+/* Base64 forms beginning with n or r, wrapped after their first character
+ * (the escape's n next to the form's own n). */
+static void
+test_json_wrapped_first_n(void **state)
+{
+    struct sec_store  *s = NULL;
+    struct sec_stream *st;
+    int                found = 0;
+
+    (void)state;
+    /* inner base64 at alignment 2 begins with the first byte's low 6
+     * bits: 'g' gives 'n', 'k' gives 'r' */
+    for (int tries = 0; tries < 2; tries++) {
+        static const char *vals[] = {"g-secret-n-first-0123", "k-secret-r-first-0123"};
+        char               form[256], w[512], in[700];
+
+        s = t_store1(vals[tries]);
+        st = sec_redactor_new(s, 1);
+        assert_non_null(st);
+        for (int f = 0; f < 5; f++) {
+            size_t L = t_b64_form(s->secs[0].value, s->secs[0].value_len, f < 2 ? 0 : f - 2,
+                                  f < 2 ? f : 2, form);
+
+            if (form[0] != 'n' && form[0] != 'r')
+                continue;
+            found++;
+            for (int e = 0; e < 2; e++) {
+                for (size_t p = 1; p < 3; p++) {
+                    t_wrap(form, L, p, 60, t_jeols[e], w);
+                    snprintf(in, sizeof(in), "\"%s\"", w);
+                    t_expect(s, st, 1, in, "\"PH-XXXXXXXX\"", 1, "first n/r");
+                    snprintf(in, sizeof(in), "\"\\\\%s\"", w); /* after "\\" */
+                    t_expect(s, st, 1, in, "\"\\\\PH-XXXXXXXX\"", 1, "first n/r after \\\\");
+                }
+            }
+        }
+        sec_stream_free(st);
+        sec_store_unref(s);
+    }
+    assert_true(found > 0);
 }
 
 static void
@@ -674,9 +962,16 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_case_folded),      cmocka_unit_test(test_forms_dedup),
-        cmocka_unit_test(test_wrapped_b64),      cmocka_unit_test(test_wrapped_near_miss),
-        cmocka_unit_test(test_wrapped_document), cmocka_unit_test(test_forms_bench),
+        cmocka_unit_test(test_case_folded),
+        cmocka_unit_test(test_forms_dedup),
+        cmocka_unit_test(test_wrapped_b64),
+        cmocka_unit_test(test_wrapped_near_miss),
+        cmocka_unit_test(test_wrapped_document),
+        cmocka_unit_test(test_json_wrapped_b64),
+        cmocka_unit_test(test_json_wrapped_near_miss),
+        cmocka_unit_test(test_json_escape_pitfall),
+        cmocka_unit_test(test_json_wrapped_first_n),
+        cmocka_unit_test(test_forms_bench),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
