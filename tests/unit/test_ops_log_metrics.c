@@ -324,6 +324,29 @@ test_every_family_has_help(void **state)
     free(out);
 }
 
+static void
+test_readiness(void **state)
+{
+    static struct px_worker w[2];
+    const char             *reason = NULL;
+    char                    detail[256];
+
+    (void)state;
+    px_admin_set_workers(w, 2);
+    assert_int_equal(px_admin_ready(&reason, detail, sizeof(detail)), AL_OK);
+    atomic_store(&w[1].accept_paused, 1);
+    assert_int_equal(px_admin_ready(&reason, detail, sizeof(detail)), AL_DECLINED);
+    assert_string_equal(reason, "listener_paused");
+    assert_non_null(strstr(detail, "worker 1"));
+    px_admin_set_draining(1); /* draining comes first */
+    assert_int_equal(px_admin_ready(&reason, detail, sizeof(detail)), AL_DECLINED);
+    assert_string_equal(reason, "draining");
+    px_admin_set_draining(0);
+    atomic_store(&w[1].accept_paused, 0);
+    assert_int_equal(px_admin_ready(&reason, detail, sizeof(detail)), AL_OK);
+    px_admin_set_workers(NULL, 0);
+}
+
 int
 main(void)
 {
@@ -339,6 +362,7 @@ main(void)
         cmocka_unit_test(test_phase_hook),
         cmocka_unit_test(test_request_counters),
         cmocka_unit_test(test_every_family_has_help),
+        cmocka_unit_test(test_readiness),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
