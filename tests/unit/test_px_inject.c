@@ -9,7 +9,8 @@
  * scanned) and refuses an out-of-scope placeholder (x->body_refusal);
  * responses from a host that got a secret are redacted in the head (in
  * place) and in the body through the chain, across piece boundaries, a
- * gzip body decoded then redacted, two codings refused (502).
+ * gzip body decoded then redacted, two codings refused (502). The chain
+ * runner itself (px_filter.c): hold-back, refusal, framing, its cap.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -90,6 +91,66 @@ t_unchunk(const char *s)
         assert_memory_equal(s, "\r\n", 2);
         s += 2;
     }
+}
+
+/* ---- the chain runner (px_filter.c) ------------------------------------------ */
+
+/* A filter that holds everything back until the end, then passes it on
+ * upper-cased in one piece. */
+static char   t_held[64];
+static size_t t_nheld;
+
+static int
+t_upper_at_end(struct px_chain *ch, int i, const char *p, size_t n, int last)
+{
+    for (size_t k = 0; k < n && t_nheld < sizeof(t_held); k++)
+        t_held[t_nheld++] = (char)(p[k] >= 'a' && p[k] <= 'z' ? p[k] - 32 : p[k]);
+    if (!last)
+        return AL_OK;
+    return px_chain_feed(ch, i + 1, t_held, t_nheld, 1);
+}
+
+static int
+t_refuse_x(struct px_chain *ch, int i, const char *p, size_t n, int last)
+{
+    if (n > 0 && memchr(p, 'x', n) != NULL)
+        return AL_DECLINED;
+    return px_chain_feed(ch, i + 1, p, n, last);
+}
+
+static void
+test_chain_runner(void **state)
+{
+    struct pxf      f;
+    struct px_chain ch;
+
+    (void)state;
+    pxf_init(&f, NULL, NULL);
+    px_chain_init(&ch, f.c);
+    /* No destination yet: a body before its head is a bug, not bytes. */
+    assert_int_equal(px_chain_feed(&ch, 0, "a", 1, 0), AL_ERROR);
+    ch.out = &f.c->cl.out;
+    assert_int_equal(px_chain_feed(&ch, 0, "as is", 5, 0), AL_OK);
+    assert_int_equal(px_chain_feed(&ch, 0, NULL, 0, 1), AL_OK);
+    pxf_expect_q(&f.c->cl.out, "as is");
+
+    t_nheld = 0;
+    ch.chunked = 1;
+    assert_int_equal(px_chain_add(&ch, t_refuse_x), AL_OK);
+    assert_int_equal(px_chain_add(&ch, t_upper_at_end), AL_OK);
+    assert_int_equal(px_chain_feed(&ch, 0, "abc", 3, 0), AL_OK);
+    assert_int_equal(px_chain_feed(&ch, 0, "de", 2, 0), AL_OK);
+    assert_int_equal(al_bufq_len(&f.c->cl.out), 0); /* held back */
+    assert_int_equal(px_chain_feed(&ch, 0, NULL, 0, 1), AL_OK);
+    pxf_expect_q(&f.c->cl.out, "5\r\nABCDE\r\n0\r\n\r\n");
+    assert_int_equal(px_chain_feed(&ch, 0, "six", 3, 0), AL_DECLINED);
+    assert_int_equal(al_bufq_len(&f.c->cl.out), 0);
+
+    assert_int_equal(px_chain_add(&ch, t_refuse_x), AL_OK);
+    assert_int_equal(px_chain_add(&ch, t_refuse_x), AL_OK);
+    assert_int_equal(ch.n, PX_CHAIN_MAX);
+    assert_int_equal(px_chain_add(&ch, t_refuse_x), AL_ERROR);
+    pxf_free(&f);
 }
 
 /* ---- request heads ----------------------------------------------------------- */
@@ -654,6 +715,7 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chain_runner),
         cmocka_unit_test(test_head_in_scope),
         cmocka_unit_test(test_head_no_secret_host),
         cmocka_unit_test(test_head_out_of_scope),
