@@ -112,6 +112,11 @@ int pol_pathpat_covers(const struct pol_pathpat *a, const struct pol_pathpat *b)
 
 /* pol_load.c */
 void pol_policy_free(struct pol_policy *p);
+/* Index of the first earlier enforced rule matching every request rule j
+ * matches (rule j is never reached), or -1. Conservative. */
+int pol_rule_shadowed(const struct pol_policy *p, int j);
+/* Does rule a match every request rule b matches? (conservative) */
+int pol_rule_covers_rule(const struct pol_rule *a, const struct pol_rule *b);
 
 /* pol_ident.c */
 int pol_ident_charset_ok(const char *s, size_t len);

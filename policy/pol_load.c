@@ -568,38 +568,52 @@ pol_shadow_scan(const struct pol_policy *p, const int *list, int n, const struct
     return best;
 }
 
+int
+pol_rule_shadowed(const struct pol_policy *p, int j)
+{
+    const struct pol_rule    *b = &p->rules[j];
+    const struct pol_hostpat *h = &b->hosts[0];
+    const struct pol_hent    *e;
+    int                       best = j;
+
+    best = pol_shadow_scan(p, p->star, p->nstar, b, best);
+    if (h->kind != POL_HP_ANY) {
+        if (h->kind == POL_HP_EXACT && (e = pol_htab_get(&p->exact, h->name, h->len)) != NULL)
+            best = pol_shadow_scan(p, e->rules, e->nrules, b, best);
+        if (h->kind == POL_HP_SUFFIX && (e = pol_htab_get(&p->suffix, h->name, h->len)) != NULL)
+            best = pol_shadow_scan(p, e->rules, e->nrules, b, best);
+        for (size_t i = 0; i < h->len; i++) {
+            if (h->name[i] != '.')
+                continue;
+            e = pol_htab_get(&p->suffix, h->name + i + 1, h->len - i - 1);
+            if (e != NULL)
+                best = pol_shadow_scan(p, e->rules, e->nrules, b, best);
+        }
+    }
+    return best < j ? best : -1;
+}
+
+int
+pol_rule_covers_rule(const struct pol_rule *a, const struct pol_rule *b)
+{
+    return pol_rule_covers(a, b);
+}
+
 static void
 pol_shadow_warn(struct pol_loadctx *x)
 {
     const struct pol_policy *p = x->p;
 
     for (int j = 0; j < p->nrules; j++) {
-        const struct pol_rule    *b = &p->rules[j];
-        const struct pol_hostpat *h = &b->hosts[0];
-        const struct pol_hent    *e;
-        int                       best = j;
-        char                      jp[POL_JPATH_BYTES];
+        int  best = pol_rule_shadowed(p, j);
+        char jp[POL_JPATH_BYTES];
 
-        best = pol_shadow_scan(p, p->star, p->nstar, b, best);
-        if (h->kind != POL_HP_ANY) {
-            if (h->kind == POL_HP_EXACT && (e = pol_htab_get(&p->exact, h->name, h->len)) != NULL)
-                best = pol_shadow_scan(p, e->rules, e->nrules, b, best);
-            if (h->kind == POL_HP_SUFFIX && (e = pol_htab_get(&p->suffix, h->name, h->len)) != NULL)
-                best = pol_shadow_scan(p, e->rules, e->nrules, b, best);
-            for (size_t i = 0; i < h->len; i++) {
-                if (h->name[i] != '.')
-                    continue;
-                e = pol_htab_get(&p->suffix, h->name + i + 1, h->len - i - 1);
-                if (e != NULL)
-                    best = pol_shadow_scan(p, e->rules, e->nrules, b, best);
-            }
-        }
-        if (best < j) {
+        if (best >= 0) {
             snprintf(jp, sizeof(jp), "rules[%d]", j);
             al_json_warn(x->errs, x->doc, jp,
                          "rule \"%s\" is never reached: earlier rule \"%s\" (rules[%d]) "
                          "matches every request it matches",
-                         b->name, p->rules[best].name, best);
+                         p->rules[j].name, p->rules[best].name, best);
         }
     }
 }

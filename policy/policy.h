@@ -160,6 +160,39 @@ struct pol_replay_stats {
 int pol_replay(const struct pol_policy *p, const struct pol_replay_opts *o,
                struct pol_replay_stats *st, struct al_errs *errs);
 
+/* ---- lint (`airlock policy lint`) ---------------------------------------- */
+struct pol_lint_opts {
+    const char        *policy_name;     /* for messages */
+    const char        *policy_path;     /* parsed again for rule locations; may be NULL */
+    const char *const *known_sandboxes; /* NULL: sandboxes not checked */
+    int                nknown;
+    /* Secrets, through the caller (policy/ does not use the secrets module);
+     * NULL: inject not checked. secret_covers: 1 when host:port is in the
+     * secret's scope (on some path). */
+    int (*secret_known)(void *arg, const char *name);
+    int (*secret_covers)(void *arg, const char *name, const char *host, uint16_t port);
+    void *secret_arg;
+    /* --db: which rules the window's recorded requests reach under p */
+    const char *db; /* NULL: no usage findings */
+    int64_t     since_us, until_us;
+    int         json;
+    FILE       *out; /* findings and a summary line; NULL = none */
+};
+struct pol_lint_stats {
+    uint64_t errors, warnings;
+    uint64_t rows; /* --db: requests decided again */
+};
+/*
+ * Finds the rules that are wrong before a request meets them: errors
+ * (never reached, duplicates, methods/paths on a rule HTTPS reaches only as
+ * a CONNECT it does not intercept, unknown sandboxes, inject outside the
+ * secret's scope) and warnings (allow rules with host "*" or no ports; with
+ * a db: rules no request of the window matched, the most denied hosts).
+ * Returns the exit code: 0 no errors, 3 errors, 1 the db could not be read.
+ */
+int pol_lint(const struct pol_policy *p, const struct pol_lint_opts *o, struct pol_lint_stats *st,
+             struct al_errs *errs);
+
 /* ---- addresses (SSRF guard) ---------------------------------------------- */
 enum pol_addr_class {
     POL_ADDR_PUBLIC = 0,

@@ -20,6 +20,8 @@ static const char px_usage[] =
     "  policy replay --config FILE --policy NEW [--db DB] [--since T] [--until T]\n"
     "         [--sandbox S] [--host GLOB] [--limit N] [--dry-run] [--format table|json|csv]\n"
     "                                       NEW over recorded traffic (exit 3: changes)\n"
+    "  policy lint --config FILE [--policy FILE] [--db DB [--since T]] [--format table|json]\n"
+    "                                       rules that are wrong (exit 3: errors)\n"
     "  ca     init --dir DIR [--force]      create the interception CA (ECDSA P-256)\n"
     "  ca     env --config FILE | --dir DIR   trust variables for a sandbox\n"
     "  secrets env --config FILE [--sandbox S]  NAME=placeholder lines for a sandbox\n"

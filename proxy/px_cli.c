@@ -28,7 +28,11 @@ static const char px_cli_policy_usage[] =
     "  Decides the recorded requests of the window (default --since 7d, DB from the config)\n"
     "  again under NEW and lists the changed ones. --limit N: the newest N rows only.\n"
     "  --dry-run: decide as `airlock run --dry-run` would. Exit: 0 nothing changes,\n"
-    "  3 decisions change, 2 bad input (NEW's errors as file:line:col), 1 runtime failure.\n";
+    "  3 decisions change, 2 bad input (NEW's errors as file:line:col), 1 runtime failure.\n"
+    "       airlock policy lint --config FILE [--policy FILE] [--db DB [--since T] [--until T]]\n"
+    "                           [--format table|json]\n"
+    "  Rules that are wrong before any request meets them (the config's policy unless\n"
+    "  --policy). Exit: 0 no errors (warnings allowed), 3 errors, 2 bad input.\n";
 
 static int
 px_cli_usage(const char *what, const char *arg)
@@ -211,6 +215,149 @@ out:
     return rc;
 }
 
+static int
+px_cli_lint_secret_known(void *arg, const char *name)
+{
+    return sec_find(arg, name) >= 0;
+}
+
+static int
+px_cli_lint_secret_covers(void *arg, const char *name, const char *host, uint16_t port)
+{
+    static const char *const paths[] = {"/", "/v1/", "/api/", "/repos/"};
+    int                      i = sec_find(arg, name);
+    struct sec_dest          d;
+
+    if (i < 0)
+        return 0;
+    memset(&d, 0, sizeof(d));
+    d.host = host;
+    d.port = port;
+    d.tls = 1;
+    /* the scope may be limited to a path prefix: a host is covered when
+     * some path of it is (the rule's own paths are the daemon's business) */
+    for (size_t k = 0; k < sizeof(paths) / sizeof(paths[0]); k++) {
+        d.path = paths[k];
+        d.path_len = strlen(paths[k]);
+        if (sec_in_scope(arg, i, &d))
+            return 1;
+    }
+    return 0;
+}
+
+/* `airlock policy lint`. */
+static int
+px_cli_lint(int argc, char **argv)
+{
+    const char           *config = NULL, *policy = NULL, *db = NULL, *since = "7d";
+    const char           *until = NULL, *format = "table";
+    struct pol_lint_opts  o;
+    struct pol_lint_stats st;
+    struct al_errs        errs;
+    struct px_conf       *c = NULL;
+    struct pol_policy    *p = NULL;
+    const char          **names = NULL;
+    int64_t               now = al_now_us();
+    int                   rc = 2;
+
+    al_errs_init(&errs);
+    memset(&o, 0, sizeof(o));
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+
+        if (a[0] != '-' || i + 1 >= argc) {
+            rc = px_cli_usage(a[0] == '-' ? "missing value for" : "unexpected argument", a);
+            goto out;
+        }
+        if (strcmp(a, "--config") == 0)
+            config = argv[++i];
+        else if (strcmp(a, "--policy") == 0)
+            policy = argv[++i];
+        else if (strcmp(a, "--db") == 0)
+            db = argv[++i];
+        else if (strcmp(a, "--since") == 0)
+            since = argv[++i];
+        else if (strcmp(a, "--until") == 0)
+            until = argv[++i];
+        else if (strcmp(a, "--format") == 0)
+            format = argv[++i];
+        else {
+            rc = px_cli_usage("unknown option", a);
+            goto out;
+        }
+    }
+    if (config == NULL) {
+        rc = px_cli_usage("--config is required", NULL);
+        goto out;
+    }
+    if (strcmp(format, "json") == 0)
+        o.json = 1;
+    else if (strcmp(format, "table") != 0) {
+        rc = px_cli_usage("bad --format", format);
+        goto out;
+    }
+    if (aud_parse_time(since, now, &o.since_us) != AL_OK) {
+        rc = px_cli_usage("bad --since", since);
+        goto out;
+    }
+    if (until != NULL && aud_parse_time(until, now, &o.until_us) != AL_OK) {
+        rc = px_cli_usage("bad --until", until);
+        goto out;
+    }
+    /* the config with its secrets (policy included: a broken config policy
+     * is bad input too, unless --policy replaces it) */
+    c = px_conf_load(config, &errs);
+    if (c == NULL) {
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        goto out;
+    }
+    if (policy == NULL)
+        policy = c->policy_path;
+    if (c->secrets_path != NULL) {
+        c->secrets = sec_load(c->secrets_path, c->ca_dir, &errs);
+        if (c->secrets == NULL) {
+            fputs(errs.text.data ? errs.text.data : "", stderr);
+            goto out;
+        }
+    }
+    names = al_calloc((size_t)c->nsandboxes + 1, sizeof(*names));
+    if (names == NULL) {
+        rc = 1;
+        goto out;
+    }
+    for (int i = 0; i < c->nsandboxes; i++)
+        names[i] = c->sandboxes[i].name;
+    al_errs_free(&errs);
+    al_errs_init(&errs);
+    p = pol_load(policy, NULL, 0, 0, &errs); /* lint reports what load would warn */
+    if (p == NULL) {
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        goto out;
+    }
+    o.policy_name = policy;
+    o.policy_path = policy;
+    o.known_sandboxes = names;
+    o.nknown = c->nsandboxes;
+    if (c->secrets != NULL) {
+        o.secret_known = px_cli_lint_secret_known;
+        o.secret_covers = px_cli_lint_secret_covers;
+        o.secret_arg = c->secrets;
+    }
+    o.db = db;
+    o.out = stdout;
+    al_errs_free(&errs);
+    al_errs_init(&errs);
+    rc = pol_lint(p, &o, &st, &errs);
+    if (rc == 1)
+        fprintf(stderr, "airlock policy lint: %s", errs.text.data ? errs.text.data : "failed\n");
+out:
+    pol_policy_unref(p);
+    px_conf_unref(c);
+    al_free(names);
+    al_errs_free(&errs);
+    return rc;
+}
+
 int
 px_cli_policy(int argc, char **argv)
 {
@@ -232,6 +379,10 @@ px_cli_policy(int argc, char **argv)
     al_errs_init(&errs);
     if (argc >= 2 && strcmp(argv[1], "replay") == 0) {
         rc = px_cli_replay(argc, argv);
+        goto out;
+    }
+    if (argc >= 2 && strcmp(argv[1], "lint") == 0) {
+        rc = px_cli_lint(argc, argv);
         goto out;
     }
     if (argc < 2 || strcmp(argv[1], "check") != 0) {

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -307,6 +308,98 @@ def test_policy_check_https_decides_the_connect(t):
                        "DELETE", "https://plain.test/anything")
     eq(rc, 0, "opaque tunnel exit (%r)" % out)
     check("opaque" in out and "not checked" in out, "opaque tunnel said so: %r" % out)
+
+
+# ---------------------------------------------------------------------------
+# policy lint
+
+
+def lint_conf(t, pol, secrets=None, sandboxes=("ci",)):
+    d = os.path.join(t.tmp, "lint")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "policy.json"), "w") as fh:
+        fh.write(pol if isinstance(pol, str) else json.dumps(pol, indent=1))
+    cfg = {"listen": [{"addr": "127.0.0.1:%d" % altest.free_port(), "mode": "forward"}],
+           "policy": "policy.json", "sandboxes": [{"name": s, "cidrs": ["127.0.0.0/8"]}
+                                                  for s in sandboxes]}
+    if secrets is not None:
+        with open(os.path.join(d, "secrets.json"), "w") as fh:
+            json.dump({"secrets": secrets}, fh)
+        cfg["secrets"] = "secrets.json"
+    path = os.path.join(d, "airlock.json")
+    with open(path, "w") as fh:
+        json.dump(cfg, fh, indent=1)
+    return path
+
+
+@test
+def test_lint_cli(t):
+    etc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "etc")
+    rc, out, err = cli(t, "policy", "lint", "--config", os.path.join(etc, "airlock.json"))
+    eq(rc, 0, "the shipped etc/ policy lints clean of errors (out %r err %r)" % (out, err))
+    check("0 errors" in out or "no findings" in out, "summary line: %r" % out)
+    # a clean policy: exit 0, one summary line
+    clean = policy([rule("gh", ["api.gh.test"], ports=[443], methods=["GET"], paths=["/repos/**"],
+                         intercept=True, sandboxes=["ci"], inject=["gh"])])
+    secrets = {"gh": {"from": {"value": "ghp_0123456789abcdef"}, "hosts": ["api.gh.test"],
+                      "placeholder": "AIRLOCK_PLACEHOLDER_GH_0123456789abcdef",
+                      "header": {"name": "Authorization", "format": "Bearer {}"}}}
+    c = lint_conf(t, clean, secrets)
+    rc, out, err = cli(t, "policy", "lint", "--config", c)
+    eq((rc, out.count("\n")), (0, 1), "clean policy (out %r err %r)" % (out, err))
+    check("no findings" in out, "clean summary: %r" % out)
+    # every error kind at once, with file:line:col and both rules named
+    bad = policy([rule("wide", ["*.gh.test"], ports=[443], intercept=True),
+                  rule("narrow", ["api.gh.test"], ports=[443], intercept=True),
+                  rule("dup1", ["d.test"], ports=[80]), rule("dup2", ["d.test"], ports=[80]),
+                  rule("get-only", ["pypi.test"], methods=["GET"]),
+                  rule("who", ["w.test"], ports=[443], sandboxes=["prod"]),
+                  rule("leak", ["api.other.test"], ports=[443], intercept=True, inject=["gh"])])
+    c = lint_conf(t, bad, secrets)
+    rc, out, err = cli(t, "policy", "lint", "--config", c)
+    eq(rc, 3, "errors exit (out %r err %r)" % (out, err))
+    for code, frag in (("shadowed", 'earlier rule "wide" (rules[0])'),
+                       ("duplicate", 'duplicates earlier rule "dup1"'),
+                       ("tls_unseen", "get-only"), ("unknown_sandbox", '"prod"'),
+                       ("inject_out_of_scope", "api.other.test")):
+        line = [x for x in out.splitlines() if x.endswith("[%s]" % code)]
+        check(line and frag in line[0] and re.match(r".*policy\.json:\d+:\d+: error: rules\[\d+\]",
+                                                    line[0]),
+              "%s finding (%r) in %r" % (code, frag, out))
+    rc, out, err = cli(t, "policy", "lint", "--config", c, "--format", "json")
+    eq(rc, 3, "json exit")
+    j = json.loads(out)
+    eq(j["errors"], 5, "json error count: %r" % j)
+    check(all(f["line"] > 0 for f in j["findings"] if "rule" in f), "json lines: %r" % j)
+    # --policy replaces the config's; a broken one is bad input with file:line:col
+    bad_json = write(t, "broken.json", '{"rules": [\n  {"name": "x"\n')
+    rc, out, err = cli(t, "policy", "lint", "--config", c, "--policy", bad_json)
+    eq(rc, 2, "broken policy exit (%r)" % err)
+    check("broken.json:" in err, "location: %r" % err)
+    rc, out, err = cli(t, "policy", "lint", "--config", c, "--policy",
+                       write(t, "p2.json", clean))
+    eq(rc, 0, "--policy clean (%r)" % out)
+
+
+@test
+def test_lint_db(t):
+    """--db: rules no request of the window matched, and the most denied
+    hosts, from traffic a real airlock recorded."""
+    al = record(t)
+    rules = BASE_RULES + [rule("never", ["never.test"], ports=[443])]
+    path = write(t, "lint.json", policy(rules))
+    rc, out, err = cli(t, "policy", "lint", "--config", al.cfg_path, "--policy", path,
+                       "--db", os.path.join(al.dir, "audit.db"), "--format", "json")
+    eq(rc, 3, "lint --db exit (out %r err %r)" % (out, err))
+    j = json.loads(out)
+    # the staged DELETE rule does not intercept: HTTPS DELETEs never meet it
+    eq([(f["code"], f["rule"]) for f in j["findings"] if f["severity"] == "error"],
+       [("tls_unseen", "stage-delete")], "errors")
+    unused = {f["rule"] for f in j["findings"] if f["code"] == "unused"}
+    eq(unused, {"never"}, "unused rules")
+    denied = [f["message"] for f in j["findings"] if f["code"] == "top_denied"]
+    check(any("nowhere.test" in m for m in denied) and any("blocked.test" in m for m in denied),
+          "top denied hosts: %r" % denied)
 
 
 if __name__ == "__main__":

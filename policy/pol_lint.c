@@ -1,0 +1,433 @@
+/*
+ * pol_lint.c - `airlock policy lint`: the rules that are wrong before any
+ * request meets them.
+ *
+ * Errors (exit 3):
+ *   shadowed      an earlier enforced rule matches every request this one
+ *                 matches (hosts incl. wildcards, ports, methods, paths with
+ *                 * and **, sandboxes: pol_rule_shadowed, the same check
+ *                 pol_load warns with); both rules named
+ *   duplicate     the same, both ways: the two rules match the same requests
+ *   tls_unseen    methods or paths on a rule that does not intercept while
+ *                 its ports take HTTPS (443, or no ports): the daemon sees
+ *                 only `CONNECT host:port` there, so the rule never matches
+ *                 TLS traffic (an allow rule refuses it, a deny rule lets it
+ *                 through)
+ *   unknown_sandbox  a rule naming a sandbox the config does not define
+ *   inject_unknown / inject_out_of_scope
+ *                 `inject` naming a secret that does not exist, or whose
+ *                 scope does not cover one of the rule's hosts (checked
+ *                 through the caller's callback: policy/ does not use the
+ *                 secrets module)
+ * Warnings (exit 0 unless errors):
+ *   allow_any_host  an allow rule with host "*"
+ *   allow_any_port  an allow rule without ports
+ *   unused (--db)   a rule that matched no request of the window
+ *   top_denied (--db) the hosts the policy denies most often in the window
+ *
+ * Findings carry file:line:col of the rule (the policy file is parsed again
+ * for locations) and the rule's name, as `policy check` explains.
+ */
+#include "pol_int.h"
+
+#include "audit.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define POL_LINT_TOP_DENIED 10
+#define POL_LINT_MAX_HOSTS 16384 /* distinct denied hosts counted (bounded memory) */
+
+struct pol_finding {
+    int  error;
+    char code[24];
+    int  rule;
+    char msg[600];
+};
+
+struct pol_lint {
+    const struct pol_policy    *p;
+    const struct pol_lint_opts *o;
+    struct pol_lint_stats      *st;
+    struct pol_finding         *f;
+    size_t                      nf, capf;
+    struct al_json             *doc;
+    /* --db */
+    uint64_t *hits; /* per rule */
+    struct pol_dhost {
+        char     host[256];
+        uint64_t n;
+    } * dh;
+    size_t dmask, ndh;
+};
+
+AL_PRINTF(5, 6)
+static void
+pol_lint_add(struct pol_lint *l, int error, const char *code, int rule, const char *fmt, ...)
+{
+    struct pol_finding *f;
+    va_list             ap;
+
+    if (l->nf == l->capf) {
+        size_t              cap = l->capf ? 2 * l->capf : 16;
+        struct pol_finding *n = al_realloc(l->f, cap * sizeof(*n));
+
+        if (n == NULL)
+            return;
+        l->f = n;
+        l->capf = cap;
+    }
+    f = &l->f[l->nf++];
+    f->error = error;
+    al_strlcpy(f->code, sizeof(f->code), code);
+    f->rule = rule;
+    va_start(ap, fmt);
+    vsnprintf(f->msg, sizeof(f->msg), fmt, ap);
+    va_end(ap);
+    if (error)
+        l->st->errors++;
+    else
+        l->st->warnings++;
+}
+
+static int
+pol_lint_https_port(const struct pol_rule *r)
+{
+    if (r->ports == NULL)
+        return 1;
+    for (int i = 0; i < r->nports; i++) {
+        if (r->ports[i] == 443)
+            return 1;
+    }
+    return 0;
+}
+
+static int
+pol_lint_has(char *const *list, int n, const char *s)
+{
+    for (int i = 0; i < n; i++) {
+        if (strcmp(list[i], s) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* A host a pattern stands for, to ask a secret's scope about. */
+static void
+pol_lint_rep_host(const struct pol_hostpat *h, char *out, size_t n)
+{
+    if (h->kind == POL_HP_EXACT)
+        snprintf(out, n, "%s", h->name);
+    else if (h->kind == POL_HP_SUFFIX)
+        snprintf(out, n, "airlock-lint.%s", h->name);
+    else
+        snprintf(out, n, "airlock-lint.invalid");
+}
+
+static void
+pol_lint_rules(struct pol_lint *l)
+{
+    const struct pol_policy    *p = l->p;
+    const struct pol_lint_opts *o = l->o;
+
+    for (int j = 0; j < p->nrules; j++) {
+        const struct pol_rule *r = &p->rules[j];
+        int                    s = pol_rule_shadowed(p, j);
+
+        if (s >= 0) {
+            const struct pol_rule *a = &p->rules[s];
+
+            if (pol_rule_covers_rule(r, a) && r->action == a->action && !r->staged)
+                pol_lint_add(l, 1, "duplicate", j,
+                             "rule \"%s\" duplicates earlier rule \"%s\" (rules[%d]): they match "
+                             "the same requests, so it is never reached",
+                             r->name, a->name, s);
+            else
+                pol_lint_add(l, 1, "shadowed", j,
+                             "rule \"%s\" is never reached: earlier rule \"%s\" (rules[%d]) "
+                             "matches every request it matches (first match wins)",
+                             r->name, a->name, s);
+        }
+        if (!r->intercept && pol_lint_https_port(r) &&
+            ((r->methods != NULL && !pol_lint_has(r->methods, r->nmethods, "CONNECT")) ||
+             r->paths != NULL))
+            pol_lint_add(l, 1, "tls_unseen", j,
+                         "rule \"%s\" limits %s but does not intercept: for HTTPS the daemon "
+                         "sees only `CONNECT host:%s`, so the rule never matches TLS traffic "
+                         "(%s); add \"intercept\": true, or \"ports\" without 443",
+                         r->name,
+                         r->methods != NULL && r->paths != NULL ? "methods and paths"
+                         : r->methods != NULL                   ? "methods"
+                                                                : "paths",
+                         r->ports == NULL ? "port" : "443",
+                         r->action == POL_ACT_ALLOW ? "such a CONNECT is refused"
+                                                    : "such a CONNECT is not denied by it");
+        if (o->known_sandboxes != NULL) {
+            for (int i = 0; i < r->nsandboxes; i++) {
+                int known = 0;
+
+                for (int k = 0; k < o->nknown && !known; k++)
+                    known = strcmp(o->known_sandboxes[k], r->sandboxes[i]) == 0;
+                if (!known)
+                    pol_lint_add(l, 1, "unknown_sandbox", j,
+                                 "rule \"%s\" names sandbox \"%s\", which the config does not "
+                                 "define: it never applies to it",
+                                 r->name, r->sandboxes[i]);
+            }
+        }
+        if (o->secret_known != NULL) {
+            for (int i = 0; i < r->ninject; i++) {
+                if (!o->secret_known(o->secret_arg, r->inject[i])) {
+                    pol_lint_add(l, 1, "inject_unknown", j,
+                                 "rule \"%s\" injects secret \"%s\", which the secrets file "
+                                 "does not define",
+                                 r->name, r->inject[i]);
+                    continue;
+                }
+                for (int h = 0; h < r->nhosts && o->secret_covers != NULL; h++) {
+                    char     host[300];
+                    uint16_t port = r->ports != NULL ? r->ports[0] : 443;
+                    int      ok = 0;
+
+                    pol_lint_rep_host(&r->hosts[h], host, sizeof(host));
+                    for (int pt = 0; pt < (r->ports != NULL ? r->nports : 1) && !ok; pt++) {
+                        port = r->ports != NULL ? r->ports[pt] : 443;
+                        ok = o->secret_covers(o->secret_arg, r->inject[i], host, port);
+                    }
+                    if (!ok)
+                        pol_lint_add(l, 1, "inject_out_of_scope", j,
+                                     "rule \"%s\" injects secret \"%s\", whose scope does not "
+                                     "cover host %s%s (port %u): it would be refused there",
+                                     r->name, r->inject[i],
+                                     r->hosts[h].kind == POL_HP_SUFFIX ? "*." : "",
+                                     r->hosts[h].kind == POL_HP_ANY ? "*" : r->hosts[h].name, port);
+                }
+            }
+        }
+        if (r->action == POL_ACT_ALLOW && !r->staged) {
+            for (int h = 0; h < r->nhosts; h++) {
+                if (r->hosts[h].kind == POL_HP_ANY)
+                    pol_lint_add(l, 0, "allow_any_host", j,
+                                 "allow rule \"%s\" has host \"*\": every destination its "
+                                 "other limits let through is allowed",
+                                 r->name);
+            }
+            if (r->ports == NULL)
+                pol_lint_add(l, 0, "allow_any_port", j,
+                             "allow rule \"%s\" has no \"ports\": every port of its hosts is "
+                             "allowed",
+                             r->name);
+        }
+    }
+}
+
+/* ---- --db: usage in the window ----------------------------------------- */
+
+static void
+pol_lint_deny_host(struct pol_lint *l, const char *host)
+{
+    uint64_t h = pol_hash(host, strlen(host));
+    size_t   i;
+
+    for (i = h & l->dmask; l->dh[i].host[0] != '\0'; i = (i + 1) & l->dmask) {
+        if (strcmp(l->dh[i].host, host) == 0) {
+            l->dh[i].n++;
+            return;
+        }
+    }
+    if (l->ndh >= POL_LINT_MAX_HOSTS)
+        return;
+    al_strlcpy(l->dh[i].host, sizeof(l->dh[i].host), host);
+    l->dh[i].n = 1;
+    l->ndh++;
+}
+
+static int
+pol_lint_row(void *arg, const struct aud_scan_row *r)
+{
+    struct pol_lint    *l = arg;
+    struct pol_request  rq;
+    struct pol_decision d;
+
+    if (strcmp(r->decision, "allow") != 0 && strcmp(r->decision, "deny") != 0 &&
+        strcmp(r->decision, "would_deny") != 0)
+        return AL_OK;
+    l->st->rows++;
+    memset(&rq, 0, sizeof(rq));
+    rq.sandbox = r->sandbox[0] != '\0' ? r->sandbox : NULL;
+    rq.scheme = r->scheme;
+    rq.host = r->host;
+    rq.host_is_ip = strchr(r->host, ':') != NULL ||
+                    (r->host[0] != '\0' && strspn(r->host, "0123456789.") == strlen(r->host));
+    rq.port = (uint16_t)r->port;
+    rq.method = r->method;
+    if (r->path[0] != '\0' && strcmp(r->scheme, "connect") != 0) {
+        rq.path = r->path;
+        rq.path_len = r->path_len;
+    }
+    pol_decide(l->p, &rq, &d);
+    if (d.rule_ref != NULL)
+        l->hits[((const struct pol_rule *)d.rule_ref)->idx]++;
+    if (d.staged_rule != NULL) {
+        for (int i = 0; i < l->p->nrules; i++) {
+            if (l->p->rules[i].name == d.staged_rule) {
+                l->hits[i]++;
+                break;
+            }
+        }
+    }
+    if (d.verdict == POL_DENY)
+        pol_lint_deny_host(l, r->host);
+    return AL_OK;
+}
+
+static int
+pol_dh_cmp(const void *a, const void *b)
+{
+    const struct pol_dhost *x = a, *y = b;
+
+    if (x->n != y->n)
+        return x->n < y->n ? 1 : -1;
+    return strcmp(x->host, y->host);
+}
+
+static int
+pol_lint_db(struct pol_lint *l, struct al_errs *errs)
+{
+    struct aud_filter f;
+    size_t            slots = 1;
+    int               n = 0;
+
+    while (slots < 2 * POL_LINT_MAX_HOSTS)
+        slots <<= 1;
+    l->hits = al_calloc((size_t)l->p->nrules + 1, sizeof(*l->hits));
+    l->dh = al_calloc(slots, sizeof(*l->dh));
+    if (l->hits == NULL || l->dh == NULL) {
+        al_errs_add(errs, "policy lint: out of memory");
+        return AL_ERROR;
+    }
+    l->dmask = slots - 1;
+    memset(&f, 0, sizeof(f));
+    f.since_us = l->o->since_us;
+    f.until_us = l->o->until_us;
+    if (aud_query_scan(l->o->db, &f, pol_lint_row, l, NULL, errs) != AL_OK)
+        return AL_ERROR;
+    for (int j = 0; j < l->p->nrules; j++) {
+        if (l->hits[j] == 0)
+            pol_lint_add(l, 0, "unused", j,
+                         "rule \"%s\" matched none of the %llu requests recorded in the window",
+                         l->p->rules[j].name, (unsigned long long)l->st->rows);
+    }
+    /* compact and sort the denied hosts */
+    for (size_t i = 0; i < slots; i++) {
+        if (l->dh[i].host[0] != '\0')
+            l->dh[n++] = l->dh[i];
+    }
+    qsort(l->dh, (size_t)n, sizeof(*l->dh), pol_dh_cmp);
+    for (int i = 0; i < n && i < POL_LINT_TOP_DENIED; i++)
+        pol_lint_add(l, 0, "top_denied", -1, "host %s: %llu requests in the window denied",
+                     l->dh[i].host, (unsigned long long)l->dh[i].n);
+    return AL_OK;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+static void
+pol_lint_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20 || ch >= 0x7f)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void
+pol_lint_print(struct pol_lint *l)
+{
+    FILE       *f = l->o->out;
+    const char *name = l->o->policy_name ? l->o->policy_name : "policy";
+
+    if (l->o->json) {
+        fprintf(f, "{\"policy\":");
+        pol_lint_json_str(f, name);
+        fprintf(f, ",\"rules\":%d,\"errors\":%llu,\"warnings\":%llu,\"findings\":[", l->p->nrules,
+                (unsigned long long)l->st->errors, (unsigned long long)l->st->warnings);
+    }
+    for (size_t i = 0; i < l->nf; i++) {
+        const struct pol_finding *x = &l->f[i];
+        unsigned                  line = 0, col = 0;
+        char                      jp[32] = "";
+
+        if (x->rule >= 0) {
+            snprintf(jp, sizeof(jp), "rules[%d]", x->rule);
+            if (l->doc != NULL)
+                al_json_locate(l->doc, jp, &line, &col);
+        }
+        if (l->o->json) {
+            fprintf(f, "%s{\"severity\":\"%s\",\"code\":\"%s\",", i ? "," : "",
+                    x->error ? "error" : "warning", x->code);
+            if (x->rule >= 0) {
+                fprintf(f, "\"rule\":");
+                pol_lint_json_str(f, l->p->rules[x->rule].name);
+                fprintf(f, ",\"index\":%d,\"line\":%u,\"col\":%u,", x->rule, line, col);
+            }
+            fprintf(f, "\"message\":");
+            pol_lint_json_str(f, x->msg);
+            fputc('}', f);
+        } else if (x->rule >= 0) {
+            fprintf(f, "%s:%u:%u: %s: %s: %s [%s]\n", name, line, col,
+                    x->error ? "error" : "warning", jp, x->msg, x->code);
+        } else {
+            fprintf(f, "%s: %s: %s [%s]\n", name, x->error ? "error" : "warning", x->msg, x->code);
+        }
+    }
+    if (l->o->json) {
+        fprintf(f, "]}\n");
+        return;
+    }
+    if (l->st->errors == 0 && l->st->warnings == 0)
+        fprintf(f, "%s: %d rules, no findings\n", name, l->p->nrules);
+    else
+        fprintf(f, "%s: %d rules, %llu errors, %llu warnings\n", name, l->p->nrules,
+                (unsigned long long)l->st->errors, (unsigned long long)l->st->warnings);
+}
+
+int
+pol_lint(const struct pol_policy *p, const struct pol_lint_opts *o, struct pol_lint_stats *st,
+         struct al_errs *errs)
+{
+    struct pol_lint l;
+    struct al_errs  jerrs;
+    int             rc = 1;
+
+    memset(st, 0, sizeof(*st));
+    memset(&l, 0, sizeof(l));
+    l.p = p;
+    l.o = o;
+    l.st = st;
+    al_errs_init(&jerrs);
+    if (o->policy_path != NULL)
+        l.doc = al_json_load(o->policy_path, &jerrs); /* locations only */
+    pol_lint_rules(&l);
+    if (o->db != NULL && pol_lint_db(&l, errs) != AL_OK)
+        goto out;
+    if (o->out != NULL)
+        pol_lint_print(&l);
+    rc = st->errors > 0 ? 3 : 0;
+out:
+    al_json_free(l.doc);
+    al_errs_free(&jerrs);
+    al_free(l.f);
+    al_free(l.hits);
+    al_free(l.dh);
+    return rc;
+}
