@@ -1064,6 +1064,95 @@ def test_http_connection_names_framing(t):
            rule="public", status=200)
 
 
+WS_CLIENT = r'''
+import asyncio, json, socket, ssl, sys
+import websockets
+
+spec = json.loads(sys.stdin.read())
+
+
+async def main():
+    s = socket.create_connection((spec["addr"], spec["port"]), timeout=10)
+    ctx = ssl.create_default_context(cafile=spec["ca"])
+    async with websockets.connect(spec["uri"], sock=s, ssl=ctx,
+                                  server_hostname=spec["host"]) as ws:
+        await ws.send("say")
+        got = []
+        while True:
+            m = await ws.recv()
+            got.append(m)
+            if m == "done":
+                break
+        print(json.dumps(got))
+
+asyncio.run(asyncio.wait_for(main(), 20))
+'''
+
+
+@test
+def test_websocket_intercepted_with_secret(t):
+    """A websocket from a transparent sandbox to a secret's host: intercepted
+    like a CONNECT's, the credential injected on the upgrade, the origin's
+    echo of it in a frame redacted back to the placeholder, one row (101,
+    mode transparent)."""
+    import asyncio
+    import threading
+    try:
+        import websockets
+    except ImportError:
+        sys.path.append("/usr/lib/python3/dist-packages")
+        import websockets
+    secret = "SECRET-VALUE-transparent-ws-5d2b"
+    cadir = os.path.join(t.tmp, "interception-ca")
+    p = subprocess.run([t.run.airlock_bin, "ca", "init", "--dir", cadir],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    eq(p.returncode, 0, "airlock ca init")
+    sec = os.path.join(t.tmp, "secrets.json")
+    with open(sec, "w") as fh:
+        json.dump({"secrets": {"api_token": {
+            "from": {"value": secret}, "hosts": ["api.test"],
+            "header": {"name": "Authorization", "format": "Bearer {}"}}}}, fh)
+    seen = {}
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def handler(ws, path=None):
+        auth = ws.request_headers.get("Authorization", "")
+        seen["auth"] = auth
+        async for msg in ws:
+            await ws.send("text:" + auth[7:])
+            await ws.send("done")
+
+    async def serve():
+        srv = await websockets.serve(handler, "127.0.0.1", 0, ssl=api_server_ctx(t.run))
+        seen["port"] = srv.sockets[0].getsockname()[1]
+        seen["srv"] = srv
+        ready.set()
+        await srv.wait_closed()
+
+    th = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    th.start()
+    check(ready.wait(10), "websocket origin started")
+    t.defer(lambda: (loop.call_soon_threadsafe(seen["srv"].close), th.join(5)))
+    port = seen["port"]
+    al = start(t, [API_RULE], config={"ca": {"dir": cadir}, "upstream_ca": t.run.ca_pem,
+                                      "secrets": sec})
+    ns = make_ns(t, {port: al.tport})
+    path = os.path.join(t.run.tmp, "nswsclient.py")
+    with open(path, "w") as fh:
+        fh.write(WS_CLIENT)
+    spec = {"addr": FAKE, "port": port, "host": "api.test", "uri": "wss://api.test:%d/ws" % port,
+            "ca": os.path.join(cadir, "ca.pem")}
+    r = ns.run_in_ns(["/usr/bin/python3", path], input=json.dumps(spec).encode(), timeout=40)
+    eq(r.returncode, 0, "websocket client in the sandbox: %s" % r.stderr.decode()[-500:])
+    got = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    eq(seen.get("auth"), "Bearer " + secret, "Authorization injected on the upgrade")
+    check(secret not in got[0] and "al_ph_" in got[0], "the echo reached the sandbox redacted: %r"
+          % got[0])
+    row = wait_row(al, "websocket", method="GET", host="api.test", status=101)
+    fields(row, "websocket", mode="transparent", sandbox="sbx")
+
+
 # ---------------------------------------------------------------------------
 # cleanup
 

@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,7 +128,7 @@ def airlock_ca(t):
     return G.aca
 
 
-def start(t, limits=None):
+def start(t, limits=None, config=None):
     d = airlock_ca(t)
     secrets = {"secrets": {
         "tok": {"from": {"value": SECRET}, "hosts": [HOST],
@@ -139,6 +140,7 @@ def start(t, limits=None):
            "secrets": t.file("secrets.json", json.dumps(secrets).encode()),
            "resolve": {HOST: "127.0.0.1", OTHER: "127.0.0.1"},
            "audit": {"db": "audit.db", "flush_ms": 20}}
+    cfg.update(config or {})
     pol = {"default": "deny", "rules": [
         {"name": "ws", "hosts": [HOST, OTHER], "cidrs": ["127.0.0.1/32"], "action": "allow",
          "intercept": True}]}
@@ -443,6 +445,120 @@ def test_extension_nobody_offered(t):
     altest.expect_error(r, 502, "ws_extension_not_offered")
     row = wait_until(lambda: next((x for x in rows(al) if x["path"] == "/ext"), None), 5, "row")
     eq((row["status"], row["error"]), (502, "ws_extension_not_offered"), "row")
+
+
+@test
+def test_strict_audit_pending_row(t):
+    """Strict durability: the upgrade's row is committed (pending) before
+    the upgrade goes out, so a crash while the socket is open leaves a row;
+    the close completes that same row (one row per socket)."""
+    o = origin(t)
+    al = start(t, config={"audit": {"db": "audit.db", "durability": "strict"}})
+
+    async def go():
+        sock = tunnel_sock(al, HOST, o.port)
+        async with websockets.connect("wss://%s:%d/strict" % (HOST, o.port), sock=sock,
+                                      ssl=client_ctx(), server_hostname=HOST) as ws:
+            await ws.send("hi")
+            await ws.recv()
+            pending = [r for r in rows(al) if r["path"] == "/strict"]
+            await ws.close()
+            return pending
+    pending = run(go())
+    eq([(r["pending"], r["status"]) for r in pending], [(1, 0)],
+       "the socket's row while it is open")
+    r = wait_until(lambda: next((x for x in rows(al) if x["path"] == "/strict" and
+                                 x["pending"] == 0), None), 10, "the completed row")
+    eq(r["status"], 101, "status")
+    eq(len([x for x in rows(al) if x["path"] == "/strict"]), 1, "one row per socket")
+
+
+class SSEOrigin:
+    """Answers every request with a close-delimited (HTTP/1.0 style) or
+    chunked event stream: one event, a 3 s pause, a second event."""
+
+    def __init__(self, tls_ctx=None, chunked=True):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.ctx, self.chunked = tls_ctx, chunked
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c):
+        try:
+            c.settimeout(10)
+            s = self.ctx.wrap_socket(c, server_side=True) if self.ctx else c
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = s.recv(4096)
+                if not d:
+                    return
+                buf += d
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            ev1, ev2 = b"data: first\n\n", b"data: second\n\n"
+            if self.chunked:
+                s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" +
+                          b"%x\r\n%s\r\n" % (len(ev1), ev1))
+                time.sleep(3)
+                s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ev2), ev2))
+            else:
+                s.sendall(head + b"Connection: close\r\n\r\n" + ev1)
+                time.sleep(3)
+                s.sendall(ev2)
+            s.close()
+        except (OSError, ssl.SSLError):
+            pass
+
+    def stop(self):
+        self.sock.close()
+
+
+def first_event_delay(sock):
+    """Seconds until b"data: first" arrives on sock (HTTP response bytes)."""
+    t0 = time.monotonic()
+    buf = b""
+    sock.settimeout(10)
+    while b"data: first" not in buf:
+        d = sock.recv(65536)
+        if not d:
+            raise TestFailure("closed before the first event: %r" % buf[:200])
+        buf += d
+    return time.monotonic() - t0
+
+
+@test
+def test_sse_streams_flow(t):
+    """A long event stream reaches the client as it comes: through a plain
+    forward request, an opaque tunnel and interception with redaction on
+    (only a tail that may start a secret is held back)."""
+    al = start(t)
+    for chunked in (True, False):
+        o = SSEOrigin(None, chunked)
+        t.defer(o.stop)
+        s = socket.create_connection(("127.0.0.1", al.port), timeout=10)
+        s.sendall(b"GET http://%s:%d/events HTTP/1.1\r\nHost: %s\r\n\r\n" %
+                  (OTHER.encode(), o.port, OTHER.encode()))
+        d = first_event_delay(s)
+        s.close()
+        check(d < 1.5, "plain forward (chunked=%s): first event after %.1fs" % (chunked, d))
+        o = SSEOrigin(t.run.server_ctx(), chunked)
+        t.defer(o.stop)
+        s = tunnel_sock(al, HOST, o.port)
+        s.setblocking(True)
+        ts = client_ctx().wrap_socket(s, server_hostname=HOST)
+        ts.sendall(b"GET /events HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (HOST.encode(), o.port))
+        d = first_event_delay(ts)
+        ts.close()
+        check(d < 1.5, "intercepted + redaction (chunked=%s): first event after %.1fs" % (chunked, d))
 
 
 @test
