@@ -22,6 +22,9 @@
  * Warnings (exit 0 unless errors):
  *   allow_any_host  an allow rule with host "*"
  *   allow_any_port  an allow rule without ports
+ *   staged_old (--db) a staged ("mode": "dry-run") rule that already
+ *                 recorded would_deny before the window: staged for longer
+ *                 than the window, still not enforced
  *   unused (--db)   a rule that matched no request of the window
  *   top_denied (--db) the hosts the policy denies most often in the window
  *
@@ -35,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define POL_LINT_TOP_DENIED 10
 #define POL_LINT_MAX_HOSTS 16384 /* distinct denied hosts counted (bounded memory) */
@@ -59,7 +63,8 @@ struct pol_lint {
         char     host[256];
         uint64_t n;
     } * dh;
-    size_t dmask, ndh;
+    size_t   dmask, ndh;
+    int64_t *staged_since; /* per rule: first would_deny before the window, 0 none */
 };
 
 AL_PRINTF(5, 6)
@@ -282,6 +287,27 @@ pol_lint_row(void *arg, const struct aud_scan_row *r)
     return AL_OK;
 }
 
+/* Rows from before the window: since when has each staged rule been
+ * recording would_deny? */
+static int
+pol_lint_old_row(void *arg, const struct aud_scan_row *r)
+{
+    struct pol_lint *l = arg;
+
+    if (strcmp(r->decision, "would_deny") != 0 || r->rule[0] == '\0')
+        return AL_OK;
+    for (int i = 0; i < l->p->nrules; i++) {
+        const struct pol_rule *x = &l->p->rules[i];
+
+        if (x->staged && strcmp(x->name, r->rule) == 0) {
+            if (l->staged_since[i] == 0 || r->ts_us < l->staged_since[i])
+                l->staged_since[i] = r->ts_us;
+            break;
+        }
+    }
+    return AL_OK;
+}
+
 static int
 pol_dh_cmp(const void *a, const void *b)
 {
@@ -313,7 +339,34 @@ pol_lint_db(struct pol_lint *l, struct al_errs *errs)
     f.until_us = l->o->until_us;
     if (aud_query_scan(l->o->db, &f, pol_lint_row, l, NULL, errs) != AL_OK)
         return AL_ERROR;
+    /* staged rules still staged after a whole window of evidence */
+    l->staged_since = al_calloc((size_t)l->p->nrules + 1, sizeof(*l->staged_since));
+    if (l->staged_since == NULL) {
+        al_errs_add(errs, "policy lint: out of memory");
+        return AL_ERROR;
+    }
+    for (int j = 0; j < l->p->nrules && l->o->since_us > 0; j++) {
+        if (l->p->rules[j].staged) {
+            memset(&f, 0, sizeof(f));
+            f.until_us = l->o->since_us;
+            if (aud_query_scan(l->o->db, &f, pol_lint_old_row, l, NULL, errs) != AL_OK)
+                return AL_ERROR;
+            break;
+        }
+    }
     for (int j = 0; j < l->p->nrules; j++) {
+        if (l->staged_since[j] != 0) {
+            time_t    t = (time_t)(l->staged_since[j] / 1000000);
+            struct tm tm;
+            char      when[32] = "?";
+
+            if (gmtime_r(&t, &tm) != NULL)
+                strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+            pol_lint_add(l, 0, "staged_old", j,
+                         "staged (dry-run) rule \"%s\" has recorded would_deny since %s, "
+                         "before the window: enforce it or drop it",
+                         l->p->rules[j].name, when);
+        }
         if (l->hits[j] == 0)
             pol_lint_add(l, 0, "unused", j,
                          "rule \"%s\" matched none of the %llu requests recorded in the window",
@@ -429,5 +482,6 @@ out:
     al_free(l.f);
     al_free(l.hits);
     al_free(l.dh);
+    al_free(l.staged_since);
     return rc;
 }

@@ -187,7 +187,8 @@ struct pol_lint_stats {
  * (never reached, duplicates, methods/paths on a rule HTTPS reaches only as
  * a CONNECT it does not intercept, unknown sandboxes, inject outside the
  * secret's scope) and warnings (allow rules with host "*" or no ports; with
- * a db: rules no request of the window matched, the most denied hosts).
+ * a db: rules no request of the window matched, the most denied hosts,
+ * staged rules recording would_deny since before the window).
  * Returns the exit code: 0 no errors, 3 errors, 1 the db could not be read.
  */
 int pol_lint(const struct pol_policy *p, const struct pol_lint_opts *o, struct pol_lint_stats *st,

@@ -400,6 +400,16 @@ def test_lint_db(t):
     denied = [f["message"] for f in j["findings"] if f["code"] == "top_denied"]
     check(any("nowhere.test" in m for m in denied) and any("blocked.test" in m for m in denied),
           "top denied hosts: %r" % denied)
+    check(not [f for f in j["findings"] if f["code"] == "staged_old"], "no staged_old yet")
+    # a window after the traffic: the staged rule has recorded would_deny
+    # since before it (staged longer than the window), and nothing matched
+    rc, out, err = cli(t, "policy", "lint", "--config", al.cfg_path, "--policy", path,
+                       "--db", os.path.join(al.dir, "audit.db"), "--since", "2100-01-01",
+                       "--format", "json")
+    j = json.loads(out)
+    eq([f["rule"] for f in j["findings"] if f["code"] == "staged_old"], ["stage-delete"],
+       "staged_old (%r)" % j)
+    eq(len([f for f in j["findings"] if f["code"] == "unused"]), len(rules), "all unused")
 
 
 if __name__ == "__main__":
