@@ -318,6 +318,14 @@ al_log_fields(enum al_log_level lvl, const char *message, const struct al_log_fi
 }
 
 void
+al_log_record(const char *message, const struct al_log_field *f, int n)
+{
+    if (al_log_level_cur == AL_LOG_OFF)
+        return;
+    al_log_line(AL_LOG_INFO, message, strlen(message), f, n);
+}
+
+void
 al_vlog(enum al_log_level lvl, const char *fmt, va_list ap)
 {
     al_log_emit(lvl, NULL, fmt, ap);

@@ -44,6 +44,9 @@ struct al_log_field {
     long long   num;
 };
 void al_log_fields(enum al_log_level lvl, const char *message, const struct al_log_field *f, int n);
+/* A record the operator asked for by name (access_log): written at level
+ * info whatever log_level says, unless it is "off". */
+void al_log_record(const char *message, const struct al_log_field *f, int n);
 /* Appends s (len bytes) to out[*pos..cap) escaped for the current format's
  * string values (text: \n \t \r \\ \" \xHH; json: RFC 8259 escapes,
  * invalid UTF-8 as \u00HH). Stops before overflowing. Exposed for tests. */

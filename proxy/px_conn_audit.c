@@ -149,7 +149,7 @@ px_conn_access_log(const struct aud_record *r)
 
     memcpy(path, r->path, n);
     path[n] = '\0';
-    al_log_fields(AL_LOG_INFO, "access", f, (int)(sizeof(f) / sizeof(f[0])));
+    al_log_record("access", f, (int)(sizeof(f) / sizeof(f[0]))); /* whatever log_level says */
 }
 
 static void
