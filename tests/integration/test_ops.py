@@ -166,6 +166,7 @@ def test_readyz_draining(t):
     up = t.upstream()
     al = start(t, limits={"drain_timeout_s": 5})
     eq(readyz(al), (200, {"ready": True}), "/readyz while serving")
+    eq(al.metrics().need("airlock_ready"), 1, "airlock_ready while serving")
     eq(get(al, "/healthz")[0], 200, "/healthz while serving")
     out = os.path.join(t.tmp, "slow.body")
     p = t.popen(altest.curl_popen(["-x", al.proxy, url(up, "/slow/200000?rate=40000")], out,
@@ -182,6 +183,7 @@ def test_readyz_draining(t):
         return (st, doc) if st != 200 else None
     st, doc = wait_until(draining, 5, "/readyz to report draining")
     eq(st, 503, "/readyz status while draining")
+    eq(al.metrics().need("airlock_ready"), 0, "airlock_ready while draining")
     eq(doc.get("reason"), "draining", "/readyz reason while draining (%r)" % doc)
     eq(get(al, "/healthz")[0], 200, "/healthz while draining")
     check(al.alive(), "airlock exited while a request was in progress")

@@ -329,7 +329,7 @@ test_readiness(void **state)
 {
     static struct px_worker w[2];
     const char             *reason = NULL;
-    char                    detail[256];
+    char                    detail[256], *out;
 
     (void)state;
     px_admin_set_workers(w, 2);
@@ -341,9 +341,15 @@ test_readiness(void **state)
     px_admin_set_draining(1); /* draining comes first */
     assert_int_equal(px_admin_ready(&reason, detail, sizeof(detail)), AL_DECLINED);
     assert_string_equal(reason, "draining");
+    out = render();
+    assert_non_null(strstr(out, "\nairlock_ready 0\n"));
+    free(out);
     px_admin_set_draining(0);
     atomic_store(&w[1].accept_paused, 0);
     assert_int_equal(px_admin_ready(&reason, detail, sizeof(detail)), AL_OK);
+    out = render();
+    assert_non_null(strstr(out, "\nairlock_ready 1\n"));
+    free(out);
     px_admin_set_workers(NULL, 0);
 }
 
