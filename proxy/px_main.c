@@ -171,7 +171,17 @@ px_main_reload(void *arg, struct al_dbuf *msg)
     int             rc = AL_OK;
 
     al_errs_init(&errs);
-    (void)px_sd_notify("RELOADING=1");
+    {
+        char            st[64];
+        struct timespec ts;
+
+        /* MONOTONIC_USEC: what Type=notify-reload (systemd 253) requires */
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        snprintf(st, sizeof(st), "RELOADING=1\nMONOTONIC_USEC=%llu",
+                 (unsigned long long)ts.tv_sec * 1000000ULL +
+                     (unsigned long long)ts.tv_nsec / 1000);
+        (void)px_sd_notify(st);
+    }
     nc = px_conf_load_all(m->config_path, m->dry_run, &errs);
     if (nc == NULL) {
         PX_MINC(reloads_failed);
