@@ -22,6 +22,12 @@
  * Warnings (exit 0 unless errors):
  *   allow_any_host  an allow rule with host "*"
  *   allow_any_port  an allow rule without ports
+ *   secret_unreachable  a secret no enforced allow rule can inject: none
+ *                 whose hosts overlap its scope lets it (inject names it, or
+ *                 the rule has no inject list), and the default is deny
+ *   wildcard_wider  a wildcard allow rule ("*.x", "*") strictly wider than a
+ *                 secret scoped under it: every other host it allows gets
+ *                 the sandbox's traffic next to that secret's
  *   staged_old (--db) a staged ("mode": "dry-run") rule that already
  *                 recorded would_deny before the window: staged for longer
  *                 than the window, still not enforced
@@ -224,6 +230,63 @@ pol_lint_rules(struct pol_lint *l)
                              "allowed",
                              r->name);
         }
+    }
+}
+
+/* ---- secret scopes ------------------------------------------------------ */
+
+static int
+pol_lint_overlap(const struct pol_hostpat *a, const struct pol_hostpat *b)
+{
+    return pol_hostpat_covers(a, b) || pol_hostpat_covers(b, a);
+}
+
+static void
+pol_lint_secrets(struct pol_lint *l)
+{
+    const struct pol_policy    *p = l->p;
+    const struct pol_lint_opts *o = l->o;
+
+    for (int i = 0; i < o->nsecrets; i++) {
+        const char *const *hosts = o->secret_hosts[i];
+        int                reached = p->default_allow;
+
+        for (int j = 0; j < p->nrules; j++) {
+            const struct pol_rule *r = &p->rules[j];
+            int                    names = r->ninject == 0;
+
+            if (r->action != POL_ACT_ALLOW || r->staged)
+                continue;
+            for (int k = 0; k < r->ninject && !names; k++)
+                names = strcmp(r->inject[k], o->secret_names[i]) == 0;
+            for (int k = 0; hosts != NULL && hosts[k] != NULL; k++) {
+                struct pol_hostpat sp;
+                const char        *why;
+
+                if (pol_hostpat_parse(hosts[k], &sp, &why) != AL_OK)
+                    continue;
+                for (int h = 0; h < r->nhosts; h++) {
+                    const struct pol_hostpat *rp = &r->hosts[h];
+
+                    if (names && pol_lint_overlap(rp, &sp))
+                        reached = 1;
+                    if (rp->kind != POL_HP_EXACT && pol_hostpat_covers(rp, &sp) &&
+                        !pol_hostpat_covers(&sp, rp))
+                        pol_lint_add(l, 0, "wildcard_wider", j,
+                                     "allow rule \"%s\" (%s%s) is wider than secret \"%s\" "
+                                     "scoped under it (%s): it allows every other host there "
+                                     "too",
+                                     r->name, rp->kind == POL_HP_SUFFIX ? "*." : "",
+                                     rp->kind == POL_HP_ANY ? "*" : rp->name, o->secret_names[i],
+                                     hosts[k]);
+                }
+                al_free(sp.name);
+            }
+        }
+        if (!reached)
+            pol_lint_add(l, 0, "secret_unreachable", -1,
+                         "secret \"%s\": no allow rule reaches its scope and injects it",
+                         o->secret_names[i]);
     }
 }
 
@@ -471,6 +534,7 @@ pol_lint(const struct pol_policy *p, const struct pol_lint_opts *o, struct pol_l
     if (o->policy_path != NULL)
         l.doc = al_json_load(o->policy_path, &jerrs); /* locations only */
     pol_lint_rules(&l);
+    pol_lint_secrets(&l);
     if (o->db != NULL && pol_lint_db(&l, errs) != AL_OK)
         goto out;
     if (o->out != NULL)

@@ -172,6 +172,12 @@ struct pol_lint_opts {
     int (*secret_known)(void *arg, const char *name);
     int (*secret_covers)(void *arg, const char *name, const char *host, uint16_t port);
     void *secret_arg;
+    /* Secret scopes as host patterns ("api.x.com", "*.x.com", "*"; port and
+     * path left out), for the secret warnings: nsecrets names, each with a
+     * NULL-terminated list. nsecrets 0: not checked. */
+    int                       nsecrets;
+    const char *const        *secret_names;
+    const char *const *const *secret_hosts;
     /* --db: which rules the window's recorded requests reach under p */
     const char *db; /* NULL: no usage findings */
     int64_t     since_us, until_us;
@@ -186,7 +192,9 @@ struct pol_lint_stats {
  * Finds the rules that are wrong before a request meets them: errors
  * (never reached, duplicates, methods/paths on a rule HTTPS reaches only as
  * a CONNECT it does not intercept, unknown sandboxes, inject outside the
- * secret's scope) and warnings (allow rules with host "*" or no ports; with
+ * secret's scope) and warnings (allow rules with host "*" or no ports;
+ * secrets no allow rule reaches; wildcard allow rules wider than a secret
+ * scoped under them; with
  * a db: rules no request of the window matched, the most denied hosts,
  * staged rules recording would_deny since before the window).
  * Returns the exit code: 0 no errors, 3 errors, 1 the db could not be read.

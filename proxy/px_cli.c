@@ -245,6 +245,79 @@ px_cli_lint_secret_covers(void *arg, const char *name, const char *host, uint16_
     return 0;
 }
 
+/* Secret scopes as host patterns for the lint's secret warnings, read from
+ * the secrets file (already validated by sec_load): "hosts" entries with
+ * their ":port" and "/path" cut. */
+struct px_cli_scopes {
+    struct al_json *doc;
+    int             n;
+    const char    **names;
+    const char   ***hosts;
+    char           *buf; /* the cut host strings */
+};
+
+static void
+px_cli_scopes_free(struct px_cli_scopes *sc)
+{
+    for (int i = 0; sc->hosts != NULL && i < sc->n; i++)
+        al_free(sc->hosts[i]);
+    al_free(sc->hosts);
+    al_free(sc->names);
+    al_free(sc->buf);
+    al_json_free(sc->doc);
+}
+
+static int
+px_cli_scopes_load(const char *path, struct px_cli_scopes *sc, struct al_errs *errs)
+{
+    const cJSON *secrets, *e, *h;
+    size_t       total = 0, off = 0;
+
+    memset(sc, 0, sizeof(*sc));
+    sc->doc = al_json_load(path, errs);
+    if (sc->doc == NULL)
+        return AL_ERROR;
+    secrets = cJSON_GetObjectItemCaseSensitive(sc->doc->root, "secrets");
+    cJSON_ArrayForEach (e, secrets) {
+        sc->n++;
+        cJSON_ArrayForEach (h, cJSON_GetObjectItemCaseSensitive(e, "hosts")) {
+            if (cJSON_IsString(h))
+                total += strlen(h->valuestring) + 1;
+        }
+    }
+    sc->names = al_calloc((size_t)sc->n + 1, sizeof(*sc->names));
+    sc->hosts = al_calloc((size_t)sc->n + 1, sizeof(*sc->hosts));
+    sc->buf = al_malloc(total + 1);
+    if (sc->names == NULL || sc->hosts == NULL || sc->buf == NULL)
+        return AL_ERROR;
+    sc->n = 0;
+    cJSON_ArrayForEach (e, secrets) {
+        const cJSON *hosts = cJSON_GetObjectItemCaseSensitive(e, "hosts");
+        int          nh = cJSON_GetArraySize(hosts), k = 0;
+
+        sc->names[sc->n] = e->string;
+        sc->hosts[sc->n] = al_calloc((size_t)nh + 1, sizeof(**sc->hosts));
+        if (sc->hosts[sc->n] == NULL)
+            return AL_ERROR;
+        cJSON_ArrayForEach (h, hosts) {
+            const char *v = cJSON_IsString(h) ? h->valuestring : NULL;
+            size_t      n;
+
+            if (v == NULL)
+                continue;
+            n = strcspn(v, ":/");
+            if (v[0] == '[') /* an IPv6 literal keeps its colons */
+                n = strcspn(v, "]") + 1 <= strlen(v) ? strcspn(v, "]") + 1 : strlen(v);
+            memcpy(sc->buf + off, v, n);
+            sc->buf[off + n] = '\0';
+            sc->hosts[sc->n][k++] = sc->buf + off;
+            off += n + 1;
+        }
+        sc->n++;
+    }
+    return AL_OK;
+}
+
 /* `airlock policy lint`. */
 static int
 px_cli_lint(int argc, char **argv)
@@ -259,9 +332,11 @@ px_cli_lint(int argc, char **argv)
     const char          **names = NULL;
     int64_t               now = al_now_us();
     int                   rc = 2;
+    struct px_cli_scopes  sc;
 
     al_errs_init(&errs);
     memset(&o, 0, sizeof(o));
+    memset(&sc, 0, sizeof(sc));
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
 
@@ -339,6 +414,14 @@ px_cli_lint(int argc, char **argv)
     o.known_sandboxes = names;
     o.nknown = c->nsandboxes;
     if (c->secrets != NULL) {
+        if (px_cli_scopes_load(c->secrets_path, &sc, &errs) != AL_OK) {
+            fputs(errs.text.data ? errs.text.data : "airlock policy lint: out of memory\n", stderr);
+            rc = 1;
+            goto out;
+        }
+        o.nsecrets = sc.n;
+        o.secret_names = sc.names;
+        o.secret_hosts = (const char *const *const *)sc.hosts;
         o.secret_known = px_cli_lint_secret_known;
         o.secret_covers = px_cli_lint_secret_covers;
         o.secret_arg = c->secrets;
@@ -351,6 +434,7 @@ px_cli_lint(int argc, char **argv)
     if (rc == 1)
         fprintf(stderr, "airlock policy lint: %s", errs.text.data ? errs.text.data : "failed\n");
 out:
+    px_cli_scopes_free(&sc);
     pol_policy_unref(p);
     px_conf_unref(c);
     al_free(names);

@@ -348,6 +348,17 @@ def test_lint_cli(t):
     rc, out, err = cli(t, "policy", "lint", "--config", c)
     eq((rc, out.count("\n")), (0, 1), "clean policy (out %r err %r)" % (out, err))
     check("no findings" in out, "clean summary: %r" % out)
+    # secret warnings (scopes read from the secrets file): exit 0
+    sec2 = dict(secrets)
+    sec2["lonely"] = {"from": {"value": "lonely-0123456789"}, "hosts": ["lonely.test:443/v1/"],
+                      "placeholder": "AIRLOCK_PLACEHOLDER_LONELY_0123456789"}
+    wild = policy(clean["rules"] + [rule("wild", ["*.gh.test"], ports=[443], intercept=True)])
+    c = lint_conf(t, wild, sec2)
+    rc, out, err = cli(t, "policy", "lint", "--config", c, "--format", "json")
+    eq(rc, 0, "secret warnings exit (out %r err %r)" % (out, err))
+    codes = sorted((f["code"], f.get("rule", "")) for f in json.loads(out)["findings"])
+    eq(codes, [("secret_unreachable", ""), ("wildcard_wider", "wild")], "secret warnings")
+    check("lonely" in out, "names the unreachable secret: %r" % out)
     # every error kind at once, with file:line:col and both rules named
     bad = policy([rule("wide", ["*.gh.test"], ports=[443], intercept=True),
                   rule("narrow", ["api.gh.test"], ports=[443], intercept=True),

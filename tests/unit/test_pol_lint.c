@@ -44,6 +44,12 @@ lint_t_covers(void *arg, const char *name, const char *host, uint16_t port)
 
 /* Lints `rules` (the JSON array's inside); returns the exit code, out holds
  * the findings as JSON. */
+static const char *const  lint_t_gh_hosts[] = {"api.gh.test", "*.ghusercontent.test", NULL};
+static const char *const  lint_t_oa_hosts[] = {"api.oa.test", NULL};
+static const char *const  lint_t_secret_names[] = {"gh", "oa"};
+static const char *const *lint_t_secret_hosts[] = {lint_t_gh_hosts, lint_t_oa_hosts};
+static int                lint_t_scopes; /* pass the scopes for the secret warnings */
+
 static int
 lint_t(const char *rules, char *out, size_t outsz, struct pol_lint_stats *st)
 {
@@ -67,6 +73,11 @@ lint_t(const char *rules, char *out, size_t outsz, struct pol_lint_stats *st)
     o.nknown = 2;
     o.secret_known = lint_t_known;
     o.secret_covers = lint_t_covers;
+    if (lint_t_scopes) {
+        o.nsecrets = 2;
+        o.secret_names = lint_t_secret_names;
+        o.secret_hosts = lint_t_secret_hosts;
+    }
     o.json = 1;
     o.out = f;
     rc = pol_lint(p, &o, st, &errs);
@@ -256,13 +267,48 @@ test_lint_warnings(void **state)
     assert_non_null(strstr(out, "\"findings\":[]"));
 }
 
+static void
+test_lint_secret_warnings(void **state)
+{
+    char                  out[LINT_OUT];
+    struct pol_lint_stats st;
+
+    (void)state;
+    lint_t_scopes = 1;
+    /* gh reached (no inject list: every scoped secret may be used), oa
+     * reached by name; *.gh.test is wider than gh's api.gh.test */
+    assert_int_equal(lint_t("{\"name\": \"ghw\", \"hosts\": [\"*.gh.test\"], \"ports\": [443]},"
+                            "{\"name\": \"oa\", \"hosts\": [\"api.oa.test\"], \"ports\": [443],"
+                            " \"inject\": [\"oa\"]}",
+                            out, sizeof(out), &st),
+                     0);
+    lint_t_expect(out, "wildcard_wider", "ghw", "api.gh.test");
+    assert_null(strstr(out, "secret_unreachable"));
+    /* oa: only a rule that injects gh reaches its host; gh: no rule at all */
+    assert_int_equal(lint_t("{\"name\": \"oa\", \"hosts\": [\"api.oa.test\"], \"ports\": [443],"
+                            " \"inject\": [\"gh\"]}",
+                            out, sizeof(out), &st),
+                     3); /* gh out of scope there: an error too */
+    assert_non_null(strstr(out, "\"code\":\"secret_unreachable\",\"message\":\"secret \\\"gh\\\""));
+    assert_non_null(strstr(out, "\"code\":\"secret_unreachable\",\"message\":\"secret \\\"oa\\\""));
+    /* exact scopes under exact rules: nothing to say */
+    assert_int_equal(lint_t("{\"name\": \"gh\", \"hosts\": [\"api.gh.test\", "
+                            "\"*.ghusercontent.test\"], \"ports\": [443], \"inject\": [\"gh\"]},"
+                            "{\"name\": \"oa\", \"hosts\": [\"api.oa.test\"], \"ports\": [443]}",
+                            out, sizeof(out), &st),
+                     0);
+    assert_int_equal(st.warnings + st.errors, 0);
+    lint_t_scopes = 0;
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lint_shadowed),   cmocka_unit_test(test_lint_duplicate),
-        cmocka_unit_test(test_lint_tls_unseen), cmocka_unit_test(test_lint_unknown_sandbox),
-        cmocka_unit_test(test_lint_inject),     cmocka_unit_test(test_lint_warnings),
+        cmocka_unit_test(test_lint_shadowed),        cmocka_unit_test(test_lint_duplicate),
+        cmocka_unit_test(test_lint_tls_unseen),      cmocka_unit_test(test_lint_unknown_sandbox),
+        cmocka_unit_test(test_lint_inject),          cmocka_unit_test(test_lint_warnings),
+        cmocka_unit_test(test_lint_secret_warnings),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
