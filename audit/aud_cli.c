@@ -12,11 +12,17 @@
  *   TIME(UTC) SANDBOX/CALL DECISION METHOD HOST PATH ST BYTES DUR
  * A cell cut to fit ends with '~'; BYTES is up + down.
  *
+ * --db postgresql://... (or postgres://) reads the fleet's shared store
+ * through aud_pgq.c: the same filters, formats and output, plus --instance
+ * and an instance field (JSON, CSV, a table column); tail follows the
+ * store's arrival order (seq). `migrate` creates or migrates that schema.
+ *
  * tail --follow polls for id > last every AUD_CLI_POLL_MS and stops cleanly on
  * SIGINT/SIGTERM (closing a JSON array if one was open). Strict-mode rows
  * show up when begun (status "-" until aud_complete updates them).
  */
 #include "aud_int.h"
+#include "aud_pg.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -51,7 +57,8 @@ struct aud_cli {
     int            nrows;
     int            header_done;
     int            host_w, path_w;
-    int64_t        last_id;
+    int64_t        last_id; /* PostgreSQL: the last seq */
+    PGconn        *pg;      /* --db postgresql://...: the shared store */
 };
 
 static volatile sig_atomic_t aud_cli_stop_flag;
@@ -100,7 +107,11 @@ aud_cli_usage(FILE *f)
           "[--format table|json|jsonl|csv]\n"
           "filters: --since T --until T (duration 90s 15m 2h 7d, or RFC 3339 time)\n"
           "         --sandbox S --session S --tool-call S --host GLOB (* and ?)\n"
-          "         --decision allow|deny|would_deny|error --status N|Nxx --rule R --secret NAME\n",
+          "         --decision allow|deny|would_deny|error --status N|Nxx --rule R --secret NAME\n"
+          "         --instance NAME (PostgreSQL only)\n"
+          "       airlock audit migrate --db postgresql://...\n"
+          "--db is a sqlite file or a PostgreSQL URI (postgresql://user@host/db; the password\n"
+          "from PGPASSWORD, ~/.pgpass or PGPASSFILE is better kept out of the command line)\n",
           f);
 }
 
@@ -125,6 +136,7 @@ enum aud_cli_opt_id {
     AUD_OPT_N,
     AUD_OPT_FOLLOW,
     AUD_OPT_HELP,
+    AUD_OPT_INSTANCE,
 };
 
 struct aud_cli_opt {
@@ -135,7 +147,7 @@ struct aud_cli_opt {
 };
 
 static const struct aud_cli_opt aud_cli_opts[] = {
-    {"--db", AUD_OPT_DB, 1, "qst"},           {"--since", AUD_OPT_SINCE, 1, "qst"},
+    {"--db", AUD_OPT_DB, 1, "qstm"},          {"--since", AUD_OPT_SINCE, 1, "qst"},
     {"--until", AUD_OPT_UNTIL, 1, "qst"},     {"--sandbox", AUD_OPT_SANDBOX, 1, "qst"},
     {"--session", AUD_OPT_SESSION, 1, "qst"}, {"--tool-call", AUD_OPT_TOOL_CALL, 1, "qst"},
     {"--host", AUD_OPT_HOST, 1, "qst"},       {"--decision", AUD_OPT_DECISION, 1, "qst"},
@@ -144,8 +156,8 @@ static const struct aud_cli_opt aud_cli_opts[] = {
     {"--format", AUD_OPT_FORMAT, 1, "qst"},   {"--by", AUD_OPT_BY, 1, "s"},
     {"--top", AUD_OPT_TOP, 1, "s"},           {"-n", AUD_OPT_N, 1, "t"},
     {"--lines", AUD_OPT_N, 1, "t"},           {"--follow", AUD_OPT_FOLLOW, 0, "t"},
-    {"-f", AUD_OPT_FOLLOW, 0, "t"},           {"--help", AUD_OPT_HELP, 0, "qst"},
-    {"-h", AUD_OPT_HELP, 0, "qst"},
+    {"-f", AUD_OPT_FOLLOW, 0, "t"},           {"--help", AUD_OPT_HELP, 0, "qstm"},
+    {"-h", AUD_OPT_HELP, 0, "qstm"},          {"--instance", AUD_OPT_INSTANCE, 1, "qst"},
 };
 
 static int
@@ -208,6 +220,11 @@ aud_cli_apply(struct aud_cli *c, const struct aud_cli_opt *o, const char *v)
     case AUD_OPT_SANDBOX:
         c->f.sandbox = v;
         break;
+    case AUD_OPT_INSTANCE:
+        if (*v == '\0')
+            return aud_cli_bad(c, o->name, v, "want an instance name");
+        c->f.instance = v;
+        break;
     case AUD_OPT_SESSION:
         c->f.session = v;
         break;
@@ -250,8 +267,9 @@ aud_cli_apply(struct aud_cli *c, const struct aud_cli_opt *o, const char *v)
         return aud_cli_format(c, v);
     case AUD_OPT_BY:
         if (strcmp(v, "host") != 0 && strcmp(v, "sandbox") != 0 && strcmp(v, "tool-call") != 0 &&
-            strcmp(v, "rule") != 0 && strcmp(v, "secret") != 0)
-            return aud_cli_bad(c, o->name, v, "want host, sandbox, tool-call, rule or secret");
+            strcmp(v, "rule") != 0 && strcmp(v, "secret") != 0 && strcmp(v, "instance") != 0)
+            return aud_cli_bad(c, o->name, v,
+                               "want host, sandbox, tool-call, rule, secret or instance");
         c->by = v;
         break;
     case AUD_OPT_FOLLOW:
@@ -371,8 +389,8 @@ aud_cli_widths(struct aud_cli *c)
     struct winsize ws;
     int            extra = 0;
 
-    c->host_w = 19;
-    c->path_w = 12;
+    c->host_w = c->pg != NULL ? 13 : 19; /* the shared store's INSTANCE column (12 + 1) */
+    c->path_w = c->pg != NULL ? 5 : 12;
     if (isatty(fileno(c->out)) && ioctl(fileno(c->out), TIOCGWINSZ, &ws) == 0 &&
         ws.ws_col > AUD_CLI_TABLE_COLS)
         extra = ws.ws_col - AUD_CLI_TABLE_COLS;
@@ -406,6 +424,8 @@ aud_cli_table_row(struct aud_cli *c, const struct aud_record *r)
         snprintf(du, sizeof(du), "-");
     else
         aud_cli_human_dur(r->duration_us, du, sizeof(du));
+    if (c->pg != NULL)
+        ok &= aud_fmt_cell(b, r->instance, 12, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, tbuf, 14, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, who, 15, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, r->decision, 10, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
@@ -425,6 +445,8 @@ aud_cli_table_header(struct aud_cli *c)
     int             ok = 1;
 
     aud_cli_widths(c);
+    if (c->pg != NULL)
+        ok &= aud_fmt_cell(b, "INSTANCE", 12, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, "TIME(UTC)", 14, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, "SANDBOX/CALL", 15, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, "DECISION", 10, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
@@ -451,6 +473,8 @@ aud_cli_csv_header(struct aud_cli *c)
         if (al_dbuf_adds(&c->line, i ? "," : "") != AL_OK ||
             al_dbuf_adds(&c->line, aud_cli_csv_cols[i]) != AL_OK)
             return AL_ERROR;
+        if (i == 0 && c->pg != NULL && al_dbuf_adds(&c->line, ",instance") != AL_OK)
+            return AL_ERROR;
     }
     return al_dbuf_adds(&c->line, "\n");
 }
@@ -463,9 +487,12 @@ aud_cli_csv_row(struct aud_cli *c, const struct aud_record *r)
     int             ok = 1;
 
     aud_fmt_rfc3339(r->ts_us, ts, sizeof(ts));
-    ok &= al_dbuf_addf(b, "%lld,%s,%lld,%lld,%llu,", (long long)r->row_id, ts, (long long)r->ts_us,
-                       (long long)r->duration_us, (unsigned long long)r->conn_id) == AL_OK;
+    ok &= al_dbuf_addf(b, "%lld,", (long long)r->row_id) == AL_OK;
 #define AUD_CSV_T(field) ok &= aud_fmt_csv(b, (field)) == AL_OK && al_dbuf_adds(b, ",") == AL_OK
+    if (c->pg != NULL)
+        AUD_CSV_T(r->instance);
+    ok &= al_dbuf_addf(b, "%s,%lld,%lld,%llu,", ts, (long long)r->ts_us, (long long)r->duration_us,
+                       (unsigned long long)r->conn_id) == AL_OK;
     AUD_CSV_T(r->sandbox);
     AUD_CSV_T(r->session);
     AUD_CSV_T(r->tool_call);
@@ -491,16 +518,18 @@ aud_cli_csv_row(struct aud_cli *c, const struct aud_record *r)
 }
 
 static int
-aud_cli_json_row(struct al_dbuf *b, const struct aud_record *r)
+aud_cli_json_row(struct al_dbuf *b, const struct aud_record *r, int instance)
 {
     char ts[40];
     int  ok = 1;
 
     aud_fmt_rfc3339(r->ts_us, ts, sizeof(ts));
-    ok &= al_dbuf_addf(b,
-                       "{\"id\":%lld,\"ts\":\"%s\",\"ts_us\":%lld,\"duration_us\":%lld,"
-                       "\"conn_id\":%llu",
-                       (long long)r->row_id, ts, (long long)r->ts_us, (long long)r->duration_us,
+    ok &= al_dbuf_addf(b, "{\"id\":%lld", (long long)r->row_id) == AL_OK;
+    if (instance)
+        ok &=
+            al_dbuf_adds(b, ",\"instance\":") == AL_OK && aud_fmt_json_str(b, r->instance) == AL_OK;
+    ok &= al_dbuf_addf(b, ",\"ts\":\"%s\",\"ts_us\":%lld,\"duration_us\":%lld,\"conn_id\":%llu", ts,
+                       (long long)r->ts_us, (long long)r->duration_us,
                        (unsigned long long)r->conn_id) == AL_OK;
 #define AUD_JSON_T(name, field)                                                                    \
     ok &= al_dbuf_adds(b, ",\"" name "\":") == AL_OK && aud_fmt_json_str(b, (field)) == AL_OK
@@ -601,10 +630,10 @@ aud_cli_emit(void *arg, const struct aud_record *r)
     case AUD_FMT_JSON:
         rc = al_dbuf_adds(&c->line, c->nrows ? ",\n  " : "\n  ");
         if (rc == AL_OK)
-            rc = aud_cli_json_row(&c->line, r);
+            rc = aud_cli_json_row(&c->line, r, c->pg != NULL);
         break;
     case AUD_FMT_JSONL:
-        rc = aud_cli_json_row(&c->line, r);
+        rc = aud_cli_json_row(&c->line, r, c->pg != NULL);
         if (rc == AL_OK)
             rc = al_dbuf_adds(&c->line, "\n");
         break;
@@ -614,8 +643,8 @@ aud_cli_emit(void *arg, const struct aud_record *r)
     if (fwrite(c->line.data, 1, c->line.len, c->out) != c->line.len)
         return AL_ERROR;
     c->nrows++;
-    if (r->row_id > c->last_id)
-        c->last_id = r->row_id;
+    if ((c->pg != NULL ? r->seq : r->row_id) > c->last_id) /* tail's cursor */
+        c->last_id = c->pg != NULL ? r->seq : r->row_id;
     return AL_OK;
 }
 
@@ -627,6 +656,14 @@ aud_cli_open(struct aud_cli *c)
     sqlite3       *db;
 
     al_errs_init(&errs);
+    if (aud_pg_is_uri(c->db)) { /* the shared store: c->pg, and NULL here */
+        c->pg = aud_pg_open_ro(c->db, &errs);
+        if (c->pg == NULL)
+            fprintf(c->err, "airlock audit %s: %s", c->cmd,
+                    errs.text.data ? errs.text.data : "?\n");
+        al_errs_free(&errs);
+        return NULL;
+    }
     db = aud_db_open_ro(c->db, &errs);
     if (db == NULL)
         fprintf(c->err, "airlock audit %s: %s", c->cmd, errs.text.data ? errs.text.data : "?\n");
@@ -641,7 +678,10 @@ aud_cli_run_rows(struct aud_cli *c, sqlite3 *db)
     int            rc;
 
     al_errs_init(&errs);
-    rc = aud_query_run(db, &c->f, aud_cli_emit, c, &errs);
+    if (c->pg != NULL)
+        rc = aud_pg_query_run(c->pg, &c->f, aud_cli_emit, c, &errs);
+    else
+        rc = aud_query_run(db, &c->f, aud_cli_emit, c, &errs);
     if (rc != AL_OK) {
         if (errs.count > 0)
             fprintf(c->err, "airlock audit %s: %s", c->cmd, errs.text.data);
@@ -659,7 +699,7 @@ aud_cli_query(struct aud_cli *c)
     int      code = 1;
 
     db = aud_cli_open(c);
-    if (db == NULL)
+    if (db == NULL && c->pg == NULL)
         goto out;
     if (aud_cli_run_rows(c, db) != AL_OK)
         goto out;
@@ -688,7 +728,7 @@ aud_cli_tail(struct aud_cli *c)
     int              handlers = 0;
 
     db = aud_cli_open(c);
-    if (db == NULL)
+    if (db == NULL && c->pg == NULL)
         goto out;
     c->f.by_id = 1;
     if (aud_cli_run_rows(c, db) != AL_OK)
@@ -780,6 +820,66 @@ aud_cli_group_cmp(const void *a, const void *b)
     return strcmp(x->key, y->key);
 }
 
+/* aud_pg_groups' rows folded like the sqlite ones below (secrets split). */
+struct aud_cli_pgfold {
+    struct aud_cli        *c;
+    struct aud_cli_groups *gs;
+    int                    split;
+};
+
+static int
+aud_cli_pgfold_row(void *arg, const char *key, const int64_t v[7])
+{
+    struct aud_cli_pgfold *x = arg;
+    const char            *p = key;
+
+    do {
+        const char           *e = x->split ? strchr(p, ',') : NULL;
+        size_t                n = e ? (size_t)(e - p) : strlen(p);
+        struct aud_cli_group *g;
+
+        if (!x->split || n > 0) {
+            g = aud_cli_group_get(x->gs, p, n);
+            if (g == NULL) {
+                aud_cli_msg(x->c, "too many groups (or out of memory)");
+                return AL_ERROR;
+            }
+            g->total += v[0];
+            g->allow += v[1];
+            g->deny += v[2];
+            g->would_deny += v[3];
+            g->error += v[4];
+            g->bytes_up += v[5];
+            g->bytes_down += v[6];
+        }
+        p = e ? e + 1 : NULL;
+    } while (p != NULL);
+    return AL_OK;
+}
+
+/* aud_cli_groups_load on the shared store. */
+static int
+aud_cli_groups_load_pg(struct aud_cli *c, const char *col, int split, int denied_only,
+                       int64_t limit, struct aud_cli_groups *gs)
+{
+    struct aud_cli_pgfold x = {c, gs, split};
+    struct al_errs        errs;
+    int                   rc;
+
+    al_errs_init(&errs);
+    rc = aud_pg_groups(c->pg, &c->f, col, denied_only, split ? 0 : limit, aud_cli_pgfold_row, &x,
+                       &errs);
+    if (rc != AL_OK && errs.count > 0)
+        fprintf(c->err, "airlock audit %s: %s", c->cmd, errs.text.data);
+    al_errs_free(&errs);
+    if (rc == AL_OK && split && gs->n > 0) {
+        qsort(gs->g, gs->n, sizeof(*gs->g), aud_cli_group_cmp);
+        if (limit > 0 && gs->n > (size_t)limit)
+            gs->n = (size_t)limit;
+    }
+    return rc;
+}
+
 /*
  * Aggregates rows matching the filter by `col` (a whitelisted column
  * name). `split` splits comma-separated keys (secrets). `denied_only`
@@ -794,6 +894,8 @@ aud_cli_groups_load(struct aud_cli *c, sqlite3 *db, const char *col, int split, 
     struct aud_binds b;
     int              idx = 1, rc, ret = AL_ERROR;
 
+    if (c->pg != NULL)
+        return aud_cli_groups_load_pg(c, col, split, denied_only, limit, gs);
     al_dbuf_init(&sql, 64 * 1024);
     al_dbuf_addf(&sql,
                  "SELECT %s, COUNT(*), SUM(decision = 'allow'), SUM(decision = 'deny'), "
@@ -805,9 +907,9 @@ aud_cli_groups_load(struct aud_cli *c, sqlite3 *db, const char *col, int split, 
     al_dbuf_addf(&sql, " GROUP BY %s", col);
     if (denied_only)
         al_dbuf_adds(&sql, " HAVING SUM(decision IN ('deny', 'would_deny')) > 0 "
-                           "ORDER BY SUM(decision IN ('deny', 'would_deny')) DESC");
+                           "ORDER BY SUM(decision IN ('deny', 'would_deny')) DESC, 1");
     else
-        al_dbuf_adds(&sql, " ORDER BY 2 DESC");
+        al_dbuf_adds(&sql, " ORDER BY 2 DESC, 1"); /* ties by key: the same on PostgreSQL */
     if (!split && limit > 0)
         al_dbuf_adds(&sql, " LIMIT ?");
     if (sql.data == NULL)
@@ -932,7 +1034,7 @@ aud_cli_stats(struct aud_cli *c)
                                                 : c->by; /* host, sandbox, rule: whitelisted */
     }
     db = aud_cli_open(c);
-    if (db == NULL)
+    if (db == NULL && c->pg == NULL)
         goto out;
     if (aud_cli_groups_load(c, db, "''", 0, 0, 0, &all) != AL_OK ||
         aud_cli_groups_load(c, db, "decision", 0, 0, 0, &dec) != AL_OK)
@@ -1024,6 +1126,36 @@ out:
     return code;
 }
 
+/* ---- migrate ------------------------------------------------------------ */
+
+/* Creates or migrates the schema of --db (PostgreSQL, or a sqlite file). */
+static int
+aud_cli_migrate(struct aud_cli *c)
+{
+    struct al_errs errs;
+    struct aud_db *d;
+    int            rc;
+
+    al_errs_init(&errs);
+    if (aud_pg_is_uri(c->db)) {
+        rc = aud_pg_cli_migrate(c->db, c->out, &errs);
+    } else {
+        d = aud_db_open(c->db, 0, 0, &errs);
+        rc = d != NULL ? AL_OK : AL_ERROR;
+        if (d != NULL)
+            fprintf(c->out, "%s: schema version %d\n", c->db, AUD_SCHEMA_VERSION);
+        aud_db_close(d);
+    }
+    if (rc != AL_OK)
+        fprintf(c->err, "airlock audit migrate: %s%s", errs.text.data ? errs.text.data : "failed",
+                errs.text.data != NULL && errs.text.len > 0 &&
+                        errs.text.data[errs.text.len - 1] == '\n'
+                    ? ""
+                    : "\n");
+    al_errs_free(&errs);
+    return rc == AL_OK ? 0 : 1;
+}
+
 /* ---- entry -------------------------------------------------------------- */
 
 int
@@ -1045,13 +1177,14 @@ aud_cli_run(int argc, char **argv, FILE *out, FILE *err, int64_t now_us)
         goto out;
     }
     if (strcmp(argv[1], "query") != 0 && strcmp(argv[1], "stats") != 0 &&
-        strcmp(argv[1], "tail") != 0) {
+        strcmp(argv[1], "tail") != 0 && strcmp(argv[1], "migrate") != 0) {
         struct al_dbuf b;
 
         al_dbuf_init(&b, 4096);
         if (al_dbuf_adds(&b, "") != AL_OK || aud_fmt_escape(&b, argv[1]) != AL_OK)
             al_dbuf_free(&b);
-        fprintf(err, "airlock audit: unknown subcommand \"%s\" (want query, stats or tail)\n",
+        fprintf(err,
+                "airlock audit: unknown subcommand \"%s\" (want query, stats, tail or migrate)\n",
                 b.data ? b.data : "?");
         al_dbuf_free(&b);
         aud_cli_usage(err);
@@ -1076,13 +1209,23 @@ aud_cli_run(int argc, char **argv, FILE *out, FILE *err, int64_t now_us)
         code = 2;
         goto out;
     }
-    if (c.cmd[0] == 'q')
+    if ((c.f.instance != NULL || (c.by != NULL && strcmp(c.by, "instance") == 0)) &&
+        !aud_pg_is_uri(c.db)) {
+        aud_cli_msg(&c, "--instance and --by instance need a PostgreSQL --db (postgresql://...)");
+        code = 2;
+        goto out;
+    }
+    if (c.cmd[0] == 'm')
+        code = aud_cli_migrate(&c);
+    else if (c.cmd[0] == 'q')
         code = aud_cli_query(&c);
     else if (c.cmd[0] == 's')
         code = aud_cli_stats(&c);
     else
         code = aud_cli_tail(&c);
 out:
+    if (c.pg != NULL)
+        PQfinish(c.pg);
     al_dbuf_free(&c.line);
     return code;
 }

@@ -14,6 +14,10 @@
 
 /* Current PostgreSQL schema version (table schema_version there). */
 #define AUD_PG_SCHEMA_VERSION 1
+/* Advisory lock a batch takes before its COPY: batches of all replicas commit
+ * one at a time, in the order of their seq values, so `tail --follow`
+ * (seq > last) never passes a row that commits later with a smaller seq. */
+#define AUD_PG_SEQ_LOCK 0x6169726c736571LL
 /* Rows per shipped batch (one COPY, one PostgreSQL transaction). */
 #define AUD_SHIP_BATCH 5000
 /* A strict-mode row still pending after this long is shipped as it is. */
@@ -90,6 +94,22 @@ void    aud_ship_stats(const struct aud_ship *s, struct aud_sink_stats *out);
 int aud_pg_query_each(const char *conninfo, const struct aud_filter          *f,
                       int (*cb)(void *arg, const struct aud_record *r), void *arg,
                       struct al_errs *errs);
+/* Connects for reading; checks the schema is there and not newer. NULL + errs. */
+PGconn *aud_pg_open_ro(const char *conninfo, struct al_errs *errs);
+/* aud_pg_query_each on an open connection. */
+int aud_pg_query_run(PGconn *pg, const struct aud_filter                    *f,
+                     int (*cb)(void *arg, const struct aud_record *r), void *arg,
+                     struct al_errs *errs);
+/* `audit stats` groups: per value of `col` (host, sandbox, tool_call, rule,
+ * decision, instance, secrets as comma-joined text, or '' for all rows)
+ * cb(key, {total, allow, deny, would_deny, error, bytes_up, bytes_down}),
+ * ordered by total (or, denied_only, by deny + would_deny, those > 0 only). */
+int aud_pg_groups(PGconn *pg, const struct aud_filter *f, const char *col, int denied_only,
+                  int64_t limit, int (*cb)(void *arg, const char *key, const int64_t v[7]),
+                  void *arg, struct al_errs *errs);
+/* `airlock audit migrate --db URI`: creates or migrates the schema and
+ * today's partition; one line on out. AL_OK or AL_ERROR + errs. */
+int aud_pg_cli_migrate(const char *conninfo, FILE *out, struct al_errs *errs);
 /* Appends the WHERE clause for f in PostgreSQL's dialect ($n parameters);
  * values go to vals (n at most 20). AL_OK or AL_ERROR (too long). Pure. */
 struct aud_pg_params {

@@ -47,7 +47,8 @@ def pg():
 
 def reset_pg():
     p = pg()
-    p.psql("DROP TABLE IF EXISTS requests, sink_state, schema_version CASCADE")
+    p.psql("DROP TABLE IF EXISTS requests, sink_state, schema_version CASCADE; "
+           "DROP SEQUENCE IF EXISTS requests_seq")
     return p
 
 
@@ -340,10 +341,201 @@ def retention_keeps_unshipped_rows(t):
     wait_until(lambda: n_old() == 0, 15, "retention deleting shipped old rows", interval=0.2)
 
 
-def cli(al, *args, timeout=60):
-    p = subprocess.run([al.run.airlock_bin, "audit"] + list(args), stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, timeout=timeout)
+TOKEN = "tok-fleet-81c2"
+
+
+def tok_hash(tok):
+    import hashlib
+    return hashlib.sha256(tok.encode()).hexdigest()
+
+
+def cli(t, *args, timeout=60, env=None):
+    p = subprocess.run([t.run.airlock_bin, "audit"] + list(args), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=timeout,
+                       env=dict(os.environ, **(env or {})))
     return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def cli_json(t, *args, env=None):
+    rc, out, err = cli(t, *args, env=env)
+    eq(rc, 0, "airlock audit %s: %s" % (" ".join(args), err))
+    return json.loads(out)
+
+
+def _key(r):
+    return (r["ts_us"], r.get("instance", ""), r["id"])
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "instance"} for r in rows]
+
+
+@test
+def cli_on_the_shared_store(t):
+    p = reset_pg()
+    up = t.upstream()
+    sbx = {"sandboxes": [{"name": "sb", "token_sha256": tok_hash(TOKEN)},
+                         {"name": "other", "token_sha256": tok_hash(TOKEN)}]}
+    reps = {}
+    for inst in ("rep-a", "rep-b"):
+        cfg = {"resolve": dict(RESOLVE), "audit": {"db": "audit.db", "flush_ms": 20,
+                                                   "sink": {"postgres": p.uri(),
+                                                            "instance": inst}}}
+        cfg.update(sbx)
+        reps[inst] = t.airlock(config=cfg, policy=POLICY)
+    plan = {"rep-a": [("sb+s1+c1", "upstream.test", "/echo/q1", 200),
+                      ("sb+s1+c1", "upstream.test", "/echo/q2", 200),
+                      ("sb+s1+c2", "other.test", "/echo/q3", 403),
+                      ("other+s9+c9", "upstream.test", "/nope/q4", 404)],
+            "rep-b": [("sb+s2+c3", "upstream.test", "/echo/q5", 200),
+                      ("sb+s2+c3", "other.test", "/echo/q6", 403),
+                      ("other", "upstream.test", "/echo/q7", 200)]}
+    for inst, steps in plan.items():
+        for user, host, path, st in steps:
+            r = reps[inst].curl(["-U", user + ":" + TOKEN,
+                                 "http://%s:%d%s" % (host, up.port, path)])
+            eq(r.status, st, "%s %s (%r)" % (user, path, r))
+    # Rows the proxy does not make here: secrets, an IPv6 client, escapes in fields.
+    wait_until(lambda: len(local_rows(reps["rep-a"])) == 4, 10, "rep-a rows")
+    db = sqlite3.connect(os.path.join(reps["rep-a"].dir, "audit.db"), timeout=10)
+    now = int(time.time() * 1e6)
+    db.execute("INSERT INTO requests (ts, sandbox, client, method, scheme, host, port, path, "
+               "decision, rule, secrets, status, bytes_up, bytes_down, error) VALUES "
+               "(?, 'sb', '[::1]:5555', 'POST', 'https', 'api.upstream.test', 443, ?, 'allow', "
+               "'up', 'api_key,db_pw', 201, 10, 20, '')", (now, "/p\tq\\r\u00e9\x01"))
+    db.execute("INSERT INTO requests (ts, client, method, host, path, decision, reason, secrets, "
+               "status, error) VALUES (?, '10.1.2.3:1', 'GET', 'upstream.test', '/e', 'error', "
+               "'upstream_unreachable', 'db_pw', 502, 'connect: refused')", (now + 1,))
+    db.commit()
+    db.close()
+    wait_shipped(reps["rep-a"], p, "rep-a", 6)
+    wait_shipped(reps["rep-b"], p, "rep-b", 3)
+    uri = "postgresql://%s@127.0.0.1:%d/%s" % (p.user, p.port, p.db)
+    env = {"PGPASSWORD": p.password}
+    dbs = {inst: os.path.join(al.dir, "audit.db") for inst, al in reps.items()}
+    future = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    filters = [[], ["--sandbox", "sb"], ["--sandbox", ""], ["--session", "s1"],
+               ["--tool-call", "c3"], ["--host", "*.test"], ["--host", "UPSTREAM.test"],
+               ["--host", "api.*"], ["--decision", "deny"], ["--decision", "allow"],
+               ["--status", "2xx"], ["--status", "404"], ["--rule", "up"],
+               ["--secret", "db_pw"], ["--secret", "api"], ["--since", "1h"],
+               ["--until", future], ["--since", "1h", "--until", future, "--sandbox", "sb"],
+               ["--limit", "3"]]
+    for fl in filters:
+        union = []
+        for inst, path in dbs.items():
+            loc = cli_json(t, "query", "--db", path, "--format", "json", *fl)
+            rem = cli_json(t, "query", "--db", uri, "--instance", inst, "--format", "json", *fl,
+                           env=env)
+            check(all(r["instance"] == inst for r in rem), "instance field (%s)" % fl)
+            eq(_strip(rem), loc, "query %s --instance %s" % (fl, inst))
+            for r in loc:
+                r["instance"] = inst
+            union += loc
+        union.sort(key=_key)
+        if fl[:1] == ["--limit"]:
+            union = union[-int(fl[1]):]
+        rem = cli_json(t, "query", "--db", uri, "--format", "json", *fl, env=env)
+        eq(rem, union, "query %s on PostgreSQL = the union of the sqlite files" % fl)
+    # jsonl, csv, table carry the instance too
+    rc, out, err = cli(t, "query", "--db", uri, "--format", "jsonl", env=env)
+    eq([json.loads(x)["instance"] for x in out.splitlines()].count("rep-b"), 3, "jsonl instance")
+    rc, out, err = cli(t, "query", "--db", uri, "--format", "csv", "--instance", "rep-b", env=env)
+    lines = out.splitlines()
+    check(lines[0].startswith("id,instance,ts,"), "csv header: %r" % lines[0])
+    eq(len(lines), 4, "csv rows")
+    check(all(x.split(",")[1] == "rep-b" for x in lines[1:]), "csv instance column")
+    rc, out, err = cli(t, "query", "--db", uri, "--format", "table", env=env)
+    tl = out.splitlines()
+    check(tl[0].startswith("INSTANCE") and len(tl) == 10, "table: %r" % out)
+    check(all(len(x) <= 100 for x in tl), "table lines over 100 columns")
+    # stats: per instance equal to the file's, whole store = the sums
+    for fl in ([], ["--by", "host"], ["--by", "secret"], ["--by", "sandbox", "--decision", "deny"],
+               ["--by", "tool-call"], ["--by", "rule"]):
+        tot = 0
+        for inst, path in dbs.items():
+            loc = cli_json(t, "stats", "--db", path, "--format", "json", *fl)
+            rem = cli_json(t, "stats", "--db", uri, "--instance", inst, "--format", "json", *fl,
+                           env=env)
+            eq(rem, loc, "stats %s --instance %s" % (fl, inst))
+            tot += loc["total"]
+        rem = cli_json(t, "stats", "--db", uri, "--format", "json", *fl, env=env)
+        eq(rem["total"], tot, "stats %s total" % fl)
+    st = cli_json(t, "stats", "--db", uri, "--by", "instance", "--format", "json", env=env)
+    eq(sorted((g["key"], g["total"]) for g in st["groups"]), [("rep-a", 6), ("rep-b", 3)],
+       "stats --by instance")
+    rc, out, err = cli(t, "stats", "--db", uri, env=env)
+    eq(rc, 0, "stats table: " + err)
+    # tail: per instance the file's order; --follow sees rows shipped later
+    for inst, path in dbs.items():
+        loc = cli_json(t, "tail", "--db", path, "-n", "2", "--format", "json")
+        rem = cli_json(t, "tail", "--db", uri, "--instance", inst, "-n", "2", "--format", "json",
+                       env=env)
+        eq(_strip(rem), loc, "tail -n 2 --instance %s" % inst)
+    f = subprocess.Popen([t.run.airlock_bin, "audit", "tail", "--db", uri, "-n", "0", "--follow",
+                          "--format", "jsonl", "--host", "upstream.test"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, **env))
+    t.popen(f)
+    time.sleep(0.5)
+    for inst, al in reps.items():
+        r = al.curl(["-U", "sb:" + TOKEN, "http://upstream.test:%d/echo/follow-%s" % (up.port, inst)])
+        eq(r.status, 200, "request while following")
+    wait_shipped(reps["rep-a"], p, "rep-a", 7)
+    wait_shipped(reps["rep-b"], p, "rep-b", 4)
+    time.sleep(0.6)
+    f.send_signal(signal.SIGTERM)
+    out, err = f.communicate(timeout=10)
+    got = sorted((json.loads(x)["instance"], json.loads(x)["path"]) for x in out.decode().splitlines())
+    want = sorted(tuple(r) for r in p.psql("SELECT instance, path FROM requests "
+                                           "WHERE host = 'upstream.test'"))
+    check(("rep-a", "/echo/follow-rep-a") in want and ("rep-b", "/echo/follow-rep-b") in want,
+          "the followed rows are in PostgreSQL")
+    eq(got, want, "tail --follow: every row once (-n 0: all, then the new ones)")
+    # errors: no schema, bad URI, wrong password: exit 1 with a message, never the password
+    rc, out, err = cli(t, "query", "--db", p.uri(password="Bad-pw-123x"))
+    eq(rc, 1, "wrong password exit code")
+    check("password authentication failed" in err and "Bad-pw-123x" not in err, err)
+    rc, out, err = cli(t, "query", "--db", p.uri(db="postgres"))
+    eq(rc, 1, "no schema exit code")
+    check("airlock audit migrate" in err and p.password not in err, err)
+    rc, out, err = cli(t, "query", "--db", "postgresql://u:Secr3t-x@[::1/db")
+    eq(rc, 1, "bad URI exit code")
+    check("invalid connection string" in err and "Secr3t-x" not in err, err)
+
+
+@test
+def migrate_creates_schema_and_partition(t):
+    p = reset_pg()
+    uri = "postgresql://%s@127.0.0.1:%d/%s" % (p.user, p.port, p.db)
+    env = {"PGPASSWORD": p.password}
+    rc, out, err = cli(t, "migrate", "--db", uri, env=env)
+    eq(rc, 0, "migrate: " + err)
+    check("schema version 1 (created)" in out and p.password not in out, out)
+    rc, out, err = cli(t, "migrate", "--db", uri, env=env)
+    check(rc == 0 and "already current" in out, out + err)
+    eq(p.psql("SELECT max(version) FROM schema_version"), [["1"]], "schema_version")
+    types = dict((r[0], r[1]) for r in p.psql(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = 'requests'"))
+    eq((types["ts"], types["client"], types["secrets"], types["pending"]),
+       ("timestamp with time zone", "inet", "jsonb", "boolean"), "native types")
+    parts = p.psql("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                   "WHERE i.inhparent = 'requests'::regclass")
+    eq(parts, [["requests_p" + time.strftime("%Y%m%d", time.gmtime())]], "today's partition")
+    idx = {r[0] for r in p.psql("SELECT indexname FROM pg_indexes WHERE tablename = 'requests'")}
+    for want in ("requests_ts", "requests_host_ts", "requests_sandbox_ts",
+                 "requests_tool_call_ts", "requests_decision_ts", "requests_instance_id"):
+        check(want in idx, "index %s (have %s)" % (want, sorted(idx)))
+    # PGPASSFILE works as libpq's way to keep the password out of the URI
+    pgpass = os.path.join(t.tmp, "pgpass")
+    with open(pgpass, "w") as fh:
+        fh.write("127.0.0.1:%d:%s:%s:%s\n" % (p.port, p.db, p.user, p.password))
+    os.chmod(pgpass, 0o600)
+    rc, out, err = cli(t, "migrate", "--db", uri, env={"PGPASSFILE": pgpass})
+    eq(rc, 0, "migrate with PGPASSFILE: " + err)
+    rc, out, err = cli(t, "migrate", "--db", "/nonexistent-dir/x.db")
+    eq(rc, 1, "sqlite migrate of an impossible path")
 
 
 if __name__ == "__main__":
