@@ -135,7 +135,7 @@ aud_pg_where(struct al_dbuf *sql, struct aud_pg_params *p, const struct aud_filt
         aud_pg_param_int(p, f->after_id);
     }
 #undef AUD_PG_ADD
-    return rc == AL_OK && sql->data != NULL ? AL_OK : AL_ERROR;
+    return rc;
 }
 
 static void
