@@ -188,10 +188,11 @@ void px_conn_count_status(int status);
 void px_metrics_request(int decision, const char *reason, const char *rule, int status,
                         int64_t duration_us);
 /* Hook in px_conn_set_state: a connection leaves state `from` (enum
- * px_state) for `to`, having entered it at `since` (ev_now time). Leaving
- * RESOLVE, CONNECT, TLS_CLIENT or TLS_UP other than for FLUSH_CLOSE observes
- * the DNS, connect and handshake histograms. */
-void px_metrics_phase(int from, int to, double since);
+ * px_state) for `to` at `now`, having entered it at `since` (both ev_now
+ * times of its loop: no clock read here, and a DNS cache hit measures 0).
+ * Leaving RESOLVE, CONNECT, TLS_CLIENT or TLS_UP other than for FLUSH_CLOSE
+ * observes the DNS, connect and handshake histograms. */
+void px_metrics_phase(int from, int to, double since, double now);
 /* Build information for airlock_build_info. */
 #define PX_BUILD_VERSION "0.1.0"
 #ifndef AIRLOCK_COMMIT

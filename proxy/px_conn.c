@@ -160,7 +160,7 @@ px_conn_set_state(struct px_conn *c, enum px_state st)
     if (c->state != st)
         al_log_debug("conn %llu: %s -> %s", (unsigned long long)c->id, px_state_names[c->state],
                      px_state_names[st]);
-    px_metrics_phase((int)c->state, (int)st, c->phase_start); /* DNS/connect/TLS histograms */
+    px_metrics_phase(c->state, st, c->phase_start, ev_now(c->worker->loop)); /* histograms */
     c->state = st;
     c->phase_start = ev_now(c->worker->loop);
     c->last_activity = c->phase_start;

@@ -261,10 +261,9 @@ px_metrics_request(int decision, const char *reason, const char *rule, int statu
 }
 
 void
-px_metrics_phase(int from, int to, double since)
+px_metrics_phase(int from, int to, double since, double now)
 {
     struct px_hist *h;
-    double          s;
 
     if (to == PX_ST_FLUSH_CLOSE || from == to)
         return;
@@ -284,8 +283,7 @@ px_metrics_phase(int from, int to, double since)
     default:
         return;
     }
-    s = ev_time() - since;
-    px_hist_observe(h, (int64_t)(s * 1e6));
+    px_hist_observe(h, (int64_t)((now - since) * 1e6));
 }
 
 /* ---- rendering --------------------------------------------------------------- */

@@ -263,11 +263,11 @@ test_phase_hook(void **state)
     (void)state;
     memset(&px_metrics.h_dns, 0, sizeof(px_metrics.h_dns));
     memset(&px_metrics.h_tls, 0, sizeof(px_metrics.h_tls));
-    px_metrics_phase(PX_ST_RESOLVE, PX_ST_CONNECT, now - 0.002);
-    px_metrics_phase(PX_ST_RESOLVE, PX_ST_FLUSH_CLOSE, now); /* a failure: not observed */
-    px_metrics_phase(PX_ST_TLS_UP, PX_ST_EXCHANGE, now);
-    px_metrics_phase(PX_ST_TLS_CLIENT, PX_ST_READ_HEAD, now);
-    px_metrics_phase(PX_ST_EXCHANGE, PX_ST_READ_HEAD, now); /* not a timed phase */
+    px_metrics_phase(PX_ST_RESOLVE, PX_ST_CONNECT, now - 0.002, now);
+    px_metrics_phase(PX_ST_RESOLVE, PX_ST_FLUSH_CLOSE, now - 1, now); /* a failure: not observed */
+    px_metrics_phase(PX_ST_TLS_UP, PX_ST_EXCHANGE, now, now);
+    px_metrics_phase(PX_ST_TLS_CLIENT, PX_ST_READ_HEAD, now - 0.0001, now);
+    px_metrics_phase(PX_ST_EXCHANGE, PX_ST_READ_HEAD, now - 1, now); /* not a timed phase */
     assert_int_equal(px_metrics.h_dns.b[0] + px_metrics.h_dns.b[1], 0);
     assert_int_equal(px_metrics.h_dns.b[2], 1); /* 2 ms: le 0.0025 */
     assert_int_equal(px_metrics.h_tls[1].b[0], 1);
