@@ -466,9 +466,44 @@ aud_scan_text(sqlite3_stmt *st, int col, size_t *len)
  * block (the read transaction lasts one batch).
  */
 int
+aud_query_id_range(const char *db_path, int64_t *lo, int64_t *hi, struct al_errs *errs)
+{
+    sqlite3      *db = aud_db_open_ro(db_path, errs);
+    sqlite3_stmt *st = NULL;
+    int           ret = AL_ERROR;
+
+    *lo = *hi = 0;
+    if (db == NULL)
+        return AL_ERROR;
+    /* both ends are rowid seeks */
+    if (sqlite3_prepare_v2(db,
+                           "SELECT (SELECT min(id) FROM requests), (SELECT max(id) FROM requests)",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        al_errs_add(errs, "%s: query: %s", db_path, sqlite3_errmsg(db));
+        goto out;
+    }
+    *lo = sqlite3_column_int64(st, 0);
+    *hi = sqlite3_column_int64(st, 1);
+    ret = AL_OK;
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return ret;
+}
+
+int
 aud_query_scan(const char *db_path, const struct aud_filter             *f,
                int (*cb)(void *arg, const struct aud_scan_row *r), void *arg, int *version,
                struct al_errs *errs)
+{
+    return aud_query_scan_ids(db_path, f, 0, 0, cb, arg, version, errs);
+}
+
+int
+aud_query_scan_ids(const char *db_path, const struct aud_filter *f, int64_t id_lo, int64_t id_hi,
+                   int (*cb)(void *arg, const struct aud_scan_row *r), void *arg, int *version,
+                   struct al_errs *errs)
 {
     sqlite3            *db = NULL;
     sqlite3_stmt       *st = NULL;
@@ -497,6 +532,10 @@ aud_query_scan(const char *db_path, const struct aud_filter             *f,
     st = NULL;
     if (!found)
         goto done;
+    if (id_hi > 0 && id_hi < hi)
+        hi = id_hi;
+    if (id_lo > 1)
+        cid = id_lo - 1;
     g.by_id = 1;
     g.limit = 0;
     g.after_id = 0;
@@ -516,7 +555,7 @@ aud_query_scan(const char *db_path, const struct aud_filter             *f,
             goto sqlerr;
         sqlite3_finalize(st);
         st = NULL;
-        if (found)
+        if (found && lid - 1 > cid)
             cid = lid - 1;
         al_dbuf_reset(&sql);
     }

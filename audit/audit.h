@@ -54,11 +54,11 @@ struct aud_record {
     int      status;       /* HTTP status sent to the client, 0 if none */
     int64_t  bytes_up, bytes_down;
     char     error[128];
-    int64_t  row_id;   /* strict mode: the row aud_begin() created; read side: id */
-    int      pending;  /* read side only: strict row begun but never completed */
-    char     sni[256]; /* the client's TLS server name where there was one (v4) */
-    char     addr[64]; /* "ip:port" the address guard checked: the one connected to, or
-                          the first refused (address_not_allowed); "" when none (v4) */
+    int64_t  row_id;      /* strict mode: the row aud_begin() created; read side: id */
+    int      pending;     /* read side only: strict row begun but never completed */
+    char     sni[256];    /* the client's TLS server name where there was one (v4) */
+    char     addr[64];    /* "ip:port" the address guard checked: the one connected to, or
+                             the first refused (address_not_allowed); "" when none (v4) */
     char    instance[64]; /* read side on PostgreSQL only: the replica that wrote the row */
     int64_t seq;          /* read side on PostgreSQL only: arrival order in the shared store */
 };
@@ -241,6 +241,14 @@ struct aud_scan_row {
 int aud_query_scan(const char *db_path, const struct aud_filter             *f,
                    int (*cb)(void *arg, const struct aud_scan_row *r), void *arg, int *version,
                    struct al_errs *errs);
+/* The same over ids in [id_lo, id_hi] only (0 = open): one part of a file
+ * for one thread of a parallel reader (each call opens its own
+ * connection). */
+int aud_query_scan_ids(const char *db_path, const struct aud_filter *f, int64_t id_lo,
+                       int64_t id_hi, int (*cb)(void *arg, const struct aud_scan_row *r), void *arg,
+                       int *version, struct al_errs *errs);
+/* Smallest and largest row id (0, 0 when empty). AL_OK or AL_ERROR + errs. */
+int aud_query_id_range(const char *db_path, int64_t *lo, int64_t *hi, struct al_errs *errs);
 
 /* Parses a --since/--until value: a duration ("90s", "15m", "2h", "7d": that
  * long before `now_us`) or an RFC 3339 time ("2024-05-01T12:00:00Z",

@@ -31,6 +31,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +39,8 @@
 
 #define POL_REPLAY_MAX_GROUPS 20000
 #define POL_REPLAY_EXAMPLE_BYTES 160
-#define POL_REPLAY_PATH_CUT 2000 /* the daemon stores at most this much of a path */
+#define POL_REPLAY_PATH_CUT 2000        /* the daemon stores at most this much of a path */
+#define POL_REPLAY_PART_MIN_ROWS 100000 /* rows per thread below which one thread reads all */
 
 enum { POL_TR_N = 3 }; /* verdicts: allow, deny, would_deny */
 
@@ -539,37 +541,176 @@ pol_replay_print(struct pol_replay *rp, struct pol_rgroup **gs, size_t ng)
     }
 }
 
+/* ---- parallel parts ------------------------------------------------------ */
+
+/* One thread's share: an id range of the file, its own connection, stats
+ * and groups; merged into part 0 at the end. */
+struct pol_rpart {
+    struct pol_replay        rp;
+    struct pol_replay_stats  st;
+    struct al_errs           errs;
+    const struct aud_filter *f;
+    int64_t                  lo, hi;
+    int                      rc, started;
+    pthread_t                th;
+};
+
+static size_t
+pol_replay_slots(void)
+{
+    size_t slots = 1;
+
+    while (slots < 2 * POL_REPLAY_MAX_GROUPS)
+        slots <<= 1;
+    return slots;
+}
+
+static void *
+pol_replay_thread(void *arg)
+{
+    struct pol_rpart *pt = arg;
+
+    pt->rc = aud_query_scan_ids(pt->rp.o->db, pt->f, pt->lo, pt->hi, pol_replay_row, &pt->rp,
+                                &pt->st.schema_version, &pt->errs);
+    return NULL;
+}
+
+/* Folds part b into part a (a's table takes b's groups). */
+static void
+pol_replay_merge(struct pol_rpart *a, struct pol_rpart *b)
+{
+    struct pol_replay_stats *x = &a->st, *y = &b->st;
+    size_t                   slots = a->rp.mask + 1;
+
+    x->rows += y->rows;
+    x->replayed += y->replayed;
+    x->unchanged += y->unchanged;
+    x->rule_changed += y->rule_changed;
+    x->changed += y->changed;
+    x->unlisted += y->unlisted;
+    x->before_policy += y->before_policy;
+    x->after_policy += y->after_policy;
+    x->lacked += y->lacked;
+    x->lacked_addr += y->lacked_addr;
+    x->lacked_path += y->lacked_path;
+    if (y->first_us != 0 && (x->first_us == 0 || y->first_us < x->first_us))
+        x->first_us = y->first_us;
+    if (y->last_us > x->last_us)
+        x->last_us = y->last_us;
+    for (int f = 0; f < POL_TR_N; f++)
+        for (int t = 0; t < POL_TR_N; t++)
+            a->rp.trans[f][t] += b->rp.trans[f][t];
+    for (size_t k = 0; k < slots; k++) {
+        struct pol_rgroup *g = b->rp.tab[k], *h = NULL;
+        size_t             i;
+
+        if (g == NULL)
+            continue;
+        b->rp.tab[k] = NULL;
+        for (i = g->hash & a->rp.mask; a->rp.tab[i] != NULL; i = (i + 1) & a->rp.mask) {
+            h = a->rp.tab[i];
+            if (h->hash == g->hash && h->from == g->from && h->to == g->to &&
+                strcmp(h->host, g->host) == 0 && strcmp(h->rule_was, g->rule_was) == 0 &&
+                strcmp(h->rule, g->rule) == 0 && strcmp(h->reason, g->reason) == 0)
+                break;
+            h = NULL;
+        }
+        if (h != NULL) {
+            h->count += g->count;
+            if (g->first_us < h->first_us)
+                h->first_us = g->first_us;
+            if (g->last_us > h->last_us)
+                h->last_us = g->last_us;
+            for (int e = 0; e < g->nex && h->nex < POL_REPLAY_EXAMPLES; e++) {
+                int dup = 0;
+
+                for (int d = 0; d < h->nex && !dup; d++)
+                    dup = strcmp(h->ex[d], g->ex[e]) == 0;
+                if (!dup)
+                    memcpy(h->ex[h->nex++], g->ex[e], sizeof(g->ex[e]));
+            }
+            al_free(g);
+        } else if (x->groups < POL_REPLAY_MAX_GROUPS) {
+            a->rp.tab[i] = g;
+            x->groups++;
+        } else {
+            x->unlisted += g->count;
+            al_free(g);
+        }
+    }
+}
+
 int
 pol_replay(const struct pol_policy *p, const struct pol_replay_opts *o, struct pol_replay_stats *st,
            struct al_errs *errs)
 {
-    struct pol_replay   rp;
+    struct pol_rpart    parts[POL_REPLAY_MAX_THREADS];
     struct aud_filter   f;
     struct pol_rgroup **gs = NULL;
-    size_t              ng = 0, slots = 1;
-    int                 rc = 1;
+    size_t              ng = 0, slots = pol_replay_slots();
+    int64_t             lo = 0, hi = 0;
+    int                 rc = 1, nparts = o->threads > 0 ? o->threads : 1;
 
     memset(st, 0, sizeof(*st));
-    memset(&rp, 0, sizeof(rp));
-    rp.p = p;
-    rp.o = o;
-    rp.st = st;
-    while (slots < 2 * POL_REPLAY_MAX_GROUPS)
-        slots <<= 1;
-    rp.tab = al_calloc(slots, sizeof(*rp.tab));
-    if (rp.tab == NULL) {
-        al_errs_add(errs, "policy replay: out of memory");
-        return 1;
-    }
-    rp.mask = slots - 1;
+    memset(parts, 0, sizeof(parts));
     memset(&f, 0, sizeof(f));
     f.since_us = o->since_us;
     f.until_us = o->until_us;
     f.sandbox = o->sandbox;
     f.host = o->host;
     f.limit = o->limit;
-    if (aud_query_scan(o->db, &f, pol_replay_row, &rp, &st->schema_version, errs) != AL_OK)
-        goto out;
+    if (nparts > POL_REPLAY_MAX_THREADS)
+        nparts = POL_REPLAY_MAX_THREADS;
+    /* parts split the id range; --limit picks the newest rows: one part */
+    if (nparts > 1 && o->limit > 0)
+        nparts = 1;
+    if (nparts > 1) {
+        if (aud_query_id_range(o->db, &lo, &hi, errs) != AL_OK)
+            return 1; /* the database could not be read */
+        if (hi - lo < (o->part_rows > 0 ? o->part_rows : POL_REPLAY_PART_MIN_ROWS) * nparts)
+            nparts = 1;
+    }
+    for (int k = 0; k < nparts; k++) {
+        struct pol_rpart *pt = &parts[k];
+
+        pt->rp.p = p;
+        pt->rp.o = o;
+        pt->rp.st = &pt->st;
+        pt->rp.tab = al_calloc(slots, sizeof(*pt->rp.tab));
+        pt->rp.mask = slots - 1;
+        pt->f = &f;
+        al_errs_init(&pt->errs);
+        if (pt->rp.tab == NULL) {
+            al_errs_add(errs, "policy replay: out of memory");
+            nparts = k + 1;
+            goto out;
+        }
+        if (nparts > 1) {
+            pt->lo = lo + (hi - lo + 1) * k / nparts;
+            pt->hi = lo + (hi - lo + 1) * (k + 1) / nparts - 1;
+        }
+    }
+    for (int k = 1; k < nparts; k++) {
+        if (pthread_create(&parts[k].th, NULL, pol_replay_thread, &parts[k]) == 0)
+            parts[k].started = 1;
+        else /* no thread: the part runs here */
+            pol_replay_thread(&parts[k]);
+    }
+    pol_replay_thread(&parts[0]);
+    for (int k = 1; k < nparts; k++) {
+        if (parts[k].started)
+            pthread_join(parts[k].th, NULL);
+    }
+    for (int k = 0; k < nparts; k++) {
+        if (parts[k].rc != AL_OK) {
+            al_errs_add(errs, "%s", parts[k].errs.text.data ? parts[k].errs.text.data : "failed");
+            goto out;
+        }
+    }
+    for (int k = 1; k < nparts; k++)
+        pol_replay_merge(&parts[0], &parts[k]);
+    *st = parts[0].st;
+    parts[0].rp.st = st;
     if (st->groups > 0) {
         gs = al_calloc(st->groups, sizeof(*gs));
         if (gs == NULL) {
@@ -577,18 +718,21 @@ pol_replay(const struct pol_policy *p, const struct pol_replay_opts *o, struct p
             goto out;
         }
         for (size_t i = 0; i < slots; i++) {
-            if (rp.tab[i] != NULL)
-                gs[ng++] = rp.tab[i];
+            if (parts[0].rp.tab[i] != NULL)
+                gs[ng++] = parts[0].rp.tab[i];
         }
         qsort(gs, ng, sizeof(*gs), pol_group_cmp);
     }
     if (o->out != NULL)
-        pol_replay_print(&rp, gs, ng);
+        pol_replay_print(&parts[0].rp, gs, ng);
     rc = st->changed > 0 ? 3 : 0;
 out:
-    for (size_t i = 0; i < slots; i++)
-        al_free(rp.tab[i]);
-    al_free(rp.tab);
+    for (int k = 0; k < nparts; k++) {
+        for (size_t i = 0; parts[k].rp.tab != NULL && i < slots; i++)
+            al_free(parts[k].rp.tab[i]);
+        al_free(parts[k].rp.tab);
+        al_errs_free(&parts[k].errs);
+    }
     al_free(gs);
     return rc;
 }

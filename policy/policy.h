@@ -116,7 +116,8 @@ const char *pol_verdict_name(enum pol_verdict v);
 
 /* ---- replay (`airlock policy replay`) ------------------------------------ */
 
-#define POL_REPLAY_EXAMPLES 3 /* example requests listed per group */
+#define POL_REPLAY_EXAMPLES 3     /* example requests listed per group */
+#define POL_REPLAY_MAX_THREADS 16 /* pol_replay_opts.threads cap */
 enum pol_replay_format { POL_REPLAY_TABLE = 0, POL_REPLAY_JSON, POL_REPLAY_CSV };
 
 struct pol_replay_opts {
@@ -129,7 +130,9 @@ struct pol_replay_opts {
     const struct sockaddr_storage *self;
     int                            nself;
     enum pol_replay_format         format;
-    FILE                          *out; /* report; NULL = none (tests) */
+    FILE                          *out;     /* report; NULL = none (tests) */
+    int                            threads; /* readers over id ranges; 0/1 = one */
+    int64_t part_rows; /* fewer ids per reader than this: one reader (0 = 100,000) */
 };
 
 struct pol_replay_stats {

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char px_cli_policy_usage[] =
     "usage: airlock policy check --config FILE [--sandbox S] [--json] [--no-resolve] METHOD URL\n"
@@ -24,10 +25,11 @@ static const char px_cli_policy_usage[] =
     "  Exit: 0 allow (also would_deny), 3 deny, 2 bad input.\n"
     "       airlock policy replay --config FILE --policy NEW [--db DB] [--since T] [--until T]\n"
     "                             [--sandbox S] [--host GLOB] [--limit N] [--dry-run]\n"
-    "                             [--format table|json|csv]\n"
+    "                             [--format table|json|csv] [--threads N]\n"
     "  Decides the recorded requests of the window (default --since 7d, DB from the config)\n"
     "  again under NEW and lists the changed ones. --limit N: the newest N rows only.\n"
-    "  --dry-run: decide as `airlock run --dry-run` would. Exit: 0 nothing changes,\n"
+    "  --dry-run: decide as `airlock run --dry-run` would. --threads N: readers over parts\n"
+    "  of the file (default: one per CPU, up to 4). Exit: 0 nothing changes,\n"
     "  3 decisions change, 2 bad input (NEW's errors as file:line:col), 1 runtime failure.\n"
     "       airlock policy lint --config FILE [--policy FILE] [--db DB [--since T] [--until T]]\n"
     "                           [--format table|json]\n"
@@ -138,7 +140,13 @@ px_cli_replay(int argc, char **argv)
             o.host = argv[++i];
         else if (strcmp(a, "--format") == 0)
             format = argv[++i];
-        else if (strcmp(a, "--limit") == 0) {
+        else if (strcmp(a, "--threads") == 0) {
+            o.threads = (int)strtol(argv[++i], &end, 10);
+            if (*end != '\0' || o.threads < 1 || o.threads > POL_REPLAY_MAX_THREADS) {
+                rc = px_cli_usage("bad --threads", argv[i]);
+                goto out;
+            }
+        } else if (strcmp(a, "--limit") == 0) {
             o.limit = strtoll(argv[++i], &end, 10);
             if (*end != '\0' || o.limit <= 0) {
                 rc = px_cli_usage("bad --limit", argv[i]);
@@ -199,6 +207,11 @@ px_cli_replay(int argc, char **argv)
     }
     o.db = db;
     o.policy_name = policy;
+    if (o.threads == 0) { /* one reader per CPU, up to 4 */
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+        o.threads = n < 1 ? 1 : n > 4 ? 4 : (int)n;
+    }
     o.self = c->self;
     o.nself = c->nself;
     o.out = stdout;

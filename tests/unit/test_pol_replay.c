@@ -292,6 +292,45 @@ test_replay_same_policy_changes_nothing(void **state)
     assert_int_equal(pol_replay(e->open, &o, &st, &errs), 3);
     assert_int_equal(st.changed, (uint64_t)changed);
     assert_int_equal(st.replayed, (uint64_t)n);
+    /* the same with three readers over parts of the file, merged */
+    {
+        struct pol_replay_stats st1 = st;
+        char                    a[65536], b[65536];
+        FILE                   *fa = fmemopen(a, sizeof(a), "w"), *fb = fmemopen(b, sizeof(b), "w");
+
+        o.format = POL_REPLAY_CSV;
+        o.out = fa;
+        assert_int_equal(pol_replay(e->open, &o, &st1, &errs), 3);
+        fclose(fa);
+        o.threads = 3;
+        o.part_rows = 1;
+        o.out = fb;
+        assert_int_equal(pol_replay(e->open, &o, &st, &errs), 3);
+        fclose(fb);
+        assert_int_equal(st.rows, st1.rows);
+        assert_int_equal(st.changed, st1.changed);
+        assert_int_equal(st.unchanged, st1.unchanged);
+        assert_int_equal(st.rule_changed, st1.rule_changed);
+        assert_int_equal(st.groups, st1.groups);
+        assert_int_equal(st.first_us, st1.first_us);
+        assert_int_equal(st.last_us, st1.last_us);
+        /* the same groups, counts and times (examples may differ in order) */
+        for (char *p = a, *q = b; *p != '\0' || *q != '\0';) {
+            size_t lp = strcspn(p, "\n"), lq = strcspn(q, "\n");
+            char  *ep = memrchr(p, ',', lp), *eq = memrchr(q, ',', lq);
+
+            assert_non_null(ep);
+            assert_non_null(eq);
+            assert_int_equal(ep - p, eq - q);
+            assert_memory_equal(p, q, (size_t)(ep - p));
+            p += lp + (p[lp] != '\0');
+            q += lq + (q[lq] != '\0');
+        }
+        o.threads = 0;
+        o.part_rows = 0;
+        o.out = NULL;
+        o.format = POL_REPLAY_TABLE;
+    }
     al_errs_free(&errs);
 }
 
