@@ -1040,10 +1040,10 @@ px_conn_peek(struct px_conn *c, int eof)
 
 /* ---- websockets -------------------------------------------------------------- */
 
-/* The socket is over: its row (error: why, NULL after a clean close
- * handshake), then the connection closes. */
+/* The socket's log line and row (error: why, NULL after a clean close
+ * handshake). */
 static void
-px_conn_ws_end(struct px_conn *c, const char *why)
+px_conn_ws_row(struct px_conn *c, const char *why)
 {
     struct px_ws *ws = c->x->ws;
 
@@ -1053,12 +1053,24 @@ px_conn_ws_end(struct px_conn *c, const char *why)
                 ws->up.close_code, ws->down.close_code, why != NULL ? ": " : "",
                 why != NULL ? why : "");
     px_conn_audit(c, why);
+}
+
+/* The socket is over: its row, then the connection closes. */
+static void
+px_conn_ws_end(struct px_conn *c, const char *why)
+{
+    px_conn_ws_row(c, why);
     px_conn_close(c, why != NULL ? why : "websocket closed");
 }
 
-/* The socket ends: close frames queued toward the sides that have none yet
- * (code: airlock's own, 1001 going away, 1002/1008/1009 a violation), the
- * queues drain, then the connection closes with its row. */
+/*
+ * The socket ends on airlock's word (code: 1001 going away, 1002/1008/1009 a
+ * violation): close frames toward both sides, the row now; the origin's
+ * frame is flushed as far as it goes and that side closed, the client's
+ * answer is written and its further input read and dropped for a while
+ * (PX_ST_FLUSH_CLOSE): closing with unread input would reset the
+ * connection and could destroy the close frame before the client reads it.
+ */
 static void
 px_conn_ws_close(struct px_conn *c, int code, const char *why)
 {
@@ -1072,8 +1084,11 @@ px_conn_ws_close(struct px_conn *c, int code, const char *why)
         return;
     }
     c->ws_closing = 1;
-    if (px_half_flush(c, &c->cl) != AL_AGAIN && px_half_flush(c, &c->up) != AL_AGAIN)
-        px_conn_ws_end(c, why);
+    (void)px_half_flush(c, &c->up);
+    px_conn_ws_row(c, why);
+    px_half_close(c, &c->up);
+    PX_MDEC(tunnels_open); /* no longer PX_ST_WS when it closes */
+    px_conn_set_state(c, PX_ST_FLUSH_CLOSE);
 }
 
 /* A violation (or refusal) by one side: both sides get its close code. */
@@ -1399,6 +1414,8 @@ px_conn_upstream_readable(struct px_conn *c)
 
             /* The origin's first frames: they go through the websocket
              * codec once the 101 is out. */
+            if (pos < buf + n && x->ws_early.max == 0)
+                al_dbuf_init(&x->ws_early, PX_READ_BYTES);
             if (pos < buf + n && al_dbuf_add(&x->ws_early, pos, (size_t)(buf + n - pos)) != AL_OK) {
                 px_conn_close(c, "no memory");
                 return;

@@ -288,6 +288,8 @@ px_h1_response_head(struct px_conn *c)
     char            sl[13] = "HTTP/1.1 000 ";
     int             rc;
 
+    if (interim && !client11)
+        return AL_OK; /* no 1xx to an HTTP/1.0 client (RFC 9110 15.2): only the final answer */
     al_dbuf_init(&d, m->buf.len + 1024);
     sl[9] = (char)('0' + status / 100);
     sl[10] = (char)('0' + status / 10 % 10);
@@ -385,7 +387,10 @@ px_h1_rs_done(llhttp_t *p)
         return -1;
     x->resp_done = 1;
     x->upstream_reusable = x->upstream_keepalive && status != 101;
-    return HPE_PAUSED;
+    /* After a 101 llhttp stops on its own (HPE_PAUSED_UPGRADE, the error
+     * position at the first byte of the new protocol): a pause here would
+     * hide that, and the origin's first frame read with the 101 was lost. */
+    return status == 101 ? 0 : HPE_PAUSED;
 }
 
 /* ---- parsers -------------------------------------------------------------------- */

@@ -88,7 +88,9 @@ px_inject_substitute(struct px_chain *ch, int i, const char *at, size_t len, int
     int             rc;
 
     al_dbuf_init(&d, len + 65536);
-    rc = last ? sec_stream_finish(x->body_sub, &d) : sec_stream_feed(x->body_sub, at, len, &d);
+    rc = len > 0 ? sec_stream_feed(x->body_sub, at, len, &d) : AL_OK;
+    if (rc == AL_OK && last)
+        rc = sec_stream_finish(x->body_sub, &d);
     if ((sec_stream_replaced(x->body_sub) & ~x->injected) != 0) {
         /* A value went into the body: the row and the metric say so like
          * for a header (the queue is already wiped: body_mask set it). */
@@ -212,7 +214,9 @@ px_inject_ws_substitute(struct px_chain *ch, int i, const char *at, size_t len, 
     int             rc;
 
     al_dbuf_init(&d, len + 65536);
-    rc = last ? sec_stream_finish(x->ws_sub, &d) : sec_stream_feed(x->ws_sub, at, len, &d);
+    rc = len > 0 ? sec_stream_feed(x->ws_sub, at, len, &d) : AL_OK;
+    if (rc == AL_OK && last)
+        rc = sec_stream_finish(x->ws_sub, &d);
     if ((sec_stream_replaced(x->ws_sub) & ~x->injected) != 0) {
         if (x->injected == 0)
             PX_MINC(secrets_injected);
@@ -316,7 +320,9 @@ px_inject_redact(struct px_chain *ch, int i, const char *at, size_t len, int las
     int             rc;
 
     al_dbuf_init(&d, len + 65536);
-    rc = last ? sec_stream_finish(x->redactor, &d) : sec_stream_feed(x->redactor, at, len, &d);
+    rc = len > 0 ? sec_stream_feed(x->redactor, at, len, &d) : AL_OK;
+    if (rc == AL_OK && last)
+        rc = sec_stream_finish(x->redactor, &d);
     if (rc == AL_OK)
         rc = px_chain_feed(ch, i + 1, d.data, d.len, last);
     sec_dbuf_wipe(&d);

@@ -350,23 +350,28 @@ px_ws_feed(struct px_conn *c, int from_client, const char *p, size_t n)
                 memcpy(d->ctl + d->ctl_len, buf, k);
                 d->ctl_len += (unsigned)k;
             } else {
-                int rc = px_chain_feed(ch, 0, buf, k, 0);
+                /* The last piece of a message goes with the end, so a
+                 * message that needs no hold-back leaves as one frame. */
+                int end = d->left == 0 && d->fin;
+                int rc = px_chain_feed(ch, 0, buf, k, end);
 
                 if (rc == AL_DECLINED)
                     return px_ws_violation(ws, 1008, "secret_out_of_scope");
                 if (rc != AL_OK)
                     return AL_ERROR;
+                if (end) {
+                    d->in_msg = 0;
+                    d->msgs++;
+                }
             }
             if (d->left > 0)
                 continue;
-        }
-        /* the frame ended */
-        if (d->opcode >= PX_WS_CLOSE) {
-            if (px_ws_control(c, d) != AL_OK)
-                return ws->fail_code != 0 ? AL_DECLINED : AL_ERROR;
-        } else if (px_ws_data_end(c, d) != AL_OK) {
+        } else if (d->opcode < PX_WS_CLOSE && px_ws_data_end(c, d) != AL_OK) {
+            /* an empty frame: the message may end here */
             return ws->fail_code != 0 ? AL_DECLINED : AL_ERROR;
         }
+        if (d->opcode >= PX_WS_CLOSE && px_ws_control(c, d) != AL_OK)
+            return ws->fail_code != 0 ? AL_DECLINED : AL_ERROR;
         d->hneed = 2;
     }
 }

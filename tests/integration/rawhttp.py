@@ -48,6 +48,8 @@ def responses(secret=b""):
         "ce-two": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Encoding: br\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(gz) + gz,
         "head-len": b"HTTP/1.1 200 OK\r\nContent-Length: 0042\r\n\r\n",
+        "early-hints": b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+                       b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         # "chunked<TAB>": chunked to a lax reader, not to llhttp (read to the close)
         "te-tab": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n"
                   b"5\r\nhello\r\n0\r\n\r\n",

@@ -354,6 +354,25 @@ def test_transfer_encoding_chunked_tab(t):
 
 
 @test
+def test_interim_answers_not_to_http10_clients(t):
+    """A 1xx (an origin's unprompted 103 Early Hints: airlock always speaks
+    HTTP/1.1 upstream) never reaches an HTTP/1.0 client, which would read it
+    as the final answer (RFC 9110 15.2); an HTTP/1.1 client gets it."""
+    o = origin(t)
+    al = start(t)
+    c = t.conn(al.port)
+    c.send(b"GET http://upstream.test:%d/public/resp/early-hints HTTP/1.0\r\n\r\n" % o.port)
+    r = c.read_response(interim=True)
+    eq((r.status, r.body), (200, b"ok"), "HTTP/1.0 client: the first answer it reads")
+    c = t.conn(al.port)
+    c.send(b"GET http://upstream.test:%d/public/resp/early-hints HTTP/1.1\r\nHost: x\r\n\r\n"
+           % o.port)
+    r = c.read_response(interim=True)
+    eq(r.status, 103, "HTTP/1.1 client: the 103 first")
+    eq((c.read_response().status), 200, "then the 200")
+
+
+@test
 def test_h2c_upgrade_does_not_wedge(t):
     """Upgrade: h2c is not performed: stripped (with HTTP2-Settings), the
     request answered, and the pipelined request after it answered too."""

@@ -388,9 +388,11 @@ def test_protocol_violations(t):
 
 class ExtOrigin:
     """A TLS origin that answers every upgrade with permessage-deflate,
-    offered or not."""
+    offered or not (or, ext=None, with no extension and `first` frame
+    bytes in the same send as the 101)."""
 
-    def __init__(self, tls_ctx):
+    def __init__(self, tls_ctx, ext=b"permessage-deflate", first=b""):
+        self.ext, self.first = ext, first
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -417,9 +419,12 @@ class ExtOrigin:
                        if ln.lower().startswith(b"sec-websocket-key:")]
                 acc = base64.b64encode(hashlib.sha1(
                     (key[0] if key else b"") + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                ext = b"Sec-WebSocket-Extensions: " + self.ext + b"\r\n" if self.ext else b""
                 s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                           b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + acc +
-                          b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+                          b"\r\n" + ext + b"\r\n" + self.first)
+                if self.first:
+                    s.recv(100)  # until the client closes
                 s.close()
             except (OSError, ssl.SSLError):
                 pass
@@ -559,6 +564,24 @@ def test_sse_streams_flow(t):
         d = first_event_delay(ts)
         ts.close()
         check(d < 1.5, "intercepted + redaction (chunked=%s): first event after %.1fs" % (chunked, d))
+
+
+@test
+def test_first_frame_with_the_101(t):
+    """The origin's first frame in the same read as its 101 reaches the
+    client (found by the codec's unit tests: it was dropped)."""
+    o = ExtOrigin(t.run.server_ctx(), ext=None, first=b"\x81\x02hi")
+    t.defer(o.stop)
+    al = start(t)
+    ts, rest = raw_ws(al, o.port, "/first")
+    buf = rest
+    while len(buf) < 4:
+        d = ts.recv(100)
+        if not d:
+            break
+        buf += d
+    eq(buf[:4], b"\x81\x02hi", "the first frame after the 101")
+    ts.close()
 
 
 @test
