@@ -7,7 +7,8 @@
 # (~8 % of the rows change allow -> deny), RUNS times each, and prints the
 # best wall time, user+sys CPU, rows/s (by wall and by CPU) and peak RSS
 # (/usr/bin/time -f %M). Knobs: AIRLOCK [build-release/proxy/airlock],
-# ROWS [10000000], RUNS [3], REPLAY_DIR (keep/reuse the generated files).
+# ROWS [10000000], RUNS [3], REPLAY_DIR (keep/reuse the generated files),
+# THREADS (--threads; default airlock's: one reader per CPU, up to 4).
 set -u
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
@@ -21,14 +22,14 @@ DIR=${REPLAY_DIR:-$(mktemp -d /tmp/airlock-bench-replay.XXXXXX)}
 if [ ! -f "$DIR/audit.db" ]; then
     python3 "$BENCH_DIR/replay_gen.py" "$DIR" "$ROWS" || exit 1
 fi
-echo "airlock: $AIRLOCK"
+echo "airlock: $AIRLOCK, threads: ${THREADS:-default}"
 echo "cpus: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-14s %9s %9s %12s %12s %10s %5s\n' policy wall_s cpu_s rows/s_wall rows/s_cpu rss_KiB exit
 for pol in policy.json stricter.json; do
     best=""
     for _ in $(seq "$RUNS"); do
         out=$( cd "$DIR" && /usr/bin/time -f "TIME %e %U %S %M" "$AIRLOCK" policy replay \
-               --config airlock.json --policy "$pol" --since 30d --format json 2>&1 >"$DIR/replay.json" )
+               --config airlock.json --policy "$pol" --since 30d --format json ${THREADS:+--threads $THREADS} 2>&1 >"$DIR/replay.json" )
         rc=$?
         read -r _ wall usr sys rss <<<"$(grep '^TIME' <<<"$out")"
         if [ -z "$best" ] || awk "BEGIN{exit !($wall < ${best%% *})}"; then
