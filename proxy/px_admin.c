@@ -43,6 +43,7 @@ static int               px_admin_fd = -1;
 static px_reload_fn      px_admin_reload;
 static void             *px_admin_reload_arg;
 static ev_io             px_admin_accept_w;
+static ev_timer          px_admin_accept_pause; /* accept ran out of descriptors */
 static llhttp_settings_t px_admin_settings;
 static struct px_worker *px_admin_workers; /* for /readyz; main thread only */
 static int               px_admin_nworkers;
@@ -432,6 +433,15 @@ px_admin_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 }
 
 static void
+px_admin_accept_resume_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)t;
+    (void)revents;
+    if (px_admin_fd >= 0)
+        ev_io_start(loop, &px_admin_accept_w);
+}
+
+static void
 px_admin_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)w;
@@ -440,8 +450,18 @@ px_admin_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         int                   fd = accept4(px_admin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         struct px_admin_conn *a;
 
-        if (fd < 0)
+        if (fd < 0) {
+            /* Out of descriptors (or memory): the level-triggered listener
+             * would fire again at once and spin a core. Rest it, as the
+             * workers' listeners do (counted there too). */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                ev_io_stop(loop, &px_admin_accept_w);
+                ev_timer_stop(loop, &px_admin_accept_pause);
+                ev_timer_set(&px_admin_accept_pause, PX_ACCEPT_PAUSE_S, 0.);
+                ev_timer_start(loop, &px_admin_accept_pause);
+            }
             return;
+        }
         a = al_calloc(1, sizeof(*a));
         if (a == NULL) {
             close(fd);
@@ -527,6 +547,7 @@ px_admin_start(struct ev_loop *loop, const struct px_conf *conf, px_reload_fn re
         return AL_ERROR;
     }
     ev_io_init(&px_admin_accept_w, px_admin_accept_cb, px_admin_fd, EV_READ);
+    ev_timer_init(&px_admin_accept_pause, px_admin_accept_resume_cb, PX_ACCEPT_PAUSE_S, 0.);
     ev_io_start(loop, &px_admin_accept_w);
     al_log_info("admin listener on %s (/healthz, /readyz, /metrics%s)",
                 px_admin_addr_text(conf, text, sizeof(text)),
@@ -541,6 +562,7 @@ px_admin_stop(struct ev_loop *loop)
     if (px_admin_fd < 0)
         return;
     ev_io_stop(loop, &px_admin_accept_w);
+    ev_timer_stop(loop, &px_admin_accept_pause);
     close(px_admin_fd);
     px_admin_fd = -1;
 }

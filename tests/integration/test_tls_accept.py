@@ -281,5 +281,35 @@ def test_accept_fd_exhaustion(t):
     check(m.need("airlock_connections_refused_total") >= shed, "shed clients not counted")
 
 
+@test
+def test_admin_accept_fd_exhaustion(t):
+    """The admin listener rests too when accept runs out of descriptors
+    (it spun a core at ~80 % before, with clients waiting on the admin port)."""
+    al = t.airlock(workers=1, limits={"header_timeout_s": 60, "idle_timeout_s": 60})
+    base = al.fd_count()
+    limit = base + 8
+    resource.prlimit(al.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    idle = []
+    t.defer(lambda: [s.close() for s in idle])
+    for _ in range(20):
+        idle.append(_connect(al.port))
+    wait_until(lambda: al.fd_count() >= limit - 1, 5, "airlock's descriptors to run out")
+    for _ in range(5):
+        idle.append(_connect(al.admin_port))
+    ticks = os.sysconf("SC_CLK_TCK")
+    c0, w0 = cpu_ticks(al.pid), time.monotonic()
+    while time.monotonic() - w0 < 2.0:
+        time.sleep(0.05)
+    cpu = (cpu_ticks(al.pid) - c0) / ticks
+    wall = time.monotonic() - w0
+    print("#   admin port waiting, descriptors out for %.2fs: airlock CPU %.2fs" % (wall, cpu))
+    check(cpu < 0.5 * wall, "airlock used %.2fs CPU in %.2fs (admin accept spinning)" % (cpu, wall))
+    for s in idle:
+        s.close()
+    idle.clear()
+    wait_until(lambda: altest.http_get_direct(al.admin + "/healthz")[0] == 200, 10,
+               "the admin API answers again", interval=0.1)
+
+
 if __name__ == "__main__":
     sys.exit(altest.main())
