@@ -77,6 +77,9 @@ struct aud_ship {
     int64_t        days[AUD_SHIP_DAYS];
     int            ndays;
     struct al_dbuf buf;
+    struct al_dbuf next; /* the batch after buf, formatted while the COPY of buf runs */
+    int64_t        next_from, next_last;
+    int            next_n, next_ok;
     long           kill_after; /* tests: SIGKILL itself after this many commits, before the save */
     long           commits;
 };
@@ -356,37 +359,43 @@ aud_ship_abort(struct aud_ship *s, const char *what)
 }
 
 /*
- * Reads the next batch into s->buf and ships it. Returns 1 when rows went,
- * 0 when there was nothing to ship, -1 on failure (handled).
+ * Reads the rows after `from` into b as COPY lines: *n rows, the last id in
+ * *last. With `ddl` 0 (the next batch, formatted while PostgreSQL works on
+ * the current COPY: no other statement can run then) it stops before a row
+ * whose partition is not known to exist. 0, or -1 on failure (handled).
  */
 static int
-aud_ship_batch(struct aud_ship *s)
+aud_ship_fill(struct aud_ship *s, int64_t from, struct al_dbuf *b, int64_t *last, int *n, int ddl)
 {
     struct aud_record r;
-    int64_t           from = atomic_load(&s->shipped), last = from, now = al_now_us();
-    int64_t           mark;
-    int               n = 0, rc;
-    PGresult         *res;
-    char              sql[1024], lastid[32];
-    const char       *p[2];
+    int64_t           now = al_now_us(), day;
+    int               rc, known;
 
-    al_dbuf_reset(&s->buf);
+    al_dbuf_reset(b);
+    *last = from;
+    *n = 0;
     sqlite3_bind_int64(s->sel, 1, from);
     while ((rc = sqlite3_step(s->sel)) == SQLITE_ROW) {
         aud_query_row(s->sel, &r);
         if (r.pending && now - r.ts_us < AUD_SHIP_PENDING_MAX_US)
             break; /* ship it completed; everything after it waits */
-        if (aud_ship_partition(s, aud_pg_day(r.ts_us)) != AL_OK) {
+        day = aud_pg_day(r.ts_us);
+        known = 0;
+        for (int i = 0; i < s->ndays && !known; i++)
+            known = s->days[i] == day;
+        if (!known && !ddl)
+            break;
+        if (!known && aud_ship_partition(s, day) != AL_OK) {
             sqlite3_reset(s->sel);
             return -1;
         }
-        if (aud_pg_copy_row(&s->buf, s->instance, &r) != AL_OK) {
+        if (aud_pg_copy_row(b, s->instance, &r) != AL_OK) {
             sqlite3_reset(s->sel);
             aud_ship_fail(s, "batch", "out of memory");
             return -1;
         }
-        last = r.row_id;
-        n++;
+        *last = r.row_id;
+        (*n)++;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         char msg[256];
@@ -398,6 +407,34 @@ aud_ship_batch(struct aud_ship *s)
         return -1;
     }
     sqlite3_reset(s->sel); /* ends the read transaction before the network */
+    return 0;
+}
+
+/*
+ * Ships the next batch (s->next when it was formatted ahead for this mark,
+ * else read now). Returns 1 when rows went, 0 when there was nothing to
+ * ship, -1 on failure (handled).
+ */
+static int
+aud_ship_batch(struct aud_ship *s)
+{
+    int64_t        from = atomic_load(&s->shipped), last, mark;
+    int            n, rc;
+    PGresult      *res;
+    char           sql[1024], lastid[32];
+    const char    *p[2];
+    struct al_dbuf tmp;
+
+    if (s->next_ok && s->next_from == from && s->next_n > 0) {
+        tmp = s->buf; /* the batch formatted during the previous COPY */
+        s->buf = s->next;
+        s->next = tmp;
+        last = s->next_last;
+        n = s->next_n;
+    } else if (aud_ship_fill(s, from, &s->buf, &last, &n, 1) != 0) {
+        return -1;
+    }
+    s->next_ok = 0;
     if (n == 0)
         return 0;
 
@@ -446,6 +483,9 @@ aud_ship_batch(struct aud_ship *s)
         aud_ship_abort(s, "COPY data");
         return -1;
     }
+    /* PostgreSQL parses and indexes the batch now: format the next one meanwhile */
+    s->next_from = last;
+    s->next_ok = aud_ship_fill(s, last, &s->next, &s->next_last, &s->next_n, 0) == 0;
     rc = 1;
     while ((res = PQgetResult(s->pg)) != NULL) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK)
@@ -598,6 +638,7 @@ aud_ship_start(const struct aud_ship_conf *conf, struct al_errs *errs)
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
     al_dbuf_init(&s->buf, (size_t)AUD_SHIP_BATCH * 12 * 1024);
+    al_dbuf_init(&s->next, (size_t)AUD_SHIP_BATCH * 12 * 1024);
     s->db_path = al_strdup(conf->db_path);
     s->conninfo = al_strdup(conf->conninfo);
     s->instance = al_strdup(conf->instance);
@@ -646,6 +687,7 @@ aud_ship_stop(struct aud_ship *s, int grace_ms)
         PQfinish(s->pg);
     aud_ship_local_close(s);
     al_dbuf_free(&s->buf);
+    al_dbuf_free(&s->next);
     if (s->conninfo != NULL)
         explicit_bzero(s->conninfo, strlen(s->conninfo));
     al_free(s->conninfo);
