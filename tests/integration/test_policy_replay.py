@@ -213,6 +213,15 @@ def test_replay(t):
     # without an address for the guard (and said so)
     eq(j["lacked_input"]["addr"], 2, "looser: rows without the guard's address")
 
+    # --dry-run decides as `airlock run --dry-run`: policy denies become
+    # would_deny, the guard's refusal stays a deny
+    rc, out, err = replay(t, al, policy(BASE_RULES), "--format", "json", "--dry-run")
+    eq(rc, 3, "--dry-run exit (%r)" % err)
+    j = json.loads(out)
+    eq(all_transitions(j), {("deny", "would_deny")}, "--dry-run transitions")
+    eq(changed_hosts(j, "deny", "would_deny"), {"other.test", "nowhere.test", "blocked.test"},
+       "--dry-run hosts (meta.test's guard refusal stays)")
+
     # csv
     rc, out, err = replay(t, al, policy(loose), "--format", "csv")
     eq(rc, 3, "csv exit")
