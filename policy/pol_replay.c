@@ -18,7 +18,10 @@
  * new decision needs the guard but has no address (a pre-v4
  * address_not_allowed refusal, or a request the old policy denied before any
  * lookup) is decided without it and counted as lacking an input; a
- * pre-v4 guard refusal keeps its refusal.
+ * pre-v4 guard refusal keeps its refusal. A recorded guard refusal of a
+ * public address stays refused: the guard refuses a public address only as
+ * one of airlock's own interface addresses (the recording host's list is not
+ * in the row), before any exemption.
  *
  * Unchanged requests are only counted. Changed ones are grouped by
  * (transition, host, old rule, new rule, new reason) in a hash table capped
@@ -270,6 +273,15 @@ pol_replay_row(void *arg, const struct aud_scan_row *r)
             have_addr = 1;
         if (have_addr) {
             (void)pol_filter_addrs(rp->p, &d, &sa, 1, rp->o->self, rp->o->nself);
+            /* The guard refuses a public address only as one of airlock's
+             * own (a host interface behind a wildcard listener: the
+             * interface list of the recording host is not in the row), and
+             * that refusal comes before any exemption a policy can grant. */
+            if (d.verdict != POL_DENY && strcmp(r->reason, "address_not_allowed") == 0 &&
+                pol_addr_classify((const struct sockaddr *)&sa) == POL_ADDR_PUBLIC) {
+                d.verdict = POL_DENY;
+                d.reason = "address_not_allowed";
+            }
         } else if (strcmp(r->reason, "address_not_allowed") == 0) {
             /* a guard refusal recorded without its address (before schema
              * v4): kept as it was */

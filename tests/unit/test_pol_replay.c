@@ -10,7 +10,8 @@
  * policy changes nothing; another policy changes exactly the rows a direct
  * decision says; rows refused outside the policy are counted, not replayed;
  * a pre-v4 guard refusal (no addr) is replayed with what it has and counted
- * as lacking an input.
+ * as lacking an input; a guard refusal of a public address (one of the
+ * recording host's own) stays refused.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -378,6 +379,8 @@ test_replay_outside_policy_and_old_rows(void **state)
         {"deny", "any", "secret_out_of_scope", "open.test", "GET", "93.184.216.34:80"},
         {"deny", "meta", "address_not_allowed", "meta.test", "GET", ""},
         {"allow", "any", "allowed_by_rule", "open.test", "GET", "93.184.216.34:80"},
+        /* a public address refused: one of the recording host's own */
+        {"deny", "any", "address_not_allowed", "open.test", "GET", "203.0.114.7:80"},
     };
 
     al_errs_init(&errs);
@@ -406,10 +409,11 @@ test_replay_outside_policy_and_old_rows(void **state)
     memset(&o, 0, sizeof(o));
     o.db = e->db;
     assert_int_equal(pol_replay(e->p, &o, &st, &errs), 0);
-    assert_int_equal(st.rows, 5);
+    assert_int_equal(st.rows, 6);
     assert_int_equal(st.before_policy, 2);
     assert_int_equal(st.after_policy, 1);
-    assert_int_equal(st.replayed, 2);
+    assert_int_equal(st.replayed, 3);
+    assert_int_equal(st.unchanged, 3);
     assert_int_equal(st.lacked, 1);
     assert_int_equal(st.lacked_addr, 1);
     /* a policy that would allow meta.test's address still keeps the
