@@ -217,6 +217,28 @@ pol_replay_example(struct pol_rgroup *g, const struct aud_scan_row *r)
         memcpy(g->ex[g->nex++], ex, sizeof(ex));
 }
 
+/* The tunnel of an intercepted request, decided again: 1 when its decision
+ * is the request's (denied, or not intercepted on a forward listener). */
+static int
+replay_tunnel_first(struct pol_replay *rp, const struct aud_scan_row *r,
+                    const struct pol_request *rq, struct pol_decision *d)
+{
+    struct pol_request crq = *rq;
+
+    crq.scheme = "connect";
+    crq.method = "CONNECT";
+    crq.path = NULL;
+    crq.path_len = 0;
+    pol_decide(rp->p, &crq, d);
+    if (d->verdict == POL_DENY)
+        return 1;
+    if (!d->intercept && strcmp(r->mode, "forward") == 0) {
+        rp->st->opaque++;
+        return 1;
+    }
+    return 0;
+}
+
 static int
 pol_replay_row(void *arg, const struct aud_scan_row *r)
 {
@@ -260,7 +282,16 @@ pol_replay_row(void *arg, const struct aud_scan_row *r)
             lacked = 1;
         }
     }
+    /* A request inside an intercepted tunnel exists only while the tunnel
+     * does: the client's CONNECT (a transparent TLS flow likewise) is
+     * decided first. Denied, the request never gets sent; allowed without
+     * interception on a forward listener, it travels unseen in an opaque
+     * tunnel (a transparent flow may still be intercepted for a secret's
+     * scope, which the row does not tell: decided as recorded). */
+    if (strcmp(r->scheme, "https") == 0 && replay_tunnel_first(rp, r, &rq, &d))
+        goto guard;
     pol_decide(rp->p, &rq, &d);
+guard:
 
     /* the address guard, on the address the daemon's guard checked */
     if (d.verdict != POL_DENY) {
@@ -426,14 +457,14 @@ pol_replay_print(struct pol_replay *rp, struct pol_rgroup **gs, size_t ng)
                 ",\"schema_version\":%d,\"rows\":%llu,\"replayed\":%llu,\"unchanged\":%llu,"
                 "\"rule_changed\":%llu,\"changed\":%llu,\"unlisted\":%llu,"
                 "\"not_replayed\":{\"before_policy\":%llu,\"after_policy\":%llu},"
-                "\"lacked_input\":{\"rows\":%llu,\"addr\":%llu,\"path\":%llu},"
+                "\"lacked_input\":{\"rows\":%llu,\"addr\":%llu,\"path\":%llu},\"opaque\":%llu,"
                 "\"transitions\":[",
                 st->schema_version, (unsigned long long)st->rows, (unsigned long long)st->replayed,
                 (unsigned long long)st->unchanged, (unsigned long long)st->rule_changed,
                 (unsigned long long)st->changed, (unsigned long long)st->unlisted,
                 (unsigned long long)st->before_policy, (unsigned long long)st->after_policy,
                 (unsigned long long)st->lacked, (unsigned long long)st->lacked_addr,
-                (unsigned long long)st->lacked_path);
+                (unsigned long long)st->lacked_path, (unsigned long long)st->opaque);
         for (size_t i = 0, first = 1; i < ng;) {
             int    from = gs[i]->from, to = gs[i]->to;
             size_t j;
@@ -519,6 +550,11 @@ pol_replay_print(struct pol_replay *rp, struct pol_rgroup **gs, size_t ng)
                 (unsigned long long)st->lacked, (unsigned long long)st->lacked_addr,
                 POL_REPLAY_PATH_CUT, (unsigned long long)st->lacked_path,
                 st->schema_version < AUD_SCHEMA_VERSION ? "; the file predates schema v4" : "");
+    if (st->opaque > 0)
+        fprintf(f,
+                "  opaque:     %llu requests of intercepted tunnels would travel unseen (the "
+                "tunnel is allowed but no longer intercepted): decided as their CONNECT\n",
+                (unsigned long long)st->opaque);
     if (st->unlisted > 0)
         fprintf(f, "  unlisted:   %llu changed requests beyond %d groups (counted above)\n",
                 (unsigned long long)st->unlisted, POL_REPLAY_MAX_GROUPS);
@@ -605,6 +641,7 @@ pol_replay_merge(struct pol_rpart *a, struct pol_rpart *b)
     x->lacked += y->lacked;
     x->lacked_addr += y->lacked_addr;
     x->lacked_path += y->lacked_path;
+    x->opaque += y->opaque;
     if (y->first_us != 0 && (x->first_us == 0 || y->first_us < x->first_us))
         x->first_us = y->first_us;
     if (y->last_us > x->last_us)

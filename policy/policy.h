@@ -147,6 +147,7 @@ struct pol_replay_stats {
     uint64_t lacked;        /* replayed rows that lacked an input */
     uint64_t lacked_addr;   /* ... the address the guard would check */
     uint64_t lacked_path;   /* ... the whole path (stored cut) */
+    uint64_t opaque;        /* intercepted requests whose tunnel would not be intercepted */
     uint64_t groups;        /* (transition, host, rules, reason) groups listed */
     int64_t  first_us, last_us;
     int      schema_version; /* of the audit file */

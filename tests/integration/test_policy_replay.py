@@ -198,6 +198,20 @@ def test_replay(t):
           "stricter table: %r" % out)
     check("/echo/o" in out, "stricter table lists an example path: %r" % out)
 
+    # the tunnel first: an inner request of an intercepted tunnel is decided
+    # as its CONNECT when the tunnel is refused, or no longer intercepted
+    no_tunnel = [rule("no-tunnel", ["upstream.test"], methods=["CONNECT"], action="deny")]
+    rc, out, err = replay(t, al, policy(no_tunnel + BASE_RULES), "--format", "json")
+    eq(rc, 3, "tunnel refused exit (%r)" % err)
+    j = json.loads(out)
+    g = [g for tr in j["transitions"] for g in tr["groups"]]
+    eq([(x["host"], x["rule"], x["count"]) for x in g], [("upstream.test", "no-tunnel", 2)],
+       "the CONNECT and its inner request, both refused (%r)" % g)
+    opaque = [dict(r, intercept=False) if r["name"] == "up" else r for r in BASE_RULES]
+    rc, out, err = replay(t, al, policy(opaque), "--format", "json")
+    j = json.loads(out)
+    eq((rc, j["opaque"], j["changed"]), (0, 1, 0), "not intercepted: the inner request unseen")
+
     # 3. looser: other.test for every sandbox, blocked.test allowed, meta.test
     # within its cidrs (the guard's address comes from the row)
     loose = [r for r in BASE_RULES if r["name"] not in ("other-a", "block", "meta")]
