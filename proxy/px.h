@@ -175,7 +175,8 @@ extern struct px_metrics px_metrics;
 #define PX_MINC(f) atomic_fetch_add_explicit(&px_metrics.f, 1, memory_order_relaxed)
 #define PX_MADD(f, n) atomic_fetch_add_explicit(&px_metrics.f, (uint64_t)(n), memory_order_relaxed)
 #define PX_MDEC(f) atomic_fetch_sub_explicit(&px_metrics.f, 1, memory_order_relaxed)
-void        px_metrics_render(struct al_dbuf *out);
+/* ready: what /readyz says now (the admin API decides it; metrics only show it). */
+void        px_metrics_render(struct al_dbuf *out, int ready);
 const char *px_uerr_name(enum px_uerr k);
 /* Counts an answer under airlock_responses_total{class="Nxx"}. */
 void px_conn_count_status(int status);

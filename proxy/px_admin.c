@@ -360,7 +360,10 @@ px_admin_route(struct px_admin_conn *a)
             px_admin_respond(a, 422, "text/plain", &body);
         }
     } else if (strcmp(u, "/metrics") == 0 && a->method == HTTP_GET) {
-        px_metrics_render(&body);
+        const char *why = NULL;
+        char        detail[256];
+
+        px_metrics_render(&body, px_admin_ready(&why, detail, sizeof(detail)) == AL_OK);
         px_admin_respond(a, 200, "text/plain; version=0.0.4", &body);
     } else if (strcmp(u, "/v1/sandboxes") == 0 && a->method == HTTP_GET) {
         px_tags_render(c, &body);

@@ -465,7 +465,7 @@ px_metrics_sink(struct al_dbuf *o)
 }
 
 void
-px_metrics_render(struct al_dbuf *o)
+px_metrics_render(struct al_dbuf *o, int ready)
 {
     px_fam(o, "airlock_build_info", "gauge",
            "Always 1; the labels say which airlock and which OpenSSL run.");
@@ -484,13 +484,8 @@ px_metrics_render(struct al_dbuf *o)
         o, "airlock_config_last_reload_successful", "gauge",
         "1 when the last reload attempt succeeded (or none was made), else 0.",
         (unsigned long long)atomic_load_explicit(&px_metrics.reload_last_ok, memory_order_relaxed));
-    {
-        const char *why = NULL;
-        char        detail[256];
-
-        px_one(o, "airlock_ready", "gauge", "1 while GET /readyz answers 200, else 0.",
-               px_admin_ready(&why, detail, sizeof(detail)) == AL_OK);
-    }
+    px_one(o, "airlock_ready", "gauge", "1 while GET /readyz answers 200, else 0.",
+           (unsigned long long)(ready != 0));
     px_one(o, "airlock_connections_open", "gauge", "Client connections open now.",
            PX_LOAD(px_metrics.conns_open));
     px_one(o, "airlock_connections_total", "counter", "Client connections accepted.",

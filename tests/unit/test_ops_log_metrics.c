@@ -213,8 +213,12 @@ render(void)
 {
     struct al_dbuf b;
 
+    const char *why = NULL;
+    char        detail[256];
+
     al_dbuf_init(&b, 4 << 20);
-    px_metrics_render(&b);
+    /* what GET /metrics does: the admin API's readiness, shown */
+    px_metrics_render(&b, px_admin_ready(&why, detail, sizeof(detail)) == AL_OK);
     return b.data;
 }
 
