@@ -14,8 +14,9 @@
  *
  * --db postgresql://... (or postgres://) reads the fleet's shared store
  * through aud_pgq.c: the same filters, formats and output, plus --instance
- * and an instance field (JSON, CSV, a table column); tail follows the
- * store's arrival order (seq). `migrate` creates or migrates that schema.
+ * and an instance field (JSON, CSV, a table column); tail --follow there
+ * goes by each instance's shipped mark (struct aud_pg_cursor). `migrate`
+ * creates or migrates that schema.
  *
  * tail --follow polls for id > last every AUD_CLI_POLL_MS and stops cleanly on
  * SIGINT/SIGTERM (closing a JSON array if one was open). Strict-mode rows
@@ -57,8 +58,10 @@ struct aud_cli {
     int            nrows;
     int            header_done;
     int            host_w, path_w;
-    int64_t        last_id; /* PostgreSQL: the last seq */
-    PGconn        *pg;      /* --db postgresql://...: the shared store */
+    int64_t        last_id;
+    PGconn        *pg; /* --db postgresql://...: the shared store */
+
+    struct aud_pg_cursor pgcur; /* its tail --follow position: each instance's last id */
 };
 
 static volatile sig_atomic_t aud_cli_stop_flag;
@@ -643,8 +646,8 @@ aud_cli_emit(void *arg, const struct aud_record *r)
     if (fwrite(c->line.data, 1, c->line.len, c->out) != c->line.len)
         return AL_ERROR;
     c->nrows++;
-    if ((c->pg != NULL ? r->seq : r->row_id) > c->last_id) /* tail's cursor */
-        c->last_id = c->pg != NULL ? r->seq : r->row_id;
+    if (r->row_id > c->last_id)
+        c->last_id = r->row_id;
     return AL_OK;
 }
 
@@ -679,7 +682,8 @@ aud_cli_run_rows(struct aud_cli *c, sqlite3 *db)
 
     al_errs_init(&errs);
     if (c->pg != NULL)
-        rc = aud_pg_query_run(c->pg, &c->f, aud_cli_emit, c, &errs);
+        rc = aud_pg_query_run(c->pg, &c->f, c->cmd[0] == 't' && c->follow ? &c->pgcur : NULL,
+                              aud_cli_emit, c, &errs);
     else
         rc = aud_query_run(db, &c->f, aud_cli_emit, c, &errs);
     if (rc != AL_OK) {
@@ -1226,6 +1230,7 @@ aud_cli_run(int argc, char **argv, FILE *out, FILE *err, int64_t now_us)
 out:
     if (c.pg != NULL)
         PQfinish(c.pg);
+    aud_pg_cursor_free(&c.pgcur);
     al_dbuf_free(&c.line);
     return code;
 }

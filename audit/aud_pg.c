@@ -13,14 +13,14 @@
  *              whole partitions. A unique key on a partitioned table must
  *              hold the partition key, so it is UNIQUE (instance, id, ts): a
  *              row's ts never changes, so no (instance, id) is there twice.
- *              seq is the order rows arrived in (batches commit in seq order:
- *              see AUD_PG_SEQ_LOCK), the shared store's tail cursor.
  *   sink_state one row per instance: the last local id committed here,
  *              updated in the same transaction as the rows (the shipper's
  *              exactly-once guard, see aud_ship.c).
- * Indexes follow the CLI's filters: BRIN on ts (cheap to keep up), (host,
- * ts), and partial (sandbox, ts), (tool_call, ts), (decision, ts) like the
- * sqlite file's.
+ * Indexes follow the CLI's filters: BRIN on ts (cheap to keep up: a btree
+ * on ts cost a fifth of the shipper's throughput), (host, ts), and partial
+ * (sandbox, ts), (tool_call, ts), (decision, ts) like the sqlite file's.
+ * There is no global arrival order: `tail --follow` reads each instance's
+ * new ids from sink_state (aud_pgq.c), so replicas never serialise.
  *
  * Password hygiene: nothing here prints a conninfo. Descriptions are built
  * from libpq's parsed options without the password; libpq's messages are
@@ -336,7 +336,6 @@ aud_pg_exec(PGconn *pg, const char *sql, ExecStatusType want, const char *what,
 }
 
 static const char aud_pg_schema_v1[] =
-    "CREATE SEQUENCE requests_seq;"
     "CREATE TABLE requests ("
     "instance text NOT NULL, id bigint NOT NULL, ts timestamptz NOT NULL, "
     "duration_us bigint NOT NULL DEFAULT 0, conn_id bigint NOT NULL DEFAULT 0, "
@@ -352,10 +351,8 @@ static const char aud_pg_schema_v1[] =
     "bytes_down bigint NOT NULL DEFAULT 0, error text NOT NULL DEFAULT '', "
     "pending boolean NOT NULL DEFAULT false, sni text NOT NULL DEFAULT '', "
     "addr text NOT NULL DEFAULT '', "
-    "seq bigint NOT NULL DEFAULT nextval('requests_seq'), "
     "CONSTRAINT requests_instance_id UNIQUE (instance, id, ts)) PARTITION BY RANGE (ts);"
     "CREATE INDEX requests_ts ON requests USING brin (ts);"
-    "CREATE INDEX requests_seq_idx ON requests (seq);"
     "CREATE INDEX requests_host_ts ON requests (host, ts);"
     "CREATE INDEX requests_sandbox_ts ON requests (sandbox, ts) WHERE sandbox <> '';"
     "CREATE INDEX requests_tool_call_ts ON requests (tool_call, ts) WHERE tool_call <> '';"

@@ -14,10 +14,6 @@
 
 /* Current PostgreSQL schema version (table schema_version there). */
 #define AUD_PG_SCHEMA_VERSION 1
-/* Advisory lock a batch takes before its COPY: batches of all replicas commit
- * one at a time, in the order of their seq values, so `tail --follow`
- * (seq > last) never passes a row that commits later with a smaller seq. */
-#define AUD_PG_SEQ_LOCK 0x6169726c736571LL
 /* Rows per shipped batch (one COPY, one PostgreSQL transaction). */
 #define AUD_SHIP_BATCH 5000
 /* A strict-mode row still pending after this long is shipped as it is. */
@@ -96,8 +92,28 @@ int aud_pg_query_each(const char *conninfo, const struct aud_filter          *f,
                       struct al_errs *errs);
 /* Connects for reading; checks the schema is there and not newer. NULL + errs. */
 PGconn *aud_pg_open_ro(const char *conninfo, struct al_errs *errs);
-/* aud_pg_query_each on an open connection. */
-int aud_pg_query_run(PGconn *pg, const struct aud_filter                    *f,
+/*
+ * tail --follow on the shared store. Rows of one instance arrive in id
+ * order and move sink_state's mark in the same transaction, so a snapshot
+ * holds exactly the ids up to each instance's mark: the first read records
+ * the marks with its rows, each later read returns the ids between the
+ * recorded and the current marks (index range scans) and records the new
+ * ones. Every row once, none passed, and the replicas never wait for each
+ * other.
+ */
+struct aud_pg_mark {
+    char    instance[64];
+    int64_t id;
+};
+struct aud_pg_cursor {
+    struct aud_pg_mark *m;
+    size_t              n, cap;
+    int                 ready; /* the first read was done */
+};
+void aud_pg_cursor_free(struct aud_pg_cursor *c);
+/* aud_pg_query_each on an open connection; `cur` (tail --follow) or NULL.
+ * f->by_id and f->after_id are ignored: the order is (ts, instance, id). */
+int aud_pg_query_run(PGconn *pg, const struct aud_filter *f, struct aud_pg_cursor *cur,
                      int (*cb)(void *arg, const struct aud_record *r), void *arg,
                      struct al_errs *errs);
 /* `audit stats` groups: per value of `col` (host, sandbox, tool_call, rule,

@@ -3,13 +3,14 @@
  * aud_filter turned into a WHERE clause with $n parameters (never a value
  * pasted into SQL), rows read back into struct aud_record exactly as the
  * sqlite reader fills it (client "ip:port" rebuilt from inet + port, the
- * secrets jsonb array joined with commas, ts in µs) plus instance and seq,
+ * secrets jsonb array joined with commas, ts in µs) plus the instance,
  * and the grouped counts `audit stats` prints. aud_cli.c is the one CLI; it
  * calls these when --db is a postgresql:// URI.
  *
- * Order: by (ts, instance, id) like the sqlite reader's (ts, id); tail
- * (f->by_id) goes by seq, the order rows arrived in the shared store, and
- * f->after_id is a seq there. Rows are read through a cursor in a read-only
+ * Order: by (ts, instance, id), the sqlite reader's (ts, id) with the
+ * instance between; tail too (there is no store-wide arrival order:
+ * --follow reads each instance's new ids up to sink_state's marks, see
+ * struct aud_pg_cursor). Rows are read through a cursor in a read-only
  * REPEATABLE READ transaction, AUD_QUERY_BATCH at a time: one snapshot,
  * constant memory (PostgreSQL readers never block the shippers).
  */
@@ -26,7 +27,7 @@ static const char aud_pg_read_cols[] =
     "host(client) || ']:' || client_port ELSE host(client) || ':' || client_port END, mode, "
     "method, scheme, host, port, path, upstream, orig_dst, decision, rule, reason, "
     "array_to_string(ARRAY(SELECT jsonb_array_elements_text(secrets)), ','), status, bytes_up, "
-    "bytes_down, error, pending::int, sni, addr, seq";
+    "bytes_down, error, pending::int, sni, addr";
 
 static void
 aud_pg_param_text(struct aud_pg_params *p, const char *s)
@@ -130,10 +131,6 @@ aud_pg_where(struct al_dbuf *sql, struct aud_pg_params *p, const struct aud_filt
         AUD_PG_ADD("status <= $::int");
         aud_pg_param_int(p, f->status_hi);
     }
-    if (f->after_id != 0) {
-        AUD_PG_ADD("seq > $::bigint");
-        aud_pg_param_int(p, f->after_id);
-    }
 #undef AUD_PG_ADD
     return rc;
 }
@@ -179,7 +176,6 @@ aud_pg_row(const PGresult *res, int i, struct aud_record *r)
     r->pending = (int)AUD_PG_I64(res, i, 25);
     AUD_PG_TEXT(res, i, 26, r->sni);
     AUD_PG_TEXT(res, i, 27, r->addr);
-    r->seq = AUD_PG_I64(res, i, 28);
 }
 
 /* errs += what: libpq's message (no password can be in it: scrubbed anyway). */
@@ -188,6 +184,8 @@ aud_pg_err(PGconn *pg, const char *what, struct al_errs *errs)
 {
     char msg[512];
 
+    if (errs == NULL)
+        return;
     al_strlcpy(msg, sizeof(msg), PQerrorMessage(pg));
     al_errs_add(errs, "%s: %s", what, aud_pg_scrub(msg, NULL));
 }
@@ -204,41 +202,146 @@ aud_pg_cmd(PGconn *pg, const char *sql, struct al_errs *errs)
     return ok ? AL_OK : AL_ERROR;
 }
 
+void
+aud_pg_cursor_free(struct aud_pg_cursor *c)
+{
+    al_safefree(c->m);
+    c->n = c->cap = 0;
+    c->ready = 0;
+}
+
+/* The marks of sink_state now (in the caller's snapshot) into *now. */
+static int
+aud_pg_marks(PGconn *pg, struct aud_pg_cursor *now, struct al_errs *errs)
+{
+    PGresult *res = PQexec(pg, "SELECT instance, shipped_id FROM sink_state ORDER BY 1");
+    int       ret = AL_ERROR, n;
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        aud_pg_err(pg, "reading sink_state", errs);
+        goto out;
+    }
+    n = PQntuples(res);
+    now->n = 0;
+    if ((size_t)n > now->cap) {
+        struct aud_pg_mark *m = al_realloc(now->m, (size_t)n * sizeof(*m));
+
+        if (m == NULL) {
+            al_errs_add(errs, "out of memory");
+            goto out;
+        }
+        now->m = m;
+        now->cap = (size_t)n;
+    }
+    for (int i = 0; i < n; i++) {
+        al_strlcpy(now->m[i].instance, sizeof(now->m[i].instance), PQgetvalue(res, i, 0));
+        now->m[i].id = AUD_PG_I64(res, i, 1);
+    }
+    now->n = (size_t)n;
+    ret = AL_OK;
+out:
+    PQclear(res);
+    return ret;
+}
+
+/* Appends s as one element of a PostgreSQL array literal ("..." quoted). */
+static void
+aud_pg_array_elem(struct al_dbuf *b, const char *s)
+{
+    al_dbuf_adds(b, b->len > 1 ? ",\"" : "\"");
+    for (; *s != '\0'; s++) {
+        if (*s == '"' || *s == '\\')
+            al_dbuf_adds(b, "\\");
+        al_dbuf_add(b, s, 1);
+    }
+    al_dbuf_adds(b, "\"");
+}
+
 int
-aud_pg_query_run(PGconn *pg, const struct aud_filter                    *f,
+aud_pg_query_run(PGconn *pg, const struct aud_filter *f, struct aud_pg_cursor *cur,
                  int (*cb)(void *arg, const struct aud_record *r), void *arg, struct al_errs *errs)
 {
-    struct al_dbuf       sql;
+    struct al_dbuf       sql, where, ai, alo, ahi;
     struct aud_pg_params p;
+    struct aud_pg_cursor now = {0};
     struct aud_record   *r = NULL;
     PGresult            *res = NULL;
-    const char          *rkey = f->by_id ? "seq DESC" : "ts DESC, instance DESC, id DESC";
     char                 fetch[64];
-    int                  ret = AL_ERROR, n;
+    int                  ret = AL_ERROR, n, follow = cur != NULL && cur->ready, moved = 0;
 
     al_dbuf_init(&sql, 64 * 1024);
+    al_dbuf_init(&where, 64 * 1024);
+    al_dbuf_init(&ai, 16 * 1024 * 1024);
+    al_dbuf_init(&alo, 16 * 1024 * 1024);
+    al_dbuf_init(&ahi, 16 * 1024 * 1024);
     r = al_malloc(sizeof(*r));
     if (r == NULL) {
         al_errs_add(errs, "out of memory");
         goto out;
     }
-    al_dbuf_addf(&sql, "DECLARE aud_rows NO SCROLL CURSOR FOR ");
-    if (f->limit > 0)
-        al_dbuf_adds(&sql, "SELECT * FROM (");
-    al_dbuf_addf(&sql, "SELECT %s FROM requests", aud_pg_read_cols);
-    if (aud_pg_where(&sql, &p, f) != AL_OK) {
-        al_errs_add(errs, "audit: filter too long");
-        goto out;
-    }
-    if (f->limit > 0)
-        al_dbuf_addf(&sql, " ORDER BY %s LIMIT %lld) newest", rkey, (long long)f->limit);
-    al_dbuf_addf(&sql, " ORDER BY %s", f->by_id ? "29" : "3, 1, 2");
-    if (sql.data == NULL) {
-        al_errs_add(errs, "audit: filter too long");
-        goto out;
-    }
     if (aud_pg_cmd(pg, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", errs) != AL_OK)
         goto out;
+    if (cur != NULL && aud_pg_marks(pg, &now, errs) != AL_OK)
+        goto rollback;
+    if (aud_pg_where(&where, &p, f) != AL_OK) {
+        al_errs_add(errs, "audit: filter too long");
+        goto rollback;
+    }
+    al_dbuf_addf(&sql, "DECLARE aud_rows NO SCROLL CURSOR FOR ");
+    if (f->limit > 0 && !follow)
+        al_dbuf_adds(&sql, "SELECT * FROM (");
+    al_dbuf_addf(&sql, "SELECT %s FROM ", aud_pg_read_cols);
+    if (follow) {
+        /* the ids each instance committed since the last read: (recorded, now] */
+        al_dbuf_adds(&ai, "{");
+        al_dbuf_adds(&alo, "{");
+        al_dbuf_adds(&ahi, "{");
+        for (size_t i = 0; i < now.n; i++) {
+            int64_t old = 0;
+
+            for (size_t k = 0; k < cur->n; k++)
+                if (strcmp(cur->m[k].instance, now.m[i].instance) == 0)
+                    old = cur->m[k].id;
+            if (now.m[i].id <= old)
+                continue;
+            aud_pg_array_elem(&ai, now.m[i].instance);
+            al_dbuf_addf(&alo, "%s%lld", moved ? "," : "", (long long)old);
+            al_dbuf_addf(&ahi, "%s%lld", moved ? "," : "", (long long)now.m[i].id);
+            moved++;
+        }
+        al_dbuf_adds(&ai, "}");
+        al_dbuf_adds(&alo, "}");
+        al_dbuf_adds(&ahi, "}");
+        if (moved == 0) {
+            ret = aud_pg_cmd(pg, "COMMIT", errs);
+            goto done;
+        }
+        if (ai.data == NULL || alo.data == NULL || ahi.data == NULL || p.n + 3 > 20) {
+            al_errs_add(errs, "audit: too many instances");
+            goto rollback;
+        }
+        /* driven from the few moved instances: index range scans on (instance, id) */
+        al_dbuf_addf(&sql,
+                     "unnest($%d::text[], $%d::bigint[], $%d::bigint[]) AS m(i, lo, hi) JOIN "
+                     "requests ON requests.instance = m.i AND requests.id > m.lo AND "
+                     "requests.id <= m.hi",
+                     p.n + 1, p.n + 2, p.n + 3);
+        p.v[p.n++] = ai.data;
+        p.v[p.n++] = alo.data;
+        p.v[p.n++] = ahi.data;
+    } else {
+        al_dbuf_adds(&sql, "requests");
+    }
+    if (where.len > 0)
+        al_dbuf_add(&sql, where.data, where.len);
+    if (f->limit > 0 && !follow)
+        al_dbuf_addf(&sql, " ORDER BY ts DESC, instance DESC, id DESC LIMIT %lld) newest",
+                     (long long)f->limit);
+    al_dbuf_adds(&sql, " ORDER BY 3, 1, 2");
+    if (sql.data == NULL) {
+        al_errs_add(errs, "audit: filter too long");
+        goto rollback;
+    }
     res = PQexecParams(pg, sql.data, p.n, NULL, p.v, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         aud_pg_err(pg, "query", errs);
@@ -265,6 +368,14 @@ aud_pg_query_run(PGconn *pg, const struct aud_filter                    *f,
             break;
     }
     ret = aud_pg_cmd(pg, "COMMIT", errs);
+done:
+    if (ret == AL_OK && cur != NULL) { /* these rows are out: their marks are the cursor */
+        struct aud_pg_cursor t = *cur;
+
+        *cur = now;
+        cur->ready = 1;
+        now = t;
+    }
     goto out;
 rollback:
     PQclear(res);
@@ -274,8 +385,13 @@ rollback:
     (void)aud_pg_cmd(pg, "ROLLBACK", NULL);
 out:
     PQclear(res);
+    aud_pg_cursor_free(&now);
     al_free(r);
     al_dbuf_free(&sql);
+    al_dbuf_free(&where);
+    al_dbuf_free(&ai);
+    al_dbuf_free(&alo);
+    al_dbuf_free(&ahi);
     return ret;
 }
 
@@ -319,7 +435,7 @@ aud_pg_query_each(const char *conninfo, const struct aud_filter          *f,
 
     if (pg == NULL)
         return AL_ERROR;
-    ret = aud_pg_query_run(pg, f, cb, arg, errs);
+    ret = aud_pg_query_run(pg, f, NULL, cb, arg, errs);
     PQfinish(pg);
     return ret;
 }

@@ -463,14 +463,6 @@ aud_ship_batch(struct aud_ship *s)
         aud_ship_local_save(s, mark);
         return 1;
     }
-    snprintf(sql, sizeof(sql), "SELECT pg_advisory_xact_lock(%lld)", (long long)AUD_PG_SEQ_LOCK);
-    res = PQexec(s->pg, sql);
-    rc = PQresultStatus(res) == PGRES_TUPLES_OK;
-    PQclear(res);
-    if (!rc) {
-        aud_ship_abort(s, "seq lock");
-        return -1;
-    }
     snprintf(sql, sizeof(sql), "COPY requests (%s) FROM STDIN", aud_pg_copy_cols);
     res = PQexec(s->pg, sql);
     rc = PQresultStatus(res) == PGRES_COPY_IN;
