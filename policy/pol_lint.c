@@ -16,9 +16,11 @@
  *   unknown_sandbox  a rule naming a sandbox the config does not define
  *   inject_unknown / inject_out_of_scope
  *                 `inject` naming a secret that does not exist, or whose
- *                 scope does not cover one of the rule's hosts (checked
- *                 through the caller's callback: policy/ does not use the
- *                 secrets module)
+ *                 scope ("host[:port][/path]" as the secrets file has it,
+ *                 passed in by the caller: policy/ does not use the secrets
+ *                 module) does not cover one of the rule's host patterns on
+ *                 every port the rule allows (443 when it lists none); a
+ *                 path-limited scope counts as covering its host
  * Warnings (exit 0 unless errors):
  *   allow_any_host  an allow rule with host "*"
  *   allow_any_port  an allow rule without ports
@@ -124,16 +126,56 @@ pol_lint_has(char *const *list, int n, const char *s)
     return 0;
 }
 
-/* A host a pattern stands for, to ask a secret's scope about. */
-static void
-pol_lint_rep_host(const struct pol_hostpat *h, char *out, size_t n)
+static int
+pol_lint_secret(const struct pol_lint_opts *o, const char *name)
 {
-    if (h->kind == POL_HP_EXACT)
-        snprintf(out, n, "%s", h->name);
-    else if (h->kind == POL_HP_SUFFIX)
-        snprintf(out, n, "airlock-lint.%s", h->name);
-    else
-        snprintf(out, n, "airlock-lint.invalid");
+    for (int i = 0; i < o->nsecrets; i++) {
+        if (strcmp(o->secret_names[i], name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Splits a scope "host[:port][/path]" ("[v6]:port" too) into its host
+ * pattern and port (0 = any). AL_OK or AL_ERROR. */
+static int
+pol_lint_scope(const char *scope, struct pol_hostpat *hp, uint16_t *port)
+{
+    char        host[POL_HOST_MAX_BYTES + 3];
+    const char *why, *p;
+    size_t      n;
+
+    if (scope[0] == '[') {
+        p = strchr(scope, ']');
+        n = p != NULL ? (size_t)(p - scope) + 1 : strlen(scope);
+    } else {
+        n = strcspn(scope, ":/");
+    }
+    if (n >= sizeof(host))
+        return AL_ERROR;
+    memcpy(host, scope, n);
+    host[n] = '\0';
+    *port = scope[n] == ':' ? (uint16_t)strtoul(scope + n + 1, NULL, 10) : 0;
+    return pol_hostpat_parse(host, hp, &why);
+}
+
+/* Does one of the scopes cover every host of pattern h on port? */
+static int
+pol_lint_scope_covers(const char *const *scopes, const struct pol_hostpat *h, uint16_t port)
+{
+    for (int k = 0; scopes != NULL && scopes[k] != NULL; k++) {
+        struct pol_hostpat sp;
+        uint16_t           sport;
+        int                ok;
+
+        if (pol_lint_scope(scopes[k], &sp, &sport) != AL_OK)
+            continue;
+        ok = pol_hostpat_covers(&sp, h) && (sport == 0 || sport == port);
+        al_free(sp.name);
+        if (ok)
+            return 1;
+    }
+    return 0;
 }
 
 static void
@@ -187,24 +229,25 @@ pol_lint_rules(struct pol_lint *l)
                                  r->name, r->sandboxes[i]);
             }
         }
-        if (o->secret_known != NULL) {
+        if (o->secrets_given) {
             for (int i = 0; i < r->ninject; i++) {
-                if (!o->secret_known(o->secret_arg, r->inject[i])) {
+                int k = pol_lint_secret(o, r->inject[i]);
+
+                if (k < 0) {
                     pol_lint_add(l, 1, "inject_unknown", j,
                                  "rule \"%s\" injects secret \"%s\", which the secrets file "
                                  "does not define",
                                  r->name, r->inject[i]);
                     continue;
                 }
-                for (int h = 0; h < r->nhosts && o->secret_covers != NULL; h++) {
-                    char     host[300];
-                    uint16_t port = r->ports != NULL ? r->ports[0] : 443;
-                    int      ok = 0;
+                for (int h = 0; h < r->nhosts; h++) {
+                    uint16_t port = 443;
+                    int      ok = 1;
 
-                    pol_lint_rep_host(&r->hosts[h], host, sizeof(host));
-                    for (int pt = 0; pt < (r->ports != NULL ? r->nports : 1) && !ok; pt++) {
+                    /* every port the rule allows (no ports: HTTPS) */
+                    for (int pt = 0; pt < (r->ports != NULL ? r->nports : 1) && ok; pt++) {
                         port = r->ports != NULL ? r->ports[pt] : 443;
-                        ok = o->secret_covers(o->secret_arg, r->inject[i], host, port);
+                        ok = pol_lint_scope_covers(o->secret_hosts[k], &r->hosts[h], port);
                     }
                     if (!ok)
                         pol_lint_add(l, 1, "inject_out_of_scope", j,
@@ -261,9 +304,9 @@ pol_lint_secrets(struct pol_lint *l)
                 names = strcmp(r->inject[k], o->secret_names[i]) == 0;
             for (int k = 0; hosts != NULL && hosts[k] != NULL; k++) {
                 struct pol_hostpat sp;
-                const char        *why;
+                uint16_t           sport;
 
-                if (pol_hostpat_parse(hosts[k], &sp, &why) != AL_OK)
+                if (pol_lint_scope(hosts[k], &sp, &sport) != AL_OK)
                     continue;
                 for (int h = 0; h < r->nhosts; h++) {
                     const struct pol_hostpat *rp = &r->hosts[h];

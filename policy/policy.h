@@ -170,15 +170,12 @@ struct pol_lint_opts {
     const char        *policy_path;     /* parsed again for rule locations; may be NULL */
     const char *const *known_sandboxes; /* NULL: sandboxes not checked */
     int                nknown;
-    /* Secrets, through the caller (policy/ does not use the secrets module);
-     * NULL: inject not checked. secret_covers: 1 when host:port is in the
-     * secret's scope (on some path). */
-    int (*secret_known)(void *arg, const char *name);
-    int (*secret_covers)(void *arg, const char *name, const char *host, uint16_t port);
-    void *secret_arg;
-    /* Secret scopes as host patterns ("api.x.com", "*.x.com", "*"; port and
-     * path left out), for the secret warnings: nsecrets names, each with a
-     * NULL-terminated list. nsecrets 0: not checked. */
+    /* Secret scopes as written in the secrets file ("host[:port][/path]",
+     * host "api.x.com", "*.x.com" or "*"), read by the caller (policy/ does
+     * not use the secrets module; no secret value is needed): nsecrets
+     * names, each with a NULL-terminated list. secrets_given 0: inject and
+     * the secret warnings are not checked (no secrets file). */
+    int                       secrets_given;
     int                       nsecrets;
     const char *const        *secret_names;
     const char *const *const *secret_hosts;

@@ -228,45 +228,14 @@ out:
     return rc;
 }
 
-static int
-px_cli_lint_secret_known(void *arg, const char *name)
-{
-    return sec_find(arg, name) >= 0;
-}
-
-static int
-px_cli_lint_secret_covers(void *arg, const char *name, const char *host, uint16_t port)
-{
-    static const char *const paths[] = {"/", "/v1/", "/api/", "/repos/"};
-    int                      i = sec_find(arg, name);
-    struct sec_dest          d;
-
-    if (i < 0)
-        return 0;
-    memset(&d, 0, sizeof(d));
-    d.host = host;
-    d.port = port;
-    d.tls = 1;
-    /* the scope may be limited to a path prefix: a host is covered when
-     * some path of it is (the rule's own paths are the daemon's business) */
-    for (size_t k = 0; k < sizeof(paths) / sizeof(paths[0]); k++) {
-        d.path = paths[k];
-        d.path_len = strlen(paths[k]);
-        if (sec_in_scope(arg, i, &d))
-            return 1;
-    }
-    return 0;
-}
-
-/* Secret scopes as host patterns for the lint's secret warnings, read from
- * the secrets file (already validated by sec_load): "hosts" entries with
- * their ":port" and "/path" cut. */
+/* Secret scopes for the lint, read from the secrets file as written
+ * ("host[:port][/path]"): names and "hosts" only, so no secret value (env,
+ * file) is needed to lint. */
 struct px_cli_scopes {
     struct al_json *doc;
     int             n;
     const char    **names;
     const char   ***hosts;
-    char           *buf; /* the cut host strings */
 };
 
 static void
@@ -276,7 +245,6 @@ px_cli_scopes_free(struct px_cli_scopes *sc)
         al_free(sc->hosts[i]);
     al_free(sc->hosts);
     al_free(sc->names);
-    al_free(sc->buf);
     al_json_free(sc->doc);
 }
 
@@ -284,47 +252,33 @@ static int
 px_cli_scopes_load(const char *path, struct px_cli_scopes *sc, struct al_errs *errs)
 {
     const cJSON *secrets, *e, *h;
-    size_t       total = 0, off = 0;
 
     memset(sc, 0, sizeof(*sc));
     sc->doc = al_json_load(path, errs);
     if (sc->doc == NULL)
         return AL_ERROR;
     secrets = cJSON_GetObjectItemCaseSensitive(sc->doc->root, "secrets");
-    cJSON_ArrayForEach (e, secrets) {
-        sc->n++;
-        cJSON_ArrayForEach (h, cJSON_GetObjectItemCaseSensitive(e, "hosts")) {
-            if (cJSON_IsString(h))
-                total += strlen(h->valuestring) + 1;
-        }
+    if (!cJSON_IsObject(secrets)) {
+        al_errs_add(errs, "%s: no \"secrets\" object", path);
+        return AL_ERROR;
     }
+    sc->n = cJSON_GetArraySize(secrets);
     sc->names = al_calloc((size_t)sc->n + 1, sizeof(*sc->names));
     sc->hosts = al_calloc((size_t)sc->n + 1, sizeof(*sc->hosts));
-    sc->buf = al_malloc(total + 1);
-    if (sc->names == NULL || sc->hosts == NULL || sc->buf == NULL)
+    if (sc->names == NULL || sc->hosts == NULL)
         return AL_ERROR;
     sc->n = 0;
     cJSON_ArrayForEach (e, secrets) {
         const cJSON *hosts = cJSON_GetObjectItemCaseSensitive(e, "hosts");
-        int          nh = cJSON_GetArraySize(hosts), k = 0;
+        int          k = 0;
 
         sc->names[sc->n] = e->string;
-        sc->hosts[sc->n] = al_calloc((size_t)nh + 1, sizeof(**sc->hosts));
+        sc->hosts[sc->n] = al_calloc((size_t)cJSON_GetArraySize(hosts) + 1, sizeof(**sc->hosts));
         if (sc->hosts[sc->n] == NULL)
             return AL_ERROR;
         cJSON_ArrayForEach (h, hosts) {
-            const char *v = cJSON_IsString(h) ? h->valuestring : NULL;
-            size_t      n;
-
-            if (v == NULL)
-                continue;
-            n = strcspn(v, ":/");
-            if (v[0] == '[') /* an IPv6 literal keeps its colons */
-                n = strcspn(v, "]") + 1 <= strlen(v) ? strcspn(v, "]") + 1 : strlen(v);
-            memcpy(sc->buf + off, v, n);
-            sc->buf[off + n] = '\0';
-            sc->hosts[sc->n][k++] = sc->buf + off;
-            off += n + 1;
+            if (cJSON_IsString(h))
+                sc->hosts[sc->n][k++] = h->valuestring;
         }
         sc->n++;
     }
@@ -392,8 +346,8 @@ px_cli_lint(int argc, char **argv)
         rc = px_cli_usage("bad --until", until);
         goto out;
     }
-    /* the config with its secrets (policy included: a broken config policy
-     * is bad input too, unless --policy replaces it) */
+    /* the config (its policy: the config's unless --policy; its secrets
+     * file: names and scopes only) */
     c = px_conf_load(config, &errs);
     if (c == NULL) {
         fputs(errs.text.data ? errs.text.data : "", stderr);
@@ -401,13 +355,6 @@ px_cli_lint(int argc, char **argv)
     }
     if (policy == NULL)
         policy = c->policy_path;
-    if (c->secrets_path != NULL) {
-        c->secrets = sec_load(c->secrets_path, c->ca_dir, &errs);
-        if (c->secrets == NULL) {
-            fputs(errs.text.data ? errs.text.data : "", stderr);
-            goto out;
-        }
-    }
     names = al_calloc((size_t)c->nsandboxes + 1, sizeof(*names));
     if (names == NULL) {
         rc = 1;
@@ -426,18 +373,15 @@ px_cli_lint(int argc, char **argv)
     o.policy_path = policy;
     o.known_sandboxes = names;
     o.nknown = c->nsandboxes;
-    if (c->secrets != NULL) {
+    if (c->secrets_path != NULL) {
         if (px_cli_scopes_load(c->secrets_path, &sc, &errs) != AL_OK) {
             fputs(errs.text.data ? errs.text.data : "airlock policy lint: out of memory\n", stderr);
-            rc = 1;
-            goto out;
+            goto out; /* an unreadable secrets file is bad input */
         }
+        o.secrets_given = 1;
         o.nsecrets = sc.n;
         o.secret_names = sc.names;
         o.secret_hosts = (const char *const *const *)sc.hosts;
-        o.secret_known = px_cli_lint_secret_known;
-        o.secret_covers = px_cli_lint_secret_covers;
-        o.secret_arg = c->secrets;
     }
     o.db = db;
     o.out = stdout;

@@ -373,7 +373,8 @@ def test_lint_cli(t):
     check("no findings" in out, "clean summary: %r" % out)
     # secret warnings (scopes read from the secrets file): exit 0
     sec2 = dict(secrets)
-    sec2["lonely"] = {"from": {"value": "lonely-0123456789"}, "hosts": ["lonely.test:443/v1/"],
+    # a value lint cannot read (an unset variable): lint needs names and scopes only
+    sec2["lonely"] = {"from": {"env": "AIRLOCK_TEST_LINT_UNSET"}, "hosts": ["lonely.test:443/v1/"],
                       "placeholder": "AIRLOCK_PLACEHOLDER_LONELY_0123456789"}
     wild = policy(clean["rules"] + [rule("wild", ["*.gh.test"], ports=[443], intercept=True)])
     c = lint_conf(t, wild, sec2)

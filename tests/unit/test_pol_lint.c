@@ -21,34 +21,13 @@
 
 static const char *const lint_t_sandboxes[] = {"ci", "dev"};
 
-/* Secrets for the inject checks: "gh" scoped to api.gh.test and
- * *.ghusercontent.test, "oa" to api.oa.test:443 only. */
-static int
-lint_t_known(void *arg, const char *name)
-{
-    (void)arg;
-    return strcmp(name, "gh") == 0 || strcmp(name, "oa") == 0;
-}
-
-static int
-lint_t_covers(void *arg, const char *name, const char *host, uint16_t port)
-{
-    size_t n = strlen(host), s = strlen(".ghusercontent.test");
-
-    (void)arg;
-    if (strcmp(name, "gh") == 0)
-        return strcmp(host, "api.gh.test") == 0 ||
-               (n > s && strcmp(host + n - s, ".ghusercontent.test") == 0);
-    return strcmp(name, "oa") == 0 && strcmp(host, "api.oa.test") == 0 && port == 443;
-}
-
-/* Lints `rules` (the JSON array's inside); returns the exit code, out holds
- * the findings as JSON. */
 static const char *const  lint_t_gh_hosts[] = {"api.gh.test", "*.ghusercontent.test", NULL};
-static const char *const  lint_t_oa_hosts[] = {"api.oa.test", NULL};
+static const char *const  lint_t_oa_hosts[] = {"api.oa.test:443/v1/", NULL};
 static const char *const  lint_t_secret_names[] = {"gh", "oa"};
 static const char *const *lint_t_secret_hosts[] = {lint_t_gh_hosts, lint_t_oa_hosts};
-static int                lint_t_scopes; /* pass the scopes for the secret warnings */
+/* Pass the secrets: "gh" scoped to api.gh.test and *.ghusercontent.test,
+ * "oa" to api.oa.test:443 under /v1/. */
+static int lint_t_scopes;
 
 static int
 lint_t(const char *rules, char *out, size_t outsz, struct pol_lint_stats *st)
@@ -71,9 +50,8 @@ lint_t(const char *rules, char *out, size_t outsz, struct pol_lint_stats *st)
     o.policy_name = "l.json";
     o.known_sandboxes = lint_t_sandboxes;
     o.nknown = 2;
-    o.secret_known = lint_t_known;
-    o.secret_covers = lint_t_covers;
     if (lint_t_scopes) {
+        o.secrets_given = 1;
         o.nsecrets = 2;
         o.secret_names = lint_t_secret_names;
         o.secret_hosts = lint_t_secret_hosts;
@@ -217,6 +195,7 @@ test_lint_inject(void **state)
     struct pol_lint_stats st;
 
     (void)state;
+    lint_t_scopes = 1;
     assert_int_equal(lint_t("{\"name\": \"ok\", \"hosts\": [\"api.gh.test\", "
                             "\"*.ghusercontent.test\"], \"ports\": [443], \"inject\": [\"gh\"]},"
                             "{\"name\": \"oa\", \"hosts\": [\"api.oa.test\"], \"ports\": [443],"
@@ -239,6 +218,7 @@ test_lint_inject(void **state)
                             out, sizeof(out), &st),
                      3);
     lint_t_expect(out, "inject_unknown", "gone", "\\\"nope\\\"");
+    lint_t_scopes = 0;
 }
 
 static void
