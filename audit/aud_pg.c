@@ -10,13 +10,12 @@
  *              timestamptz, client inet + client_port, secrets jsonb array,
  *              pending boolean). Partitioned by RANGE (ts), one partition a
  *              day (requests_pYYYYMMDD), created on demand; retention drops
- *              whole partitions. A unique key on a partitioned table must
- *              hold the partition key, so it is UNIQUE (instance, id, ts): a
- *              row's ts never changes, so no (instance, id) is there twice.
- *   sink_state one row per instance: the last local id committed here,
- *              updated in the same transaction as the rows (the shipper's
- *              exactly-once guard, see aud_ship.c).
- * Indexes follow the CLI's filters: BRIN on ts (cheap to keep up: a btree
+ *              whole partitions. requests_default takes a row dated before
+ *              1970 or after 9999 (a broken clock) so it cannot wedge a batch. A unique key on a
+ * partitioned table must hold the partition key, so it is UNIQUE (instance, id, ts): a row's ts
+ * never changes, so no (instance, id) is there twice. sink_state one row per instance: the last
+ * local id committed here, updated in the same transaction as the rows (the shipper's exactly-once
+ * guard, see aud_ship.c). Indexes follow the CLI's filters: BRIN on ts (cheap to keep up: a btree
  * on ts cost a fifth of the shipper's throughput), (host, ts), and partial
  * (sandbox, ts), (tool_call, ts), (decision, ts) like the sqlite file's.
  * There is no global arrival order: `tail --follow` reads each instance's
@@ -352,6 +351,7 @@ static const char aud_pg_schema_v1[] =
     "pending boolean NOT NULL DEFAULT false, sni text NOT NULL DEFAULT '', "
     "addr text NOT NULL DEFAULT '', "
     "CONSTRAINT requests_instance_id UNIQUE (instance, id, ts)) PARTITION BY RANGE (ts);"
+    "CREATE TABLE requests_default PARTITION OF requests DEFAULT;"
     "CREATE INDEX requests_ts ON requests USING brin (ts);"
     "CREATE INDEX requests_host_ts ON requests (host, ts);"
     "CREATE INDEX requests_sandbox_ts ON requests (sandbox, ts) WHERE sandbox <> '';"
@@ -433,11 +433,11 @@ aud_pg_day_str(int64_t day, char *iso, size_t n, char *compact, size_t m)
 int
 aud_pg_partition(PGconn *pg, int64_t day, struct al_errs *errs)
 {
-    char lo[16], hi[16], name[16], sql[512];
+    char lo[48], hi[48], name[48], sql[512];
     int  ret;
 
-    if (day < 0 || day > 2932896) /* 1970 .. 9999 */
-        day = day < 0 ? 0 : 2932896;
+    if (day < 0 || day > 2932896) /* before 1970 or after 9999: requests_default */
+        return AL_OK;
     aud_pg_day_str(day, lo, sizeof(lo), name, sizeof(name));
     aud_pg_day_str(day + 1, hi, sizeof(hi), NULL, 0);
     if (aud_pg_exec(pg, "BEGIN", PGRES_COMMAND_OK, "partition", errs) != AL_OK)

@@ -313,6 +313,9 @@ def retention_keeps_unshipped_rows(t):
     for i in range(50):
         db.execute("INSERT INTO requests (ts, host, path, decision, status) VALUES "
                    "(?, 'old.test', ?, 'allow', 200)", (old + i, "/old/%d" % i))
+    # a broken clock (before 1970) must not wedge the shipper: requests_default takes it
+    db.execute("INSERT INTO requests (ts, host, path, decision, status) VALUES "
+               "(-5000000, 'clock.test', '/1969', 'allow', 200)")
     db.commit()
     db.close()
 
@@ -340,6 +343,9 @@ def retention_keeps_unshipped_rows(t):
         except RuntimeError:  # not created yet
             return False
     wait_until(shipped_old, 30, "old rows shipped", interval=0.2)
+    eq(p.psql("SELECT tableoid::regclass, extract(epoch FROM ts) FROM requests "
+              "WHERE host = 'clock.test'"), [["requests_default", "-5.000000"]],
+       "a row from before 1970 shipped into the default partition")
     a.stop()
     a.start()
     wait_until(lambda: n_old() == 0, 15, "retention deleting shipped old rows", interval=0.2)
@@ -528,7 +534,9 @@ def migrate_creates_schema_and_partition(t):
        ("timestamp with time zone", "inet", "jsonb", "boolean"), "native types")
     parts = p.psql("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                    "WHERE i.inhparent = 'requests'::regclass")
-    eq(parts, [["requests_p" + time.strftime("%Y%m%d", time.gmtime())]], "today's partition")
+    eq(sorted(r[0] for r in parts),
+       ["requests_default", "requests_p" + time.strftime("%Y%m%d", time.gmtime())],
+       "today's partition (and the default one for broken clocks)")
     idx = {r[0] for r in p.psql("SELECT indexname FROM pg_indexes WHERE tablename = 'requests'")}
     for want in ("requests_ts", "requests_host_ts", "requests_sandbox_ts",
                  "requests_tool_call_ts", "requests_decision_ts", "requests_instance_id"):
