@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <ev.h>
 #include <openssl/types.h>
@@ -98,6 +99,7 @@ struct px_conf {
     enum al_log_level       log_level;
     enum al_log_format      log_format; /* "log_format": text | json */
     int                     access_log; /* "access_log": a line per finished request */
+    char                   *user;       /* "user": switch to it after binding (started as root) */
     struct px_sandbox      *sandboxes;
     int                     nsandboxes;
     int                     any_token; /* some sandbox authenticates by token */
@@ -117,6 +119,9 @@ struct px_conf *px_conf_load(const char *path, struct al_errs *errs);
 struct px_conf *px_conf_load_all(const char *path, int dry_run, struct al_errs *errs);
 /* Finds a sandbox by name; NULL when unknown. */
 const struct px_sandbox *px_conf_sandbox(const struct px_conf *c, const char *name);
+/* The uid and primary gid of a user name (either pointer may be NULL);
+ * AL_ERROR when the system knows no such user. */
+int px_conf_user_lookup(const char *name, uid_t *uid, gid_t *gid);
 /* The embedded default (make run without a config file). */
 extern const char px_conf_default_json[];
 struct px_conf   *px_conf_ref(struct px_conf *c);

@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -47,6 +48,7 @@ px_conf_unref(struct px_conf *c)
     al_free(c->ca_dir);
     al_free(c->upstream_ca);
     al_free(c->audit_db);
+    al_free(c->user);
     if (c->audit_sink_postgres != NULL)
         explicit_bzero(c->audit_sink_postgres, strlen(c->audit_sink_postgres));
     al_free(c->audit_sink_postgres);
@@ -182,6 +184,21 @@ px_raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         (void)setrlimit(RLIMIT_NOFILE, &rl);
     }
+}
+
+int
+px_conf_user_lookup(const char *name, uid_t *uid, gid_t *gid)
+{
+    struct passwd pw, *res = NULL;
+    char          buf[16384];
+
+    if (getpwnam_r(name, &pw, buf, sizeof(buf), &res) != 0 || res == NULL)
+        return AL_ERROR;
+    if (uid != NULL)
+        *uid = pw.pw_uid;
+    if (gid != NULL)
+        *gid = pw.pw_gid;
+    return AL_OK;
 }
 
 /* ---- typed getters that report wrong types with a location ------------ */
@@ -619,7 +636,7 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
         "secrets", "ca",        "upstream_ca", "upstream_verify_cache_s",
         "audit",   "resolve",   "dns",         "sandboxes",
         "limits",  "log_level", "log_format",  "access_log",
-        NULL};
+        "user",    NULL};
     struct px_cfgctx x = {errs, doc};
     const cJSON     *root = doc->root, *v;
     struct px_conf  *c;
@@ -710,6 +727,9 @@ px_conf_from_doc(const struct al_json *doc, const char *cfgpath, struct al_errs 
     if (v != NULL && al_log_format_parse(v->valuestring, &c->log_format) != AL_OK)
         al_json_err(errs, doc, "log_format", "expected \"text\" or \"json\"");
     px_cfg_bool(&x, root, "", "access_log", &c->access_log);
+    c->user = px_cfg_string(&x, root, "", "user");
+    if (c->user != NULL && px_conf_user_lookup(c->user, NULL, NULL) != AL_OK)
+        al_json_err(errs, doc, "user", "no such user \"%s\" on this system", c->user);
 
     for (int i = 0; i < c->nlisten && c->nself < PX_MAX_LISTENERS; i++)
         c->self[c->nself++] = c->listen[i].addr;
@@ -853,6 +873,7 @@ px_conf_restart_only(const struct px_conf *running, const struct px_conf *next, 
              px_cfg_streq(running->audit_sink_instance, next->audit_sink_instance),
          "audit"},
         {px_cfg_dns_eq(running, next), "resolve/dns"},
+        {px_cfg_streq(running->user, next->user), "user"},
     };
     size_t n = 0, len = 0;
 

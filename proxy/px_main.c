@@ -16,11 +16,26 @@
  * $NOTIFY_SOCKET (the sd_notify protocol, without libsystemd). While the
  * workers drain the main loop keeps running: the admin listener answers
  * /readyz 503 draining until the last worker has finished.
+ *
+ * Privileges: the start binds every listener and loads the CA and secrets
+ * first, then gives up what it needed for that (px_main_privileges) before
+ * any worker thread starts. When it gives something up, the audit database
+ * is opened after that, so the writer's file belongs to the user that keeps
+ * writing (and reopening) it (px_main_late_audit). Started
+ * as root with "user": the supplementary groups, gid and uid become the
+ * user's (setgroups, setresgid, setresuid), and the switch is verified
+ * (every id, no capability left, setuid(0) refused) or the start fails.
+ * Started as root without "user": a warning ("user": "root" keeps root on
+ * purpose, silently). Not root: capabilities the service manager gave for
+ * binding (CAP_NET_BIND_SERVICE) are cleared; a "user" naming someone else
+ * is an error.
  */
 #include "px_ca.h"
 #include "px_worker.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stddef.h>
@@ -30,6 +45,7 @@
 #include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -118,6 +134,182 @@ px_main_watchdog_start(struct ev_loop *loop, struct px_main *m)
     ev_timer_init(&m->watchdog, px_main_watchdog_cb, 0., (double)v / 2e6);
     ev_timer_again(loop, &m->watchdog);
     (void)px_sd_notify("WATCHDOG=1");
+}
+
+/* ---- privileges --------------------------------------------------------- */
+
+/* Capabilities of the calling thread: 1 when none is permitted or
+ * effective, 0 when some is, -1 when capget fails. */
+static int
+px_caps_none(void)
+{
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct   d[2];
+
+    memset(d, 0, sizeof(d));
+    if (syscall(SYS_capget, &h, d) != 0)
+        return -1;
+    return (d[0].permitted | d[1].permitted | d[0].effective | d[1].effective) == 0;
+}
+
+/* Drops every capability of the calling thread (threads started later
+ * inherit the empty sets) and the ambient set. */
+static int
+px_caps_clear(void)
+{
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct   d[2];
+
+    memset(d, 0, sizeof(d));
+    (void)prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    return syscall(SYS_capset, &h, d) == 0 ? AL_OK : AL_ERROR;
+}
+
+/* After the switch to uid/gid: every id is the user's, the only group is
+ * gid, no capability is left and root cannot be had back. */
+static int
+px_priv_verify(uid_t uid, gid_t gid, char *err, size_t errsz)
+{
+    uid_t r, e, s;
+    gid_t rg, eg, sg, groups[2];
+    int   n;
+
+    if (getresuid(&r, &e, &s) != 0 || r != uid || e != uid || s != uid) {
+        snprintf(err, errsz, "user ids are not all %u after setresuid", (unsigned)uid);
+        return AL_ERROR;
+    }
+    if (getresgid(&rg, &eg, &sg) != 0 || rg != gid || eg != gid || sg != gid) {
+        snprintf(err, errsz, "group ids are not all %u after setresgid", (unsigned)gid);
+        return AL_ERROR;
+    }
+    n = getgroups(2, groups);
+    if (n < 0 || n > 1 || (n == 1 && groups[0] != gid)) {
+        snprintf(err, errsz, "supplementary groups other than %u are left", (unsigned)gid);
+        return AL_ERROR;
+    }
+    if (px_caps_none() != 1) {
+        snprintf(err, errsz, "capabilities are left after the switch");
+        return AL_ERROR;
+    }
+    if (uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+        snprintf(err, errsz, "the process could become root again");
+        return AL_ERROR;
+    }
+    if (gid != 0 && (setgid(0) == 0 || setegid(0) == 0)) {
+        snprintf(err, errsz, "the process could take group 0 again");
+        return AL_ERROR;
+    }
+    return AL_OK;
+}
+
+/* Runs once the listeners are bound and keys loaded, before the audit
+ * database is opened and any thread starts (the set*id calls of glibc reach
+ * every thread anyway; capset reaches only the caller's). */
+static int
+px_main_privileges(const struct px_conf *c, char *err, size_t errsz)
+{
+    uid_t euid = geteuid(), uid;
+    gid_t gid;
+
+    if (c->user == NULL) {
+        if (euid == 0)
+            al_log_warnx("running as root: set \"user\" in %s (e.g. \"airlock\") to give up "
+                         "root once the listeners are bound; \"user\": \"root\" keeps root "
+                         "and silences this",
+                         c->path != NULL ? c->path : "the config");
+        else if (px_caps_none() == 0 && px_caps_clear() != AL_OK)
+            al_log_warn("cannot clear capabilities");
+        return AL_OK;
+    }
+    if (px_conf_user_lookup(c->user, &uid, &gid) != AL_OK) {
+        snprintf(err, errsz, "user \"%s\": no such user on this system", c->user);
+        return AL_ERROR;
+    }
+    if (uid == euid && getuid() == uid) {
+        /* Already that user (systemd's User=, or "user": "root" as root). */
+        if (uid == 0) {
+            al_log_info("running as root (\"user\": \"root\")");
+            return AL_OK;
+        }
+        if (px_caps_none() == 0 && px_caps_clear() != AL_OK) {
+            snprintf(err, errsz, "cannot clear capabilities: %s", strerror(errno));
+            return AL_ERROR;
+        }
+        (void)prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        if (px_caps_none() != 1 || setuid(0) == 0) {
+            snprintf(err, errsz, "capabilities are left after clearing them");
+            return AL_ERROR;
+        }
+        al_log_info("running as user %s (uid %u); no capability kept", c->user, (unsigned)uid);
+        return AL_OK;
+    }
+    if (euid != 0) {
+        snprintf(err, errsz,
+                 "user \"%s\" (uid %u): airlock runs as uid %u, not root, and cannot switch "
+                 "users; start it as root or as that user",
+                 c->user, (unsigned)uid, (unsigned)euid);
+        return AL_ERROR;
+    }
+    if (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0) {
+        snprintf(err, errsz, "user \"%s\": cannot switch to uid %u gid %u: %s", c->user,
+                 (unsigned)uid, (unsigned)gid, strerror(errno));
+        return AL_ERROR;
+    }
+    if (px_priv_verify(uid, gid, err, errsz) != AL_OK)
+        return AL_ERROR;
+    (void)prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    al_log_info("running as user %s (uid %u, gid %u)", c->user, (unsigned)uid, (unsigned)gid);
+    return AL_OK;
+}
+
+/* Opens the audit database and starts its writer (px_audit). */
+static int
+px_main_audit_start(const struct px_conf *c)
+{
+    struct al_errs errs;
+
+    if (c->audit_db == NULL) {
+        al_log_warnx("AUDIT DISABLED (audit.db is null): requests leave no trace");
+    } else {
+        struct aud_conf ac;
+
+        memset(&ac, 0, sizeof(ac));
+        ac.db_path = c->audit_db;
+        ac.strict = c->audit_strict;
+        ac.flush_ms = c->audit_flush_ms;
+        ac.retention_days = c->audit_retention_days;
+        ac.log_query = c->audit_log_query;
+        ac.sink_postgres = c->audit_sink_postgres;
+        ac.sink_instance = c->audit_sink_instance;
+        al_errs_init(&errs);
+        px_audit = aud_writer_start(&ac, &errs);
+        if (px_audit == NULL) {
+            al_log_err("cannot open the audit database%s%s%s:\n%s",
+                       c->user != NULL ? " as user " : "", c->user != NULL ? c->user : "",
+                       c->user != NULL ? " (its folder must be writable by that user)" : "",
+                       errs.text.data ? errs.text.data : "");
+            al_errs_free(&errs);
+            return AL_ERROR;
+        }
+        al_errs_free(&errs);
+        al_log_info("audit: %s (%s)", c->audit_db, c->audit_strict ? "strict" : "batched");
+    }
+    return AL_OK;
+}
+
+/* Whether the start gives something up after binding (a switch of user, or
+ * capabilities to clear): then the audit database is opened afterwards, as
+ * the user that keeps writing (and reopening) it, and its writer thread is
+ * started without capabilities (capset reaches only the calling thread).
+ * Otherwise it is opened before anything is bound, as it always was. */
+static int
+px_main_late_audit(const struct px_conf *c)
+{
+    uid_t uid;
+
+    if (geteuid() != 0)
+        return px_caps_none() == 0;
+    return c->user != NULL && px_conf_user_lookup(c->user, &uid, NULL) == AL_OK && uid != 0;
 }
 
 /* While draining: every worker thread that has finished is joined; after
@@ -283,7 +475,7 @@ px_main_run(const char *config_path, int dry_run)
     struct px_conf *c;
     struct ev_loop *loop;
     char            err[256];
-    int             rc = 1;
+    int             rc = 1, late_audit;
 
     memset(&m, 0, sizeof(m));
     m.config_path = config_path;
@@ -327,30 +519,10 @@ px_main_run(const char *config_path, int dry_run)
         al_log_err("%s", err);
         goto out;
     }
+    late_audit = px_main_late_audit(c);
+    if (!late_audit && px_main_audit_start(c) != AL_OK)
+        goto out;
 
-    if (c->audit_db == NULL) {
-        al_log_warnx("AUDIT DISABLED (audit.db is null): requests leave no trace");
-    } else {
-        struct aud_conf ac;
-
-        memset(&ac, 0, sizeof(ac));
-        ac.db_path = c->audit_db;
-        ac.strict = c->audit_strict;
-        ac.flush_ms = c->audit_flush_ms;
-        ac.retention_days = c->audit_retention_days;
-        ac.log_query = c->audit_log_query;
-        ac.sink_postgres = c->audit_sink_postgres;
-        ac.sink_instance = c->audit_sink_instance;
-        al_errs_init(&errs);
-        px_audit = aud_writer_start(&ac, &errs);
-        if (px_audit == NULL) {
-            al_log_err("cannot open the audit database:\n%s", errs.text.data ? errs.text.data : "");
-            al_errs_free(&errs);
-            goto out;
-        }
-        al_errs_free(&errs);
-        al_log_info("audit: %s (%s)", c->audit_db, c->audit_strict ? "strict" : "batched");
-    }
     if (c->ca_dir != NULL) {
         al_errs_init(&errs);
         px_ca_g = px_ca_load(c->ca_dir, &errs);
@@ -380,7 +552,6 @@ px_main_run(const char *config_path, int dry_run)
             al_log_err("%s", err);
             goto out;
         }
-        m.workers[i].rt = (struct px_runtime){px_audit, px_tls_srv, px_tls_up, px_ca_g};
     }
     if (px_listen_verify(m.workers, m.nworkers, c, err, sizeof(err)) != AL_OK) {
         al_log_err("%s", err);
@@ -389,6 +560,15 @@ px_main_run(const char *config_path, int dry_run)
     loop = ev_default_loop(EVFLAG_AUTO);
     if (px_admin_start(loop, c, px_main_reload, &m) != AL_OK)
         goto out; /* px_admin_start said why */
+    /* Everything that needed root is done: bound, keys loaded. */
+    if (px_main_privileges(c, err, sizeof(err)) != AL_OK) {
+        al_log_err("%s", err);
+        goto out;
+    }
+    if (late_audit && px_main_audit_start(c) != AL_OK)
+        goto out;
+    for (int i = 0; i < m.nworkers; i++)
+        m.workers[i].rt = (struct px_runtime){px_audit, px_tls_srv, px_tls_up, px_ca_g};
     for (int i = 0; i < m.nworkers; i++) {
         if (px_worker_start(&m.workers[i]) != AL_OK) {
             al_log_err("cannot start worker %d", i);
