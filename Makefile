@@ -25,7 +25,7 @@ DEB_BUILD_PKGS = cmake make gcc pkg-config libssl-dev node-llhttp libev-dev libc
                  libsqlite3-dev libc-ares-dev libidn2-dev zlib1g-dev libpq-dev
 # ... and what tests, fuzzing, formatting and benchmarks add (make test):
 DEB_TEST_PKGS = libcmocka-dev curl python3 openssl sqlite3 clang-format iproute2 nftables \
-                clang libclang-rt-14-dev prometheus postgresql
+                clang libclang-rt-14-dev prometheus postgresql python3-requests
 DEB_PKGS = $(DEB_BUILD_PKGS) $(DEB_TEST_PKGS)
 
 .PHONY: all deps deps-build build run install deb test fuzz check-format format bench clean

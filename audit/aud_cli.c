@@ -8,9 +8,12 @@
  * pasted into SQL. Every value printed goes through aud_fmt.c so a hostile
  * host name or tool call cannot write terminal escapes.
  *
- * Table layout (100 columns, wider terminals give the extra to host/path):
- *   TIME(UTC) SANDBOX/CALL DECISION METHOD HOST PATH ST BYTES DUR
- * A cell cut to fit ends with '~'; BYTES is up + down.
+ * Table layout (120 columns, wider terminals give the extra to host/path):
+ *   TIME(UTC) SANDBOX/CALL DECISION METHOD HOST PATH ST BYTES DUR RULE/REASON
+ * A cell cut to fit ends with '~'; BYTES is up + down; METHOD holds CONNECT
+ * and OPTIONS whole; RULE/REASON is "rule/reason" (the rule alone when it
+ * allowed by rule), then ": error" when the row has one.
+ * tail -n 0 prints no old row (with --follow: only rows that come later).
  *
  * --db postgresql://... (or postgres://) reads the fleet's shared store
  * through aud_pgq.c: the same filters, formats and output, plus --instance
@@ -38,7 +41,7 @@
 #define AUD_CLI_DEFAULT_TAIL 20
 #define AUD_CLI_DEFAULT_TOP 10
 #define AUD_CLI_MAX_LIMIT 100000000L
-#define AUD_CLI_TABLE_COLS 100
+#define AUD_CLI_TABLE_COLS 120
 #define AUD_CLI_MAX_GROUPS 100000
 
 enum aud_cli_fmt { AUD_FMT_TABLE = 0, AUD_FMT_JSON, AUD_FMT_JSONL, AUD_FMT_CSV };
@@ -52,6 +55,8 @@ struct aud_cli {
     struct aud_filter f;
     const char       *by;
     int               follow;
+    int               tail_none; /* tail -n 0: no old rows */
+    int               silent;    /* rows move the tail cursor only */
     int64_t           top;
     /* output state */
     struct al_dbuf line;
@@ -105,9 +110,10 @@ aud_cli_usage(FILE *f)
     fputs("usage: airlock audit query --db FILE [filters] [--limit N] "
           "[--format table|json|jsonl|csv]\n"
           "       airlock audit stats --db FILE [filters] [--by host|sandbox|tool-call|rule|"
-          "secret] [--top N] [--format table|json]\n"
+          "secret] [--top N] [--format table|json|csv]\n"
           "       airlock audit tail  --db FILE [filters] [-n N] [--follow] "
           "[--format table|json|jsonl|csv]\n"
+          "         (-n 0: no earlier row; with --follow only the rows that come next)\n"
           "filters: --since T --until T (duration 90s 15m 2h 7d, or RFC 3339 time)\n"
           "         --sandbox S --session S --tool-call S --host GLOB (* and ?)\n"
           "         --decision allow|deny|would_deny|error --status N|Nxx --rule R --secret NAME\n"
@@ -192,11 +198,11 @@ aud_cli_format(struct aud_cli *c, const char *v)
         c->fmt = AUD_FMT_JSON;
     else if (!stats && strcmp(v, "jsonl") == 0)
         c->fmt = AUD_FMT_JSONL;
-    else if (!stats && strcmp(v, "csv") == 0)
+    else if (strcmp(v, "csv") == 0)
         c->fmt = AUD_FMT_CSV;
     else
         return aud_cli_bad(c, "--format", v,
-                           stats ? "want table or json" : "want table, json, jsonl or csv");
+                           stats ? "want table, json or csv" : "want table, json, jsonl or csv");
     return 0;
 }
 
@@ -260,6 +266,7 @@ aud_cli_apply(struct aud_cli *c, const struct aud_cli_opt *o, const char *v)
         if (al_parse_long(v, 0, AUD_CLI_MAX_LIMIT, &n) != AL_OK)
             return aud_cli_bad(c, o->name, v, "want a whole number, 0 for no limit");
         c->f.limit = n;
+        c->tail_none = o->id == AUD_OPT_N && n == 0;
         break;
     case AUD_OPT_TOP:
         if (al_parse_long(v, 1, 100000, &n) != AL_OK)
@@ -407,7 +414,7 @@ static int
 aud_cli_table_row(struct aud_cli *c, const struct aud_record *r)
 {
     struct al_dbuf *b = &c->line;
-    char            tbuf[40], who[256], st[8], by[32], du[32];
+    char            tbuf[40], who[256], st[8], by[32], du[32], why[1024];
     struct tm       tm;
     time_t          t = (time_t)(r->ts_us / 1000000);
     int             ok = 1;
@@ -427,17 +434,25 @@ aud_cli_table_row(struct aud_cli *c, const struct aud_record *r)
         snprintf(du, sizeof(du), "-");
     else
         aud_cli_human_dur(r->duration_us, du, sizeof(du));
+    if (r->rule[0] != '\0' && strcmp(r->reason, "allowed_by_rule") == 0)
+        snprintf(why, sizeof(why), "%s", r->rule);
+    else
+        snprintf(why, sizeof(why), "%s%s%s", r->rule, r->rule[0] ? "/" : "", r->reason);
+    if (r->error[0] != '\0' && strcmp(r->error, r->reason) != 0)
+        snprintf(why + strlen(why), sizeof(why) - strlen(why), "%s%s", why[0] ? ": " : "",
+                 r->error);
     if (c->pg != NULL)
         ok &= aud_fmt_cell(b, r->instance, 12, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, tbuf, 14, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, who, 15, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, r->decision, 10, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
-    ok &= aud_fmt_cell(b, r->method, 6, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
+    ok &= aud_fmt_cell(b, r->method, 7, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, r->host, c->host_w, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, r->path, c->path_w, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, st, 3, 1) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
-    ok &= aud_fmt_cell(b, by, 7, 1) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
-    ok &= aud_fmt_cell(b, du, 6, 1) == AL_OK && al_dbuf_adds(b, "\n") == AL_OK;
+    ok &= aud_fmt_cell(b, by, 5, 1) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
+    ok &= aud_fmt_cell(b, du, 6, 1) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
+    ok &= aud_fmt_cell(b, why, 20, 0) == AL_OK && al_dbuf_adds(b, "\n") == AL_OK;
     return ok ? AL_OK : AL_ERROR;
 }
 
@@ -453,12 +468,13 @@ aud_cli_table_header(struct aud_cli *c)
     ok &= aud_fmt_cell(b, "TIME(UTC)", 14, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, "SANDBOX/CALL", 15, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, "DECISION", 10, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
-    ok &= aud_fmt_cell(b, "METHOD", 6, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
+    ok &= aud_fmt_cell(b, "METHOD", 7, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, "HOST", c->host_w, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, "PATH", c->path_w, 0) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
     ok &= aud_fmt_cell(b, "ST", 3, 1) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
-    ok &= aud_fmt_cell(b, "BYTES", 7, 1) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
-    ok &= aud_fmt_cell(b, "DUR", 6, 1) == AL_OK && al_dbuf_adds(b, "\n") == AL_OK;
+    ok &= aud_fmt_cell(b, "BYTES", 5, 1) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
+    ok &= aud_fmt_cell(b, "DUR", 6, 1) == AL_OK && al_dbuf_adds(b, " ") == AL_OK;
+    ok &= aud_fmt_cell(b, "RULE/REASON", 20, 0) == AL_OK && al_dbuf_adds(b, "\n") == AL_OK;
     return ok ? AL_OK : AL_ERROR;
 }
 
@@ -620,6 +636,8 @@ aud_cli_emit(void *arg, const struct aud_record *r)
     struct aud_cli *c = arg;
     int             rc = AL_OK;
 
+    if (c->silent) /* tail -n 0: where to follow from, nothing printed */
+        goto cursor;
     al_dbuf_reset(&c->line);
     if (aud_cli_begin_rows(c) != AL_OK)
         return AL_ERROR;
@@ -646,6 +664,7 @@ aud_cli_emit(void *arg, const struct aud_record *r)
     if (fwrite(c->line.data, 1, c->line.len, c->out) != c->line.len)
         return AL_ERROR;
     c->nrows++;
+cursor:
     if (r->row_id > c->last_id)
         c->last_id = r->row_id;
     return AL_OK;
@@ -735,8 +754,13 @@ aud_cli_tail(struct aud_cli *c)
     if (db == NULL && c->pg == NULL)
         goto out;
     c->f.by_id = 1;
+    if (c->tail_none) { /* -n 0: only the newest row's id, to follow from */
+        c->f.limit = 1;
+        c->silent = 1;
+    }
     if (aud_cli_run_rows(c, db) != AL_OK)
         goto out;
+    c->silent = 0;
     if (c->follow) {
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = aud_cli_on_signal;
@@ -762,7 +786,8 @@ aud_cli_tail(struct aud_cli *c)
             fflush(c->out);
         }
     }
-    if (aud_cli_end_rows(c) != AL_OK)
+    /* -n 0 without --follow prints nothing (json: an empty array) */
+    if (!(c->tail_none && !c->follow && c->fmt != AUD_FMT_JSON) && aud_cli_end_rows(c) != AL_OK)
         goto out;
     code = 0;
 out:
@@ -1020,6 +1045,21 @@ aud_cli_groups_table(struct al_dbuf *b, const char *title, const char *keyname,
     return ok ? AL_OK : AL_ERROR;
 }
 
+/* One stats csv line: section,key,total,allow,deny,would_deny,error,up,down. */
+static int
+aud_cli_groups_csv_row(struct al_dbuf *b, const char *section, const char *key,
+                       const struct aud_cli_group *g)
+{
+    int ok = aud_fmt_csv(b, section) == AL_OK && al_dbuf_adds(b, ",") == AL_OK &&
+             aud_fmt_csv(b, key) == AL_OK;
+
+    ok &= al_dbuf_addf(b, ",%lld,%lld,%lld,%lld,%lld,%lld,%lld\n", (long long)g->total,
+                       (long long)g->allow, (long long)g->deny, (long long)g->would_deny,
+                       (long long)g->error, (long long)g->bytes_up,
+                       (long long)g->bytes_down) == AL_OK;
+    return ok ? AL_OK : AL_ERROR;
+}
+
 static int
 aud_cli_stats(struct aud_cli *c)
 {
@@ -1085,6 +1125,24 @@ aud_cli_stats(struct aud_cli *c)
             ok &= aud_cli_groups_json(&b, "secrets", &secrets) == AL_OK;
         }
         ok &= al_dbuf_adds(&b, "\n}\n") == AL_OK;
+    } else if (c->fmt == AUD_FMT_CSV) {
+        /* one table: the totals row, then each group with its section */
+        ok &= al_dbuf_adds(&b, "section,key,total,allow,deny,would_deny,error,bytes_up,"
+                               "bytes_down\n") == AL_OK;
+        ok &= aud_cli_groups_csv_row(&b, "total", "", &tot) == AL_OK;
+        if (bycol != NULL) {
+            for (size_t i = 0; i < by.n; i++)
+                ok &= aud_cli_groups_csv_row(&b, c->by, by.g[i].key, &by.g[i]) == AL_OK;
+        } else {
+            for (size_t i = 0; i < hosts.n; i++)
+                ok &= aud_cli_groups_csv_row(&b, "host", hosts.g[i].key, &hosts.g[i]) == AL_OK;
+            for (size_t i = 0; i < denied.n; i++)
+                ok &= aud_cli_groups_csv_row(&b, "denied_host", denied.g[i].key, &denied.g[i]) ==
+                      AL_OK;
+            for (size_t i = 0; i < secrets.n; i++)
+                ok &=
+                    aud_cli_groups_csv_row(&b, "secret", secrets.g[i].key, &secrets.g[i]) == AL_OK;
+        }
     } else {
         aud_cli_human_bytes(tot.bytes_up, bu, sizeof(bu));
         aud_cli_human_bytes(tot.bytes_down, bd, sizeof(bd));

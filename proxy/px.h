@@ -302,6 +302,11 @@ int px_cli_policy(int argc, char **argv);
 int px_cli_audit(int argc, char **argv);
 /* `airlock secrets env --config FILE [--sandbox S]`. argv[0] is "secrets". */
 int px_cli_secrets(int argc, char **argv);
+/* `airlock sandbox env`: the proxy, CA trust and placeholder variables of a sandbox. */
+int px_cli_sandbox(int argc, char **argv);
+/* `airlock check`: px_main_check plus the setup checks (audit path writable,
+ * risky setups warned about). */
+int px_cli_check(const char *config_path);
 /* Admin listener on the main loop; px_admin.c. `reload` (POST /reload)
  * rebuilds the snapshot; it returns AL_OK, or AL_ERROR with the reasons in msg. */
 typedef int (*px_reload_fn)(void *arg, struct al_dbuf *msg);

@@ -182,5 +182,20 @@ void px_tls_log_errors(const char *what);
 /* ---- CLI ------------------------------------------------------------------ */
 /* `airlock ca init|env ...`; argv[0] is "ca". Returns the exit code (0, 1, 2). */
 int px_ca_cli(int argc, char **argv);
+/*
+ * The public trust files of `ca env` and `sandbox env`: ca.pem (the CA
+ * certificate alone, parsed and re-encoded: nothing else of the file, never
+ * a key) and bundle.pem (`roots`, NULL for PX_CA_SYSTEM_ROOTS, then the CA),
+ * both 0644, written atomically into out_dir, or by default into the folder
+ * "ca-public" next to ca_dir (created 0755); never into ca_dir itself. The
+ * absolute folder goes to pub. Returns AL_OK, AL_DECLINED (no CA, or a
+ * folder inside the CA's) or AL_ERROR; reasons and warnings (a folder other
+ * users cannot enter) in errs.
+ */
+int px_ca_write_public(const char *ca_dir, const char *out_dir, const char *roots, char *pub,
+                       size_t pubsz, struct al_errs *errs);
+/* The i-th CA trust variable and the public file it points at
+ * (PX_CA_BUNDLE_FILE or PX_CA_CERT_FILE); NULL past the last. */
+const char *px_ca_trust_var(int i, const char **file);
 
 #endif

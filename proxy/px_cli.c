@@ -9,12 +9,17 @@
  * blocking lookup is fine), or nowhere with --no-resolve.
  */
 #include "px.h"
+#include "px_ca.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
 #include <netdb.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char px_cli_policy_usage[] =
@@ -42,6 +47,17 @@ px_cli_usage(const char *what, const char *arg)
     fprintf(stderr, "airlock policy: %s%s%s%s\n\n%s", what, arg ? " \"" : "", arg ? arg : "",
             arg ? "\"" : "", px_cli_policy_usage);
     return 2;
+}
+
+/* --help or -h among argv[from..]. */
+static int
+px_cli_wants_help(int argc, char **argv, int from)
+{
+    for (int i = from; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return 1;
+    }
+    return 0;
 }
 
 /* Resolves host into addrs (port applied). Returns the count, 0 on failure. */
@@ -418,6 +434,11 @@ px_cli_policy(int argc, char **argv)
     const char             *tunnel = NULL;
 
     al_errs_init(&errs);
+    if (px_cli_wants_help(argc, argv, 1)) {
+        fputs(px_cli_policy_usage, stdout);
+        rc = 0;
+        goto out;
+    }
     if (argc >= 2 && strcmp(argv[1], "replay") == 0) {
         rc = px_cli_replay(argc, argv);
         goto out;
@@ -644,17 +665,37 @@ out:
     return rc;
 }
 
+static const char px_cli_secrets_usage[] =
+    "usage: airlock secrets env --config FILE [--sandbox S]\n"
+    "  NAME=placeholder lines, one per secret, sorted by NAME. Placeholders come from\n"
+    "  the secrets' names and the placeholder key next to the CA: no secret value is\n"
+    "  read (its environment variable or file need not exist here).\n"
+    "  --sandbox S checks that the config knows S (placeholders are the same for all).\n";
+
+/* The secrets file with names, scopes and placeholders only. */
+static struct sec_store *
+px_cli_secrets_names(const struct px_conf *c, struct al_errs *errs)
+{
+    return sec_load_flags(c->secrets_path, c->ca_dir, SEC_LOAD_NO_VALUES, errs);
+}
+
 int
 px_cli_secrets(int argc, char **argv)
 {
-    const char     *config = NULL, *sandbox = NULL;
-    struct al_errs  errs;
-    struct px_conf *c = NULL;
-    int             rc = 2;
+    const char       *config = NULL, *sandbox = NULL;
+    struct al_errs    errs;
+    struct px_conf   *c = NULL;
+    struct sec_store *st = NULL;
+    int               rc = 2;
 
     al_errs_init(&errs);
+    if (px_cli_wants_help(argc, argv, 1)) {
+        fputs(px_cli_secrets_usage, stdout);
+        rc = 0;
+        goto out;
+    }
     if (argc < 2 || strcmp(argv[1], "env") != 0) {
-        fprintf(stderr, "usage: airlock secrets env --config FILE [--sandbox S]\n");
+        fputs(px_cli_secrets_usage, stderr);
         goto out;
     }
     for (int i = 2; i < argc; i++) {
@@ -663,7 +704,8 @@ px_cli_secrets(int argc, char **argv)
         else if (strcmp(argv[i], "--sandbox") == 0 && i + 1 < argc)
             sandbox = argv[++i];
         else {
-            fprintf(stderr, "airlock secrets: unknown option \"%s\"\n", argv[i]);
+            fprintf(stderr, "airlock secrets: unknown option \"%s\"\n\n%s", argv[i],
+                    px_cli_secrets_usage);
             goto out;
         }
     }
@@ -671,7 +713,7 @@ px_cli_secrets(int argc, char **argv)
         fprintf(stderr, "airlock secrets: --config FILE is required\n");
         goto out;
     }
-    c = px_conf_load_all(config, 0, &errs);
+    c = px_conf_load(config, &errs);
     if (c == NULL) {
         fputs(errs.text.data ? errs.text.data : "", stderr);
         goto out;
@@ -680,15 +722,599 @@ px_cli_secrets(int argc, char **argv)
         fprintf(stderr, "airlock secrets: unknown sandbox \"%s\"\n", sandbox);
         goto out;
     }
-    if (c->secrets == NULL) {
+    if (c->secrets_path == NULL) {
         fprintf(stderr, "airlock secrets: %s has no \"secrets\" file\n", config);
+        goto out;
+    }
+    st = px_cli_secrets_names(c, &errs);
+    if (st == NULL) {
+        fputs(errs.text.data ? errs.text.data : "", stderr);
         goto out;
     }
     /* Placeholders only: the same for every sandbox (they are inert outside
      * airlock); --sandbox checks the name so scripts fail early on typos. */
-    rc = sec_print_env(c->secrets, stdout) == AL_OK ? 0 : 1;
+    rc = sec_print_env(st, stdout) == AL_OK ? 0 : 1;
+out:
+    sec_store_unref(st);
+    px_conf_unref(c);
+    al_errs_free(&errs);
+    return rc;
+}
+
+/* ---- airlock sandbox env ------------------------------------------------- */
+
+static const char px_cli_sandbox_usage[] =
+    "usage: airlock sandbox env --config FILE [--sandbox S] [--tool-call T] [--session S]\n"
+    "                           [--token-env VAR | --token-file FILE] [--proxy-host HOST]\n"
+    "                           [--no-proxy LIST] [--ca-out DIR] [--roots FILE]\n"
+    "                           [--format sh|json|dotenv]\n"
+    "  Everything a sandbox needs, in one block: HTTP_PROXY/http_proxy/HTTPS_PROXY/\n"
+    "  https_proxy (the first forward listener; with the sandbox's credentials, user\n"
+    "  SANDBOX[+SESSION]+TOOL_CALL), NO_PROXY/no_proxy (loopback only), NODE_USE_ENV_PROXY\n"
+    "  and GLOBAL_AGENT_* for node, every runtime's CA trust variable (pointing at the\n"
+    "  public ca.pem / bundle.pem that are written, 0644, next to the CA folder or into\n"
+    "  --ca-out DIR) and every secret's placeholder (no secret value is read).\n"
+    "  The token: the config keeps only its sha256, so give it with --token-env VAR or\n"
+    "  --token-file FILE (checked against token_sha256); without either, the sh format\n"
+    "  refers to ${AIRLOCK_TOKEN} (expanded when the output is sourced; the token must\n"
+    "  then be URL-safe, e.g. hex) and json/dotenv refuse.\n"
+    "  --proxy-host HOST: the address the sandbox reaches airlock at (default: the\n"
+    "  listener's; a wildcard listener gives 127.0.0.1 or ::1).\n"
+    "  sh: eval \"$(airlock sandbox env ...)\"; dotenv: NAME=value lines (docker --env-file);\n"
+    "  json: one object. Exit: 0 ok, 2 bad input, 1 runtime failure.\n";
+
+#define PX_CLI_ENV_MAX 64 /* fixed variables (secrets come on top) */
+#define PX_CLI_TOKEN_REF "${AIRLOCK_TOKEN:?set AIRLOCK_TOKEN to the sandbox token}"
+
+struct px_cli_env {
+    const char *names[PX_CLI_ENV_MAX + SEC_MAX_SECRETS];
+    char       *values[PX_CLI_ENV_MAX + SEC_MAX_SECRETS];
+    int         raw[PX_CLI_ENV_MAX + SEC_MAX_SECRETS]; /* sh: double-quoted (token reference) */
+    int         n;
+};
+
+static int
+px_cli_env_add(struct px_cli_env *e, const char *name, const char *value, int raw)
+{
+    for (int i = 0; i < e->n; i++) {
+        if (strcmp(e->names[i], name) == 0) {
+            fprintf(stderr,
+                    "airlock sandbox env: %s would be set twice (a secret's \"env\" "
+                    "name collides with a variable airlock sets)\n",
+                    name);
+            return AL_ERROR;
+        }
+    }
+    if (e->n >= (int)(sizeof(e->names) / sizeof(e->names[0])))
+        return AL_ERROR;
+    e->values[e->n] = al_strdup(value);
+    if (e->values[e->n] == NULL)
+        return AL_ERROR;
+    e->names[e->n] = name;
+    e->raw[e->n] = raw;
+    e->n++;
+    return AL_OK;
+}
+
+/* Percent-encodes s for the user or password part of a URL. */
+static int
+px_cli_userinfo_enc(struct al_dbuf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        int           keep = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                   (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == '~' ||
+                   ch == '+';
+        char esc[3] = {'%', hex[ch >> 4], hex[ch & 15]};
+
+        if ((keep ? al_dbuf_add(b, s + i, 1) : al_dbuf_add(b, esc, 3)) != AL_OK)
+            return AL_ERROR;
+    }
+    return AL_OK;
+}
+
+/* Reads the sandbox token: --token-env or --token-file (one line). */
+static char *
+px_cli_token_read(const char *env, const char *file)
+{
+    char   buf[1024 + 2];
+    FILE  *f;
+    char  *tok;
+    size_t n;
+
+    if (env != NULL) {
+        const char *v = getenv(env);
+
+        if (v == NULL || *v == '\0') {
+            fprintf(stderr, "airlock sandbox env: --token-env: %s is not set\n", env);
+            return NULL;
+        }
+        return al_strdup(v);
+    }
+    f = fopen(file, "r");
+    if (f == NULL) {
+        fprintf(stderr, "airlock sandbox env: --token-file %s: %s\n", file, strerror(errno));
+        return NULL;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    n = strcspn(buf, "\r\n");
+    buf[n] = '\0';
+    tok = n > 0 && n <= 1024 ? al_strdup(buf) : NULL;
+    if (tok == NULL)
+        fprintf(stderr, "airlock sandbox env: --token-file %s: empty or too long\n", file);
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return tok;
+}
+
+/* host[:port] of the proxy as the sandbox reaches it. */
+static int
+px_cli_proxy_authority(const struct px_conf *c, const char *host, char *out, size_t outsz)
+{
+    const struct px_listen_conf *l = NULL;
+    char                         ip[INET6_ADDRSTRLEN];
+    unsigned                     port;
+
+    for (int i = 0; i < c->nlisten && l == NULL; i++) {
+        if (c->listen[i].mode == PX_LISTEN_FORWARD)
+            l = &c->listen[i];
+    }
+    if (l == NULL) {
+        fprintf(stderr, "airlock sandbox env: the config has no forward listener (a sandbox "
+                        "behind a transparent listener needs no proxy variables)\n");
+        return AL_ERROR;
+    }
+    if (l->addr.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&l->addr;
+
+        port = ntohs(a->sin6_port);
+        if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+            snprintf(ip, sizeof(ip), "::1");
+        else
+            inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&l->addr;
+
+        port = ntohs(a->sin_port);
+        if (a->sin_addr.s_addr == htonl(INADDR_ANY))
+            snprintf(ip, sizeof(ip), "127.0.0.1");
+        else
+            inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+    }
+    if (host != NULL) {
+        size_t n = strlen(host);
+
+        if (n == 0 || n > 253 ||
+            strspn(host, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-:[]") !=
+                n) {
+            fprintf(stderr,
+                    "airlock sandbox env: --proxy-host \"%s\": expected a host name or "
+                    "an IP address\n",
+                    host);
+            return AL_ERROR;
+        }
+        if (host[0] != '[' && strchr(host, ':') != NULL)
+            snprintf(out, outsz, "[%s]:%u", host, port);
+        else
+            snprintf(out, outsz, "%s:%u", host, port);
+        return AL_OK;
+    }
+    if (strchr(ip, ':') != NULL)
+        snprintf(out, outsz, "[%s]:%u", ip, port);
+    else
+        snprintf(out, outsz, "%s:%u", ip, port);
+    return AL_OK;
+}
+
+static int
+px_cli_env_print(const struct px_cli_env *e, const char *format)
+{
+    if (strcmp(format, "json") == 0) {
+        putchar('{');
+        for (int i = 0; i < e->n; i++) {
+            printf("%s\n  ", i ? "," : "");
+            px_cli_json_str(e->names[i]);
+            printf(": ");
+            px_cli_json_str(e->values[i]);
+        }
+        printf("\n}\n");
+    } else if (strcmp(format, "dotenv") == 0) {
+        for (int i = 0; i < e->n; i++) {
+            if (strpbrk(e->values[i], " \t\r\n\"'#\\$`") != NULL) {
+                fprintf(stderr,
+                        "airlock sandbox env: %s=%s cannot be written as a dotenv line "
+                        "(quotes, spaces, '#' or '$'): use --format sh or json\n",
+                        e->names[i], e->values[i]);
+                return 2;
+            }
+        }
+        for (int i = 0; i < e->n; i++)
+            printf("%s=%s\n", e->names[i], e->values[i]);
+    } else {
+        for (int i = 0; i < e->n; i++) {
+            const char *v = e->values[i];
+
+            printf("export %s=", e->names[i]);
+            if (e->raw[i]) { /* checked: no " \ ` inside, only the ${...} reference */
+                printf("\"%s\"\n", v);
+                continue;
+            }
+            putchar('\'');
+            for (; *v != '\0'; v++) {
+                if (*v == '\'')
+                    fputs("'\\''", stdout);
+                else
+                    putchar(*v);
+            }
+            fputs("'\n", stdout);
+        }
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static int
+px_cli_sandbox_env(int argc, char **argv)
+{
+    const char              *config = NULL, *sandbox = NULL, *tool_call = NULL, *session = NULL;
+    const char              *token_env = NULL, *token_file = NULL, *proxy_host = NULL;
+    const char              *no_proxy = NULL, *ca_out = NULL, *roots = NULL, *format = "sh";
+    const struct px_sandbox *sb = NULL;
+    struct px_conf          *c = NULL;
+    struct sec_store        *st = NULL;
+    struct al_errs           errs;
+    struct px_cli_env        e;
+    struct al_dbuf           url, np;
+    char                     auth[300], pub[PATH_MAX], path[PATH_MAX + 32];
+    char                    *token = NULL;
+    const char              *var, *file;
+    int                      rc = 2, order[SEC_MAX_SECRETS], ns;
+
+    al_errs_init(&errs);
+    memset(&e, 0, sizeof(e));
+    al_dbuf_init(&url, 8192);
+    al_dbuf_init(&np, 8192);
+    for (int i = 2; i < argc; i++) {
+        const char  *a = argv[i];
+        const char **dst = NULL;
+
+        if (strcmp(a, "--config") == 0 || strcmp(a, "-c") == 0)
+            dst = &config;
+        else if (strcmp(a, "--sandbox") == 0)
+            dst = &sandbox;
+        else if (strcmp(a, "--tool-call") == 0)
+            dst = &tool_call;
+        else if (strcmp(a, "--session") == 0)
+            dst = &session;
+        else if (strcmp(a, "--token-env") == 0)
+            dst = &token_env;
+        else if (strcmp(a, "--token-file") == 0)
+            dst = &token_file;
+        else if (strcmp(a, "--proxy-host") == 0)
+            dst = &proxy_host;
+        else if (strcmp(a, "--no-proxy") == 0)
+            dst = &no_proxy;
+        else if (strcmp(a, "--ca-out") == 0)
+            dst = &ca_out;
+        else if (strcmp(a, "--roots") == 0)
+            dst = &roots;
+        else if (strcmp(a, "--format") == 0)
+            dst = &format;
+        if (dst == NULL || i + 1 >= argc) {
+            fprintf(stderr, "airlock sandbox env: %s \"%s\"\n\n%s",
+                    dst == NULL ? "unknown option" : "missing value for", a, px_cli_sandbox_usage);
+            goto out;
+        }
+        *dst = argv[++i];
+    }
+    if (config == NULL) {
+        fprintf(stderr, "airlock sandbox env: --config FILE is required\n");
+        goto out;
+    }
+    if (strcmp(format, "sh") != 0 && strcmp(format, "json") != 0 && strcmp(format, "dotenv") != 0) {
+        fprintf(stderr, "airlock sandbox env: --format \"%s\": expected sh, json or dotenv\n",
+                format);
+        goto out;
+    }
+    if (token_env != NULL && token_file != NULL) {
+        fprintf(stderr, "airlock sandbox env: --token-env and --token-file exclude each other\n");
+        goto out;
+    }
+    if (tool_call != NULL &&
+        !pol_ident_tag_valid(tool_call, strlen(tool_call), POL_TAG_MAX_BYTES)) {
+        fprintf(stderr, "airlock sandbox env: --tool-call \"%s\": 1-%d of [A-Za-z0-9._:-]\n",
+                tool_call, POL_TAG_MAX_BYTES);
+        goto out;
+    }
+    if (session != NULL && !pol_ident_tag_valid(session, strlen(session), POL_TAG_MAX_BYTES)) {
+        fprintf(stderr, "airlock sandbox env: --session \"%s\": 1-%d of [A-Za-z0-9._:-]\n", session,
+                POL_TAG_MAX_BYTES);
+        goto out;
+    }
+    if (session != NULL && tool_call == NULL) {
+        fprintf(stderr, "airlock sandbox env: --session needs --tool-call (the user is "
+                        "SANDBOX+SESSION+TOOL_CALL)\n");
+        goto out;
+    }
+    c = px_conf_load(config, &errs);
+    if (c == NULL) {
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        goto out;
+    }
+    if (sandbox == NULL && c->nsandboxes > 0) {
+        fprintf(stderr, "airlock sandbox env: --sandbox S is required (%s defines sandboxes)\n",
+                config);
+        goto out;
+    }
+    if (sandbox != NULL && (sb = px_conf_sandbox(c, sandbox)) == NULL) {
+        fprintf(stderr, "airlock sandbox env: unknown sandbox \"%s\"\n", sandbox);
+        goto out;
+    }
+    if (sb == NULL && tool_call != NULL) {
+        fprintf(stderr, "airlock sandbox env: --tool-call needs --sandbox (the tag travels as "
+                        "the proxy user SANDBOX+TOOL_CALL)\n");
+        goto out;
+    }
+    if ((token_env != NULL || token_file != NULL) && (sb == NULL || sb->token_sha256[0] == '\0')) {
+        fprintf(stderr,
+                "airlock sandbox env: sandbox \"%s\" has no token_sha256: it is known by "
+                "its address, drop --token-env/--token-file\n",
+                sandbox ? sandbox : "");
+        goto out;
+    }
+    if (sb != NULL && sb->token_sha256[0] != '\0') {
+        if (token_env != NULL || token_file != NULL) {
+            token = px_cli_token_read(token_env, token_file);
+            if (token == NULL)
+                goto out;
+            if (!pol_ident_token_ok(token, strlen(token), sb->token_sha256)) {
+                fprintf(stderr,
+                        "airlock sandbox env: the token does not match sandbox \"%s\"'s "
+                        "token_sha256\n",
+                        sandbox);
+                goto out;
+            }
+        } else if (strcmp(format, "sh") != 0) {
+            fprintf(stderr,
+                    "airlock sandbox env: sandbox \"%s\" authenticates with a token: give "
+                    "--token-env VAR or --token-file FILE (only --format sh can refer to "
+                    "${AIRLOCK_TOKEN})\n",
+                    sandbox);
+            goto out;
+        }
+    }
+    if (px_cli_proxy_authority(c, proxy_host, auth, sizeof(auth)) != AL_OK)
+        goto out;
+    /* http://[user[:password]@]host:port */
+    al_dbuf_adds(&url, "http://");
+    if (sb != NULL && (sb->token_sha256[0] != '\0' || tool_call != NULL)) {
+        px_cli_userinfo_enc(&url, sb->name, strlen(sb->name));
+        if (session != NULL) {
+            al_dbuf_adds(&url, "+");
+            px_cli_userinfo_enc(&url, session, strlen(session));
+        }
+        if (tool_call != NULL) {
+            al_dbuf_adds(&url, "+");
+            px_cli_userinfo_enc(&url, tool_call, strlen(tool_call));
+        }
+        al_dbuf_adds(&url, ":");
+        if (token != NULL)
+            px_cli_userinfo_enc(&url, token, strlen(token));
+        else if (sb->token_sha256[0] != '\0')
+            al_dbuf_adds(&url, PX_CLI_TOKEN_REF);
+        al_dbuf_adds(&url, "@");
+    }
+    al_dbuf_adds(&url, auth);
+    /* Loopback is the sandbox's own: never through airlock (which refuses it). */
+    al_dbuf_adds(&np, "localhost,127.0.0.1,::1");
+    if (no_proxy != NULL && *no_proxy != '\0') {
+        if (strpbrk(no_proxy, " \t\r\n\"'\\$`") != NULL) {
+            fprintf(stderr, "airlock sandbox env: --no-proxy: a comma-separated list of hosts\n");
+            goto out;
+        }
+        al_dbuf_adds(&np, ",");
+        al_dbuf_adds(&np, no_proxy);
+    }
+    if (url.data == NULL || np.data == NULL) {
+        rc = 1;
+        goto out;
+    }
+    {
+        int                      raw = token == NULL && sb != NULL && sb->token_sha256[0] != '\0';
+        static const char *const pv[] = {"HTTP_PROXY",
+                                         "http_proxy",
+                                         "HTTPS_PROXY",
+                                         "https_proxy",
+                                         "GLOBAL_AGENT_HTTP_PROXY",
+                                         "GLOBAL_AGENT_HTTPS_PROXY"};
+
+        for (size_t i = 0; i < sizeof(pv) / sizeof(pv[0]); i++) {
+            if (px_cli_env_add(&e, pv[i], url.data, raw) != AL_OK)
+                goto fail;
+        }
+        if (px_cli_env_add(&e, "NO_PROXY", np.data, 0) != AL_OK ||
+            px_cli_env_add(&e, "no_proxy", np.data, 0) != AL_OK ||
+            px_cli_env_add(&e, "GLOBAL_AGENT_NO_PROXY", np.data, 0) != AL_OK ||
+            px_cli_env_add(&e, "NODE_USE_ENV_PROXY", "1", 0) != AL_OK)
+            goto fail;
+    }
+    if (c->ca_dir != NULL) {
+        int r = px_ca_write_public(c->ca_dir, ca_out, roots, pub, sizeof(pub), &errs);
+
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        al_errs_free(&errs);
+        al_errs_init(&errs);
+        if (r != AL_OK) {
+            rc = r == AL_DECLINED ? 2 : 1;
+            goto out;
+        }
+        for (int i = 0; (var = px_ca_trust_var(i, &file)) != NULL; i++) {
+            snprintf(path, sizeof(path), "%s/%s", pub, file);
+            if (px_cli_env_add(&e, var, path, 0) != AL_OK)
+                goto fail;
+        }
+    }
+    if (c->secrets_path != NULL) {
+        st = px_cli_secrets_names(c, &errs);
+        if (st == NULL) {
+            fputs(errs.text.data ? errs.text.data : "", stderr);
+            goto out;
+        }
+        ns = sec_count(st);
+        for (int i = 0; i < ns; i++)
+            order[i] = i;
+        for (int i = 1; i < ns; i++) { /* by env name, as `secrets env` */
+            int k = order[i], j = i;
+
+            while (j > 0 && strcmp(sec_env_name(st, order[j - 1]), sec_env_name(st, k)) > 0) {
+                order[j] = order[j - 1];
+                j--;
+            }
+            order[j] = k;
+        }
+        for (int i = 0; i < ns; i++) {
+            if (px_cli_env_add(&e, sec_env_name(st, order[i]), sec_placeholder(st, order[i]), 0) !=
+                AL_OK)
+                goto fail;
+        }
+    }
+    rc = px_cli_env_print(&e, format);
+    goto out;
+fail:
+    rc = 1;
+out:
+    for (int i = 0; i < e.n; i++) {
+        if (e.values[i] != NULL)
+            OPENSSL_cleanse(e.values[i], strlen(e.values[i]));
+        al_free(e.values[i]);
+    }
+    if (token != NULL) {
+        OPENSSL_cleanse(token, strlen(token));
+        al_free(token);
+    }
+    if (url.data != NULL)
+        OPENSSL_cleanse(url.data, url.len);
+    al_dbuf_free(&url);
+    al_dbuf_free(&np);
+    sec_store_unref(st);
+    px_conf_unref(c);
+    al_errs_free(&errs);
+    return rc;
+}
+
+int
+px_cli_sandbox(int argc, char **argv)
+{
+    if (px_cli_wants_help(argc, argv, 1)) {
+        fputs(px_cli_sandbox_usage, stdout);
+        return 0;
+    }
+    if (argc < 2 || strcmp(argv[1], "env") != 0) {
+        fprintf(stderr, "airlock sandbox: unknown command%s%s\n\n%s", argc >= 2 ? " " : "",
+                argc >= 2 ? argv[1] : "", px_cli_sandbox_usage);
+        return 2;
+    }
+    return px_cli_sandbox_env(argc, argv);
+}
+
+/* ---- airlock check: the setup around the config ------------------------- */
+
+static int
+px_cli_is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return 0;
+}
+
+/* The audit database's folder (and the file, when it exists) must be
+ * writable: sqlite adds -wal and -shm files next to it. */
+static void
+px_cli_check_audit(const struct px_conf *c, struct al_errs *errs)
+{
+    char        dir[PATH_MAX];
+    const char *slash;
+    struct stat st;
+
+    if (c->audit_db == NULL) {
+        al_errs_warn(errs,
+                     "%s: audit.db is null: the audit trail is off, requests leave no "
+                     "trace (benchmarks only)",
+                     c->path);
+        return;
+    }
+    slash = strrchr(c->audit_db, '/');
+    if (slash == NULL)
+        al_strlcpy(dir, sizeof(dir), ".");
+    else if (slash == c->audit_db)
+        al_strlcpy(dir, sizeof(dir), "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - c->audit_db), c->audit_db);
+    if (stat(c->audit_db, &st) == 0) {
+        if (!S_ISREG(st.st_mode))
+            al_errs_add(errs, "%s: audit.db %s is not a regular file", c->path, c->audit_db);
+        else if (access(c->audit_db, R_OK | W_OK) != 0)
+            al_errs_add(errs, "%s: audit.db %s is not writable by uid %u: %s", c->path, c->audit_db,
+                        (unsigned)getuid(), strerror(errno));
+    } else if (errno != ENOENT) {
+        al_errs_add(errs, "%s: audit.db %s: %s", c->path, c->audit_db, strerror(errno));
+        return;
+    }
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        al_errs_add(errs, "%s: audit.db %s: its folder %s does not exist (create it)", c->path,
+                    c->audit_db, dir);
+    else if (access(dir, W_OK | X_OK) != 0)
+        al_errs_add(errs,
+                    "%s: audit.db %s: its folder %s is not writable by uid %u (%s): the "
+                    "database and its -wal/-shm files are created there",
+                    c->path, c->audit_db, dir, (unsigned)getuid(), strerror(errno));
+}
+
+int
+px_cli_check(const char *config_path)
+{
+    struct al_errs  errs, quiet;
+    struct px_conf *c;
+    int             rc = 2;
+
+    al_errs_init(&errs);
+    al_errs_init(&quiet);
+    c = px_conf_load_all(config_path, 0, &quiet);
+    if (c == NULL) { /* px_main_check reports why */
+        al_errs_free(&quiet);
+        return px_main_check(config_path);
+    }
+    px_cli_check_audit(c, &errs);
+    for (int i = 0; c->nsandboxes == 0 && i < c->nlisten; i++) {
+        if (!px_cli_is_loopback(&c->listen[i].addr))
+            al_errs_warn(&errs,
+                         "%s: listen %s is not a loopback address and no sandboxes are "
+                         "defined: anyone who reaches it uses the policy anonymously (define "
+                         "\"sandboxes\" with cidrs or token_sha256)",
+                         c->path, c->listen[i].text);
+    }
+    if (c->policy != NULL && pol_policy_default_allow(c->policy))
+        al_errs_warn(&errs,
+                     "%s: \"default\": \"allow\": every destination no rule names is "
+                     "reachable (use \"deny\" and allow rules)",
+                     c->policy_path);
+    if (errs.count > 0) {
+        fputs(quiet.text.data ? quiet.text.data : "", stderr);
+        fputs(errs.text.data ? errs.text.data : "", stderr);
+        goto out;
+    }
+    fputs(errs.text.data ? errs.text.data : "", stderr);
+    rc = px_main_check(config_path);
 out:
     px_conf_unref(c);
+    al_errs_free(&quiet);
     al_errs_free(&errs);
     return rc;
 }

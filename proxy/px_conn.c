@@ -1291,9 +1291,13 @@ px_conn_client_readable(struct px_conn *c)
             px_conn_close(c, "client closed");
         else if (c->state == PX_ST_READ_HEAD)
             px_conn_fail(c, 400, "bad_request", "incomplete request head");
-        else if (c->state == PX_ST_EXCHANGE && c->x != NULL && c->x->req_done)
-            return; /* the response still goes out; nothing more will come */
-        else
+        else if (c->state == PX_ST_EXCHANGE && c->x != NULL && c->x->req_done) {
+            /* The response still goes out (a half-close may wait for it),
+             * but a client gone before it began is recorded as such. */
+            if (!c->x->resp_started && c->x->err_reason == NULL)
+                c->x->err_reason = "client_closed";
+            return; /* nothing more will come */
+        } else
             px_conn_close(c, "client closed mid-request");
         return;
     }

@@ -8,6 +8,9 @@
  * file contents - is wiped before it is freed. getenv() memory belongs to
  * the process environment and is not touched.
  *
+ * With SEC_LOAD_NO_VALUES (`secrets env`, `sandbox env`) no value is
+ * gathered at all: the store has names, scopes and placeholders only.
+ *
  * Placeholders: "auto" = "al_ph_" + 32 lowercase hex of
  * HMAC-SHA256(key, "airlock-placeholder-v1:" NAME), with the 32-byte key in
  * key_dir/placeholder.key (created 0600 when missing): stable across
@@ -266,7 +269,7 @@ sec_secret_clear(struct sec_secret *x)
  */
 static int
 sec_parse_one(struct al_errs *errs, const struct al_json *doc, const cJSON *it,
-              struct sec_secret *x, struct sec_tmpval *tv, int *auto_ph)
+              struct sec_secret *x, struct sec_tmpval *tv, int *auto_ph, unsigned flags)
 {
     char         jp[256], sub[320];
     const char  *nm = it->string;
@@ -309,6 +312,10 @@ sec_parse_one(struct al_errs *errs, const struct al_json *doc, const cJSON *it,
         al_json_check_keys(errs, doc, from, sub, sec_from_keys);
         if (!cJSON_IsString(f)) {
             al_json_err(errs, doc, fp, "expected a string");
+        } else if (flags & SEC_LOAD_NO_VALUES) {
+            /* names and placeholders only: no value is looked up or read */
+            if (strcmp(f->string, "env") == 0 && !sec_env_ok(f->valuestring))
+                al_json_err(errs, doc, fp, "not a valid environment variable name");
         } else if (strcmp(f->string, "env") == 0) {
             const char *v = getenv(f->valuestring);
 
@@ -677,7 +684,7 @@ sec_cross_check(struct sec_store *s, const struct sec_tmpval *tv, const char *cf
 }
 
 static struct sec_store *
-sec_load_doc(struct al_json *doc, const char *key_dir, struct al_errs *errs)
+sec_load_doc(struct al_json *doc, const char *key_dir, unsigned flags, struct al_errs *errs)
 {
     struct sec_store  *s = NULL, *ret = NULL;
     struct sec_tmpval *tv = NULL;
@@ -726,7 +733,7 @@ sec_load_doc(struct al_json *doc, const char *key_dir, struct al_errs *errs)
                     al_json_err(errs, doc, jp, "duplicate secret name");
                 }
             }
-            sec_parse_one(errs, doc, it, &s->secs[i], &tv[i], &auto_ph);
+            sec_parse_one(errs, doc, it, &s->secs[i], &tv[i], &auto_ph, flags);
             if (auto_ph)
                 need_key = 1;
             i++;
@@ -770,13 +777,14 @@ sec_load_doc(struct al_json *doc, const char *key_dir, struct al_errs *errs)
         s->vault = sec_vault_alloc(total, &s->vault_len, &locked);
         if (s->vault == NULL)
             goto nomem;
-        if (!locked)
+        if (!locked && !(flags & SEC_LOAD_NO_VALUES))
             al_errs_warn(errs,
                          "%s: could not mlock secret values (raise RLIMIT_MEMLOCK); they are "
                          "still wiped and excluded from core dumps",
                          doc->path);
         for (int j = 0; j < s->n; j++) {
-            memcpy(s->vault + off, tv[j].p, tv[j].len);
+            if (tv[j].len > 0)
+                memcpy(s->vault + off, tv[j].p, tv[j].len);
             s->vault[off + tv[j].len] = '\0';
             s->secs[j].value = s->vault + off;
             s->secs[j].value_len = tv[j].len;
@@ -819,22 +827,35 @@ out:
     return ret;
 }
 
-struct sec_store *
-sec_load_text(const char *name, const char *text, size_t len, const char *key_dir,
-              struct al_errs *errs)
+static struct sec_store *
+sec_load_text_flags(const char *name, const char *text, size_t len, const char *key_dir,
+                    unsigned flags, struct al_errs *errs)
 {
     struct al_json   *doc;
     struct sec_store *s = NULL;
 
     doc = al_json_parse(name, text, len, errs);
     if (doc != NULL)
-        s = sec_load_doc(doc, key_dir, errs);
+        s = sec_load_doc(doc, key_dir, flags, errs);
     sec_doc_free(doc);
     return s;
 }
 
 struct sec_store *
+sec_load_text(const char *name, const char *text, size_t len, const char *key_dir,
+              struct al_errs *errs)
+{
+    return sec_load_text_flags(name, text, len, key_dir, 0, errs);
+}
+
+struct sec_store *
 sec_load(const char *path, const char *key_dir, struct al_errs *errs)
+{
+    return sec_load_flags(path, key_dir, 0, errs);
+}
+
+struct sec_store *
+sec_load_flags(const char *path, const char *key_dir, unsigned flags, struct al_errs *errs)
 {
     struct sec_store *s = NULL;
     char             *buf;
@@ -846,7 +867,7 @@ sec_load(const char *path, const char *key_dir, struct al_errs *errs)
         al_errs_add(errs, "%s: cannot read: %s", path, err);
         return NULL;
     }
-    s = sec_load_text(path, buf, len, key_dir, errs);
+    s = sec_load_text_flags(path, buf, len, key_dir, flags, errs);
     sec_wipe_free(buf, cap);
     return s;
 }

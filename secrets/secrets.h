@@ -36,6 +36,14 @@ struct sec_store;
  * mlock failures are warnings (errs->warnings), not errors.
  */
 struct sec_store *sec_load(const char *path, const char *key_dir, struct al_errs *errs);
+/* Flags of sec_load_flags. SEC_LOAD_NO_VALUES: names, scopes and
+ * placeholders only (`secrets env`, `sandbox env`): no "from" environment
+ * variable is looked up and no file is read; every value is empty, so the
+ * store is good for sec_print_env / sec_placeholder / scope checks only,
+ * never for injection or redaction. */
+#define SEC_LOAD_NO_VALUES 1u
+struct sec_store *sec_load_flags(const char *path, const char *key_dir, unsigned flags,
+                                 struct al_errs *errs);
 /* Same from an in-memory text; `name` is used in messages. The caller
  * should wipe `text` if it held inline values. */
 struct sec_store *sec_load_text(const char *name, const char *text, size_t len, const char *key_dir,

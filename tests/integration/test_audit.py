@@ -786,8 +786,8 @@ def test_cli_query_formats(t):
     out = cli_ok(t, "audit", "query", "--db", db, "--format", "table")
     tl = [ln for ln in out.splitlines() if ln.strip()]
     eq(len(tl), 6, "table lines (header + 5): %r" % out)
-    long_lines = [ln for ln in tl if len(ln) > 100]
-    check(not long_lines, "table lines over 100 columns: %r" % long_lines[:2])
+    long_lines = [ln for ln in tl if len(ln) > 120]
+    check(not long_lines, "table lines over 120 columns: %r" % long_lines[:2])
     check(all("/echo/q%d" % i in out for i in range(1, 6)), "table lacks paths: %r" % out)
     check("sb/c1" in out or "c1" in out, "table lacks the tool call")
 

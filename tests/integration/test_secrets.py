@@ -1686,7 +1686,9 @@ def test_ca_env_bundle(t):
     out = p.stdout.decode()
     for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"):
         check(var in out, "ca env lacks %s: %r" % (var, out))
-    bundle = os.path.join(G.aca, "bundle.pem")
+    # the public copy, next to the 0700 key folder (issue 19)
+    bundle = os.path.join(os.path.dirname(os.path.realpath(G.aca)), "ca-public", "bundle.pem")
+    check("SSL_CERT_FILE='%s'" % bundle in out, "ca env points elsewhere: %r" % out)
     check(os.path.isfile(bundle), "no bundle.pem")
     r = al.curl(["--cacert", bundle, "https://one.test:%d/echo?t=bundle" % up.port])
     seen(r.body, r.stderr)

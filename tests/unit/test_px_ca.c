@@ -449,6 +449,9 @@ test_ca_env(void **state)
                       "-----END CERTIFICATE-----"); /* no trailing newline on purpose */
     assert_int_equal(px_t_cli_capture(6, argv, out, sizeof(out)), 0);
     assert_non_null(realpath(px_t_cadir, real));
+    /* the public files go next to the CA folder (0700, the key's), never into it */
+    *strrchr(real, '/') = '\0';
+    strcat(real, "/ca-public");
     snprintf(bundle, sizeof(bundle), "%s/bundle.pem", real);
     for (int i = 0; vars[i] != NULL; i++) {
         snprintf(want, sizeof(want), "export %s='%s'\n", vars[i], bundle);
@@ -456,6 +459,19 @@ test_ca_env(void **state)
     }
     snprintf(want, sizeof(want), "export NODE_EXTRA_CA_CERTS='%s/ca.pem'\n", real);
     assert_non_null(strstr(out, want));
+    {
+        struct stat st;
+
+        assert_int_equal(stat(bundle, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0644);
+        snprintf(want, sizeof(want), "%s/ca.pem", real);
+        assert_int_equal(stat(want, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0644);
+        assert_int_equal(stat(real, &st), 0);
+        assert_int_equal(st.st_mode & 0755, 0755);
+        snprintf(want, sizeof(want), "%s/bundle.pem", px_t_cadir);
+        assert_int_equal(access(want, F_OK), -1); /* nothing public in the key folder */
+    }
     /* bundle = roots, a newline, ca.pem */
     assert_true(px_t_read(bundle, text, sizeof(text)) > 0);
     snprintf(want, sizeof(want), "%s/ca.pem", px_t_cadir);
@@ -463,6 +479,7 @@ test_ca_env(void **state)
     assert_true(strncmp(text, "# fake system roots\n", 20) == 0);
     assert_non_null(strstr(text, "-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----"));
     assert_string_equal(text + strlen(text) - strlen(pem), pem);
+    assert_null(strstr(text, "PRIVATE KEY"));
 
     /* Through a config file: ca.dir relative to the config's folder. */
     px_t_path(cfg, sizeof(cfg), "main/airlock.json");
