@@ -39,7 +39,9 @@ def _free_port():
 
 
 class Postgres:
-    def __init__(self, user="airlock", password="pg-S3cret-p4ss-9f1e", db="audit", fsync=False):
+    def __init__(self, user="airlock", password="pg-S3cret-p4ss-9f1e", db="audit", fsync=False,
+                 ssl=None):
+        """ssl: (cert_pem, key_pem) to serve TLS too (clients choose with sslmode)."""
         self.bindir = _bindir()
         self.user, self.password, self.db = user, password, db
         self.tmp = tempfile.mkdtemp(prefix="airlock-pg-")
@@ -72,6 +74,14 @@ class Postgres:
                      "fsync = %s\nmax_connections = 50\nshared_buffers = 64MB\n"
                      "logging_collector = off\n"
                      % (self.port, self.sock, "on" if fsync else "off"))
+            if ssl:
+                for src, name in zip(ssl, ("server.crt", "server.key")):
+                    dst = os.path.join(self.data, name)
+                    shutil.copyfile(src, dst)
+                    os.chmod(dst, 0o600)
+                    if self._uid is not None:
+                        os.chown(dst, self._uid, self._gid)
+                fh.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
         self.start()
         self.psql("CREATE DATABASE %s" % db, db="postgres")
 
