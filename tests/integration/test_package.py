@@ -478,6 +478,12 @@ def test_deb_install_run_purge(t):
                    "rules": [{"name": "test-upstream", "hosts": ["127.0.0.1"],
                               "ports": [up.port], "action": "allow"}]}, fh)
     eq(mode_owner("/etc/airlock/airlock.json"), (0o640, "root", "airlock"), "edited config")
+    # installing the package again (an upgrade's path) keeps the edits
+    rc, out, err = dpkg(["-i", deb])
+    eq(rc, 0, "dpkg -i over the installed package (%s%s)" % (out, err))
+    with open("/etc/airlock/airlock.json") as fh:
+        eq(json.load(fh)["listen"], cfg["listen"], "edited config after reinstalling")
+    eq(mode_owner("/etc/airlock/airlock.json"), (0o640, "root", "airlock"), "config after reinstall")
 
     # 1. as the unit runs it: ExecStartPre (CA on first start), ExecStart
     priv = setpriv_argv(unit)
