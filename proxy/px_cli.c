@@ -750,8 +750,9 @@ static const char px_cli_sandbox_usage[] =
     "                           [--format sh|json|dotenv]\n"
     "  Everything a sandbox needs, in one block: HTTP_PROXY/http_proxy/HTTPS_PROXY/\n"
     "  https_proxy (the first forward listener; with the sandbox's credentials, user\n"
-    "  SANDBOX[+SESSION]+TOOL_CALL), NO_PROXY/no_proxy (loopback only), NODE_USE_ENV_PROXY\n"
-    "  and GLOBAL_AGENT_* for node, every runtime's CA trust variable (pointing at the\n"
+    "  SANDBOX[+SESSION]+TOOL_CALL; GIT_HTTP_PROXY_AUTHMETHOD=basic so git sends them at\n"
+    "  once), NO_PROXY/no_proxy (loopback only), NODE_USE_ENV_PROXY and GLOBAL_AGENT_*\n"
+    "  for node, every runtime's CA trust variable (pointing at the\n"
     "  public ca.pem / bundle.pem that are written, 0644, next to the CA folder or into\n"
     "  --ca-out DIR) and every secret's placeholder (no secret value is read).\n"
     "  The token: the config keeps only its sha256, so give it with --token-env VAR or\n"
@@ -1134,6 +1135,11 @@ px_cli_sandbox_env(int argc, char **argv)
             if (px_cli_env_add(&e, pv[i], url.data, raw) != AL_OK)
                 goto fail;
         }
+        /* git (libcurl) defaults to "anyauth": a first request without
+         * credentials that a CIDR sandbox could claim. Basic up front. */
+        if (strchr(url.data, '@') != NULL &&
+            px_cli_env_add(&e, "GIT_HTTP_PROXY_AUTHMETHOD", "basic", 0) != AL_OK)
+            goto fail;
         if (px_cli_env_add(&e, "NO_PROXY", np.data, 0) != AL_OK ||
             px_cli_env_add(&e, "no_proxy", np.data, 0) != AL_OK ||
             px_cli_env_add(&e, "GLOBAL_AGENT_NO_PROXY", np.data, 0) != AL_OK ||

@@ -11,9 +11,9 @@ secret value appears anywhere in the output.
     python3 test_sandbox_env.py --airlock build/proxy/airlock
 """
 
-import csv
+import functools
 import hashlib
-import io
+import http.server
 import json
 import os
 import shutil
@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 
 import altest
 from altest import TestFailure, check, eq, test, wait_until
@@ -68,7 +69,43 @@ def rows(al):
         c.close()
 
 
-def setup(t, public_base=True):
+class FileServer:
+    """Static files over HTTP or HTTPS (git's dumb protocol reads a bare
+    repository's info/refs this way)."""
+
+    def __init__(self, root, ctx=None):
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+        if ctx is not None:
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def git_repo(base):
+    """A bare repository with one commit on main, served as dumb HTTP."""
+    root = os.path.join(base, "git")
+    work = os.path.join(base, "gitwork")
+    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", HOME=base)
+    for cmd in (["git", "init", "-q", "--bare", os.path.join(root, "repo.git")],
+                ["git", "init", "-q", work],
+                ["git", "-C", work, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q",
+                 "--allow-empty", "-m", "one"],
+                ["git", "-C", work, "push", "-q", os.path.join(root, "repo.git"),
+                 "HEAD:refs/heads/main"],
+                ["git", "-C", os.path.join(root, "repo.git"), "update-server-info"]):
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, timeout=30)
+    return root
+
+
+def setup(t, public_base=True, git=False):
     """A world-traversable base folder (so `nobody` reaches the public trust
     files and the env file), a CA in base/ca (0700), a secrets file whose
     values only the daemon has, and airlock running on it."""
@@ -84,6 +121,13 @@ def setup(t, public_base=True):
     os.chmod(vfile, 0o600)
     up = t.upstream()
     ups = t.upstream(tls=True)
+    gits = []
+    if git:
+        root = git_repo(base)
+        for ctx in (None, altest.RUN.server_ctx()):
+            g = FileServer(root, ctx)
+            t.defer(g.stop)
+            gits.append(g)
     secrets = {"secrets": {
         "api-env": {"from": {"env": ENV_VAR}, "hosts": ["upstream.test:%d" % ups.port],
                     "header": {"name": "X-Api-Key", "format": "{}"}},
@@ -98,10 +142,17 @@ def setup(t, public_base=True):
                          "action": "allow"},
                         {"name": "tls-up", "hosts": ["upstream.test"], "ports": [ups.port],
                          "action": "allow", "intercept": True}]}
+    if gits:
+        policy["rules"] += [{"name": "git-plain", "hosts": ["upstream.test"],
+                             "ports": [gits[0].port], "action": "allow"},
+                            {"name": "git-tls", "hosts": ["upstream.test"],
+                             "ports": [gits[1].port], "action": "allow", "intercept": True}]
     cfg = {"secrets": spath, "ca": {"dir": ca}, "upstream_ca": altest.RUN.ca_pem,
            "sandboxes": [{"name": "sb", "token_sha256": sha(TOKEN)},
                          {"name": "local", "cidrs": ["127.0.0.0/8"]}]}
     al = t.airlock(config=cfg, policy=policy, env={ENV_VAR: VAL_ENV})
+    if git:
+        return base, ca, al, up, ups, gits
     return base, ca, al, up, ups
 
 
@@ -137,6 +188,7 @@ def test_sandbox_env_formats(t):
           "NO_PROXY: %r" % ex.get("NO_PROXY"))
     eq(ex.get("no_proxy"), ex["NO_PROXY"], "no_proxy")
     eq(ex.get("NODE_USE_ENV_PROXY"), "'1'", "NODE_USE_ENV_PROXY")
+    eq(ex.get("GIT_HTTP_PROXY_AUTHMETHOD"), "'basic'", "git sends the credentials at once")
     pub = os.path.join(base, "ca-public")
     for k in TRUST_VARS:
         f = "ca.pem" if k == "NODE_EXTRA_CA_CERTS" else "bundle.pem"
@@ -192,6 +244,7 @@ def test_sandbox_env_formats(t):
                        "--format", "json")
     eq(rc, 0, "cidr sandbox: " + err)
     eq(json.loads(out)["http_proxy"], "http://127.0.0.1:%d" % al.port, "cidr sandbox url")
+    check("GIT_HTTP_PROXY_AUTHMETHOD" not in json.loads(out), "no credentials, no auth method")
     rc, out, err = cli("sandbox", "env", "--config", al.cfg_path, "--sandbox", "local",
                        "--tool-call", "t9", "--format", "json", "--proxy-host", "10.0.0.1")
     eq(rc, 0, "cidr sandbox tagged: " + err)
@@ -232,7 +285,11 @@ def test_sandbox_env_sourced_by_nobody(t):
     through airlock, attributed to sb/call-7 in the audit trail."""
     if os.geteuid() != 0:
         raise TestFailure("needs root to switch to nobody (setpriv)")
-    base, ca, al, up, ups = setup(t)
+    have_git = shutil.which("git") is not None
+    if have_git:
+        base, ca, al, up, ups, gits = setup(t, git=True)
+    else:
+        base, ca, al, up, ups = setup(t)
     rc, out, err = cli("sandbox", "env", "--config", al.cfg_path, "--sandbox", "sb",
                        "--tool-call", "call-7")
     eq(rc, 0, "sandbox env: " + err)
@@ -268,6 +325,10 @@ def test_sandbox_env_sourced_by_nobody(t):
                                          https_url))
     if have_requests:
         script += "python3 -c %s %s %s\n" % (sh_quote(pyr), http_url, https_url)
+    if have_git:  # git (libcurl): the proxy variables and GIT_SSL_CAINFO
+        for g, scheme in zip(gits, ("http", "https")):
+            script += ("git ls-remote %s://upstream.test:%d/repo.git | "
+                       "sed 's/^[0-9a-f]*\\t/git /'\n" % (scheme, g.port))
     rc, sout, serr = run_as_nobody(t, base, script, TOKEN)
     no_values(sout, serr)
     eq(rc, 0, "the sandbox script failed: %s %s" % (sout, serr))
@@ -277,6 +338,16 @@ def test_sandbox_env_sourced_by_nobody(t):
     eq(lines[3], "urllib 200 200", "urllib statuses")
     if have_requests:
         eq(lines[4], "requests 200 200", "requests statuses")
+    if have_git:
+        eq(lines[-2:], ["git refs/heads/main", "git refs/heads/main"], "git ls-remote")
+        def git_rows():
+            rs_ = [r for r in rows(al) if r["path"].startswith("/repo.git/")]
+            return rs_ if {r["port"] for r in rs_} >= {g.port for g in gits} else None
+        grows = wait_until(git_rows, 10, "git rows on both ports")
+        for g in gits:
+            mine = [r for r in grows if r["port"] == g.port]
+            check(mine and all((r["sandbox"], r["tool_call"], r["status"]) == ("sb", "call-7", 200)
+                               for r in mine), "git rows on :%d: %r" % (g.port, mine))
     n = 6 if have_requests else 4
     rs = wait_until(lambda: [r for r in rows(al) if r["path"].startswith("/echo")]
                     if len([r for r in rows(al) if r["path"].startswith("/echo")]) >= n else None,
