@@ -258,6 +258,48 @@ test_embedded_default(void **state)
     al_errs_free(&errs);
 }
 
+/* "user": a name this system knows (looked up at load), an error with its
+ * location otherwise; a reload that changes it is restart-only. */
+static void
+test_user_key(void **state)
+{
+    struct al_errs  errs;
+    struct px_conf *a, *b;
+    uid_t           uid = 1;
+    gid_t           gid = 1;
+    char            fixed[128];
+
+    (void)state;
+    al_errs_init(&errs);
+    a = px_conf_load(t_write("u1.json", "{\"policy\": \"p.json\", \"user\": \"root\"}"), &errs);
+    if (a == NULL)
+        fail_msg("%s", errs.text.data);
+    assert_string_equal(a->user, "root");
+    assert_int_equal(px_conf_user_lookup("root", &uid, &gid), AL_OK);
+    assert_int_equal(uid, 0);
+    assert_int_equal(gid, 0);
+    assert_int_equal(px_conf_user_lookup("no-such-user-al-test", NULL, NULL), AL_ERROR);
+    b = px_conf_load(t_write("u2.json", "{\"policy\": \"p.json\"}"), &errs);
+    assert_non_null(b);
+    assert_null(b->user);
+    assert_int_equal(px_conf_restart_only(a, b, fixed, sizeof(fixed)), 1);
+    assert_string_equal(fixed, "user");
+    px_conf_unref(b);
+    px_conf_unref(a);
+    al_errs_free(&errs);
+
+    al_errs_init(&errs);
+    assert_null(px_conf_load(t_write("u3.json", "{\"policy\": \"p.json\",\n"
+                                                " \"user\": \"no-such-user-al-test\"}"),
+                             &errs));
+    assert_non_null(strstr(errs.text.data, ":2:10: user: no such user \"no-such-user-al-test\""));
+    al_errs_free(&errs);
+    al_errs_init(&errs);
+    assert_null(px_conf_load(t_write("u4.json", "{\"policy\": \"p.json\", \"user\": 0}"), &errs));
+    assert_non_null(strstr(errs.text.data, "user: expected a string"));
+    al_errs_free(&errs);
+}
+
 /* Audit rows and logs name peers as ip:port; IPv4 is formatted by hand. */
 static void
 test_sockaddr_str(void **state)
@@ -305,6 +347,7 @@ main(void)
         cmocka_unit_test(test_sandboxes_and_admin),
         cmocka_unit_test(test_admin_needs_token_off_loopback),
         cmocka_unit_test(test_embedded_default),
+        cmocka_unit_test(test_user_key),
         cmocka_unit_test(test_sockaddr_str),
     };
 
