@@ -121,8 +121,8 @@ aud_pg_where(struct al_dbuf *sql, struct aud_pg_params *p, const struct aud_filt
         AUD_PG_ADD("rule = $");
         aud_pg_param_text(p, f->rule);
     }
-    if (f->secret != NULL) {
-        AUD_PG_ADD("secrets ? $");
+    if (f->secret != NULL) { /* as the sqlite reader: injected, or refused */
+        AUD_PG_ADD("(secrets ? $ OR error = reason || ': ' || $)");
         aud_pg_param_text(p, f->secret);
     }
     if (f->status_lo != 0 || f->status_hi != 0) {

@@ -185,7 +185,10 @@ aud_query_where(struct al_dbuf *sql, struct aud_binds *b, const struct aud_filte
         aud_binds_text(b, f->rule);
     }
     if (f->secret != NULL) {
-        AUD_Q_ADD("instr(',' || secrets || ',', ',' || ? || ',') > 0");
+        /* injected, or refused: a refusal's row has error "<reason>: NAME" */
+        AUD_Q_ADD("(instr(',' || secrets || ',', ',' || ? || ',') > 0 OR "
+                  "error = reason || ': ' || ?)");
+        aud_binds_text(b, f->secret);
         aud_binds_text(b, f->secret);
     }
     if (f->status_lo != 0 || f->status_hi != 0) {

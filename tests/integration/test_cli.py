@@ -297,5 +297,32 @@ def test_client_gone_while_waiting_is_audited(t):
     eq(by["/stays"]["status"], 200, "status of the client that waited")
 
 
+@test
+def test_audit_secret_filter_finds_refusals(t):
+    """`audit query|stats --secret X` also returns X's refusals (the name is
+    in the row's error, "<reason>: X"), not only the rows X went out in."""
+    up = t.upstream()
+    sec = t.file("secrets.json", json.dumps({"secrets": {
+        "tok": {"from": {"value": "real-secret-value-1234"}, "placeholder": "PH_TOK_12345678",
+                "hosts": ["api.test"], "allow_plaintext": True,
+                "header": {"name": "X-Key", "format": "{}"}}}}).encode())
+    al = t.airlock(config={"secrets": sec, "resolve": {"api.test": "127.0.0.1"}})
+    r = al.curl(["-H", "X-Key: PH_TOK_12345678", "http://api.test:%d/echo/in" % up.port])
+    eq(r.status, 200, "injected")
+    r = al.curl(["-H", "X-Key: PH_TOK_12345678", "http://upstream.test:%d/echo/out" % up.port])
+    eq(r.status, 403, "refused out of scope")
+    r = al.curl(["http://upstream.test:%d/echo/none" % up.port])
+    eq(r.status, 200, "no secret")
+    wait_rows(al, 3)
+    db = os.path.join(al.dir, "audit.db")
+    rc, out, err = cli("audit", "query", "--db", db, "--secret", "tok", "--format", "json")
+    eq(rc, 0, "query --secret: " + err)
+    got = sorted((x["path"], x["decision"], x["error"]) for x in json.loads(out))
+    eq(got, [("/echo/in", "allow", ""), ("/echo/out", "deny", "secret_out_of_scope: tok")],
+       "query --secret tok")
+    rc, out, err = cli("audit", "stats", "--db", db, "--secret", "tok", "--format", "json")
+    eq(json.loads(out)["total"], 2, "stats --secret tok total")
+
+
 if __name__ == "__main__":
     sys.exit(altest.main())

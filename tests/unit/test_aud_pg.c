@@ -207,7 +207,8 @@ test_where(void **state)
                         " AND ts < 'epoch'::timestamptz + $2::bigint * interval '1 microsecond'"
                         " AND instance = $3 AND sandbox = $4 AND sandbox <> '' AND tool_call = $5"
                         " AND host LIKE $6 ESCAPE '\\' AND decision = $7 AND decision <> 'allow'"
-                        " AND secrets ? $8 AND status >= $9::int AND status <= $10::int");
+                        " AND (secrets ? $8 OR error = reason || ': ' || $8)"
+                        " AND status >= $9::int AND status <= $10::int");
     assert_int_equal(p.n, 10); /* after_id: PostgreSQL follows by marks, not ids */
     assert_string_equal(p.v[0], "1000");
     assert_string_equal(p.v[1], "2000");
