@@ -361,6 +361,10 @@ def test_lint_cli(t):
     rc, out, err = cli(t, "policy", "lint", "--config", os.path.join(etc, "airlock.json"))
     eq(rc, 0, "the shipped etc/ policy lints clean of errors (out %r err %r)" % (out, err))
     check("0 errors" in out or "no findings" in out, "summary line: %r" % out)
+    # the design's example (sandboxes, an injected secret, a staged rule)
+    rc, out, err = cli(t, "policy", "lint", "--config", os.path.join(etc, "airlock.example.json"))
+    eq(rc, 0, "the example policy lints (out %r err %r)" % (out, err))
+    check("no findings" in out, "the example policy has findings: %r" % out)
     # a clean policy: exit 0, one summary line
     clean = policy([rule("gh", ["api.gh.test"], ports=[443], methods=["GET"], paths=["/repos/**"],
                          intercept=True, sandboxes=["ci"], inject=["gh"])])
