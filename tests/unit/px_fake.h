@@ -8,7 +8,9 @@
  * what the machine (px_conn.c) does between a paused head and the bytes it
  * writes, so a test reads like the machine's path through one exchange.
  *
- * Header-only (static functions): each test binary includes it once.
+ * Header-only (static functions): each test binary includes it once. A
+ * libFuzzer harness includes it without cmocka (tests/fuzz/fuzz_h1_diff.c):
+ * the assertions then abort.
  */
 #ifndef PX_FAKE_H
 #define PX_FAKE_H
@@ -17,6 +19,18 @@
 #include <string.h>
 
 #include "proxy/px_phase.h"
+
+/* Without cmocka (a fuzz harness, tests/fuzz/fuzz_h1_diff.c): a failed
+ * check aborts, which is what the fuzzer reports. */
+#ifndef CMOCKA_H_
+#include <stdio.h>
+#include <stdlib.h>
+#define fail_msg(...) (fprintf(stderr, __VA_ARGS__), fputc('\n', stderr), abort())
+#define assert_true(c) ((c) ? (void)0 : abort())
+#define assert_non_null(p) assert_true((p) != NULL)
+#define assert_int_equal(a, b) assert_true((a) == (b))
+#define assert_string_equal(a, b) assert_true(strcmp((a), (b)) == 0)
+#endif
 
 /* Not every test uses every helper. */
 #define PXF_FN static __attribute__((unused))
@@ -235,6 +249,81 @@ pxf_on_head(struct px_conn *c)
     return AL_OK;
 }
 
+/* The connection as accepted on a transparent listener whose original
+ * destination was 192.0.2.1:port (origin-form requests, Host names the host). */
+PXF_FN void
+pxf_transparent(struct px_conn *c, uint16_t port)
+{
+    struct sockaddr_in *sin = (struct sockaddr_in *)&c->orig_dst;
+
+    memset(&c->orig_dst, 0, sizeof(c->orig_dst));
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    sin->sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1 */
+    c->has_orig_dst = 1;
+    c->mode = PX_LISTEN_TRANSPARENT;
+}
+
+/*
+ * As px_conn_on_head on a plain (not intercepted) connection, every check
+ * in its order up to the request head: HTTP/1.x only, the target
+ * (absolute-form on a forward listener, origin-form + Host on a transparent
+ * one), https and transfer codings other than chunked refused, an upgrade
+ * kept for websocket only, px_decide (identity, policy, the path to
+ * forward), the Connection header. AL_OK, or AL_DECLINED with c->refusal
+ * saying what the machine would answer. A CONNECT is declined too (status
+ * 0, "connect"): a tunnel follows it, not a request head.
+ */
+PXF_FN int
+pxf_on_head_checked(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+    struct px_msg  *m = &x->req;
+    const char     *err = NULL;
+    const char     *url = px_msg_str(m, m->url);
+    int             rc;
+
+    x->head_done = 1;
+    if (c->rq.http_major != 1)
+        return px_refuse(c, 505, "http_version", NULL);
+    x->is_connect = c->rq.method == HTTP_CONNECT;
+    x->is_head = c->rq.method == HTTP_HEAD;
+    x->req_chunked = (c->rq.flags & F_CHUNKED) != 0;
+    if (x->is_connect)
+        return px_refuse(c, 0, "connect", "a tunnel follows");
+    if (c->mode == PX_LISTEN_TRANSPARENT) {
+        rc = px_conn_transparent_target(c, &err);
+    } else if (m->url_len > 0 && url[0] == '/') {
+        return px_refuse(c, 400, "bad_target", "origin-form request to a forward proxy");
+    } else {
+        rc = px_url_parse_absolute(url, m->url_len, &x->target, &err);
+        if (rc == AL_OK && x->target.tls)
+            return px_refuse(c, 501, "https_without_connect", "use CONNECT for https");
+    }
+    if (rc != AL_OK)
+        return px_refuse(c, 400, err != NULL ? err : "bad_target", NULL);
+    if (!px_msg_te_chunked_only(m) ||
+        ((c->rq.flags & F_TRANSFER_ENCODING) && !(c->rq.flags & F_CHUNKED)))
+        return px_refuse(c, 501, "unsupported_transfer_coding", "only chunked is supported");
+    if (c->rq.upgrade) {
+        int u = px_msg_find(m, "upgrade", 0);
+
+        x->want_upgrade =
+            u >= 0 && m->hdrs[u].val != UINT32_MAX &&
+            al_strcaseeq_n(px_msg_str(m, m->hdrs[u].val), m->hdrs[u].val_len, "websocket");
+        if (!x->want_upgrade)
+            c->rq.upgrade = 0;
+    }
+    px_h1_pool_key(&x->target, x->pool_key, sizeof(x->pool_key));
+    if (px_decide(c) != AL_OK)
+        return AL_DECLINED;
+    if ((err = px_msg_connection_forbidden(m)) != NULL) {
+        x->decided = 0;
+        return px_refuse(c, 400, "bad_connection_header", err);
+    }
+    return AL_OK;
+}
+
 /* As px_conn_write_request_head: prepare, inject (with secrets) or write the
  * kept headers, then the codec's head into up.out. */
 PXF_FN int
@@ -266,6 +355,36 @@ pxf_request_head(struct px_conn *c)
     sec_dbuf_wipe(&hb);
     sec_dbuf_wipe(&tb);
     return rc;
+}
+
+/*
+ * As px_conn_upstream_ready once a request's head is queued in up.out: a
+ * fresh response parser, the request parser resumed and run on no bytes
+ * (a request without a body completes now). Returns llhttp's answer
+ * (HPE_PAUSED_UPGRADE marks the request done, as the machine does); an
+ * error is px_conn_parse_error's, which drops up.out with the upstream.
+ */
+PXF_FN llhttp_errno_t
+pxf_req_resume(struct px_conn *c)
+{
+    llhttp_errno_t e;
+
+    px_h1_response_parser(c);
+    llhttp_resume(&c->rq);
+    e = llhttp_execute(&c->rq, "", 0);
+    if (e == HPE_PAUSED_UPGRADE)
+        c->x->req_done = 1;
+    return e;
+}
+
+/* As px_conn_finish_exchange on a kept-alive connection: the exchange
+ * readied for the next request and the request parser resumed. */
+PXF_FN void
+pxf_next_request(struct px_conn *c)
+{
+    c->nreqs++;
+    px_exch_reset(c->x, c->conf->limits.header_bytes);
+    llhttp_resume(&c->rq);
 }
 
 /*
