@@ -64,6 +64,8 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
 
         if (sni != NULL)
             PX_CPY(r->sni, sni);
+    } else if (x->sni[0] != '\0') { /* an opaque tunnel's ClientHello */
+        PX_CPY(r->sni, x->sni);
     }
     if (x->decided) {
         PX_CPY(r->decision, pol_verdict_name(d->verdict));

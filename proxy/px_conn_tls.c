@@ -169,6 +169,7 @@ px_tls_tunnel_sni_check(struct px_conn *c, int eof)
         return px_refuse_deny(c, 403, "bad_client_hello", c->x->target.host, NULL);
     if (sni[0] == '\0')
         return AL_OK; /* no SNI (an IP literal target): nothing to compare */
+    al_strlcpy(c->x->sni, sizeof(c->x->sni), sni); /* the row records it */
     if (px_host_normalize(sni, strlen(sni), host, sizeof(host), &kind, &err) != AL_OK ||
         strcmp(host, c->x->target.host) != 0) {
         PX_MINC(tls_failures);

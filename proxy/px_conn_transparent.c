@@ -120,6 +120,7 @@ px_transparent_tunnel_target(struct px_conn *c, const char *sni)
     if (sni != NULL && sni[0] != '\0') {
         uint16_t port = x->target.port;
 
+        al_strlcpy(x->sni, sizeof(x->sni), sni);
         if (px_host_normalize(sni, strlen(sni), x->target.host, sizeof(x->target.host),
                               &x->target.kind, &err) != AL_OK)
             return px_refuse_close(c, "bad_sni");

@@ -11,6 +11,7 @@
 
 #include "px.h"
 #include "px_http.h"
+#include "px_sni.h"
 
 /*
  * A body filter chain (request bodies, response bodies; later websocket
@@ -158,6 +159,7 @@ struct px_exch {
     int                  resp_nobody;     /* that head's message has no body */
     int                  resp_scrub;      /* that head carries a form of a secret */
     int                  secret_host;     /* the destination is in some secret's scope */
+    char                 sni[PX_SNI_HOST_BYTES]; /* a tunnel's ClientHello SNI (opaque flows) */
     /* A websocket after its 101 (px_ws.c): the codec, its two chains,
      * the substitute stream toward the origin, bytes the origin sent
      * right after the 101. */

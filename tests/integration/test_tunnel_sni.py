@@ -151,6 +151,10 @@ def test_same_sni_passes(t):
     eq(tls_through(c, HOST, t.run.ca_pem), b"echo:hello\n", "echo through the tunnel")
     c = connect(t, al, "%s:%d" % (HOST.upper(), up.port))
     eq(tls_through(c, HOST + ".", t.run.ca_pem), b"echo:hello\n", "case and trailing dot")
+    # the tunnel's row records the SNI it checked (policy replay's input)
+    row = wait_until(lambda: next((r for r in rows(al) if r["method"] == "CONNECT" and
+                                   r["sni"]), None), 5, "a tunnel row with its SNI")
+    eq(row["sni"], HOST, "SNI in the tunnel's row")
 
 
 @test
