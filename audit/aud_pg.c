@@ -542,15 +542,26 @@ aud_pg_utf8(const unsigned char *p, size_t n)
 }
 
 /* Appends s[0..n) as a COPY text field: \\ \t \n \r escaped, NUL and
- * invalid UTF-8 as the text \xNN (a literal backslash). */
+ * invalid UTF-8 as the text \xNN (a literal backslash). Plain ASCII (the
+ * common case) goes in one copy. */
 static void
 aud_pg_copy_str(struct al_dbuf *b, const char *s, size_t n)
 {
+    static const char    hex[] = "0123456789ABCDEF";
     const unsigned char *p = (const unsigned char *)s;
     size_t               i = 0, run = 0;
 
+    for (i = 0; i < n; i++)
+        if (p[i] < 0x20 || p[i] >= 0x80 || p[i] == '\\')
+            break;
+    if (i == n) {
+        al_dbuf_add(b, s, n);
+        return;
+    }
+    run = i;
     while (i < n) {
         size_t l = aud_pg_utf8(p + i, n - i);
+        char   esc[6];
 
         if (l > 0 && p[i] != '\\' && p[i] != '\t' && p[i] != '\n' && p[i] != '\r' && p[i] != 0) {
             i += l;
@@ -560,20 +571,47 @@ aud_pg_copy_str(struct al_dbuf *b, const char *s, size_t n)
         if (run > 0)
             al_dbuf_add(b, s + i - run, run);
         run = 0;
-        if (l == 0 || p[i] == 0)
-            al_dbuf_addf(b, "\\\\x%02X", p[i]);
-        else if (p[i] == '\\')
-            al_dbuf_adds(b, "\\\\");
-        else if (p[i] == '\t')
-            al_dbuf_adds(b, "\\t");
-        else if (p[i] == '\n')
-            al_dbuf_adds(b, "\\n");
-        else
-            al_dbuf_adds(b, "\\r");
+        if (l == 0 || p[i] == 0) {
+            memcpy(esc, "\\\\x", 3);
+            esc[3] = hex[p[i] >> 4];
+            esc[4] = hex[p[i] & 15];
+            al_dbuf_add(b, esc, 5);
+        } else {
+            esc[0] = '\\';
+            esc[1] = p[i] == '\\' ? '\\' : p[i] == '\t' ? 't' : p[i] == '\n' ? 'n' : 'r';
+            al_dbuf_add(b, esc, 2);
+        }
         i++;
     }
     if (run > 0)
         al_dbuf_add(b, s + i - run, run);
+}
+
+/* Appends v in decimal (no printf: this runs per field of every shipped row). */
+static void
+aud_pg_put_i64(struct al_dbuf *b, int64_t v)
+{
+    char     d[24];
+    int      k = (int)sizeof(d);
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+
+    do {
+        d[--k] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        d[--k] = '-';
+    al_dbuf_add(b, d + k, sizeof(d) - (size_t)k);
+}
+
+/* n digits of v, zero-padded, at out. */
+static void
+aud_pg_digits(char *out, int n, long v)
+{
+    while (n-- > 0) {
+        out[n] = (char)('0' + v % 10);
+        v /= 10;
+    }
 }
 
 #define AUD_PG_FIELD(b, f) aud_pg_copy_str((b), (f), strnlen((f), sizeof(f)))
@@ -620,26 +658,50 @@ aud_pg_split_client(const char *c, char *ip, size_t n, int *port)
 int
 aud_pg_copy_row(struct al_dbuf *b, const char *instance, const struct aud_record *r)
 {
-    char      ts[48], ip[64];
+    /* the date and time of the last second formatted, per thread */
+    static _Thread_local time_t last_t;
+    static _Thread_local int    last_ok;
+    static _Thread_local char   last_s[40];
+    static _Thread_local size_t last_n;
+    char                        ts[64], ip[64];
     time_t    t = (time_t)(r->ts_us >= 0 ? r->ts_us / 1000000 : (r->ts_us - 999999) / 1000000);
     long      frac = (long)(r->ts_us - (int64_t)t * 1000000);
-    int       port;
+    int       port, k;
     struct tm tm;
 
-    gmtime_r(&t, &tm);
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+    if (!last_ok || t != last_t) { /* "YYYY-MM-DD HH:MM:SS." once a second */
+        gmtime_r(&t, &tm);
+        k = snprintf(last_s, sizeof(last_s), "%04d-%02d-%02d %02d:%02d:%02d.", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        last_n = k > 0 && (size_t)k < sizeof(last_s) ? (size_t)k : 0;
+        last_t = t;
+        last_ok = 1;
+    }
+    memcpy(ts, last_s, last_n);
+    aud_pg_digits(ts + last_n, 6, frac);
+    memcpy(ts + last_n + 6, "+00", 4);
     aud_pg_copy_str(b, instance, strlen(instance));
-    al_dbuf_addf(b, "\t%lld\t%s\t%lld\t%llu\t", (long long)r->row_id, ts, (long long)r->duration_us,
-                 (unsigned long long)(r->conn_id & 0x7fffffffffffffffULL));
+    al_dbuf_add(b, "\t", 1);
+    aud_pg_put_i64(b, r->row_id);
+    al_dbuf_add(b, "\t", 1);
+    al_dbuf_add(b, ts, last_n + 9);
+    al_dbuf_add(b, "\t", 1);
+    aud_pg_put_i64(b, r->duration_us);
+    al_dbuf_add(b, "\t", 1);
+    aud_pg_put_i64(b, (int64_t)(r->conn_id & 0x7fffffffffffffffULL));
+    al_dbuf_add(b, "\t", 1);
     AUD_PG_FIELD(b, r->sandbox);
     al_dbuf_adds(b, "\t");
     AUD_PG_FIELD(b, r->session);
     al_dbuf_adds(b, "\t");
     AUD_PG_FIELD(b, r->tool_call);
-    if (aud_pg_split_client(r->client, ip, sizeof(ip), &port))
-        al_dbuf_addf(b, "\t%s\t%d\t", ip, port);
-    else
+    if (aud_pg_split_client(r->client, ip, sizeof(ip), &port)) {
+        al_dbuf_add(b, "\t", 1);
+        al_dbuf_adds(b, ip);
+        al_dbuf_add(b, "\t", 1);
+        aud_pg_put_i64(b, port);
+        al_dbuf_add(b, "\t", 1);
+    } else
         al_dbuf_adds(b, "\t\\N\t0\t");
     AUD_PG_FIELD(b, r->mode);
     al_dbuf_adds(b, "\t");
@@ -648,7 +710,9 @@ aud_pg_copy_row(struct al_dbuf *b, const char *instance, const struct aud_record
     AUD_PG_FIELD(b, r->scheme);
     al_dbuf_adds(b, "\t");
     AUD_PG_FIELD(b, r->host);
-    al_dbuf_addf(b, "\t%d\t", (int)r->port);
+    al_dbuf_add(b, "\t", 1);
+    aud_pg_put_i64(b, r->port);
+    al_dbuf_add(b, "\t", 1);
     AUD_PG_FIELD(b, r->path);
     al_dbuf_adds(b, "\t");
     AUD_PG_FIELD(b, r->upstream);
@@ -668,6 +732,10 @@ aud_pg_copy_row(struct al_dbuf *b, const char *instance, const struct aud_record
         size_t         n = strnlen(r->secrets, sizeof(r->secrets));
         size_t         i = 0;
 
+        if (n == 0) { /* most rows: no secret, no allocation */
+            al_dbuf_add(b, "[]", 2);
+            goto secrets_done;
+        }
         al_dbuf_init(&j, 4096);
         al_dbuf_adds(&j, "[");
         while (i < n) {
@@ -693,10 +761,16 @@ aud_pg_copy_row(struct al_dbuf *b, const char *instance, const struct aud_record
             al_dbuf_adds(b, "[]");
         al_dbuf_free(&j);
     }
-    al_dbuf_addf(b, "\t%d\t%lld\t%lld\t", r->status, (long long)r->bytes_up,
-                 (long long)r->bytes_down);
+secrets_done:
+    al_dbuf_add(b, "\t", 1);
+    aud_pg_put_i64(b, r->status);
+    al_dbuf_add(b, "\t", 1);
+    aud_pg_put_i64(b, r->bytes_up);
+    al_dbuf_add(b, "\t", 1);
+    aud_pg_put_i64(b, r->bytes_down);
+    al_dbuf_add(b, "\t", 1);
     AUD_PG_FIELD(b, r->error);
-    al_dbuf_addf(b, "\t%s\t", r->pending ? "t" : "f");
+    al_dbuf_add(b, r->pending ? "\tt\t" : "\tf\t", 3);
     AUD_PG_FIELD(b, r->sni);
     al_dbuf_adds(b, "\t");
     AUD_PG_FIELD(b, r->addr);

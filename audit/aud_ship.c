@@ -36,6 +36,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -570,9 +572,20 @@ aud_ship_stopping(struct aud_ship *s, int64_t *deadline)
 static void *
 aud_ship_main(void *arg)
 {
-    struct aud_ship *s = arg;
-    int64_t          now, deadline;
-    int              rc;
+    struct aud_ship   *s = arg;
+    int64_t            now, deadline;
+    int                rc;
+    struct sched_param sp;
+
+    /* Rows are durable in the local file: shipping them is background work.
+     * SCHED_BATCH (never preempts a worker on wake-up) and nice 10 (a small
+     * share of a core whose workers are busy, all of an idle one): under
+     * saturation the lag grows and is caught up afterwards, instead of the
+     * shipper taking request throughput. */
+    memset(&sp, 0, sizeof(sp));
+    if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp) != 0 ||
+        setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0)
+        al_log_debug("audit sink: shipper thread keeps its scheduling priority");
 
     for (;;) {
         int stopping = aud_ship_stopping(s, &deadline);

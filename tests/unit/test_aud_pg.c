@@ -151,6 +151,17 @@ test_copy_row(void **state)
     r.pending = 1;
     copy_is(&r, "rep-1\t1\t1969-12-31 23:59:59.999999+00\t0\t0\t\t\t\t::1\t5555\t\t\t\t\t0\t"
                 "/\\\\xFF\xc3\xa9\\\\xE2\\\\x82\t\t\t\t\t\t[]\t0\t0\t0\t\tt\t\t\n");
+    /* a five-digit year (a broken clock): still a valid timestamp */
+    memset(&r, 0, sizeof(r));
+    r.ts_us = 253402300800000001LL; /* 10000-01-01T00:00:00.000001Z */
+    {
+        struct al_dbuf b;
+
+        al_dbuf_init(&b, 1 << 20);
+        assert_int_equal(aud_pg_copy_row(&b, "i", &r), AL_OK);
+        assert_non_null(strstr(b.data, "\t10000-01-01 00:00:00.000001+00\t"));
+        al_dbuf_free(&b);
+    }
     /* a client that is not an address: NULL inet, port 0 */
     memset(&r, 0, sizeof(r));
     strcpy(r.client, "unix:socket");
