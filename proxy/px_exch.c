@@ -22,26 +22,9 @@ px_exch_new(size_t header_bytes)
     return x;
 }
 
-void
-px_exch_free(struct px_exch *x)
-{
-    if (x == NULL)
-        return;
-    px_msg_free(&x->req);
-    px_msg_free(&x->resp);
-    al_free(x->fwd_path);
-    aud_record_free(x->rec);
-    sec_stream_free(x->redactor);
-    sec_stream_free(x->body_sub);
-    px_inflate_free(x->inflater);
-    sec_stream_free(x->ws_sub);
-    px_ws_free(x->ws);
-    al_dbuf_free(&x->ws_early);
-    al_free(x);
-}
-
-void
-px_exch_reset(struct px_exch *x, size_t header_bytes)
+/* Frees what one request owns (not the head buffers, kept for the next). */
+static void
+px_exch_drop_owned(struct px_exch *x)
 {
     al_safefree(x->fwd_path);
     aud_record_free(x->rec);
@@ -51,6 +34,23 @@ px_exch_reset(struct px_exch *x, size_t header_bytes)
     sec_stream_free(x->ws_sub);
     px_ws_free(x->ws);
     al_dbuf_free(&x->ws_early);
+}
+
+void
+px_exch_free(struct px_exch *x)
+{
+    if (x == NULL)
+        return;
+    px_exch_drop_owned(x);
+    px_msg_free(&x->req);
+    px_msg_free(&x->resp);
+    al_free(x);
+}
+
+void
+px_exch_reset(struct px_exch *x, size_t header_bytes)
+{
+    px_exch_drop_owned(x);
     memset(x, 0, offsetof(struct px_exch, addrs));
     x->addrs.naddrs = 0;
     px_msg_reset(&x->req);

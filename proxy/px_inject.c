@@ -72,14 +72,20 @@ static int px_inject_redact(struct px_chain *ch, int i, const char *at, size_t l
 
 /* ---- request ---------------------------------------------------------------- */
 
+typedef int (*px_inject_verdict_fn)(const struct sec_store *s, const struct sec_dest *d,
+                                    uint64_t seen, struct sec_result *res);
+
 /*
- * Request body through the secrets stream: placeholders of the secrets in
- * body_mask become values; any other placeholder is judged before the bytes
- * that complete it are forwarded (the stream holds back a possible prefix),
- * so an out-of-scope placeholder stops the request instead of leaving.
+ * A stream toward the origin (a request body, or websocket frames) through
+ * the placeholder stream st: placeholders of the secrets in `mask` become
+ * values; any other placeholder is judged (verdict: the location's rules)
+ * before the bytes that complete it are forwarded (the stream holds back a
+ * possible prefix), so an out-of-scope placeholder stops the flow instead of
+ * leaving: AL_DECLINED with x->body_refusal and x->secret_refused.
  */
 static int
-px_inject_substitute(struct px_chain *ch, int i, const char *at, size_t len, int last)
+px_inject_scan(struct px_chain *ch, int i, const char *at, size_t len, int last,
+               struct sec_stream *st, uint64_t mask, px_inject_verdict_fn verdict)
 {
     struct px_conn *c = ch->conn;
     struct px_exch *x = c->x;
@@ -88,17 +94,17 @@ px_inject_substitute(struct px_chain *ch, int i, const char *at, size_t len, int
     int             rc;
 
     al_dbuf_init(&d, len + 65536);
-    rc = len > 0 ? sec_stream_feed(x->body_sub, at, len, &d) : AL_OK;
+    rc = len > 0 ? sec_stream_feed(st, at, len, &d) : AL_OK;
     if (rc == AL_OK && last)
-        rc = sec_stream_finish(x->body_sub, &d);
-    if ((sec_stream_replaced(x->body_sub) & ~x->injected) != 0) {
-        /* A value went into the body: the row and the metric say so like
-         * for a header (the queue is already wiped: body_mask set it). */
+        rc = sec_stream_finish(st, &d);
+    if ((sec_stream_replaced(st) & ~x->injected) != 0) {
+        /* A value went out: the row and the metric say so like for a
+         * header (the queue is already marked for wiping: mask set it). */
         if (x->injected == 0)
             PX_MINC(secrets_injected);
-        x->injected |= sec_stream_replaced(x->body_sub);
+        x->injected |= sec_stream_replaced(st);
     }
-    seen = sec_stream_seen(x->body_sub) & ~x->body_mask;
+    seen = sec_stream_seen(st) & ~mask;
     if (rc == AL_OK && seen != 0) {
         struct sec_dest   dest;
         struct sec_result res;
@@ -107,7 +113,7 @@ px_inject_substitute(struct px_chain *ch, int i, const char *at, size_t len, int
                        x->fwd_path != NULL ? x->fwd_path_len : x->target.path_len, &dest);
         dest.only = x->inject_only;
         memset(&res, 0, sizeof(res));
-        if (sec_body_verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
+        if (verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
             x->body_refusal = res.refusal != NULL ? res.refusal : SEC_REFUSE_OUT_OF_SCOPE;
             x->secret_refused =
                 res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
@@ -118,6 +124,15 @@ px_inject_substitute(struct px_chain *ch, int i, const char *at, size_t len, int
         rc = px_chain_feed(ch, i + 1, d.data, d.len, last);
     sec_dbuf_wipe(&d);
     return rc;
+}
+
+/* A request body: the "body" location. */
+static int
+px_inject_substitute(struct px_chain *ch, int i, const char *at, size_t len, int last)
+{
+    struct px_exch *x = ch->conn->x;
+
+    return px_inject_scan(ch, i, at, len, last, x->body_sub, x->body_mask, sec_body_verdict);
 }
 
 int
@@ -201,47 +216,14 @@ px_inject_request(struct px_conn *c, const char *target, size_t tlen, struct al_
 
 /* ---- websockets --------------------------------------------------------------- */
 
-/* Frames toward the origin, one stream per message: placeholders of the
- * secrets that opt into "ws" become values in scope; any other placeholder
- * is judged before the bytes that complete it go on. */
+/* Websocket frames toward the origin, one stream per message: the "ws"
+ * location. */
 static int
 px_inject_ws_substitute(struct px_chain *ch, int i, const char *at, size_t len, int last)
 {
-    struct px_conn *c = ch->conn;
-    struct px_exch *x = c->x;
-    struct al_dbuf  d;
-    uint64_t        seen;
-    int             rc;
+    struct px_exch *x = ch->conn->x;
 
-    al_dbuf_init(&d, len + 65536);
-    rc = len > 0 ? sec_stream_feed(x->ws_sub, at, len, &d) : AL_OK;
-    if (rc == AL_OK && last)
-        rc = sec_stream_finish(x->ws_sub, &d);
-    if ((sec_stream_replaced(x->ws_sub) & ~x->injected) != 0) {
-        if (x->injected == 0)
-            PX_MINC(secrets_injected);
-        x->injected |= sec_stream_replaced(x->ws_sub);
-    }
-    seen = sec_stream_seen(x->ws_sub) & ~x->ws_mask;
-    if (rc == AL_OK && seen != 0) {
-        struct sec_dest   dest;
-        struct sec_result res;
-
-        px_inject_dest(c, x->fwd_path != NULL ? x->fwd_path : x->target.path,
-                       x->fwd_path != NULL ? x->fwd_path_len : x->target.path_len, &dest);
-        dest.only = x->inject_only;
-        memset(&res, 0, sizeof(res));
-        if (sec_ws_verdict(c->conf->secrets, &dest, seen, &res) != AL_OK) {
-            x->body_refusal = res.refusal != NULL ? res.refusal : SEC_REFUSE_OUT_OF_SCOPE;
-            x->secret_refused =
-                res.refusal_secret >= 0 ? sec_name(c->conf->secrets, res.refusal_secret) : NULL;
-            rc = AL_DECLINED;
-        }
-    }
-    if (rc == AL_OK)
-        rc = px_chain_feed(ch, i + 1, d.data, d.len, last);
-    sec_dbuf_wipe(&d);
-    return rc;
+    return px_inject_scan(ch, i, at, len, last, x->ws_sub, x->ws_mask, sec_ws_verdict);
 }
 
 int
