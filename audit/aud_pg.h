@@ -116,6 +116,12 @@ void aud_pg_cursor_free(struct aud_pg_cursor *c);
 int aud_pg_query_run(PGconn *pg, const struct aud_filter *f, struct aud_pg_cursor *cur,
                      int (*cb)(void *arg, const struct aud_record *r), void *arg,
                      struct al_errs *errs);
+/* aud_query_scan on the shared store (policy replay): every row matching f
+ * (f->limit: the newest) in (ts, instance, id) order; *version gets
+ * AUD_SCHEMA_VERSION (the store has every column). */
+int aud_pg_query_scan(const char *conninfo, const struct aud_filter            *f,
+                      int (*cb)(void *arg, const struct aud_scan_row *r), void *arg, int *version,
+                      struct al_errs *errs);
 /* `audit stats` groups: per value of `col` (host, sandbox, tool_call, rule,
  * decision, instance, secrets as comma-joined text, or '' for all rows)
  * cb(key, {total, allow, deny, would_deny, error, bytes_up, bytes_down}),

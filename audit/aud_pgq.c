@@ -440,6 +440,50 @@ aud_pg_query_each(const char *conninfo, const struct aud_filter          *f,
     return ret;
 }
 
+struct aud_pg_scan {
+    int (*cb)(void *arg, const struct aud_scan_row *r);
+    void *arg;
+};
+
+/* A read row as policy replay's struct aud_scan_row (borrowed pointers). */
+static int
+aud_pg_scan_row(void *arg, const struct aud_record *r)
+{
+    struct aud_pg_scan *x = arg;
+    struct aud_scan_row s;
+
+    memset(&s, 0, sizeof(s));
+    s.id = r->row_id;
+    s.ts_us = r->ts_us;
+    s.sandbox = r->sandbox;
+    s.mode = r->mode;
+    s.method = r->method;
+    s.scheme = r->scheme;
+    s.host = r->host;
+    s.path = r->path;
+    s.path_len = strlen(r->path);
+    s.upstream = r->upstream;
+    s.decision = r->decision;
+    s.rule = r->rule;
+    s.reason = r->reason;
+    s.sni = r->sni;
+    s.addr = r->addr;
+    s.port = r->port;
+    return x->cb(x->arg, &s);
+}
+
+int
+aud_pg_query_scan(const char *conninfo, const struct aud_filter            *f,
+                  int (*cb)(void *arg, const struct aud_scan_row *r), void *arg, int *version,
+                  struct al_errs *errs)
+{
+    struct aud_pg_scan x = {cb, arg};
+
+    if (version != NULL)
+        *version = AUD_SCHEMA_VERSION;
+    return aud_pg_query_each(conninfo, f, aud_pg_scan_row, &x, errs);
+}
+
 int
 aud_pg_groups(PGconn *pg, const struct aud_filter *f, const char *col, int denied_only,
               int64_t limit, int (*cb)(void *arg, const char *key, const int64_t v[7]), void *arg,

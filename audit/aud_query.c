@@ -10,6 +10,7 @@
  * as they are (missing columns read as empty), never migrated here.
  */
 #include "aud_int.h"
+#include "aud_pg.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -471,11 +472,14 @@ aud_scan_text(sqlite3_stmt *st, int col, size_t *len)
 int
 aud_query_id_range(const char *db_path, int64_t *lo, int64_t *hi, struct al_errs *errs)
 {
-    sqlite3      *db = aud_db_open_ro(db_path, errs);
+    sqlite3      *db;
     sqlite3_stmt *st = NULL;
     int           ret = AL_ERROR;
 
     *lo = *hi = 0;
+    if (aud_pg_is_uri(db_path)) /* the shared store: ids are per instance, one reader */
+        return AL_OK;
+    db = aud_db_open_ro(db_path, errs);
     if (db == NULL)
         return AL_ERROR;
     /* both ends are rowid seeks */
@@ -518,6 +522,8 @@ aud_query_scan_ids(const char *db_path, const struct aud_filter *f, int64_t id_l
     int                 v, found, idx, n, rc, ret = AL_ERROR;
     const char         *cols;
 
+    if (aud_pg_is_uri(db_path)) /* policy replay --db postgresql://... */
+        return aud_pg_query_scan(db_path, f, cb, arg, version, errs);
     al_dbuf_init(&sql, 64 * 1024);
     db = aud_db_open_ro(db_path, errs);
     if (db == NULL)

@@ -540,6 +540,28 @@ def cli_on_the_shared_store(t):
     check(("rep-a", "/echo/follow-rep-a") in want and ("rep-b", "/echo/follow-rep-b") in want,
           "the followed rows are in PostgreSQL")
     eq(got, want, "tail --follow: every row once (the old ones, then the new ones)")
+    # policy replay on the store: per instance the same report as on that replica's file,
+    # and the store's counts are the sums (a stricter policy: upstream.test denied)
+    stricter = {"default": "deny", "allow_addresses": LOOP, "rules": []}
+    pol_path = t.file("stricter.json", json.dumps(stricter).encode())
+    tot = {}
+    for inst, al in reps.items():
+        def replay(db, *extra):
+            p2 = subprocess.run([t.run.airlock_bin, "policy", "replay", "--config", al.cfg_path,
+                                 "--policy", pol_path, "--db", db, "--format", "json"]
+                                + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                timeout=60, env=dict(os.environ, **env))
+            check(p2.returncode in (0, 3), "policy replay --db %s: rc %d %s" % (
+                db, p2.returncode, p2.stderr.decode()))
+            return json.loads(p2.stdout.decode())
+        loc = replay(dbs[inst])
+        rem_all = replay(uri)
+        for k in ("rows", "replayed", "unchanged"):
+            tot[k] = loc[k] + tot.get(k, 0)
+    for k in ("rows", "replayed", "unchanged"):
+        eq(rem_all[k], tot[k], "policy replay --db postgresql://: %s = the files' sum" % k)
+    check(rem_all["replayed"] > rem_all["unchanged"], "the stricter policy changes decisions")
+
     # errors: no schema, bad URI, wrong password: exit 1 with a message, never the password
     rc, out, err = cli(t, "query", "--db", p.uri(password="Bad-pw-123x"))
     eq(rc, 1, "wrong password exit code")
