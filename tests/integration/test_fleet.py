@@ -354,6 +354,18 @@ def retention_keeps_unshipped_rows(t):
     a.stop()
     a.start()
     wait_until(lambda: n_old() == 0, 15, "retention deleting shipped old rows", interval=0.2)
+    # PostgreSQL: retention (at connect, then hourly) dropped the old day's whole partition
+    old_part = "requests_p" + time.strftime("%Y%m%d", time.gmtime(old / 1e6))
+
+    def parts():
+        return {r[0] for r in p.psql("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON "
+                                     "c.oid = i.inhrelid WHERE i.inhparent = 'requests'::regclass")}
+    wait_until(lambda: old_part not in parts(), 15, "partition %s dropped" % old_part)
+    check("requests_p" + time.strftime("%Y%m%d", time.gmtime()) in parts() and
+          "requests_default" in parts(), "today's and the default partition stay: %s" % parts())
+    eq(p.psql("SELECT count(*) FROM requests WHERE host = 'old.test'"), [["0"]],
+       "old rows gone from PostgreSQL with their partition")
+    check("retention dropped partition " + old_part in a.log(), "the drop is logged")
 
 
 TOKEN = "tok-fleet-81c2"
