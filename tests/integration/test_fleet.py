@@ -209,6 +209,37 @@ def two_replicas_outage_exactly_once(t):
 
 
 @test
+def slow_database_does_not_slow_requests(t):
+    """PostgreSQL stalls (sink_state locked by another session for 4 s): the
+    proxy answers at its usual pace meanwhile and the rows arrive after."""
+    p = reset_pg()
+    up = t.upstream()
+    a = start(t, sink={"postgres": p.uri(), "instance": "slow"})
+    for i in range(5):
+        send(a, up, "/echo/before/%d" % i)
+    wait_shipped(a, p, "slow", 5)
+    env = dict(os.environ, PGPASSWORD=p.password)
+    locker = t.popen(subprocess.Popen(
+        [os.path.join(p.bindir, "psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(p.port), "-U",
+         p.user, "-d", p.db, "-c", "BEGIN; LOCK TABLE sink_state IN ACCESS EXCLUSIVE MODE; "
+         "SELECT pg_sleep(4); COMMIT;"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL))
+    time.sleep(0.3)
+    slowest = 0.0
+    for i in range(40):
+        t0 = time.monotonic()
+        eq(send(a, up, "/echo/during/%d" % i).status, 200, "served while PostgreSQL stalls")
+        slowest = max(slowest, time.monotonic() - t0)
+        time.sleep(0.05)
+    if locker.poll() is None:  # still holding it: the shipper is stuck behind the lock
+        eq(pg_count(p, "slow"), 5, "nothing shipped while sink_state is locked")
+    check(slowest < 1.0, "a request took %.2fs while PostgreSQL stalled" % slowest)
+    wait_shipped(a, p, "slow", 45)
+    eq(pg_rows(p, "slow"), local_rows(a), "every row once after the stall")
+    locker.wait(10)
+
+
+@test
 def kill9_between_commit_and_mark(t):
     p = reset_pg()
     up = t.upstream()
