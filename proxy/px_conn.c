@@ -1161,6 +1161,12 @@ px_conn_enter_ws(struct px_conn *c)
     if (x->ws_early.len > 0 && px_conn_ws_feed(c, 0, x->ws_early.data, x->ws_early.len) != AL_OK)
         return;
     al_dbuf_free(&x->ws_early);
+    /* An idle socket keeps only what it needs: the parser's input buffer
+     * (16 KiB) and the answer's head go; the request's head stays (the row
+     * reads its target). */
+    if (!c->closing)
+        al_safefree(c->cin);
+    px_msg_free(&x->resp);
     if (!c->closing &&
         (px_half_flush(c, &c->cl) == AL_ERROR || px_half_flush(c, &c->up) == AL_ERROR))
         px_conn_close(c, "write error");
@@ -1187,11 +1193,18 @@ px_conn_ws_read(struct px_conn *c, int from_client)
 
             /* A side that goes away without its close frame: the other
              * side gets 1001 (or 1006 is what it will see), the row says so. */
-            if (done)
+            if (done) {
                 px_conn_ws_end(c, NULL);
-            else
-                px_conn_ws_close(
-                    c, 1001, from_client ? "client closed websocket" : "upstream closed websocket");
+            } else if (from_client) {
+                /* Nobody to answer on the client's side: the origin is told
+                 * 1001 (best effort) and the socket ends now. */
+                if (px_ws_close_frame(c, 0, 1001, "client closed websocket") == AL_OK)
+                    (void)px_half_flush(c, &c->up);
+                c->x->ws->error = "client closed websocket";
+                px_conn_ws_end(c, "client closed websocket");
+            } else {
+                px_conn_ws_close(c, 1001, "upstream closed websocket");
+            }
             return;
         }
         c->last_activity = ev_now(c->worker->loop);

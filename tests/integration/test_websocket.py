@@ -585,6 +585,26 @@ def test_first_frame_with_the_101(t):
 
 
 @test
+def test_client_drop_ends_socket_at_once(t):
+    """A client that goes away without a close frame: the origin is told
+    1001, the row says so, and the connection is gone at once (it lingered
+    10 s for a client that was not there)."""
+    o = origin(t)
+    al = start(t)
+    ts, rest = raw_ws(al, o.port, "/drop")
+    ts.sendall(frame(1, b"hello"))
+    ts.recv(100)  # the echo
+    ts.close()
+    t0 = time.monotonic()
+    wait_until(lambda: al.metrics().need("airlock_connections_open") == 0, 5,
+               "the connection to close")
+    check(time.monotonic() - t0 < 2.0, "the dropped socket lingered %.1fs" %
+          (time.monotonic() - t0))
+    r = ws_row(al, "/drop")
+    eq(r["error"], "client closed websocket", "row error")
+
+
+@test
 def test_no_secret_in_client_output(t):
     for m in SEEN:
         b = m.encode() if isinstance(m, str) else m
