@@ -479,10 +479,10 @@ aud_cli_table_header(struct aud_cli *c)
 }
 
 static const char *const aud_cli_csv_cols[] = {
-    "id",        "ts",       "ts_us",      "duration_us", "conn_id", "sandbox", "session",
-    "tool_call", "client",   "mode",       "method",      "scheme",  "host",    "port",
-    "path",      "upstream", "orig_dst",   "decision",    "rule",    "reason",  "secrets",
-    "status",    "bytes_up", "bytes_down", "error",       "pending",
+    "id",       "ts",       "ts_us",  "duration_us", "conn_id", "sandbox", "session",  "tool_call",
+    "client",   "mode",     "method", "scheme",      "host",    "port",    "path",     "upstream",
+    "orig_dst", "decision", "rule",   "reason",      "secrets", "status",  "bytes_up", "bytes_down",
+    "error",    "pending",  "sni",    "addr",        "detail",
 };
 
 static int
@@ -531,8 +531,11 @@ aud_cli_csv_row(struct aud_cli *c, const struct aud_record *r)
     ok &= al_dbuf_addf(b, "%d,%lld,%lld,", r->status, (long long)r->bytes_up,
                        (long long)r->bytes_down) == AL_OK;
     AUD_CSV_T(r->error);
+    ok &= al_dbuf_addf(b, "%d,", r->pending ? 1 : 0) == AL_OK;
+    AUD_CSV_T(r->sni);
+    AUD_CSV_T(r->addr);
+    ok &= aud_fmt_csv(b, r->detail) == AL_OK && al_dbuf_adds(b, "\n") == AL_OK;
 #undef AUD_CSV_T
-    ok &= al_dbuf_addf(b, "%d\n", r->pending ? 1 : 0) == AL_OK;
     return ok ? AL_OK : AL_ERROR;
 }
 
@@ -594,7 +597,21 @@ aud_cli_json_row(struct al_dbuf *b, const struct aud_record *r, int instance)
     ok &= al_dbuf_addf(b, "],\"status\":%d,\"bytes_up\":%lld,\"bytes_down\":%lld,\"error\":",
                        r->status, (long long)r->bytes_up, (long long)r->bytes_down) == AL_OK;
     ok &= aud_fmt_json_str(b, r->error) == AL_OK;
-    ok &= al_dbuf_addf(b, ",\"pending\":%s}", r->pending ? "true" : "false") == AL_OK;
+    ok &= al_dbuf_addf(b, ",\"pending\":%s,\"sni\":", r->pending ? "true" : "false") == AL_OK;
+    ok &= aud_fmt_json_str(b, r->sni) == AL_OK && al_dbuf_adds(b, ",\"addr\":") == AL_OK;
+    ok &= aud_fmt_json_str(b, r->addr) == AL_OK;
+    {
+        size_t dl = strnlen(r->detail, sizeof(r->detail));
+
+        /* airlock's own JSON object as one; anything else only as a string */
+        if (dl >= 2 && r->detail[0] == '{' && r->detail[dl - 1] == '}')
+            ok &=
+                al_dbuf_adds(b, ",\"detail\":") == AL_OK && al_dbuf_add(b, r->detail, dl) == AL_OK;
+        else if (dl > 0)
+            ok &=
+                al_dbuf_adds(b, ",\"detail\":") == AL_OK && aud_fmt_json_str(b, r->detail) == AL_OK;
+    }
+    ok &= al_dbuf_adds(b, "}") == AL_OK;
     return ok ? AL_OK : AL_ERROR;
 }
 

@@ -26,6 +26,9 @@
  *       to, or for an address_not_allowed refusal the first one refused),
  *       so `policy replay` has every input a decision used. Rows from
  *       before read both as ''.
+ *   v5  + detail: a JSON object of what a kind of flow adds to its row (a
+ *       websocket: {"ws": {messages_up, messages_down, close_client,
+ *       close_upstream}}), '' for the rest and for rows from before.
  */
 #include "aud_int.h"
 
@@ -69,12 +72,12 @@ static const char aud_db_indexes_v3[] =
     "CREATE INDEX IF NOT EXISTS requests_decision_ts ON requests(decision, ts) "
     "WHERE " AUD_IDX_DECISION ";";
 
-static const char aud_db_schema_v4[] =
+static const char aud_db_schema_v5[] =
     "CREATE TABLE schema_version (version INTEGER NOT NULL, applied_us INTEGER NOT NULL);"
     "CREATE TABLE requests (" AUD_COLS_V1 ", mode TEXT NOT NULL DEFAULT '', "
     "orig_dst TEXT NOT NULL DEFAULT '', conn_id INTEGER NOT NULL DEFAULT 0, "
     "pending INTEGER NOT NULL DEFAULT 0, sni TEXT NOT NULL DEFAULT '', "
-    "addr TEXT NOT NULL DEFAULT '');";
+    "addr TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '');";
 
 static const char aud_db_migrate_v1_v2[] =
     "ALTER TABLE requests ADD COLUMN mode TEXT NOT NULL DEFAULT '';"
@@ -97,11 +100,16 @@ static const char aud_db_migrate_v3_v4[] =
     "ALTER TABLE requests ADD COLUMN sni TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE requests ADD COLUMN addr TEXT NOT NULL DEFAULT '';";
 
+/* v4 -> v5: a JSON object of what a kind of flow adds to its row (a
+ * websocket: messages each way and both sides' close codes). */
+static const char aud_db_migrate_v4_v5[] =
+    "ALTER TABLE requests ADD COLUMN detail TEXT NOT NULL DEFAULT '';";
+
 static const char aud_db_sql_insert[] =
     "INSERT INTO requests (ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, "
     "method, scheme, host, port, path, upstream, orig_dst, decision, rule, reason, secrets, "
-    "status, bytes_up, bytes_down, error, pending, sni, addr) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    "status, bytes_up, bytes_down, error, pending, sni, addr, detail) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 static const char aud_db_sql_update[] =
     "UPDATE requests SET status = ?1, bytes_up = ?2, bytes_down = ?3, duration_us = ?4, "
@@ -109,7 +117,7 @@ static const char aud_db_sql_update[] =
     "upstream = COALESCE(NULLIF(?7, ''), upstream), rule = COALESCE(NULLIF(?8, ''), rule), "
     "reason = COALESCE(NULLIF(?9, ''), reason), secrets = COALESCE(NULLIF(?10, ''), secrets), "
     "sni = COALESCE(NULLIF(?12, ''), sni), addr = COALESCE(NULLIF(?13, ''), addr), "
-    "pending = 0 WHERE id = ?11";
+    "detail = COALESCE(NULLIF(?14, ''), detail), pending = 0 WHERE id = ?11";
 
 #define AUD_DB_STR2(x) #x
 #define AUD_DB_STR(x) AUD_DB_STR2(x)
@@ -212,7 +220,7 @@ aud_db_migrate(sqlite3 *db, const char *path, struct al_errs *errs)
         goto out;
     }
     if (v == 0) {
-        if (aud_db_exec(db, aud_db_schema_v4, path, "creating schema", errs) != AL_OK)
+        if (aud_db_exec(db, aud_db_schema_v5, path, "creating schema", errs) != AL_OK)
             goto out;
         if (aud_db_mark_version(db, AUD_SCHEMA_VERSION, path, errs) != AL_OK)
             goto out;
@@ -243,6 +251,14 @@ aud_db_migrate(sqlite3 *db, const char *path, struct al_errs *errs)
         if (aud_db_mark_version(db, 4, path, errs) != AL_OK)
             goto out;
         v = 4;
+    }
+    if (v == 4) {
+        al_log_info("audit: %s: migrating schema v4 -> v5 (detail)", path);
+        if (aud_db_exec(db, aud_db_migrate_v4_v5, path, "migrating v4 -> v5", errs) != AL_OK)
+            goto out;
+        if (aud_db_mark_version(db, 5, path, errs) != AL_OK)
+            goto out;
+        v = 5;
     }
     if (aud_db_exec(db, aud_db_indexes_v3, path, "creating indexes", errs) != AL_OK)
         goto out;
@@ -532,6 +548,7 @@ aud_db_insert(struct aud_db *d, const struct aud_record *r, int complete, int64_
     sqlite3_bind_int(st, 24, complete ? 0 : 1);
     AUD_BIND_FIELD(st, 25, r->sni);
     AUD_BIND_FIELD(st, 26, r->addr);
+    AUD_BIND_FIELD(st, 27, r->detail);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -560,6 +577,7 @@ aud_db_update(struct aud_db *d, const struct aud_record *r)
     sqlite3_bind_int64(st, 11, r->row_id);
     AUD_BIND_FIELD(st, 12, r->sni);
     AUD_BIND_FIELD(st, 13, r->addr);
+    AUD_BIND_FIELD(st, 14, r->detail);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);

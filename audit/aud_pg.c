@@ -349,7 +349,7 @@ static const char aud_pg_schema_v1[] =
     "status integer NOT NULL DEFAULT 0, bytes_up bigint NOT NULL DEFAULT 0, "
     "bytes_down bigint NOT NULL DEFAULT 0, error text NOT NULL DEFAULT '', "
     "pending boolean NOT NULL DEFAULT false, sni text NOT NULL DEFAULT '', "
-    "addr text NOT NULL DEFAULT '', "
+    "addr text NOT NULL DEFAULT '', detail text NOT NULL DEFAULT '', "
     "CONSTRAINT requests_instance_id UNIQUE (instance, id, ts)) PARTITION BY RANGE (ts);"
     "CREATE TABLE requests_default PARTITION OF requests DEFAULT;"
     "CREATE INDEX requests_ts ON requests USING brin (ts);"
@@ -359,7 +359,12 @@ static const char aud_pg_schema_v1[] =
     "CREATE INDEX requests_decision_ts ON requests (decision, ts) WHERE decision <> 'allow';"
     "CREATE TABLE sink_state (instance text PRIMARY KEY, shipped_id bigint NOT NULL, "
     "updated timestamptz NOT NULL DEFAULT now());"
-    "INSERT INTO schema_version (version) VALUES (1);";
+    "INSERT INTO schema_version (version) VALUES (2);";
+
+/* v1 -> v2: the sqlite file's v5 detail column (partitions follow). */
+static const char aud_pg_migrate_v1_v2[] =
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS detail text NOT NULL DEFAULT '';"
+    "INSERT INTO schema_version (version) VALUES (2);";
 
 int
 aud_pg_migrate(PGconn *pg, int *created, struct al_errs *errs)
@@ -399,6 +404,9 @@ aud_pg_migrate(PGconn *pg, int *created, struct al_errs *errs)
             AL_OK)
             goto out;
         *created = 1;
+    } else if (v == 1 && aud_pg_exec(pg, aud_pg_migrate_v1_v2, PGRES_COMMAND_OK,
+                                     "migrating the schema v1 -> v2", errs) != AL_OK) {
+        goto out;
     }
     ret = AL_OK;
 out:
@@ -505,7 +513,7 @@ aud_pg_retention(PGconn *pg, int days, int64_t now_us, int *n, struct al_errs *e
 const char aud_pg_copy_cols[] =
     "instance, id, ts, duration_us, conn_id, sandbox, session, tool_call, client, client_port, "
     "mode, method, scheme, host, port, path, upstream, orig_dst, decision, rule, reason, secrets, "
-    "status, bytes_up, bytes_down, error, pending, sni, addr";
+    "status, bytes_up, bytes_down, error, pending, sni, addr, detail";
 
 /* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
 static size_t
@@ -774,5 +782,7 @@ secrets_done:
     AUD_PG_FIELD(b, r->sni);
     al_dbuf_adds(b, "\t");
     AUD_PG_FIELD(b, r->addr);
+    al_dbuf_adds(b, "\t");
+    AUD_PG_FIELD(b, r->detail);
     return al_dbuf_adds(b, "\n") == AL_OK ? AL_OK : AL_ERROR;
 }

@@ -13,7 +13,7 @@
 #include "aud_int.h"
 
 /* Current PostgreSQL schema version (table schema_version there). */
-#define AUD_PG_SCHEMA_VERSION 1
+#define AUD_PG_SCHEMA_VERSION 2
 /* Rows per shipped batch (one COPY, one PostgreSQL transaction). */
 #define AUD_SHIP_BATCH 5000
 /* A strict-mode row still pending after this long is shipped as it is. */

@@ -27,7 +27,7 @@ static const char aud_pg_read_cols[] =
     "host(client) || ']:' || client_port ELSE host(client) || ':' || client_port END, mode, "
     "method, scheme, host, port, path, upstream, orig_dst, decision, rule, reason, "
     "array_to_string(ARRAY(SELECT jsonb_array_elements_text(secrets)), ','), status, bytes_up, "
-    "bytes_down, error, pending::int, sni, addr";
+    "bytes_down, error, pending::int, sni, addr, detail";
 
 static void
 aud_pg_param_text(struct aud_pg_params *p, const char *s)
@@ -176,6 +176,7 @@ aud_pg_row(const PGresult *res, int i, struct aud_record *r)
     r->pending = (int)AUD_PG_I64(res, i, 25);
     AUD_PG_TEXT(res, i, 26, r->sni);
     AUD_PG_TEXT(res, i, 27, r->addr);
+    AUD_PG_TEXT(res, i, 28, r->detail);
 }
 
 /* errs += what: libpq's message (no password can be in it: scrubbed anyway). */

@@ -17,23 +17,31 @@
 #include <string.h>
 #include <time.h>
 
+static const char aud_query_cols_v5[] =
+    "id, ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, method, scheme, "
+    "host, port, path, upstream, orig_dst, decision, rule, reason, secrets, status, bytes_up, "
+    "bytes_down, error, pending, sni, addr, detail";
 static const char aud_query_cols_v4[] =
     "id, ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, method, scheme, "
     "host, port, path, upstream, orig_dst, decision, rule, reason, secrets, status, bytes_up, "
-    "bytes_down, error, pending, sni, addr";
+    "bytes_down, error, pending, sni, addr, '' AS detail";
 static const char aud_query_cols_v2[] =
     "id, ts, duration_us, conn_id, sandbox, session, tool_call, client, mode, method, scheme, "
     "host, port, path, upstream, orig_dst, decision, rule, reason, secrets, status, bytes_up, "
-    "bytes_down, error, pending, '' AS sni, '' AS addr";
+    "bytes_down, error, pending, '' AS sni, '' AS addr, '' AS detail";
 static const char aud_query_cols_v1[] =
     "id, ts, duration_us, 0 AS conn_id, sandbox, session, tool_call, client, '' AS mode, "
     "method, scheme, host, port, path, upstream, '' AS orig_dst, decision, rule, reason, "
-    "secrets, status, bytes_up, bytes_down, error, 0 AS pending, '' AS sni, '' AS addr";
+    "secrets, status, bytes_up, bytes_down, error, 0 AS pending, '' AS sni, '' AS addr, "
+    "'' AS detail";
 
 const char *
 aud_query_columns(int version)
 {
-    return version <= 1 ? aud_query_cols_v1 : version <= 3 ? aud_query_cols_v2 : aud_query_cols_v4;
+    return version <= 1   ? aud_query_cols_v1
+           : version <= 3 ? aud_query_cols_v2
+           : version == 4 ? aud_query_cols_v4
+                          : aud_query_cols_v5;
 }
 
 sqlite3 *
@@ -270,6 +278,7 @@ aud_query_row(sqlite3_stmt *st, struct aud_record *r)
     r->pending = sqlite3_column_int(st, 24);
     AUD_Q_TEXT(st, 25, r->sni);
     AUD_Q_TEXT(st, 26, r->addr);
+    AUD_Q_TEXT(st, 27, r->detail);
 }
 
 /* WHERE for f plus the snapshot bound and the batch cursor:

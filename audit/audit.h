@@ -24,7 +24,7 @@
 /* Rows deleted per retention step (one small transaction between batches). */
 #define AUD_RETENTION_CHUNK_ROWS 1000
 /* Current on-disk schema version (table schema_version). */
-#define AUD_SCHEMA_VERSION 4
+#define AUD_SCHEMA_VERSION 5
 /* aud_writer_stop() keeps retrying a failing database this long before it drops. */
 #define AUD_STOP_RETRY_MS 5000
 
@@ -54,13 +54,15 @@ struct aud_record {
     int      status;       /* HTTP status sent to the client, 0 if none */
     int64_t  bytes_up, bytes_down;
     char     error[128];
-    int64_t  row_id;      /* strict mode: the row aud_begin() created; read side: id */
-    int      pending;     /* read side only: strict row begun but never completed */
-    char     sni[256];    /* the client's TLS server name where there was one (v4) */
-    char     addr[64];    /* "ip:port" the address guard checked: the one connected to, or
-                             the first refused (address_not_allowed); "" when none (v4) */
-    char    instance[64]; /* read side on PostgreSQL only: the replica that wrote the row */
-    int64_t seq;          /* read side on PostgreSQL only: arrival order in the shared store */
+    int64_t  row_id;   /* strict mode: the row aud_begin() created; read side: id */
+    int      pending;  /* read side only: strict row begun but never completed */
+    char     sni[256]; /* the client's TLS server name where there was one (v4) */
+    char     addr[64]; /* "ip:port" the address guard checked: the one connected to, or
+                          the first refused (address_not_allowed); "" when none (v4) */
+    char instance[64]; /* read side on PostgreSQL only: the replica that wrote the row */
+    char detail[256];  /* a JSON object of what a kind of flow adds (a websocket: messages
+                          each way, close codes of both sides), or "" (v5) */
+    int64_t seq;       /* read side on PostgreSQL only: arrival order in the shared store */
 };
 
 struct aud_conf {

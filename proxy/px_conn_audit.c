@@ -93,6 +93,12 @@ px_conn_audit_fill(const struct px_conn *c, struct aud_record *r)
                 break;
         }
     }
+    if (x->ws != NULL) /* a websocket: what flowed each way and how each side closed */
+        snprintf(r->detail, sizeof(r->detail),
+                 "{\"ws\":{\"messages_up\":%llu,\"messages_down\":%llu,"
+                 "\"close_client\":%d,\"close_upstream\":%d}}",
+                 (unsigned long long)x->ws->up.msgs, (unsigned long long)x->ws->down.msgs,
+                 x->ws->up.close_code, x->ws->down.close_code);
     if (x->secret_refused != NULL)
         snprintf(r->error, sizeof(r->error), "%s: %s", x->err_reason ? x->err_reason : "refused",
                  x->secret_refused);

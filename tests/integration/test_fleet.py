@@ -624,10 +624,10 @@ def migrate_creates_schema_and_partition(t):
     env = {"PGPASSWORD": p.password}
     rc, out, err = cli(t, "migrate", "--db", uri, env=env)
     eq(rc, 0, "migrate: " + err)
-    check("schema version 1 (created)" in out and p.password not in out, out)
+    check("schema version 2 (created)" in out and p.password not in out, out)
     rc, out, err = cli(t, "migrate", "--db", uri, env=env)
     check(rc == 0 and "already current" in out, out + err)
-    eq(p.psql("SELECT max(version) FROM schema_version"), [["1"]], "schema_version")
+    eq(p.psql("SELECT max(version) FROM schema_version"), [["2"]], "schema_version")
     types = dict((r[0], r[1]) for r in p.psql(
         "SELECT column_name, data_type FROM information_schema.columns "
         "WHERE table_name = 'requests'"))

@@ -174,7 +174,7 @@ def test_replay(t):
     eq(j["transitions"], [], "same policy: transitions")
     eq(j["replayed"], len(rs), "same policy: every row replayed (%r)" % j)
     eq(j["lacked_input"]["rows"], 0, "v4 rows lack nothing")
-    eq(j["schema_version"], 4, "schema version")
+    eq(j["schema_version"], 5, "schema version")
     rc, out, err = replay(t, al, policy(BASE_RULES))
     eq(rc, 0, "same policy, table exit")
     check("changed:    0" in out and "\u2192" not in out, "same policy table: %r" % out)

@@ -298,6 +298,9 @@ def test_binary_roundtrip_and_close_handshake(t):
     eq(code, 1000, "close code from the origin")
     r = ws_row(al, "/bin")
     eq((r["status"], r["error"]), (101, ""), "a clean close leaves no error")
+    eq(json.loads(r["detail"]), {"ws": {"messages_up": 1, "messages_down": 1,
+                                        "close_client": 1000, "close_upstream": 1000}},
+       "the row's websocket detail")
     check(r["bytes_up"] >= (1 << 20) and r["bytes_down"] >= (1 << 20), "bytes each way: %r" %
           ((r["bytes_up"], r["bytes_down"]),))
 
