@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -169,6 +170,17 @@ px_tls_tunnel_sni_check(struct px_conn *c, int eof)
         return px_refuse_deny(c, 403, "bad_client_hello", c->x->target.host, NULL);
     if (sni[0] == '\0')
         return AL_OK; /* no SNI (an IP literal target): nothing to compare */
+    {
+        /* Some clients (Go's, through hey) send "host:port" as the name: the
+         * CONNECT's own port after it is still the same destination. */
+        char *colon = strrchr(sni, ':');
+
+        if (colon != NULL && colon[1] != '\0' &&
+            strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
+            (memchr(sni, ':', (size_t)(colon - sni)) == NULL || colon[-1] == ']') &&
+            strtoul(colon + 1, NULL, 10) == c->x->target.port)
+            *colon = '\0';
+    }
     al_strlcpy(c->x->sni, sizeof(c->x->sni), sni); /* the row records it */
     if (px_host_normalize(sni, strlen(sni), host, sizeof(host), &kind, &err) != AL_OK ||
         strcmp(host, c->x->target.host) != 0) {

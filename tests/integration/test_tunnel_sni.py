@@ -11,6 +11,7 @@ first pass.
 import os
 import socket
 import sqlite3
+import subprocess
 import ssl
 import sys
 import threading
@@ -155,6 +156,32 @@ def test_same_sni_passes(t):
     row = wait_until(lambda: next((r for r in rows(al) if r["method"] == "CONNECT" and
                                    r["sni"]), None), 5, "a tunnel row with its SNI")
     eq(row["sni"], HOST, "SNI in the tunnel's row")
+
+
+def s_client(al, target, servername):
+    """openssl s_client through airlock's CONNECT; True when the handshake
+    completed (a Protocol line and a cipher in the summary)."""
+    p = subprocess.run(["openssl", "s_client", "-proxy", "127.0.0.1:%d" % al.port, "-connect",
+                        target, "-servername", servername, "-brief"],
+                       input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=20)
+    out = p.stdout.decode("utf-8", "replace")
+    return "Protocol version" in out or "CONNECTION ESTABLISHED" in out, out
+
+
+@test
+def test_sni_with_the_port_passes(t):
+    """Some clients (Go's) send "host:port" as the SNI: with the CONNECT's own
+    host and port it is the same destination, not fronting."""
+    up = recorder(t, tls_ctx=t.run.server_ctx())
+    al = start(t)
+    ok, out = s_client(al, "127.0.0.1:%d" % up.port, "127.0.0.1:%d" % up.port)
+    check(ok, "SNI ip:port refused: %s" % out[-300:])
+    ok, out = s_client(al, "%s:%d" % (HOST, up.port), "%s:%d" % (HOST, up.port))
+    check(ok, "SNI host:port refused: %s" % out[-300:])
+    ok, out = s_client(al, "%s:%d" % (HOST, up.port), "other.example:%d" % up.port)
+    check(not ok, "SNI of another host with the port went through: %s" % out[-300:])
+    ok, out = s_client(al, "%s:%d" % (HOST, up.port), "%s:%d" % (HOST, up.port + 1))
+    check(not ok, "SNI with another port went through: %s" % out[-300:])
 
 
 @test
