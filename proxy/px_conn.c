@@ -489,8 +489,13 @@ px_conn_write_request_head(struct px_conn *c)
     }
     if (rc == AL_OK)
         rc = px_h1_request_head(c, target, tlen, &hb);
-    sec_dbuf_wipe(&hb);
-    sec_dbuf_wipe(&tb);
+    if (x->injected != 0 || rc != AL_OK) { /* values went into them (a refusal: partly) */
+        sec_dbuf_wipe(&hb);
+        sec_dbuf_wipe(&tb);
+    } else {
+        al_dbuf_free(&hb);
+        al_dbuf_free(&tb);
+    }
     return rc;
 }
 

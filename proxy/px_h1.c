@@ -191,7 +191,10 @@ px_h1_request_head(struct px_conn *c, const char *target, size_t tlen, const str
         rc = al_dbuf_add(&d, "\r\n", 2);
     if (rc == AL_OK)
         rc = al_bufq_write(&c->up.out, d.data, d.len);
-    sec_dbuf_wipe(&d);
+    if (x->injected != 0) /* a value went into the head: wipe the copy */
+        sec_dbuf_wipe(&d);
+    else
+        al_dbuf_free(&d);
     x->req_chain.out = &c->up.out;
     x->req_chain.chunked = x->req_chunked;
     return rc == AL_OK ? AL_OK : AL_ERROR;
@@ -350,7 +353,10 @@ px_h1_response_head(struct px_conn *c)
         rc = al_dbuf_add(&d, "\r\n", 2);
     if (rc == AL_OK)
         rc = al_bufq_write(&c->cl.out, d.data, d.len);
-    sec_dbuf_wipe(&d);
+    if (x->redact_mask != 0) /* the head came from a host that may hold a value */
+        sec_dbuf_wipe(&d);
+    else
+        al_dbuf_free(&d);
     if (rc != AL_OK)
         return AL_ERROR;
     /* After an interim (1xx) head the final answer is still ahead: an
