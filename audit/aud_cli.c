@@ -942,6 +942,8 @@ aud_cli_groups_load(struct aud_cli *c, sqlite3 *db, const char *col, int split, 
 
     if (c->pg != NULL)
         return aud_cli_groups_load_pg(c, col, split, denied_only, limit, gs);
+    if (strcmp(col, AUD_GROUP_SECRETS) == 0)
+        col = AUD_GROUP_SECRETS_SQL;
     al_dbuf_init(&sql, 64 * 1024);
     al_dbuf_addf(&sql,
                  "SELECT %s, COUNT(*), SUM(decision = 'allow'), SUM(decision = 'deny'), "
@@ -1091,7 +1093,7 @@ aud_cli_stats(struct aud_cli *c)
     al_dbuf_init(&b, 64 * 1024 * 1024);
     if (c->by != NULL) {
         bycol = strcmp(c->by, "tool-call") == 0 ? "tool_call"
-                : strcmp(c->by, "secret") == 0  ? "secrets"
+                : strcmp(c->by, "secret") == 0  ? AUD_GROUP_SECRETS
                                                 : c->by; /* host, sandbox, rule: whitelisted */
     }
     db = aud_cli_open(c);
@@ -1101,12 +1103,12 @@ aud_cli_stats(struct aud_cli *c)
         aud_cli_groups_load(c, db, "decision", 0, 0, 0, &dec) != AL_OK)
         goto out;
     if (bycol != NULL) {
-        if (aud_cli_groups_load(c, db, bycol, strcmp(bycol, "secrets") == 0, 0, c->top, &by) !=
-            AL_OK)
+        if (aud_cli_groups_load(c, db, bycol, strcmp(bycol, AUD_GROUP_SECRETS) == 0, 0, c->top,
+                                &by) != AL_OK)
             goto out;
     } else if (aud_cli_groups_load(c, db, "host", 0, 0, c->top, &hosts) != AL_OK ||
                aud_cli_groups_load(c, db, "host", 0, 1, c->top, &denied) != AL_OK ||
-               aud_cli_groups_load(c, db, "secrets", 1, 0, c->top, &secrets) != AL_OK) {
+               aud_cli_groups_load(c, db, AUD_GROUP_SECRETS, 1, 0, c->top, &secrets) != AL_OK) {
         goto out;
     }
     memset(&tot, 0, sizeof(tot));

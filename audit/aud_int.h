@@ -123,4 +123,19 @@ int aud_fmt_cell(struct al_dbuf *b, const char *s, int width, int right);
 /* aud_cli_main with explicit streams; `now_us` 0 = the clock (tests pin it). */
 int aud_cli_run(int argc, char **argv, FILE *out, FILE *err, int64_t now_us);
 
+/*
+ * "By secret" groups every secret a row involved: the names that went out
+ * (`secrets`) and the one a refusal was about (its error reads
+ * "<reason>: NAME"), comma-joined for the CLI to split. The same on both
+ * stores (aud_pgq.c has PostgreSQL's spelling).
+ */
+#define AUD_GROUP_SECRETS "secrets_used"
+#define AUD_SECRET_REFUSALS                                                                        \
+    "('secret_out_of_scope', 'secret_plaintext', 'secret_location_not_allowed', "                  \
+    "'secret_in_compressed_body', 'trace_to_secret_host', 'upgrade_with_secret')"
+#define AUD_GROUP_SECRETS_SQL                                                                      \
+    "(secrets || CASE WHEN reason IN " AUD_SECRET_REFUSALS " AND substr(error, 1, "                \
+    "length(reason) + 2) = reason || ': ' THEN ',' || substr(error, length(reason) + 3) "          \
+    "ELSE '' END)"
+
 #endif

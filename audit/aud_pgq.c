@@ -502,6 +502,11 @@ aud_pg_groups(PGconn *pg, const struct aud_filter *f, const char *col, int denie
         expr = "''::text";
     else if (strcmp(col, "secrets") == 0)
         expr = "array_to_string(ARRAY(SELECT jsonb_array_elements_text(secrets)), ',')";
+    else if (strcmp(col, AUD_GROUP_SECRETS) == 0) /* and the one a refusal was about */
+        expr = "(array_to_string(ARRAY(SELECT jsonb_array_elements_text(secrets)), ',') || "
+               "CASE WHEN reason IN " AUD_SECRET_REFUSALS " AND substr(error, 1, "
+               "length(reason) + 2) = reason || ': ' THEN ',' || substr(error, length(reason) + "
+               "3) ELSE '' END)";
     else if (strcmp(col, "host") == 0 || strcmp(col, "sandbox") == 0 ||
              strcmp(col, "tool_call") == 0 || strcmp(col, "rule") == 0 ||
              strcmp(col, "decision") == 0 || strcmp(col, "instance") == 0)

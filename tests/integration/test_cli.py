@@ -322,6 +322,12 @@ def test_audit_secret_filter_finds_refusals(t):
        "query --secret tok")
     rc, out, err = cli("audit", "stats", "--db", db, "--secret", "tok", "--format", "json")
     eq(json.loads(out)["total"], 2, "stats --secret tok total")
+    # grouped by secret: the refusal counts under the secret it was about
+    rc, out, err = cli("audit", "stats", "--db", db, "--by", "secret", "--format", "json")
+    eq(rc, 0, "stats --by secret: " + err)
+    g = [x for x in json.loads(out)["groups"] if x["key"] == "tok"]
+    eq([(x["total"], x["allow"], x["deny"]) for x in g], [(2, 1, 1)],
+       "stats --by secret: tok's injection and its refusal")
 
 
 if __name__ == "__main__":
