@@ -67,6 +67,7 @@ static void px_conn_idle_trim(struct px_conn *c);
 static void px_conn_close_refused(struct px_conn *c, const char *reason);
 static void px_conn_finalize(struct px_conn *c);
 static void px_conn_mitm_start(struct px_conn *c);
+static void px_conn_route(struct px_conn *c);
 static void px_conn_tls_client_step(struct px_conn *c);
 static void px_conn_tls_up_step(struct px_conn *c);
 static void px_conn_enter_tunnel(struct px_conn *c);
@@ -698,71 +699,19 @@ px_conn_on_head(struct px_conn *c)
 {
     struct px_exch *x = c->x;
     struct px_msg  *m = &x->req;
-    const char     *err = NULL;
-    const char     *url = px_msg_str(m, m->url);
+    const char     *err;
     int             rc;
 
     c->head_started = 0;
     x->head_done = 1;
-    if (c->rq.http_major != 1) {
-        px_conn_fail(c, 505, "http_version", NULL);
-        return;
-    }
-    x->is_connect = c->rq.method == HTTP_CONNECT;
-    x->is_head = c->rq.method == HTTP_HEAD;
-    x->req_chunked = (c->rq.flags & F_CHUNKED) != 0;
-    if (c->mitm && x->is_connect) {
-        px_conn_fail(c, 400, "bad_request", "CONNECT inside an intercepted tunnel");
-        return;
-    } else if (c->mitm) {
-        rc = px_conn_mitm_target(c, &err);
-        if (rc == AL_DECLINED) {
-            px_conn_fail(c, 421, "misdirected", "Host does not name the tunnel's host");
-            return;
-        }
-    } else if (x->is_connect) {
-        rc = px_authority_parse(url, m->url_len, 0, &x->target, &err);
-        if (rc == AL_OK && c->mode == PX_LISTEN_TRANSPARENT) {
-            px_conn_fail(c, 400, "bad_target", "CONNECT on a transparent listener");
-            return;
-        }
-    } else if (c->mode == PX_LISTEN_TRANSPARENT) {
-        rc = px_conn_transparent_target(c, &err);
-    } else if (m->url_len > 0 && url[0] == '/') {
-        px_conn_fail(c, 400, "bad_target", "origin-form request to a forward proxy");
-        return;
-    } else {
-        rc = px_url_parse_absolute(url, m->url_len, &x->target, &err);
-        if (rc == AL_OK && x->target.tls) {
-            px_conn_fail(c, 501, "https_without_connect", "use CONNECT for https");
-            return;
-        }
-    }
+    rc = px_request_target(c);
     if (rc != AL_OK) {
-        px_conn_fail(c, 400, err != NULL ? err : "bad_target", NULL);
+        if (rc == AL_DECLINED)
+            px_conn_finalize(c);
+        else
+            px_conn_fail(c, 500, "internal", "out of memory");
         return;
     }
-    if (!px_msg_te_chunked_only(m) ||
-        ((c->rq.flags & F_TRANSFER_ENCODING) && !(c->rq.flags & F_CHUNKED))) {
-        /* The body is re-framed here and Transfer-Encoding dropped: a gzip
-         * transfer coding would go upstream undecoded, and past the body
-         * scanner (a placeholder inside unseen). RFC 9112 6.1: 501. */
-        px_conn_fail(c, 501, "unsupported_transfer_coding", "only chunked is supported");
-        return;
-    }
-    if (c->rq.upgrade && !x->is_connect) {
-        int u = px_msg_find(m, "upgrade", 0);
-
-        x->want_upgrade =
-            u >= 0 && m->hdrs[u].val != UINT32_MAX &&
-            al_strcaseeq_n(px_msg_str(m, m->hdrs[u].val), m->hdrs[u].val_len, "websocket");
-        /* Any other protocol (h2c, ...) is not performed: Upgrade and
-         * HTTP2-Settings are dropped as hop-by-hop and the message stays a
-         * plain request, so the connection goes on with the next one. */
-        if (!x->want_upgrade)
-            c->rq.upgrade = 0;
-    }
-    px_h1_pool_key(&x->target, x->pool_key, sizeof(x->pool_key));
     if (px_decide(c) != AL_OK) {
         px_conn_finalize(c);
         return;
@@ -776,41 +725,7 @@ px_conn_on_head(struct px_conn *c)
         px_conn_fail(c, 400, "bad_connection_header", err);
         return;
     }
-    if (c->worker->rt.audit != NULL) {
-        int adm = aud_writer_admit(c->worker->rt.audit);
-
-        if (adm != AL_OK) { /* fail closed: nothing goes out unaudited */
-            PX_MINC(audit_refusals);
-            px_conn_fail(c, 503, adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable", NULL);
-            return;
-        }
-    }
-    if (x->is_connect && (x->decision.intercept ||
-                          (c->conf->secrets != NULL &&
-                           sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port)))) {
-        /* A host some secret is scoped to is always intercepted: a
-         * placeholder must never leave unseen inside an opaque tunnel. */
-        if (x->silent_tunnel) {
-            px_conn_close_refused(c, "opaque_tunnel_to_secret_host");
-            return;
-        }
-        px_conn_mitm_start(c);
-        return;
-    }
-    if (!x->is_connect) {
-        rc = px_conn_write_request_head(c);
-        if (rc == AL_DECLINED) {
-            px_conn_finalize(c); /* a placeholder that may not go there */
-            return;
-        }
-        if (rc != AL_OK) {
-            px_conn_fail(c, 500, "internal", "out of memory");
-            return;
-        }
-    }
-    if (px_conn_strict_begin(c) != AL_OK)
-        return; /* resolving continues once the row is committed */
-    px_conn_resolve(c);
+    px_conn_route(c);
 }
 
 static void
@@ -922,9 +837,7 @@ px_conn_tls_up_step(struct px_conn *c)
 static void
 px_conn_mitm_start(struct px_conn *c)
 {
-    static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-    struct px_exch   *x = c->x;
-    int               rc = px_tls_mitm_prepare(c);
+    int rc = px_tls_mitm_prepare(c);
 
     if (rc == AL_DECLINED) {
         px_conn_finalize(c);
@@ -934,21 +847,6 @@ px_conn_mitm_start(struct px_conn *c)
         px_conn_close(c, "no memory");
         return;
     }
-    if (!x->silent_tunnel) {
-        if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK) {
-            px_conn_close(c, "no memory");
-            return;
-        }
-        c->cl.plain_out = sizeof(ok) - 1;
-    }
-    al_log_info("conn %llu: CONNECT %s:%u intercepted", (unsigned long long)c->id, x->target.host,
-                x->target.port);
-    px_conn_count_status(200);
-    x->status = 200;
-    px_conn_audit(c, NULL); /* the CONNECT's own row; inner requests get theirs */
-    px_exch_reset(x, c->conf->limits.header_bytes);
-    px_h1_request_parser(c); /* the inner stream starts a new HTTP/1.1 parse */
-    c->nreqs = 0;
     px_conn_set_state(c, PX_ST_TLS_CLIENT);
     if (px_half_flush(c, &c->cl) == AL_ERROR) {
         px_conn_close(c, "client write error");
@@ -977,39 +875,33 @@ px_conn_tls_client_step(struct px_conn *c)
         c->cl.tls_more = 1, ev_feed_event(c->worker->loop, &c->cl.rio, EV_READ);
 }
 
-/* A transparent TLS or TCP flow, decided: intercepted, relayed or refused. */
+/* A decided request or flow: intercepted, sent upstream, or refused. */
 static void
-px_conn_transparent_route(struct px_conn *c, int tls)
+px_conn_route(struct px_conn *c)
 {
-    struct px_exch *x = c->x;
-    int             secret_host = c->conf->secrets != NULL &&
-                      sec_any_scope_host(c->conf->secrets, x->target.host, x->target.port);
+    int rc = px_route(c);
 
-    if (tls && (x->decision.intercept || secret_host)) {
-        /* Intercepted exactly as through CONNECT, minus the 200: the peeked
-         * ClientHello goes straight into the TLS engine. */
-        if (c->worker->rt.tls_srv == NULL || x->target.kind != PX_HOST_NAME) {
-            px_conn_close_refused(c, "interception_unavailable");
-            return;
-        }
+    if (rc == PX_ROUTE_MITM) {
         px_conn_mitm_start(c);
         return;
     }
-    if (secret_host) { /* raw TCP to a secret's host would carry placeholders unseen */
-        px_conn_close_refused(c, "opaque_tunnel_to_secret_host");
+    if (rc != PX_ROUTE_UPSTREAM) {
+        px_conn_finalize(c);
         return;
     }
-    if (c->worker->rt.audit != NULL) {
-        int adm = aud_writer_admit(c->worker->rt.audit);
-
-        if (adm != AL_OK) {
-            PX_MINC(audit_refusals);
-            px_conn_close_refused(c, adm == AL_DECLINED ? "audit_backlog" : "audit_unavailable");
+    if (!c->x->is_connect) {
+        rc = px_conn_write_request_head(c);
+        if (rc == AL_DECLINED) {
+            px_conn_finalize(c); /* a placeholder that may not go there */
+            return;
+        }
+        if (rc != AL_OK) {
+            px_conn_fail(c, 500, "internal", "out of memory");
             return;
         }
     }
     if (px_conn_strict_begin(c) != AL_OK)
-        return;
+        return; /* resolving continues once the row is committed */
     px_conn_resolve(c);
 }
 
@@ -1040,31 +932,16 @@ px_conn_peek(struct px_conn *c, int eof)
     else if (rc != AL_OK)
         px_conn_finalize(c);
     else
-        px_conn_transparent_route(c, kind == PX_PEEK_TLS);
+        px_conn_route(c);
 }
 
 /* ---- websockets -------------------------------------------------------------- */
-
-/* The socket's log line and row (error: why, NULL after a clean close
- * handshake). */
-static void
-px_conn_ws_row(struct px_conn *c, const char *why)
-{
-    struct px_ws *ws = c->x->ws;
-
-    al_log_info("conn %llu: websocket %s:%u closed: %llu/%llu messages up/down, close %d/%d%s%s",
-                (unsigned long long)c->id, c->x->target.host, c->x->target.port,
-                (unsigned long long)ws->up.msgs, (unsigned long long)ws->down.msgs,
-                ws->up.close_code, ws->down.close_code, why != NULL ? ": " : "",
-                why != NULL ? why : "");
-    px_conn_audit(c, why);
-}
 
 /* The socket is over: its row, then the connection closes. */
 static void
 px_conn_ws_end(struct px_conn *c, const char *why)
 {
-    px_conn_ws_row(c, why);
+    px_ws_row(c, why);
     px_conn_close(c, why != NULL ? why : "websocket closed");
 }
 
@@ -1090,50 +967,44 @@ px_conn_ws_close(struct px_conn *c, int code, const char *why)
     }
     c->ws_closing = 1;
     (void)px_half_flush(c, &c->up);
-    px_conn_ws_row(c, why);
+    px_ws_row(c, why);
     px_half_close(c, &c->up);
     PX_MDEC(tunnels_open); /* no longer PX_ST_WS when it closes */
     px_conn_set_state(c, PX_ST_FLUSH_CLOSE);
 }
 
-/* A violation (or refusal) by one side: both sides get its close code. */
-static void
-px_conn_ws_fail(struct px_conn *c)
-{
-    struct px_exch *x = c->x;
-    struct px_ws   *ws = x->ws;
-
-    if (ws->fail_code == 1008) { /* a placeholder that may not go there */
-        PX_MINC(secrets_refused);
-        x->decision.verdict = POL_DENY;
-        x->decision.reason = x->body_refusal != NULL ? x->body_refusal : SEC_REFUSE_OUT_OF_SCOPE;
-        x->err_reason = x->decision.reason;
-    } else {
-        x->err_reason = ws->error;
-    }
-    px_conn_ws_close(c, ws->fail_code, ws->error);
-}
-
-/* Bytes from one side through the codec. AL_OK or the socket is ending. */
+/* What the codec said about one side's bytes. AL_OK: the socket goes on. */
 static int
-px_conn_ws_feed(struct px_conn *c, int from_client, const char *p, size_t n)
+px_conn_ws_after(struct px_conn *c, int rc, int from_client)
 {
-    int rc = px_ws_feed(c, from_client, p, n);
-
-    if (rc == AL_DECLINED) {
-        px_conn_ws_fail(c);
-        return AL_ERROR;
-    }
-    if (rc != AL_OK) {
-        px_conn_close(c, "no memory");
-        return AL_ERROR;
-    }
-    if (px_ws_done(c->x->ws)) { /* the close handshake went both ways */
+    switch (rc) {
+    case AL_OK:
+        return AL_OK;
+    case PX_WS_DONE: /* the close handshake went both ways: end when drained */
         c->ws_closing = 1;
         if (px_half_flush(c, &c->cl) != AL_AGAIN && px_half_flush(c, &c->up) != AL_AGAIN)
             px_conn_ws_end(c, NULL);
+        return AL_ERROR;
+    case PX_WS_GONE: /* a side went away without its close frame */
+        if (from_client) {
+            /* Nobody to answer on the client's side: the origin is told
+             * 1001 (best effort) and the socket ends now. */
+            if (px_ws_close_frame(c, 0, 1001, "client closed websocket") == AL_OK)
+                (void)px_half_flush(c, &c->up);
+            c->x->ws->error = "client closed websocket";
+            px_conn_ws_end(c, "client closed websocket");
+        } else {
+            px_conn_ws_close(c, 1001, "upstream closed websocket");
+        }
+        return AL_ERROR;
+    case AL_DECLINED: /* a violation or a refused placeholder */
+        px_ws_fail_row(c);
+        px_conn_ws_close(c, c->x->ws->fail_code, c->x->ws->error);
+        return AL_ERROR;
+    default:
+        px_conn_close(c, "no memory");
+        return AL_ERROR;
     }
-    return AL_OK;
 }
 
 /*
@@ -1160,66 +1031,20 @@ px_conn_enter_ws(struct px_conn *c)
         size_t n = c->cin_len;
 
         c->cin_len = 0;
-        if (px_conn_ws_feed(c, 1, c->cin, n) != AL_OK)
+        if (px_conn_ws_after(c, px_ws_take(c, 1, c->cin, n), 1) != AL_OK)
             return;
     }
-    if (x->ws_early.len > 0 && px_conn_ws_feed(c, 0, x->ws_early.data, x->ws_early.len) != AL_OK)
+    if (x->ws_early.len > 0 &&
+        px_conn_ws_after(c, px_ws_take(c, 0, x->ws_early.data, x->ws_early.len), 0) != AL_OK)
         return;
     al_dbuf_free(&x->ws_early);
     /* An idle socket keeps only what it needs: the parser's input buffer
      * (16 KiB) and the answer's head go; the request's head stays (the row
      * reads its target). */
-    if (!c->closing)
-        al_safefree(c->cin);
+    al_safefree(c->cin);
     px_msg_free(&x->resp);
-    if (!c->closing &&
-        (px_half_flush(c, &c->cl) == AL_ERROR || px_half_flush(c, &c->up) == AL_ERROR))
+    if (px_half_flush(c, &c->cl) == AL_ERROR || px_half_flush(c, &c->up) == AL_ERROR)
         px_conn_close(c, "write error");
-}
-
-/* One side of a websocket became readable (TLS: drained of what it holds,
- * as long as the other side's queue has room). */
-static void
-px_conn_ws_read(struct px_conn *c, int from_client)
-{
-    struct px_half *h = from_client ? &c->cl : &c->up;
-    struct al_bufq *q = from_client ? &c->up.out : &c->cl.out;
-    char            buf[PX_READ_BYTES];
-
-    if (from_client)
-        c->cl.tls_more = 0; /* owed nothing once the read runs (see client_readable) */
-    do {
-        ssize_t n = px_half_recv(c, h, buf, sizeof(buf));
-
-        if (n == -1)
-            return;
-        if (n < 0 || n == 0) {
-            int done = c->x->ws->up.close_seen && c->x->ws->down.close_seen;
-
-            /* A side that goes away without its close frame: the other
-             * side gets 1001 (or 1006 is what it will see), the row says so. */
-            if (done) {
-                px_conn_ws_end(c, NULL);
-            } else if (from_client) {
-                /* Nobody to answer on the client's side: the origin is told
-                 * 1001 (best effort) and the socket ends now. */
-                if (px_ws_close_frame(c, 0, 1001, "client closed websocket") == AL_OK)
-                    (void)px_half_flush(c, &c->up);
-                c->x->ws->error = "client closed websocket";
-                px_conn_ws_end(c, "client closed websocket");
-            } else {
-                px_conn_ws_close(c, 1001, "upstream closed websocket");
-            }
-            return;
-        }
-        c->last_activity = ev_now(c->worker->loop);
-        if (px_conn_ws_feed(c, from_client, buf, (size_t)n) != AL_OK)
-            return;
-    } while (!c->closing && !c->ws_closing && px_half_tls_buffered(h) && !al_bufq_full(q));
-    /* Decrypted bytes held back by a full queue announce themselves to
-     * nobody: px_conn_update_io resumes the read when there is room. */
-    if (from_client && !c->closing && px_half_tls_buffered(h) && al_bufq_full(q))
-        c->cl.tls_more = 1;
 }
 
 static void
@@ -1236,10 +1061,9 @@ px_conn_ws_io(struct px_conn *c, int is_cl, int revents)
             px_conn_ws_end(c, c->x->err_reason);
         return;
     }
-    if (revents & EV_READ)
-        px_conn_ws_read(c, is_cl);
-    if (!c->closing &&
-        (px_half_flush(c, &c->cl) == AL_ERROR || px_half_flush(c, &c->up) == AL_ERROR))
+    if ((revents & EV_READ) && px_conn_ws_after(c, px_ws_read(c, is_cl), is_cl) != AL_OK)
+        return;
+    if (px_half_flush(c, &c->cl) == AL_ERROR || px_half_flush(c, &c->up) == AL_ERROR)
         px_conn_close(c, "websocket write error");
 }
 
@@ -1248,7 +1072,7 @@ px_conn_ws_io(struct px_conn *c, int is_cl, int revents)
 static void
 px_conn_client_readable(struct px_conn *c)
 {
-    ssize_t n;
+    int n;
 
     if (c->cin == NULL) {
         c->cin = al_malloc(PX_CIN_BYTES);
@@ -1257,40 +1081,7 @@ px_conn_client_readable(struct px_conn *c)
             return;
         }
     }
-    /* A read that was resumed because TLS bytes were held (tls_more) is owed
-     * nothing more once it runs: if it finds none (the socket was drained in
-     * this loop iteration), a flag left set would have px_conn_update_io
-     * feed this event again in the same iteration, forever. The loop below
-     * sets it again when the buffer fills with bytes still held. */
-    c->cl.tls_more = 0;
-    n = px_half_recv(c, &c->cl, c->cin + c->cin_len, PX_CIN_BYTES - c->cin_len);
-    /* TLS: drain what the memory BIO holds, or no socket event will say so. */
-    while (c->cl.ssl != NULL && n > 0) {
-        ssize_t more;
-
-        c->cin_len += (size_t)n;
-        if (c->cin_len >= PX_CIN_BYTES) {
-            c->cl.tls_more = 1; /* resumed by px_conn_update_io when there is room */
-            n = -3;
-            break;
-        }
-        if (!px_half_tls_buffered(&c->cl)) {
-            /* Nothing decrypted or undecrypted is held: a further read
-             * would only find the socket empty (and cost OpenSSL a record
-             * buffer); the level-triggered watcher reports new bytes. */
-            c->cl.tls_more = 0;
-            n = -3;
-            break;
-        }
-        more = px_half_recv(c, &c->cl, c->cin + c->cin_len, PX_CIN_BYTES - c->cin_len);
-        if (more <= 0) {
-            if (more == -1)
-                c->cl.tls_more = 0;
-            n = -3; /* EOF or an error shows again on the next event */
-            break;
-        }
-        n = more;
-    }
+    n = px_half_read_into(c, &c->cl, c->cin, PX_CIN_BYTES, &c->cin_len);
     if (n == -1)
         return;
     if (n == -2) {
@@ -1319,8 +1110,6 @@ px_conn_client_readable(struct px_conn *c)
             px_conn_close(c, "client closed mid-request");
         return;
     }
-    if (n > 0)
-        c->cin_len += (size_t)n;
     if (c->state == PX_ST_PEEK) {
         px_conn_peek(c, 0);
         return;

@@ -62,9 +62,10 @@ px_tls_up_step(struct px_conn *c)
 /*
  * An allowed CONNECT that airlock intercepts is served over TLS with a leaf
  * minted for the CONNECT host (or its SNI, which must name the same host).
- * This readies the client side's TLS server and feeds it a ClientHello that
- * came with the CONNECT head (or that a transparent listener peeked); the
- * machine answers the CONNECT and runs the handshake.
+ * This readies the client side's TLS server, feeds it a ClientHello that
+ * came with the CONNECT head (or that a transparent listener peeked), queues
+ * the 200 in the clear, writes the CONNECT's row and readies the exchange
+ * and parser for the inner requests; the machine runs the handshake.
  */
 int
 px_tls_mitm_prepare(struct px_conn *c)
@@ -104,7 +105,22 @@ px_tls_mitm_prepare(struct px_conn *c)
     if (c->cin_len > 0 && BIO_write(c->cl.rbio, c->cin, (int)c->cin_len) != (int)c->cin_len)
         return AL_ERROR;
     c->cin_len = 0;
-    al_safefree(c->cin); /* the inner requests get a buffer when they come */
+    al_safefree(c->cin);     /* the inner requests get a buffer when they come */
+    if (!x->silent_tunnel) { /* answered in the clear, before TLS starts */
+        static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+
+        if (al_bufq_write(&c->cl.out, ok, sizeof(ok) - 1) != AL_OK)
+            return AL_ERROR;
+        c->cl.plain_out = sizeof(ok) - 1;
+    }
+    al_log_info("conn %llu: CONNECT %s:%u intercepted", (unsigned long long)c->id, x->target.host,
+                x->target.port);
+    px_conn_count_status(200);
+    x->status = 200;
+    px_conn_audit(c, NULL); /* the CONNECT's own row; inner requests get theirs */
+    px_exch_reset(x, c->conf->limits.header_bytes);
+    px_h1_request_parser(c); /* the inner stream starts a new HTTP/1.1 parse */
+    c->nreqs = 0;
     return AL_OK;
 }
 

@@ -311,3 +311,37 @@ px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
         c->last_activity = ev_now(c->worker->loop);
     }
 }
+
+int
+px_half_read_into(struct px_conn *c, struct px_half *h, char *buf, size_t cap, size_t *len)
+{
+    ssize_t n;
+
+    /* A read that was resumed because TLS bytes were held (tls_more) is owed
+     * nothing more once it runs: if it finds none (the socket was drained in
+     * this loop iteration), a flag left set would have the machine feed this
+     * event again in the same iteration, forever. It is set again below when
+     * the buffer fills with bytes still held. */
+    h->tls_more = 0;
+    n = px_half_recv(c, h, buf + *len, cap - *len);
+    if (n <= 0)
+        return (int)n;
+    *len += (size_t)n;
+    /* TLS: drain what the memory BIO holds, or no socket event will say so. */
+    while (h->ssl != NULL) {
+        if (*len >= cap) {
+            h->tls_more = 1; /* resumed by the machine when there is room */
+            break;
+        }
+        /* Nothing decrypted or undecrypted held: a further read would only
+         * find the socket empty (and cost OpenSSL a record buffer); the
+         * level-triggered watcher reports new bytes. */
+        if (!px_half_tls_buffered(h))
+            break;
+        n = px_half_recv(c, h, buf + *len, cap - *len);
+        if (n <= 0)
+            break; /* EOF or an error shows again on the next event */
+        *len += (size_t)n;
+    }
+    return 1;
+}

@@ -90,6 +90,18 @@ int px_ws_feed(struct px_conn *c, int from_client, const char *p, size_t n);
 int px_ws_close_frame(struct px_conn *c, int to_client, int code, const char *reason);
 /* Both close frames went through: the socket ends when the queues drain. */
 int px_ws_done(const struct px_ws *ws);
+#define PX_WS_DONE 10 /* the close handshake went both ways */
+#define PX_WS_GONE 11 /* the side read from went away without it */
+/* px_ws_feed, then PX_WS_DONE when the close handshake is complete. */
+int px_ws_take(struct px_conn *c, int from_client, const char *p, size_t n);
+/* Reads one side (TLS: drained of what it holds while the other side's
+ * queue has room) through the codec: AL_OK, PX_WS_DONE, PX_WS_GONE,
+ * AL_DECLINED (ws->fail_code), AL_ERROR. */
+int px_ws_read(struct px_conn *c, int from_client);
+/* The socket's log line and row. */
+void px_ws_row(struct px_conn *c, const char *why);
+/* A violation (fail_code) or refusal (1008) as the row says it. */
+void px_ws_fail_row(struct px_conn *c);
 
 /* ---- body filter chains (px_filter.c) -------------------------------------- */
 void px_chain_init(struct px_chain *ch, struct px_conn *c);
@@ -142,6 +154,17 @@ int px_upstream_connected(struct px_conn *c);
 void px_upstream_kept_readable(struct px_conn *c);
 /* The kept upstream goes to the worker's pool (or is closed). */
 void px_upstream_park(struct px_conn *c);
+
+/* ---- a request head's target and protocol checks (px_target.c) ---------------- */
+/* The target by the kind of connection, HTTP/1.x, re-frameable transfer
+ * codings, which upgrade is performed, the pool key. AL_OK or AL_DECLINED. */
+int px_request_target(struct px_conn *c);
+/* Where a decided request or flow goes (the audit writer admitting it
+ * first): PX_ROUTE_MITM (intercept: always toward a secret's host),
+ * PX_ROUTE_UPSTREAM, or AL_DECLINED. */
+#define PX_ROUTE_MITM 20
+#define PX_ROUTE_UPSTREAM 21
+int px_route(struct px_conn *c);
 
 /* ---- identify + decide (px_decide.c) --------------------------------------- */
 /* Once per request head, before anything is resolved. */

@@ -19,6 +19,7 @@
  * client frames are unmasked. A data message whose scanned output is empty
  * so far emits nothing until it has bytes or ends.
  */
+#include "px_half.h"
 #include "px_phase.h"
 
 #include <string.h>
@@ -404,4 +405,73 @@ int
 px_ws_done(const struct px_ws *ws)
 {
     return ws->sent_close[0] && ws->sent_close[1] && ws->up.close_seen && ws->down.close_seen;
+}
+
+/* The socket's log line and row (error: why, NULL after a clean close
+ * handshake). */
+void
+px_ws_row(struct px_conn *c, const char *why)
+{
+    struct px_ws *ws = c->x->ws;
+
+    al_log_info("conn %llu: websocket %s:%u closed: %llu/%llu messages up/down, close %d/%d%s%s",
+                (unsigned long long)c->id, c->x->target.host, c->x->target.port,
+                (unsigned long long)ws->up.msgs, (unsigned long long)ws->down.msgs,
+                ws->up.close_code, ws->down.close_code, why != NULL ? ": " : "",
+                why != NULL ? why : "");
+    px_conn_audit(c, why);
+}
+
+/* A violation (or refusal) as the row will say it. */
+void
+px_ws_fail_row(struct px_conn *c)
+{
+    struct px_exch *x = c->x;
+
+    if (x->ws->fail_code == 1008) { /* a placeholder that may not go there */
+        PX_MINC(secrets_refused);
+        x->decision.verdict = POL_DENY;
+        x->decision.reason = x->body_refusal != NULL ? x->body_refusal : SEC_REFUSE_OUT_OF_SCOPE;
+        x->err_reason = x->decision.reason;
+    } else {
+        x->err_reason = x->ws->error;
+    }
+}
+
+/* px_ws_feed, then whether the close handshake went both ways. */
+int
+px_ws_take(struct px_conn *c, int from_client, const char *p, size_t n)
+{
+    int rc = px_ws_feed(c, from_client, p, n);
+
+    if (rc == AL_OK && px_ws_done(c->x->ws))
+        return PX_WS_DONE;
+    return rc;
+}
+
+int
+px_ws_read(struct px_conn *c, int from_client)
+{
+    struct px_half *h = from_client ? &c->cl : &c->up;
+    struct al_bufq *q = from_client ? &c->up.out : &c->cl.out;
+    char            buf[PX_READ_BYTES];
+    int             rc = AL_OK;
+
+    if (from_client)
+        c->cl.tls_more = 0; /* owed nothing once the read runs (see client_readable) */
+    do {
+        ssize_t n = px_half_recv(c, h, buf, sizeof(buf));
+
+        if (n == -1)
+            return AL_OK;
+        if (n <= 0) /* gone: cleanly after the handshake, or not */
+            return c->x->ws->up.close_seen && c->x->ws->down.close_seen ? PX_WS_DONE : PX_WS_GONE;
+        c->last_activity = ev_now(c->worker->loop);
+        rc = px_ws_take(c, from_client, buf, (size_t)n);
+    } while (rc == AL_OK && px_half_tls_buffered(h) && !al_bufq_full(q));
+    /* Decrypted bytes held back by a full queue announce themselves to
+     * nobody: px_conn_update_io resumes the read when there is room. */
+    if (rc == AL_OK && from_client && px_half_tls_buffered(h) && al_bufq_full(q))
+        c->cl.tls_more = 1;
+    return rc;
 }
