@@ -78,42 +78,6 @@ fail:
     return NULL;
 }
 
-int
-aud_glob_has_meta(const char *s)
-{
-    return strpbrk(s, "*?") != NULL;
-}
-
-int
-aud_glob_to_like(const char *glob, char *out, size_t outlen)
-{
-    size_t o = 0;
-
-    for (const char *p = glob; *p != '\0'; p++) {
-        if (o + 3 >= outlen)
-            return AL_ERROR;
-        switch (*p) {
-        case '*':
-            out[o++] = '%';
-            break;
-        case '?':
-            out[o++] = '_';
-            break;
-        case '%':
-        case '_':
-        case '\\':
-            out[o++] = '\\';
-            out[o++] = *p;
-            break;
-        default:
-            out[o++] = *p;
-            break;
-        }
-    }
-    out[o] = '\0';
-    return AL_OK;
-}
-
 static void
 aud_binds_text(struct aud_binds *b, const char *s)
 {
