@@ -1356,10 +1356,17 @@ px_conn_finish_exchange(struct px_conn *c)
     }
 }
 
+/* Only the directions this event can move: bytes the source has to read, or
+ * room the destination has to write. The other direction's splice would only
+ * find EAGAIN. */
 static void
-px_conn_tunnel_io(struct px_conn *c)
+px_conn_tunnel_io(struct px_conn *c, int is_cl, int revents)
 {
-    if (px_half_pump(c, &c->cl, &c->up) != AL_OK || px_half_pump(c, &c->up, &c->cl) != AL_OK) {
+    int up = revents & (is_cl ? EV_READ : EV_WRITE);
+    int down = revents & (is_cl ? EV_WRITE : EV_READ);
+
+    if ((up && px_half_pump(c, &c->cl, &c->up) != AL_OK) ||
+        (down && px_half_pump(c, &c->up, &c->cl) != AL_OK)) {
         px_conn_close(c, "tunnel error");
         return;
     }
@@ -1419,7 +1426,7 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         goto out;
     switch (c->state) {
     case PX_ST_TUNNEL:
-        px_conn_tunnel_io(c);
+        px_conn_tunnel_io(c, is_cl, revents);
         break;
     case PX_ST_WS:
         px_conn_ws_io(c, is_cl, revents);

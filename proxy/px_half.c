@@ -261,6 +261,7 @@ int
 px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
 {
     int rc = px_half_flush(c, dst); /* bytes queued before the tunnel started */
+    int drained = 0;
 
     if (rc == AL_ERROR)
         return AL_ERROR;
@@ -295,6 +296,8 @@ px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
             }
             return AL_OK;
         }
+        if (drained)
+            return AL_OK;
         if (src->pipe[0] < 0 && pipe2(src->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
             al_log_warn("conn %llu: pipe2", (unsigned long long)c->id);
             return AL_ERROR;
@@ -307,6 +310,10 @@ px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
         }
         if (n == 0)
             src->eof = 1;
+        /* Less than asked for: the socket had no more. Once it is passed on,
+         * the level-triggered watcher says when there is more, instead of a
+         * further splice that would only find EAGAIN (as nginx's ready flag). */
+        drained = n < 65536;
         src->inpipe += (size_t)n;
         c->last_activity = ev_now(c->worker->loop);
     }
