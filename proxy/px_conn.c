@@ -596,8 +596,8 @@ px_conn_upstream_ready(struct px_conn *c)
     }
     if (e == HPE_PAUSED_UPGRADE)
         x->req_done = 1;
-    if (x->hold_up && px_msg_find(&x->req, "expect", 0) >= 0) {
-        int i = px_msg_find(&x->req, "expect", 0);
+    if (x->hold_up && px_msg_find_id(&x->req, PX_H_EXPECT, 0) >= 0) {
+        int i = px_msg_find_id(&x->req, PX_H_EXPECT, 0);
 
         /* The head waits for the scanned body, so the upstream can't say
          * "100 Continue": airlock does, or the client stalls for a second. */

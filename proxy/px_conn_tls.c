@@ -230,7 +230,7 @@ px_conn_mitm_target(struct px_conn *c, const char **err)
     struct px_exch  *x = c->x;
     struct px_msg   *m = &x->req;
     const char      *url = px_msg_str(m, m->url);
-    int              h = px_msg_find(m, "host", 0);
+    int              h = px_msg_find_id(m, PX_H_HOST, 0);
     struct px_target ht;
 
     x->target = c->mitm_target;
@@ -250,7 +250,7 @@ px_conn_mitm_target(struct px_conn *c, const char **err)
         x->target.path_len = at.path_len;
         x->target.path_needs_slash = at.path_needs_slash;
     }
-    if (h >= 0 && (m->hdrs[h].val == UINT32_MAX || px_msg_find(m, "host", h + 1) >= 0)) {
+    if (h >= 0 && (m->hdrs[h].val == UINT32_MAX || px_msg_find_id(m, PX_H_HOST, h + 1) >= 0)) {
         *err = "bad_host";
         return AL_ERROR;
     }

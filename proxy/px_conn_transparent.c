@@ -55,14 +55,14 @@ px_conn_transparent_target(struct px_conn *c, const char **err)
     struct px_exch *x = c->x;
     struct px_msg  *m = &x->req;
     const char     *url = px_msg_str(m, m->url);
-    int             h = px_msg_find(m, "host", 0);
+    int             h = px_msg_find_id(m, PX_H_HOST, 0);
     uint16_t        port = px_sockaddr_port(&c->orig_dst);
 
     if (m->url_len == 0 || url[0] != '/') {
         *err = "bad_target";
         return AL_ERROR;
     }
-    if (h < 0 || m->hdrs[h].val == UINT32_MAX || px_msg_find(m, "host", h + 1) >= 0) {
+    if (h < 0 || m->hdrs[h].val == UINT32_MAX || px_msg_find_id(m, PX_H_HOST, h + 1) >= 0) {
         *err = "bad_host";
         return AL_ERROR;
     }

@@ -46,7 +46,7 @@ px_decide_basic(struct px_conn *c)
 {
     struct px_exch          *x = c->x;
     struct px_msg           *m = &x->req;
-    int                      i = px_msg_find(m, "proxy-authorization", 0);
+    int                      i = px_msg_find_id(m, PX_H_PROXY_AUTHORIZATION, 0);
     char                     user[POL_BASIC_MAX_BYTES + 1], pass[POL_BASIC_MAX_BYTES + 1];
     struct pol_ident         id;
     const struct px_sandbox *sb;
@@ -56,7 +56,7 @@ px_decide_basic(struct px_conn *c)
 
     if (i < 0 || c->conf->nsandboxes == 0)
         return AL_DECLINED; /* no sandboxes configured: clients are anonymous */
-    if (px_msg_find(m, "proxy-authorization", i + 1) >= 0) {
+    if (px_msg_find_id(m, PX_H_PROXY_AUTHORIZATION, i + 1) >= 0) {
         px_refuse_deny(c, 407, "bad_credentials", "more than one Proxy-Authorization",
                        PX_AUTH_CHALLENGE);
         return AL_ERROR;

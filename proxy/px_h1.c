@@ -149,7 +149,7 @@ px_h1_request_prepare(struct px_conn *c)
 
     px_msg_drop_hop_by_hop(m, x->want_upgrade);
     px_msg_drop_framing(m); /* ours is written from the parser's state */
-    for (int i = px_msg_find(m, "host", 0); i >= 0; i = px_msg_find(m, "host", i + 1))
+    for (int i = px_msg_find_id(m, PX_H_HOST, 0); i >= 0; i = px_msg_find_id(m, PX_H_HOST, i + 1))
         m->hdrs[i].drop = 1; /* the request-target's authority wins (RFC 9112 3.2.2) */
     x->req_chunked = x->req_framing.kind == PX_BODY_CHUNKED;
 }

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <strings.h>
 
+static enum px_hdr_id px_hdr_classify_token(const char *n, size_t len);
+
 void
 px_msg_init(struct px_msg *m, size_t cap)
 {
@@ -59,13 +61,18 @@ px_msg_end_piece(struct px_msg *m)
     case PX_PIECE_STATUS:
         m->status_text_len = end - m->status_text;
         break;
-    case PX_PIECE_FIELD:
-        m->hdrs[m->nhdrs - 1].name_len = end - m->hdrs[m->nhdrs - 1].name;
-        if (m->hdrs[m->nhdrs - 1].name_len == 0) {
+    case PX_PIECE_FIELD: {
+        struct px_hdr *h = &m->hdrs[m->nhdrs - 1];
+
+        h->name_len = end - h->name;
+        if (h->name_len == 0) {
             m->bad = 1; /* ": x" would re-serialise as a nameless header */
             return -1;
         }
+        /* px_msg_add let only token bytes into a name */
+        h->id = (uint8_t)px_hdr_classify_token(px_msg_str(m, h->name), h->name_len);
         break;
+    }
     case PX_PIECE_VALUE:
         m->hdrs[m->nhdrs - 1].val_len = end - m->hdrs[m->nhdrs - 1].val;
         break;
@@ -83,14 +90,10 @@ px_msg_end_piece(struct px_msg *m)
 int
 px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len)
 {
-    if (memchr(at, '\0', len) != NULL || memchr(at, '\r', len) != NULL ||
-        memchr(at, '\n', len) != NULL) {
-        m->bad = 1;
-        return -1;
-    }
     /* A piece may be empty (llhttp flushes spans at read boundaries); an
-     * empty *name* is caught when the piece ends. */
-    if (piece == PX_PIECE_FIELD && !px_http_is_token(at, len)) {
+     * empty *name* is caught when the piece ends. A name is a token (which
+     * has no CR, LF or NUL); nothing else may hold CR, LF or NUL. */
+    if (piece == PX_PIECE_FIELD ? !px_http_is_token(at, len) : px_http_has_crlfnul(at, len)) {
         m->bad = 1;
         return -1;
     }
@@ -148,6 +151,81 @@ px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len
     return 0;
 }
 
+/* n equals the lower-case literal lit (letters, digits, '-'), for a token n:
+ * OR 0x20 folds A-Z onto a-z, and the only other bytes it maps onto a letter,
+ * a digit or '-' are control bytes, which no token holds. 8 bytes a step. */
+static int
+px_hdr_lc_eq(const char *n, const char *lit, size_t len)
+{
+    size_t i = 0;
+
+    for (; i + 8 <= len; i += 8) {
+        uint64_t a, b;
+
+        memcpy(&a, n + i, 8);
+        memcpy(&b, lit + i, 8);
+        if ((a | 0x2020202020202020ULL) != b)
+            return 0;
+    }
+    for (; i < len; i++)
+        if (((unsigned char)n[i] | 0x20) != (unsigned char)lit[i])
+            return 0;
+    return 1;
+}
+
+/* px_hdr_classify for a name known to be a token (a parsed one). */
+static enum px_hdr_id
+px_hdr_classify_token(const char *n, size_t len)
+{
+#define PX_IS(lit) px_hdr_lc_eq(n, lit, len)
+    switch (len) {
+    case 2:
+        return PX_IS("te") ? PX_H_TE : PX_H_OTHER;
+    case 4:
+        return PX_IS("host") ? PX_H_HOST : PX_H_OTHER;
+    case 6:
+        return PX_IS("expect") ? PX_H_EXPECT : PX_H_OTHER;
+    case 7:
+        return PX_IS("upgrade") ? PX_H_UPGRADE : PX_IS("trailer") ? PX_H_TRAILER : PX_H_OTHER;
+    case 10:
+        return PX_IS("connection")   ? PX_H_CONNECTION
+               : PX_IS("keep-alive") ? PX_H_KEEP_ALIVE
+                                     : PX_H_OTHER;
+    case 14:
+        return PX_IS("content-length")   ? PX_H_CONTENT_LENGTH
+               : PX_IS("http2-settings") ? PX_H_HTTP2_SETTINGS
+                                         : PX_H_OTHER;
+    case 16:
+        return PX_IS("proxy-connection")   ? PX_H_PROXY_CONNECTION
+               : PX_IS("content-encoding") ? PX_H_CONTENT_ENCODING
+                                           : PX_H_OTHER;
+    case 17:
+        return PX_IS("transfer-encoding") ? PX_H_TRANSFER_ENCODING : PX_H_OTHER;
+    case 18:
+        return PX_IS("proxy-authenticate") ? PX_H_PROXY_AUTHENTICATE : PX_H_OTHER;
+    case 19:
+        return PX_IS("proxy-authorization") ? PX_H_PROXY_AUTHORIZATION : PX_H_OTHER;
+    default:
+        return PX_H_OTHER;
+    }
+#undef PX_IS
+}
+
+enum px_hdr_id
+px_hdr_classify(const char *n, size_t len)
+{
+    return px_http_is_token(n, len) ? px_hdr_classify_token(n, len) : PX_H_OTHER;
+}
+
+int
+px_msg_find_id(const struct px_msg *m, enum px_hdr_id id, int from)
+{
+    for (int i = from < 0 ? 0 : from; i < m->nhdrs; i++)
+        if (m->hdrs[i].id == id)
+            return i;
+    return -1;
+}
+
 int
 px_msg_find(const struct px_msg *m, const char *name, int from)
 {
@@ -162,13 +240,13 @@ px_msg_find(const struct px_msg *m, const char *name, int from)
     return -1;
 }
 
-/* Calls fn for each comma-separated, trimmed element of every header called
- * name (a list-valued header); stops at the first fn that returns nonzero. */
+/* Calls fn for each comma-separated, trimmed element of every header of
+ * that id (a list-valued header); stops at the first fn that returns nonzero. */
 static int
-px_msg_list_tokens(const struct px_msg *m, const char                  *name,
+px_msg_list_tokens(const struct px_msg *m, enum px_hdr_id               id,
                    int (*fn)(void *arg, const char *t, size_t n), void *arg)
 {
-    for (int i = px_msg_find(m, name, 0); i >= 0; i = px_msg_find(m, name, i + 1)) {
+    for (int i = px_msg_find_id(m, id, 0); i >= 0; i = px_msg_find_id(m, id, i + 1)) {
         const char *v = m->hdrs[i].val == UINT32_MAX ? "" : px_msg_str(m, m->hdrs[i].val);
         const char *p = v;
 
@@ -209,7 +287,7 @@ px_msg_te_chunked_only(const struct px_msg *m)
 {
     int seen = 0;
 
-    (void)px_msg_list_tokens(m, "transfer-encoding", px_msg_te_element, &seen);
+    (void)px_msg_list_tokens(m, PX_H_TRANSFER_ENCODING, px_msg_te_element, &seen);
     return (seen & 2) == 0;
 }
 
@@ -230,7 +308,7 @@ px_msg_connection_has(const struct px_msg *m, const char *token)
 {
     struct px_conn_tok_find f = {token};
 
-    return px_msg_list_tokens(m, "connection", px_msg_tok_eq, &f);
+    return px_msg_list_tokens(m, PX_H_CONNECTION, px_msg_tok_eq, &f);
 }
 
 struct px_drop_ctx {
@@ -258,40 +336,17 @@ px_msg_drop_named(void *arg, const char *t, size_t n)
 void
 px_msg_drop_hop_by_hop(struct px_msg *m, int keep_upgrade)
 {
-#define PX_HBH(s)                                                                                  \
-    {                                                                                              \
-        s, sizeof(s) - 1                                                                           \
-    }
-    static const struct {
-        const char *name;
-        size_t      len;
-    } fixed[] = {PX_HBH("connection"),
-                 PX_HBH("proxy-connection"),
-                 PX_HBH("proxy-authorization"),
-                 PX_HBH("proxy-authenticate"),
-                 PX_HBH("keep-alive"),
-                 PX_HBH("te"),
-                 PX_HBH("trailer"),
-                 PX_HBH("transfer-encoding"),
-                 PX_HBH("upgrade"),
-                 PX_HBH("http2-settings")};
-#undef PX_HBH
     struct px_drop_ctx d = {m, keep_upgrade};
 
-    (void)px_msg_list_tokens(m, "connection", px_msg_drop_named, &d);
+    (void)px_msg_list_tokens(m, PX_H_CONNECTION, px_msg_drop_named, &d);
+    /* Runs for every header of every request and response: the ids were
+     * told apart as the names were parsed. */
     for (int i = 0; i < m->nhdrs; i++) {
-        const char *n = px_msg_str(m, m->hdrs[i].name);
-        size_t      len = m->hdrs[i].name_len;
+        uint8_t id = m->hdrs[i].id;
 
-        /* Runs for every header of every request and response: the length
-         * check skips the name compare for almost all of them. */
-        for (size_t k = 0; k < sizeof(fixed) / sizeof(fixed[0]); k++) {
-            if (len == fixed[k].len && al_strcaseeq_n(n, len, fixed[k].name)) {
-                if (!(keep_upgrade && k == 8))
-                    m->hdrs[i].drop = 1;
-                break;
-            }
-        }
+        if (id >= PX_H_CONNECTION && id <= PX_H_HTTP2_SETTINGS &&
+            !(keep_upgrade && id == PX_H_UPGRADE))
+            m->hdrs[i].drop = 1;
     }
 }
 
@@ -366,11 +421,7 @@ void
 px_msg_drop_framing(struct px_msg *m)
 {
     for (int i = 0; i < m->nhdrs; i++) {
-        const char *n = px_msg_str(m, m->hdrs[i].name);
-        size_t      len = m->hdrs[i].name_len;
-
-        if ((len == 14 && al_strcaseeq_n(n, len, "content-length")) ||
-            (len == 17 && al_strcaseeq_n(n, len, "transfer-encoding")))
+        if (m->hdrs[i].id == PX_H_CONTENT_LENGTH || m->hdrs[i].id == PX_H_TRANSFER_ENCODING)
             m->hdrs[i].drop = 1;
     }
 }
@@ -397,7 +448,7 @@ px_msg_connection_forbidden(const struct px_msg *m)
 {
     const char *hit = NULL;
 
-    (void)px_msg_list_tokens(m, "connection", px_msg_forbidden_tok, &hit);
+    (void)px_msg_list_tokens(m, PX_H_CONNECTION, px_msg_forbidden_tok, &hit);
     return hit;
 }
 
@@ -427,7 +478,7 @@ px_msg_content_coding(const struct px_msg *m)
 {
     struct px_coding_ctx cc = {0};
 
-    (void)px_msg_list_tokens(m, "content-encoding", px_msg_coding_tok, &cc);
+    (void)px_msg_list_tokens(m, PX_H_CONTENT_ENCODING, px_msg_coding_tok, &cc);
     return cc.coding;
 }
 
@@ -452,39 +503,81 @@ px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out)
 const char *
 px_http_head_scan(struct px_head_scan *st, const char *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+
+    if (n > 0 && st->line == 0 && st->prev == 0)
+        st->prev = -1;
+    /* The request line, byte by byte. */
+    for (; i < n && st->line == 0; i++) {
         int ch = (unsigned char)p[i];
 
-        if (st->line == 0 && st->prev == 0 && i == 0)
-            st->prev = -1;
-        if (st->prev == '\n' && (ch == ' ' || ch == '\t'))
-            return "obs-fold header line";
-        if (st->line == 0) {
-            if (ch == '\t')
-                return "tab in request line";
-            if (ch == ' ' && (st->prev == ' ' || st->prev == -1))
-                return "extra whitespace in request line";
-        }
+        if (ch == '\t')
+            return "tab in request line";
+        if (ch == ' ' && (st->prev == ' ' || st->prev == -1))
+            return "extra whitespace in request line";
         if (ch == '\n')
             st->line++;
         st->prev = ch;
     }
+    /* Header lines: only the byte after each line feed matters, so the scan
+     * jumps from one LF to the next (memchr) instead of looking at each. */
+    while (i < n) {
+        const char *nl;
+
+        if (st->prev == '\n' && (p[i] == ' ' || p[i] == '\t'))
+            return "obs-fold header line";
+        nl = memchr(p + i, '\n', n - i);
+        if (nl == NULL) {
+            st->prev = (unsigned char)p[n - 1];
+            break;
+        }
+        st->line++;
+        st->prev = '\n';
+        i = (size_t)(nl - p) + 1;
+    }
     return NULL;
 }
+
+/* RFC 9110 tchar: ALPHA DIGIT and "!#$%&'*+-.^_`|~" (one table lookup a byte:
+ * every header name of every head goes through here). */
+static const unsigned char px_http_tchar[256] = {
+    ['0' ... '9'] = 1, ['a' ... 'z'] = 1, ['A' ... 'Z'] = 1, ['!'] = 1, ['#'] = 1, ['$'] = 1,
+    ['%'] = 1,         ['&'] = 1,         ['\''] = 1,        ['*'] = 1, ['+'] = 1, ['-'] = 1,
+    ['.'] = 1,         ['^'] = 1,         ['_'] = 1,         ['`'] = 1, ['|'] = 1, ['~'] = 1,
+};
 
 int
 px_http_is_token(const char *p, size_t n)
 {
-    static const char extra[] = "!#$%&'*+-.^_`|~";
+    for (size_t i = 0; i < n; i++)
+        if (!px_http_tchar[(unsigned char)p[i]])
+            return 0;
+    return 1;
+}
 
-    for (size_t i = 0; i < n; i++) {
+int
+px_http_has_crlfnul(const char *p, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t         i = 0;
+
+    /* 8 bytes a step: a byte of x is zero iff (x - 1) & ~x has its high bit. */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w, r, l;
+
+        memcpy(&w, p + i, 8);
+        r = w ^ (ones * '\r');
+        l = w ^ (ones * '\n');
+        if ((((w - ones) & ~w) | ((r - ones) & ~r) | ((l - ones) & ~l)) & highs)
+            return 1;
+    }
+    for (; i < n; i++) {
         unsigned char ch = (unsigned char)p[i];
 
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              (ch != 0 && strchr(extra, ch) != NULL)))
-            return 0;
+        if (ch == '\0' || ch == '\r' || ch == '\n')
+            return 1;
     }
-    return 1;
+    return 0;
 }
 
 const char *

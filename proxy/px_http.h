@@ -19,9 +19,34 @@
 #define PX_HTTP_MAX_HEADERS 256
 #define PX_HTTP_FIRST_HEADERS 24 /* slots allocated on the first header */
 
+/* The header names airlock itself acts on, told apart once as each name
+ * ends (px_msg_end_piece), so the per-message passes over the headers
+ * (hop-by-hop, framing, lookups) compare a byte, not strings. */
+enum px_hdr_id {
+    PX_H_OTHER = 0,
+    /* hop-by-hop: PX_H_CONNECTION .. PX_H_HTTP2_SETTINGS */
+    PX_H_CONNECTION,
+    PX_H_PROXY_CONNECTION,
+    PX_H_PROXY_AUTHORIZATION,
+    PX_H_PROXY_AUTHENTICATE,
+    PX_H_KEEP_ALIVE,
+    PX_H_TE,
+    PX_H_TRAILER,
+    PX_H_TRANSFER_ENCODING,
+    PX_H_UPGRADE,
+    PX_H_HTTP2_SETTINGS,
+    PX_H_CONTENT_LENGTH,
+    PX_H_CONTENT_ENCODING,
+    PX_H_HOST,
+    PX_H_EXPECT,
+};
+/* PX_H_OTHER for any other name; case-insensitive. */
+enum px_hdr_id px_hdr_classify(const char *name, size_t len);
+
 struct px_hdr {
     uint32_t name, name_len; /* offsets into px_msg.buf */
     uint32_t val, val_len;
+    uint8_t  id;       /* enum px_hdr_id of the name */
     unsigned drop : 1; /* not forwarded (hop-by-hop or replaced) */
 };
 
@@ -61,6 +86,8 @@ px_msg_str(const struct px_msg *m, uint32_t off)
 
 /* Index of the first header called `name` (case-insensitive) from `from`, or -1. */
 int px_msg_find(const struct px_msg *m, const char *name, int from);
+/* The same for a name told apart at parse time (enum px_hdr_id, not OTHER). */
+int px_msg_find_id(const struct px_msg *m, enum px_hdr_id id, int from);
 /* Marks hop-by-hop headers as dropped: the fixed list and every name the
  * Connection headers list. keep_upgrade keeps Upgrade + "Connection: upgrade"
  * (websocket). Returns AL_OK. */
@@ -136,6 +163,8 @@ const char *px_http_head_scan(struct px_head_scan *st, const char *p, size_t n);
 
 /* Is every byte a header-name token character (RFC 9110 tchar)? */
 int px_http_is_token(const char *p, size_t n);
+/* 1 when p[0..n) holds a CR, LF or NUL. */
+int px_http_has_crlfnul(const char *p, size_t n);
 
 /* A complete error answer with X-Airlock-Reason, a short text body and
  * Connection: close. */

@@ -441,8 +441,8 @@ px_inject_response(struct px_conn *c)
         x->inflater = px_inflate_new(coding);
         if (x->inflater == NULL || px_chain_add(&x->resp_chain, px_inject_inflate) != AL_OK)
             return AL_ERROR;
-        for (int i = px_msg_find(m, "content-encoding", 0); i >= 0;
-             i = px_msg_find(m, "content-encoding", i + 1))
+        for (int i = px_msg_find_id(m, PX_H_CONTENT_ENCODING, 0); i >= 0;
+             i = px_msg_find_id(m, PX_H_CONTENT_ENCODING, i + 1))
             m->hdrs[i].drop = 1;
         PX_MINC(responses_decoded);
     }

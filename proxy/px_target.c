@@ -53,7 +53,7 @@ px_request_target(struct px_conn *c)
          * scanner (a placeholder inside unseen). RFC 9112 6.1: 501. */
         return px_refuse(c, 501, "unsupported_transfer_coding", "only chunked is supported");
     if (c->rq.upgrade && !x->is_connect) {
-        int u = px_msg_find(m, "upgrade", 0);
+        int u = px_msg_find_id(m, PX_H_UPGRADE, 0);
 
         x->want_upgrade =
             u >= 0 && m->hdrs[u].val != UINT32_MAX &&

@@ -148,6 +148,54 @@ px_url_label_digits(const char *s, size_t n)
  * already gone) and writes its canonical form. Shared by the ASCII path and
  * the output of IDNA, which must pass the very same checks.
  */
+/* "a.b.c.d" with four decimal parts 0..255 and no leading zero: what
+ * inet_ntop would write for the address inet_aton reads from it. */
+static int
+px_url_quad_canonical(const char *s, size_t len)
+{
+    int parts = 0;
+
+    for (size_t i = 0; i < len;) {
+        unsigned v = 0;
+        size_t   start = i;
+
+        while (i < len && s[i] >= '0' && s[i] <= '9' && i - start < 3)
+            v = v * 10 + (unsigned)(s[i++] - '0');
+        if (i == start || v > 255 || (s[start] == '0' && i - start > 1))
+            return 0;
+        parts++;
+        if (i == len)
+            break;
+        if (s[i] != '.' || parts == 4)
+            return 0;
+        i++;
+        if (i == len)
+            return 0;
+    }
+    return parts == 4;
+}
+
+/* The dotted quad of four address bytes (no printf: per request). */
+static size_t
+px_url_quad_str(char *out, const unsigned char *a)
+{
+    size_t n = 0;
+
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+
+        if (v >= 100)
+            out[n++] = (char)('0' + v / 100);
+        if (v >= 10)
+            out[n++] = (char)('0' + v / 10 % 10);
+        out[n++] = (char)('0' + v % 10);
+        if (i < 3)
+            out[n++] = '.';
+    }
+    out[n] = '\0';
+    return n;
+}
+
 static int
 px_url_ascii_host(const char *s, size_t len, char *out, size_t outsz, enum px_host_kind *kind,
                   const char **err)
@@ -182,12 +230,21 @@ px_url_ascii_host(const char *s, size_t len, char *out, size_t outsz, enum px_ho
         lab = s + i + 1;
     }
     if (all_numeric) {
-        /* The resolver would read this as an address; so do we, or refuse. */
-        if (inet_aton(s, &a) == 0)
+        size_t qlen;
+
+        /* The resolver would read this as an address; so do we, or refuse.
+         * Already canonical (the usual case) is its own answer. */
+        if (px_url_quad_canonical(s, len)) {
+            memcpy(quad, s, len + 1);
+            qlen = len;
+        } else {
+            if (inet_aton(s, &a) == 0)
+                goto out;
+            qlen = px_url_quad_str(quad, (const unsigned char *)&a);
+        }
+        if (qlen >= outsz)
             goto out;
-        if (inet_ntop(AF_INET, &a, quad, sizeof(quad)) == NULL || strlen(quad) >= outsz)
-            goto out;
-        memcpy(out, quad, strlen(quad) + 1);
+        memcpy(out, quad, qlen + 1);
         *kind = PX_HOST_IPV4;
     } else {
         if (len >= outsz)

@@ -209,6 +209,149 @@ test_smuggling_shapes_rejected(void **state)
 }
 
 static void
+test_hdr_classify(void **state)
+{
+    static const struct {
+        const char    *name;
+        enum px_hdr_id id;
+    } cases[] = {
+        {"Connection", PX_H_CONNECTION},
+        {"PROXY-CONNECTION", PX_H_PROXY_CONNECTION},
+        {"proxy-authorization", PX_H_PROXY_AUTHORIZATION},
+        {"Proxy-Authenticate", PX_H_PROXY_AUTHENTICATE},
+        {"Keep-Alive", PX_H_KEEP_ALIVE},
+        {"TE", PX_H_TE},
+        {"Trailer", PX_H_TRAILER},
+        {"Transfer-Encoding", PX_H_TRANSFER_ENCODING},
+        {"upgrade", PX_H_UPGRADE},
+        {"HTTP2-Settings", PX_H_HTTP2_SETTINGS},
+        {"Content-Length", PX_H_CONTENT_LENGTH},
+        {"content-ENCODING", PX_H_CONTENT_ENCODING},
+        {"Host", PX_H_HOST},
+        {"Expect", PX_H_EXPECT},
+        {"Te-", PX_H_OTHER},
+        {"Hosts", PX_H_OTHER},
+        {"Content-Lengt", PX_H_OTHER},
+        {"Content-Lengths", PX_H_OTHER},
+        {"Transfer_Encoding", PX_H_OTHER},
+        {"X-Connection", PX_H_OTHER},
+        {"Authorization", PX_H_OTHER},
+    };
+    struct t_ctx t;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (px_hdr_classify(cases[i].name, strlen(cases[i].name)) != cases[i].id)
+            fail_msg("%s: %d", cases[i].name,
+                     (int)px_hdr_classify(cases[i].name, strlen(cases[i].name)));
+    /* Lookups by a told-apart name and by any other name agree with the head. */
+    assert_int_equal(
+        t_parse(&t, "GET http://a/ HTTP/1.1\r\nX-A: 1\r\nhOsT: a\r\nx-a: 2\r\nHOST: b\r\n\r\n",
+                65536),
+        HPE_OK);
+    assert_int_equal(px_msg_find(&t.m, "host", 0), 1);
+    assert_int_equal(px_msg_find(&t.m, "Host", 2), 3);
+    assert_int_equal(px_msg_find(&t.m, "host", 4), -1);
+    assert_int_equal(px_msg_find(&t.m, "X-A", 1), 2);
+    assert_int_equal(px_msg_find(&t.m, "content-length", 0), -1);
+    assert_int_equal(px_msg_find_id(&t.m, PX_H_HOST, 0), 1);
+    assert_int_equal(px_msg_find_id(&t.m, PX_H_HOST, 2), 3);
+    assert_int_equal(px_msg_find_id(&t.m, PX_H_HOST, 4), -1);
+    assert_int_equal(px_msg_find_id(&t.m, PX_H_CONTENT_LENGTH, 0), -1);
+    px_msg_free(&t.m);
+}
+
+/* A CR, LF or NUL is found at every offset of every length (the check
+ * goes 8 bytes a step), and bytes near them (0x0b, 0x0c, 0x8d, 0xff) are not. */
+static void
+test_has_crlfnul(void **state)
+{
+    static const char bad[] = {'\r', '\n', '\0'};
+    static const char near[] = {'\x0b', '\x0c', '\x0e', '\x8d', '\x8a',
+                                '\x80', '\xff', '\x01', '\x09'};
+    char              buf[40];
+
+    (void)state;
+    for (size_t n = 0; n <= 33; n++) {
+        memset(buf, 'a', sizeof(buf));
+        assert_false(px_http_has_crlfnul(buf, n));
+        for (size_t k = 0; k < sizeof(near); k++) {
+            memset(buf, near[k], n);
+            if (px_http_has_crlfnul(buf, n))
+                fail_msg("0x%02x x %zu", (unsigned char)near[k], n);
+        }
+        for (size_t at = 0; at < n; at++) {
+            for (size_t k = 0; k < sizeof(bad); k++) {
+                memset(buf, 'a', sizeof(buf));
+                buf[at] = bad[k];
+                if (!px_http_has_crlfnul(buf, n))
+                    fail_msg("0x%02x at %zu of %zu", (unsigned char)bad[k], at, n);
+                /* and past the end it is not seen */
+                if (px_http_has_crlfnul(buf, at))
+                    fail_msg("past the end: %zu", at);
+            }
+        }
+    }
+}
+
+/* The raw head checks give the same answer however the head is split
+ * across reads (each split point, and one byte at a time). */
+static const char *
+t_scan_split(const char *h, size_t cut, size_t step)
+{
+    struct px_head_scan hs = {0, 0};
+    size_t              n = strlen(h), i = 0;
+    const char         *bad;
+
+    if ((bad = px_http_head_scan(&hs, h, cut)) != NULL)
+        return bad;
+    for (i = cut; i < n; i += step) {
+        size_t len = n - i < step ? n - i : step;
+
+        if ((bad = px_http_head_scan(&hs, h + i, len)) != NULL)
+            return bad;
+    }
+    return NULL;
+}
+
+static void
+test_head_scan_splits(void **state)
+{
+    static const struct {
+        const char *head;
+        const char *want;
+    } cases[] = {
+        {"GET http://a/ HTTP/1.1\r\nHost: a\r\nX-B: c d\r\n\r\n", NULL},
+        {"GET http://a/ HTTP/1.1\nHost: a\n\n", NULL},
+        {" GET http://a/ HTTP/1.1\r\n\r\n", "extra whitespace in request line"},
+        {"GET  http://a/ HTTP/1.1\r\n\r\n", "extra whitespace in request line"},
+        {"GET\thttp://a/ HTTP/1.1\r\n\r\n", "tab in request line"},
+        {"GET http://a/ HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "obs-fold header line"},
+        {"GET http://a/ HTTP/1.1\r\nHost: a\r\n\tfolded\r\n\r\n", "obs-fold header line"},
+        {"GET http://a/ HTTP/1.1\r\n Host: a\r\n\r\n", "obs-fold header line"},
+        {"GET http://a/ HTTP/1.1\r\nX: a\tb\r\nY:  c\r\n\r\n", NULL},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t n = strlen(cases[i].head);
+
+        for (size_t cut = 0; cut <= n; cut++) {
+            const size_t steps[] = {1, 7, n};
+
+            for (size_t k = 0; k < 3; k++) {
+                size_t      step = steps[k];
+                const char *got = t_scan_split(cases[i].head, cut, step);
+
+                if ((got == NULL) != (cases[i].want == NULL) ||
+                    (got != NULL && strcmp(got, cases[i].want) != 0))
+                    fail_msg("%zu cut %zu step %zu: got %s", i, cut, step, got ? got : "ok");
+            }
+        }
+    }
+}
+
+static void
 test_error_answer(void **state)
 {
     struct al_dbuf out;
@@ -715,6 +858,9 @@ main(void)
         cmocka_unit_test(test_head_cap),
         cmocka_unit_test(test_transfer_codings),
         cmocka_unit_test(test_smuggling_shapes_rejected),
+        cmocka_unit_test(test_hdr_classify),
+        cmocka_unit_test(test_has_crlfnul),
+        cmocka_unit_test(test_head_scan_splits),
         cmocka_unit_test(test_error_answer),
         cmocka_unit_test(test_framing_parsed_request),
         cmocka_unit_test(test_framing_parsed_response),

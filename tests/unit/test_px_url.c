@@ -96,6 +96,13 @@ static const struct t_host t_hosts[] = {
     {"0x7f.0x0.0x0.0x1", "127.0.0.1", PX_HOST_IPV4, NULL},
     {"0", "0.0.0.0", PX_HOST_IPV4, NULL},
     {"169.254.169.254", "169.254.169.254", PX_HOST_IPV4, NULL},
+    {"10.200.0.255", "10.200.0.255", PX_HOST_IPV4, NULL},
+    {"0.0.0.0", "0.0.0.0", PX_HOST_IPV4, NULL},
+    {"1.2.3.04", "1.2.3.4", PX_HOST_IPV4, NULL},     /* octal, not canonical */
+    {"1.2.3.010", "1.2.3.8", PX_HOST_IPV4, NULL},    /* octal 010 */
+    {"1.2.3.0255", "1.2.3.173", PX_HOST_IPV4, NULL}, /* four digits */
+    {"1.2.3.09", NULL, 0, "bad_host"},               /* no octal 9 */
+    {"1.2.3.4444", NULL, 0, "bad_host"},
     {"0xa9fea9fe", "169.254.169.254", PX_HOST_IPV4, NULL},
     {"4294967295", "255.255.255.255", PX_HOST_IPV4, NULL},
     /* numeric-looking but not a literal: never sent to DNS */
