@@ -117,7 +117,8 @@ static const char aud_db_sql_update[] =
     "upstream = COALESCE(NULLIF(?7, ''), upstream), rule = COALESCE(NULLIF(?8, ''), rule), "
     "reason = COALESCE(NULLIF(?9, ''), reason), secrets = COALESCE(NULLIF(?10, ''), secrets), "
     "sni = COALESCE(NULLIF(?12, ''), sni), addr = COALESCE(NULLIF(?13, ''), addr), "
-    "detail = COALESCE(NULLIF(?14, ''), detail), pending = 0 WHERE id = ?11";
+    "detail = COALESCE(NULLIF(?14, ''), detail), pending = 0 "
+    "WHERE id = ?11 AND ts = ?15 AND pending = 1";
 
 #define AUD_DB_STR2(x) #x
 #define AUD_DB_STR(x) AUD_DB_STR2(x)
@@ -578,10 +579,13 @@ aud_db_update(struct aud_db *d, const struct aud_record *r)
     AUD_BIND_FIELD(st, 12, r->sni);
     AUD_BIND_FIELD(st, 13, r->addr);
     AUD_BIND_FIELD(st, 14, r->detail);
+    sqlite3_bind_int64(st, 15, r->ts_us);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    return rc == SQLITE_DONE ? AL_OK : AL_ERROR;
+    if (rc != SQLITE_DONE)
+        return AL_ERROR;
+    return sqlite3_changes(d->db) == 1 ? AL_OK : AL_DECLINED;
 }
 
 int

@@ -48,7 +48,8 @@ int  aud_db_commit(struct aud_db *d);
 void aud_db_rollback(struct aud_db *d);
 /* Inserts r; `complete` = 0 for a strict begin row. Sets *id. AL_OK/AL_ERROR. */
 int aud_db_insert(struct aud_db *d, const struct aud_record *r, int complete, int64_t *id);
-/* Completes row r->row_id. AL_OK/AL_ERROR. */
+/* Completes row r->row_id if it is still pending and began at r->ts_us: AL_OK,
+ * AL_DECLINED when no such row (a replaced file, retention), AL_ERROR. */
 int aud_db_update(struct aud_db *d, const struct aud_record *r);
 /* Deletes up to AUD_RETENTION_CHUNK_ROWS rows with ts < cutoff and id <= max_id
  * (the fleet sink's high-water mark: unshipped rows stay); *n = deleted. */

@@ -8,7 +8,12 @@
  * prepared statements (aud_db.c). A batched-mode batch goes out when it is
  * full or when its oldest record has waited flush_ms; any strict aud_begin()
  * job makes the writer go at once, and every begin that arrived meanwhile
- * joins the same commit (group commit, synchronous=FULL).
+ * joins the same commit (group commit, synchronous=FULL). A nowait begin
+ * (aud_begin_nowait: a websocket's row at its 101) is an ordinary batched
+ * job that inserts the row pending and puts its id in a small handle
+ * (struct aud_row); the completion, queued later by the same caller, reads
+ * the id there when it runs: the ring is FIFO and a batch runs (and is
+ * retried) in order, so the begin has run by then.
  *
  * Bounds: admission (aud_writer_admit, aud_begin) stops at queue_max jobs;
  * finished records (aud_submit, aud_complete) may use a reserve of another
@@ -79,11 +84,26 @@
  * idle probe, AUD_PROBE_MS, bounds a release that never comes). */
 #define AUD_HOLD_MAX_US 2000
 
-enum aud_job_kind { AUD_JOB_INSERT = 0, AUD_JOB_BEGIN, AUD_JOB_COMPLETE };
+enum aud_job_kind { AUD_JOB_INSERT = 0, AUD_JOB_BEGIN, AUD_JOB_OPEN, AUD_JOB_COMPLETE };
+
+/*
+ * The handle of a row begun with aud_begin_nowait(): one reference for the
+ * begin's job, one for the caller (handed to the completion's job or dropped
+ * with aud_row_put). `id` is the writer thread's alone: set when the begin's
+ * insert runs (0 again if that transaction rolled back), read when the
+ * completion runs. The queue is FIFO and a batch runs in order, so the begin
+ * has always run (or been dropped: id 0, the completion inserts a whole row)
+ * when its completion runs.
+ */
+struct aud_row {
+    _Atomic int refs;
+    int64_t     id;
+};
 
 struct aud_job {
     enum aud_job_kind  kind;
-    struct aud_record *r; /* owned by the job */
+    struct aud_record *r;   /* owned by the job */
+    struct aud_row    *row; /* AUD_JOB_OPEN, or a COMPLETE of such a row: a reference */
     void (*done)(void *arg, int ok, int64_t row_id);
     void *arg;
 };
@@ -210,10 +230,21 @@ aud_record_free(struct aud_record *r)
         al_free(r);
 }
 
+void
+aud_row_put(struct aud_row *row)
+{
+    if (row != NULL && atomic_fetch_sub(&row->refs, 1) == 1)
+        al_free(row);
+}
+
 /* aud_record_free for a whole batch of jobs, under one lock. */
 static void
 aud_records_free_jobs(struct aud_job *jobs, size_t n)
 {
+    for (size_t i = 0; i < n; i++) {
+        aud_row_put(jobs[i].row);
+        jobs[i].row = NULL;
+    }
     pthread_mutex_lock(&aud_record_mu);
     for (size_t i = 0; i < n; i++) {
         if (jobs[i].r != NULL && aud_record_cache_put(jobs[i].r))
@@ -265,6 +296,8 @@ aud_writer_job_finish(struct aud_job *j, int ok)
     aud_writer_job_answer(j, ok);
     aud_record_free(j->r);
     j->r = NULL;
+    aud_row_put(j->row);
+    j->row = NULL;
 }
 
 static int
@@ -276,14 +309,25 @@ aud_writer_run_job(struct aud_writer *w, struct aud_job *j)
     case AUD_JOB_INSERT:
         return aud_db_insert(w->db, j->r, 1, &id);
     case AUD_JOB_BEGIN:
+    case AUD_JOB_OPEN:
         if (aud_db_insert(w->db, j->r, 0, &id) != AL_OK)
             return AL_ERROR;
         j->r->row_id = id;
+        if (j->row != NULL)
+            j->row->id = id;
         return AL_OK;
     case AUD_JOB_COMPLETE:
-        if (j->r->row_id == 0)
-            return aud_db_insert(w->db, j->r, 1, &id);
-        return aud_db_update(w->db, j->r);
+        if (j->row != NULL) /* its begin ran before it (FIFO), or was dropped (0) */
+            j->r->row_id = j->row->id;
+        if (j->r->row_id != 0) {
+            int rc = aud_db_update(w->db, j->r);
+
+            if (rc != AL_DECLINED)
+                return rc;
+            /* No such pending row (a replaced file, retention): the whole
+             * row instead, never an update of someone else's. */
+        }
+        return aud_db_insert(w->db, j->r, 1, &id);
     }
     return AL_ERROR;
 }
@@ -484,12 +528,16 @@ fail:
 fail_noclose:
     atomic_fetch_add(&w->errors, 1);
     atomic_store(&w->healthy, 0);
-    /* Strict begins fail now (their requests are refused); the rest is retried. */
+    /* Strict begins fail now (their requests are refused); the rest is
+     * retried, a nowait begin's id forgotten (it was rolled back). */
     for (i = 0, k = 0; i < w->nbatch; i++) {
-        if (w->batch[i].kind == AUD_JOB_BEGIN)
+        if (w->batch[i].kind == AUD_JOB_BEGIN) {
             aud_writer_job_finish(&w->batch[i], 0);
-        else
-            w->batch[k++] = w->batch[i];
+            continue;
+        }
+        if (w->batch[i].kind == AUD_JOB_OPEN)
+            w->batch[i].row->id = 0;
+        w->batch[k++] = w->batch[i];
     }
     w->nbatch = k;
     w->retry_ms = w->retry_ms == 0 ? AUD_RETRY_MIN_MS : w->retry_ms * 2;
@@ -535,6 +583,7 @@ aud_writer_take(struct aud_writer *w)
         if (j->kind == AUD_JOB_BEGIN)
             w->nbegin--;
         j->r = NULL;
+        j->row = NULL;
         w->head = (w->head + 1) % w->cap;
         w->count--;
     }
@@ -791,8 +840,10 @@ aud_writer_stop(struct aud_writer *w)
     aud_ship_stop(w->ship, AUD_SINK_STOP_GRACE_MS); /* after the drain: its rows go too */
     /* Nothing can be queued now; free anything left (start failure paths). */
     if (w->ring != NULL) {
-        for (size_t i = 0; i < w->count; i++)
+        for (size_t i = 0; i < w->count; i++) {
             aud_record_free(w->ring[(w->head + i) % w->cap].r);
+            aud_row_put(w->ring[(w->head + i) % w->cap].row);
+        }
     }
     aud_db_close(w->db);
     pthread_cond_destroy(&w->cv);
@@ -811,7 +862,8 @@ aud_writer_stop(struct aud_writer *w)
  */
 static int
 aud_writer_push(struct aud_writer *w, enum aud_job_kind kind, struct aud_record *r,
-                void (*done)(void *arg, int ok, int64_t row_id), void *arg, size_t limit, int held)
+                struct aud_row *row, void (*done)(void *arg, int ok, int64_t row_id), void *arg,
+                size_t limit, int held)
 {
     struct aud_job *j;
     int             ret = AL_OK;
@@ -827,6 +879,7 @@ aud_writer_push(struct aud_writer *w, enum aud_job_kind kind, struct aud_record 
     j = &w->ring[(w->head + w->count) % w->cap];
     j->kind = kind;
     j->r = r;
+    j->row = row;
     j->done = done;
     j->arg = arg;
     w->count++;
@@ -853,20 +906,22 @@ out:
     return ret;
 }
 
-/* Shared by aud_submit and aud_complete: takes ownership of r. */
+/* Shared by aud_submit and aud_complete(_row): takes ownership of r and
+ * of the reference `row`. */
 static int
-aud_writer_hand_over(struct aud_writer *w, enum aud_job_kind kind, struct aud_record *r)
+aud_writer_hand_over(struct aud_writer *w, enum aud_job_kind kind, struct aud_record *r,
+                     struct aud_row *row)
 {
     int rc;
 
-    if (r == NULL)
-        return AL_ERROR;
-    if (w == NULL) {
+    if (r == NULL || w == NULL) {
         aud_record_free(r);
+        aud_row_put(row);
         return AL_ERROR;
     }
-    rc = aud_writer_push(w, kind, r, NULL, NULL, w->cap, 0);
+    rc = aud_writer_push(w, kind, r, row, NULL, NULL, w->cap, 0);
     if (rc == AL_ERROR) {
+        aud_row_put(row);
         atomic_fetch_add(&w->dropped, 1);
         atomic_fetch_add(&w->refused, 1);
         atomic_store(&w->drop_last_conn, r->conn_id);
@@ -885,13 +940,47 @@ aud_writer_hand_over(struct aud_writer *w, enum aud_job_kind kind, struct aud_re
 int
 aud_submit(struct aud_writer *w, struct aud_record *r)
 {
-    return aud_writer_hand_over(w, AUD_JOB_INSERT, r);
+    return aud_writer_hand_over(w, AUD_JOB_INSERT, r, NULL);
 }
 
 int
 aud_complete(struct aud_writer *w, struct aud_record *r)
 {
-    return aud_writer_hand_over(w, AUD_JOB_COMPLETE, r);
+    return aud_writer_hand_over(w, AUD_JOB_COMPLETE, r, NULL);
+}
+
+int
+aud_begin_nowait(struct aud_writer *w, struct aud_record *r, struct aud_row **row)
+{
+    struct aud_row *h;
+
+    *row = NULL;
+    if (r == NULL)
+        return AL_ERROR;
+    h = w != NULL && atomic_load(&w->healthy) != 0 ? al_calloc(1, sizeof(*h)) : NULL;
+    if (h == NULL) {
+        aud_record_free(r);
+        return AL_ERROR;
+    }
+    atomic_init(&h->refs, 2); /* the begin's job and the caller */
+    r->row_id = 0;
+    /* An admission, as aud_begin: refused (not queued) at queue_max. */
+    if (aud_writer_push(w, AUD_JOB_OPEN, r, h, NULL, NULL, w->queue_max, 0) != AL_OK) {
+        atomic_fetch_add(&w->refused, 1);
+        aud_record_free(r);
+        al_free(h);
+        return AL_DECLINED;
+    }
+    *row = h;
+    return AL_OK;
+}
+
+int
+aud_complete_row(struct aud_writer *w, struct aud_record *r, struct aud_row *row)
+{
+    if (r != NULL)
+        r->row_id = 0; /* the writer takes it from `row` */
+    return aud_writer_hand_over(w, AUD_JOB_COMPLETE, r, row);
 }
 
 static int
@@ -908,7 +997,7 @@ aud_writer_begin(struct aud_writer *w, const struct aud_record         *r,
         return AL_ERROR;
     memcpy(copy, r, sizeof(*copy));
     copy->row_id = 0;
-    rc = aud_writer_push(w, AUD_JOB_BEGIN, copy, done, arg, w->queue_max, held);
+    rc = aud_writer_push(w, AUD_JOB_BEGIN, copy, NULL, done, arg, w->queue_max, held);
     if (rc != AL_OK) {
         atomic_fetch_add(&w->refused, 1);
         aud_record_free(copy);

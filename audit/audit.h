@@ -5,10 +5,11 @@
  * and the `airlock audit` CLI entry point.
  *
  * Threads: aud_record_new/free, aud_submit, aud_begin, aud_complete,
- * aud_writer_admit, aud_writer_healthy and aud_writer_stats may be called
- * from any thread. aud_writer_start/stop from one controlling thread.
- * No sqlite call ever runs on a caller's thread except in start (open +
- * schema) and in the read-side functions.
+ * aud_begin_nowait, aud_complete_row, aud_row_put, aud_writer_admit,
+ * aud_writer_healthy and aud_writer_stats may be called from any thread.
+ * aud_writer_start/stop from one controlling thread. No sqlite call ever
+ * runs on a caller's thread except in start (open + schema) and in the
+ * read-side functions.
  */
 #ifndef AUD_AUDIT_H
 #define AUD_AUDIT_H
@@ -55,7 +56,7 @@ struct aud_record {
     int64_t  bytes_up, bytes_down;
     char     error[128];
     int64_t  row_id;   /* strict mode: the row aud_begin() created; read side: id */
-    int      pending;  /* read side only: strict row begun but never completed */
+    int      pending;  /* read side only: row begun (strict, or nowait), never completed */
     char     sni[256]; /* the client's TLS server name where there was one (v4) */
     char     addr[64]; /* "ip:port" the address guard checked: the one connected to, or
                           the first refused (address_not_allowed); "" when none (v4) */
@@ -175,11 +176,40 @@ void aud_release(struct aud_writer *w);
 
 /*
  * Strict mode, at request end: updates the row r->row_id with status, bytes,
- * duration, error and decision (and upstream, rule, reason, secrets when
- * non-empty). Takes ownership of `r` always. r->row_id == 0 inserts a new
- * complete row instead. Return values as aud_submit().
+ * duration, error and decision (and upstream, rule, reason, secrets, sni,
+ * addr, detail when non-empty). Takes ownership of `r` always. r->row_id ==
+ * 0, or a row that is not that request's pending row any more (same id and
+ * ts_us, pending), inserts a new complete row instead. Return values as
+ * aud_submit().
  */
 int aud_complete(struct aud_writer *w, struct aud_record *r);
+
+/*
+ * A row begun without waiting, for a flow that lasts (batched mode: a
+ * websocket from its 101): the row is inserted pending with the next
+ * batch (within flush_ms; nobody waits for it) and completed later, so a
+ * crash while the flow is open leaves it pending. The caller never learns
+ * the row's id: it holds a handle instead, which the writer fills when the
+ * begin runs and reads when the completion runs. Jobs run in the order they
+ * were queued (FIFO), so a begin has always run before its completion.
+ *
+ * aud_begin_nowait takes ownership of `r` always. AL_OK: queued, *row set
+ * (the caller owns that reference: hand it to aud_complete_row, or drop it
+ * with aud_row_put and the row stays pending). AL_DECLINED: the backlog is
+ * at queue_max (an admission, as aud_begin: not queued, counted in
+ * `refused`); AL_ERROR: the writer is failing, or no memory. *row is NULL
+ * then.
+ *
+ * aud_complete_row completes that row with r (fields as aud_complete()),
+ * taking ownership of `r` and of the reference `row` always. A begin that
+ * never reached the file (dropped at stop) makes it insert r as a complete
+ * row instead; so does a row that is gone or no longer pending (a replaced
+ * file), never an update of another row. Return values as aud_submit().
+ */
+struct aud_row;
+int  aud_begin_nowait(struct aud_writer *w, struct aud_record *r, struct aud_row **row);
+int  aud_complete_row(struct aud_writer *w, struct aud_record *r, struct aud_row *row);
+void aud_row_put(struct aud_row *row); /* NULL-safe */
 
 /* 0 while the writer cannot commit; 1 again after a commit succeeds. Any thread. */
 int aud_writer_healthy(const struct aud_writer *w);

@@ -446,6 +446,116 @@ test_aud_strict_completion_due(void **state)
     aud_writer_stop(w);
 }
 
+/* A row begun without waiting (batched: a websocket at its 101): pending in
+ * the next batch, completed in place through the handle, whether the
+ * completion lands in a later batch or the same one; one never completed
+ * stays pending; a begin at queue_max is refused and queues nothing; a
+ * completion that finds no such pending row inserts a whole row instead of
+ * updating another. */
+static void
+test_aud_begin_nowait(void **state)
+{
+    struct aud_t_env  *e = *state;
+    struct aud_writer *w = aud_t_start(e->db, 0, 4, 20, 0);
+    struct aud_record *ra = aud_t_rec("ci", "ws.example", "/a", "allow");
+    struct aud_record *rb = aud_t_rec("ci", "ws.example", "/b", "allow");
+    struct aud_record *ro = aud_t_rec("ci", "ws.example", "/open", "allow");
+    struct aud_record *r;
+    struct aud_row    *a = NULL, *b = NULL, *open = NULL, *x = NULL;
+    struct aud_stats   st;
+    struct aud_t_rows  rs;
+    int                i;
+
+    ra->status = rb->status = ro->status = 101;
+    r = aud_record_new();
+    *r = *ra;
+    assert_int_equal(aud_begin_nowait(w, r, &a), AL_OK); /* takes r */
+    assert_non_null(a);
+    for (i = 0, rs.n = 0; i < 400 && rs.n == 0; i++) { /* the next batch, nobody waits */
+        aud_t_sleep_ms(5);
+        aud_t_read(e->db, NULL, &rs);
+    }
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.rows[0].pending, 1);
+    assert_int_equal(rs.rows[0].status, 101);
+    assert_string_equal(rs.rows[0].sandbox, "ci");
+
+    /* b: begun and completed back to back (as a rule one batch); open: never
+     * completed */
+    r = aud_record_new();
+    *r = *rb;
+    assert_int_equal(aud_begin_nowait(w, r, &b), AL_OK);
+    r = aud_record_new();
+    *r = *ro;
+    assert_int_equal(aud_begin_nowait(w, r, &open), AL_OK);
+    rb->bytes_up = 7;
+    snprintf(rb->detail, sizeof(rb->detail), "{\"ws\":{\"messages_up\":1}}");
+    assert_int_equal(aud_complete_row(w, rb, b), AL_OK); /* takes rb and b */
+    /* a: completed after its row committed */
+    ra->bytes_down = 9;
+    ra->duration_us = 5555;
+    snprintf(ra->error, sizeof(ra->error), "going away");
+    assert_int_equal(aud_complete_row(w, ra, a), AL_OK);
+    aud_row_put(open); /* the socket's owner gone without a completion */
+    aud_record_free(ro);
+
+    aud_writer_stop(w); /* drains */
+
+    aud_t_read(e->db, NULL, &rs);
+    {
+        int na = 0, nb = 0, no = 0;
+
+        for (i = 0; i < rs.n && i < 64; i++) {
+            const struct aud_record *g = &rs.rows[i];
+
+            if (strcmp(g->path, "/a") == 0) {
+                na++;
+                assert_int_equal(g->pending, 0);
+                assert_int_equal(g->bytes_down, 9);
+                assert_int_equal(g->duration_us, 5555);
+                assert_string_equal(g->error, "going away");
+            } else if (strcmp(g->path, "/b") == 0) {
+                nb++;
+                assert_int_equal(g->pending, 0);
+                assert_int_equal(g->bytes_up, 7);
+                assert_string_equal(g->detail, "{\"ws\":{\"messages_up\":1}}");
+            } else if (strcmp(g->path, "/open") == 0) {
+                no++;
+                assert_int_equal(g->pending, 1);
+            }
+        }
+        assert_int_equal(na, 1); /* completed in place: one row, not two */
+        assert_int_equal(nb, 1);
+        assert_int_equal(no, 1);
+        assert_int_equal(rs.n, 3);
+    }
+
+    /* backlog (flush_ms 60 s: nothing leaves): refused, nothing queued */
+    w = aud_t_start(e->db, 0, 4, 60000, 0);
+    for (i = 0; i < 4; i++)
+        assert_int_equal(aud_submit(w, aud_t_rec("dev", "q.example", "/", "allow")), AL_OK);
+    r = aud_t_rec("ci", "ws.example", "/refused", "allow");
+    assert_int_equal(aud_begin_nowait(w, r, &x), AL_DECLINED); /* takes r */
+    assert_null(x);
+    aud_writer_stats(w, &st);
+    assert_int_equal(st.depth, 4);
+    assert_int_equal(st.refused, 1);
+    aud_writer_stop(w);
+
+    /* a completion whose row is not there as its pending row (another file):
+     * a whole row, and the row with that id is left alone */
+    w = aud_t_start(e->db, 1, 0, 20, 0);
+    r = aud_t_rec("ci", "ws.example", "/stray", "allow");
+    r->row_id = 1; /* /a's id: completed already, and another ts */
+    assert_int_equal(aud_complete(w, r), AL_OK);
+    aud_writer_stop(w);
+    aud_t_read(e->db, NULL, &rs);
+    assert_string_equal(rs.rows[0].path, "/a");
+    assert_string_equal(rs.rows[0].error, "going away");
+    assert_string_equal(rs.rows[rs.n - 1].path, "/stray");
+    assert_int_equal(rs.rows[rs.n - 1].pending, 0);
+}
+
 static void
 test_aud_queue_full(void **state)
 {
@@ -797,6 +907,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_aud_strict_held, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_strict_completion_due, aud_t_setup,
                                         aud_t_teardown),
+        cmocka_unit_test_setup_teardown(test_aud_begin_nowait, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_queue_full, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_migrate_v1, aud_t_setup, aud_t_teardown),
         cmocka_unit_test_setup_teardown(test_aud_recovery, aud_t_setup, aud_t_teardown),
