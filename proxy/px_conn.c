@@ -1027,6 +1027,10 @@ px_conn_enter_ws(struct px_conn *c)
     PX_MINC(tunnels_open);
     PX_MINC(tunnels_total);
     px_conn_set_state(c, PX_ST_WS);
+    if (px_conn_ws_audit_begin(c) != AL_OK) { /* its row first: no frame moves unaudited */
+        px_conn_ws_close(c, 1013, x->err_reason);
+        return;
+    }
     if (c->cin_len > 0) { /* frames the client sent right after the upgrade */
         size_t n = c->cin_len;
 

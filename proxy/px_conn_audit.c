@@ -4,7 +4,9 @@
  * writer once per request (px_conn_audit) or once per tunnel at its close,
  * and, in strict mode, begun and committed before anything goes upstream:
  * the writer thread's commit notice comes back to the worker through a
- * locked list and the worker's ev_async (px_conns_audit_committed).
+ * locked list and the worker's ev_async (px_conns_audit_committed). A
+ * websocket's row is handed over pending at its 101 in batched mode too
+ * (px_conn_ws_audit_begin, no wait) and completed at its close.
  * With "access_log": true the finished row is also logged as one line
  * (px_conn_access_log); off, that costs one test per request.
  */
@@ -161,9 +163,11 @@ px_conn_access_log(const struct aud_record *r)
 }
 
 static void
-px_audit_hand_over(struct aud_writer *a, struct aud_record *r)
+px_audit_hand_over(struct aud_writer *a, struct aud_record *r, struct aud_row *row)
 {
-    int rc = r->row_id != 0 ? aud_complete(a, r) : aud_submit(a, r);
+    int rc = row != NULL      ? aud_complete_row(a, r, row)
+             : r->row_id != 0 ? aud_complete(a, r)
+                              : aud_submit(a, r);
 
     if (rc == AL_DECLINED)
         PX_MINC(audit_refusals);
@@ -202,9 +206,10 @@ px_conn_audit(struct px_conn *c, const char *error)
     if (c->conf->access_log)
         px_conn_access_log(r);
     if (c->worker->rt.audit != NULL)
-        px_audit_hand_over(c->worker->rt.audit, r);
+        px_audit_hand_over(c->worker->rt.audit, r, x->aud_row);
     else
         aud_record_free(r);
+    x->aud_row = NULL; /* handed over with r */
 }
 
 /* A tunnel's row is written when it closes, with its bytes and duration. */
@@ -249,7 +254,7 @@ px_conn_tunnel_audit_close(struct px_conn *c, const char *why)
     if (c->conf->access_log)
         px_conn_access_log(r);
     if (c->worker->rt.audit != NULL)
-        px_audit_hand_over(c->worker->rt.audit, r);
+        px_audit_hand_over(c->worker->rt.audit, r, NULL);
     else
         aud_record_free(r);
 }
@@ -303,6 +308,41 @@ px_conn_audit_begin(struct px_conn *c)
     }
     c->worker->aud_held = 1; /* released when this loop iteration ends */
     return AL_AGAIN;
+}
+
+/*
+ * A websocket's row exists from its 101 on, so a crash or a kill while the
+ * socket is open leaves it (pending), as strict mode's begun row does: in
+ * batched durability it is handed to the writer now and lands with the next
+ * batch (the loop does not wait), and the close completes that same row
+ * through the handle (px_conn_audit). Strict mode began the row before the
+ * upgrade left: nothing to do. A writer that refuses (backlog, failing)
+ * fails the socket closed as a refused strict begin fails its request: no
+ * frame moves unaudited; the row is then written at the close as usual.
+ */
+int
+px_conn_ws_audit_begin(struct px_conn *c)
+{
+    struct px_exch    *x = c->x;
+    struct aud_record *r;
+    int                rc;
+
+    if (c->worker->rt.audit == NULL || x->aud_row != NULL ||
+        (x->rec != NULL && x->rec->row_id != 0))
+        return AL_OK;
+    r = aud_record_new();
+    if (r == NULL) {
+        rc = AL_ERROR;
+    } else {
+        px_conn_audit_fill(c, r);
+        r->detail[0] = '\0'; /* what flowed: at the close */
+        rc = aud_begin_nowait(c->worker->rt.audit, r, &x->aud_row);
+    }
+    if (rc == AL_OK)
+        return AL_OK;
+    PX_MINC(audit_refusals);
+    x->err_reason = rc == AL_DECLINED ? "audit_backlog" : "audit_unavailable";
+    return AL_DECLINED;
 }
 
 /* ev_prepare: the loop is about to poll, so every strict begin this

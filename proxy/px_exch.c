@@ -28,6 +28,7 @@ px_exch_drop_owned(struct px_exch *x)
 {
     al_safefree(x->fwd_path);
     aud_record_free(x->rec);
+    aud_row_put(x->aud_row); /* never completed: the row stays pending */
     sec_stream_free(x->redactor);
     sec_stream_free(x->body_sub);
     px_inflate_free(x->inflater);

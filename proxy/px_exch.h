@@ -138,6 +138,7 @@ struct px_exch {
     int64_t              start_us;
     uint64_t             bytes_up, bytes_down;
     struct aud_record   *rec;            /* strict mode: the begun row */
+    struct aud_row      *aud_row;        /* a websocket's row begun at its 101 (no wait) */
     int                  audited;        /* the row for this request is handed over */
     int                  head_done;      /* a complete head was parsed */
     int                  deny;           /* answered 403/407 by identity or policy */

@@ -182,6 +182,11 @@ void px_conn_tunnel_audit_close(struct px_conn *c, const char *why);
 /* Strict mode: hands the begun row to the writer; AL_AGAIN while it commits
  * (notice: px_conn_audit_committed), or AL_DECLINED (503). */
 int px_conn_audit_begin(struct px_conn *c);
+/* A websocket at its 101: its row handed to the writer pending, completed
+ * by px_conn_audit at close (no wait, any durability). AL_OK, or
+ * AL_DECLINED with x->err_reason (audit_backlog / audit_unavailable): the
+ * socket must close before a frame moves. */
+int px_conn_ws_audit_begin(struct px_conn *c);
 
 /* ---- TLS on a connection (px_conn_tls.c) ----------------------------------- */
 /* TCP to the upstream is up: a verified TLS client on it. AL_OK or AL_DECLINED. */

@@ -13,9 +13,12 @@ postgresql://...`.
     python3 tests/integration/test_fleet.py --airlock build/proxy/airlock [-k NAME]
 """
 
+import base64
+import hashlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import altest  # noqa: E402
 import pgfix  # noqa: E402
+import upstream  # noqa: E402
 from altest import check, eq, test, wait_until  # noqa: E402
 
 RESOLVE = {"upstream.test": "127.0.0.1", "other.test": "127.0.0.1"}
@@ -615,6 +619,115 @@ def cli_on_the_shared_store(t):
     rc, out, err = cli(t, "query", "--db", "postgresql://u:Secr3t-x@[::1/db")
     eq(rc, 1, "bad URI exit code")
     check("invalid connection string" in err and "Secr3t-x" not in err, err)
+
+
+def read_head(s):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(4096)
+        if not d:
+            break
+        buf += d
+    return buf
+
+
+class WsOrigin(upstream.EofEchoServer):
+    """A plain-HTTP websocket origin (EofEchoServer's accept loop): answers
+    every upgrade with 101 and the client's close frame with its own, and
+    holds the socket until then."""
+
+    def _one(self, c):
+        try:
+            c.settimeout(30)
+            key = [ln.split(b":", 1)[1].strip() for ln in read_head(c).split(b"\r\n")
+                   if ln.lower().startswith(b"sec-websocket-key:")][0]
+            acc = base64.b64encode(hashlib.sha1(
+                key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+            while True:
+                d = c.recv(4096)
+                if not d:
+                    return
+                if d[0] & 0x0F == 8:  # the client's close (one small frame)
+                    c.sendall(b"\x88\x02\x03\xe8")
+                    return
+        except (OSError, IndexError):
+            pass
+        finally:
+            c.close()
+
+
+def open_ws(al, o, path):
+    """A websocket through the forward listener (plain HTTP), upgraded."""
+    s = socket.create_connection(("127.0.0.1", al.port), timeout=10)
+    auth = "upstream.test:%d" % o.port
+    s.sendall(("GET http://%s%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" % (auth, path, auth)).encode())
+    buf = read_head(s)
+    check(buf.startswith(b"HTTP/1.1 101"), "upgrade answered %r" % buf[:100])
+    return s
+
+
+def close_ws(s):
+    s.sendall(b"\x88\x82abcd" + bytes(b ^ k for b, k in zip(b"\x03\xe8", b"ab")))
+    while s.recv(4096):
+        pass
+    s.close()
+
+
+def pg_ws(p, instance, path):
+    return p.psql("SELECT id, pending, status, detail FROM requests WHERE instance = '%s' "
+                  "AND path = '%s' ORDER BY id" % (instance, path))
+
+
+@test
+def batched_websocket_pending_row(t):
+    """Batched durability: a websocket's row is in the local file pending
+    from its 101. The shipper stops before it while it is young, so the
+    completed row is the one shipped (once, with its detail) and the rows
+    after it follow; a socket cut by a crash leaves its row pending, shipped
+    as it is once it is older than 60 s (aged here instead of waited for)."""
+    p = reset_pg()
+    up = t.upstream()
+    o = WsOrigin()
+    t.defer(o.stop)
+    sink = {"postgres": p.uri(), "instance": "wsi"}
+    a = start(t, sink=sink)
+    eq(send(a, up, "/echo/before").status, 200, "a request before the socket")
+    wait_shipped(a, p, "wsi", 1)
+    s = open_ws(a, o, "/ws")
+    wait_until(lambda: [r[3] for r in local_rows(a)] == ["/echo/before", "/ws"], 5,
+               "the socket's row in the local file while it is open", interval=0.05)
+    for i in range(3):
+        eq(send(a, up, "/echo/after/%d" % i).status, 200, "a request while the socket is open")
+    time.sleep(1.0)
+    eq([r[3] for r in pg_rows(p, "wsi")], ["/echo/before"], "nothing shipped past the open socket")
+    close_ws(s)
+    wait_shipped(a, p, "wsi", 5)
+    eq(pg_rows(p, "wsi"), local_rows(a), "PostgreSQL's rows equal the local file's")
+    got = pg_ws(p, "wsi", "/ws")
+    eq([(r[1], r[2]) for r in got], [("f", "101")], "the socket's row, completed, once")
+    eq(json.loads(got[0][3])["ws"]["close_client"], 1000, "its detail")
+
+    # a crash with a socket open: the row stays pending, and ships so
+    s = open_ws(a, o, "/cut")
+    wait_until(lambda: "/cut" in [r[3] for r in local_rows(a)], 5, "the /cut row", interval=0.05)
+    a.kill()
+    s.close()
+    db = sqlite3.connect(os.path.join(a.dir, "audit.db"))
+    eq(db.execute("SELECT pending, status FROM requests WHERE path = '/cut'").fetchall(),
+       [(1, 101)], "the cut socket's row after kill -9")
+    db.execute("UPDATE requests SET ts = ts - 61000000 WHERE path = '/cut'")
+    db.commit()
+    db.close()
+    a.start()
+    eq(send(a, up, "/echo/restarted").status, 200, "served after the restart")
+    wait_shipped(a, p, "wsi", 7)
+    eq(pg_rows(p, "wsi"), local_rows(a), "rows after the restart")
+    eq([(r[1], r[2]) for r in pg_ws(p, "wsi", "/cut")], [("t", "101")],
+       "the cut socket's row shipped pending")
 
 
 @test

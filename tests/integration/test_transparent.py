@@ -1149,8 +1149,12 @@ def test_websocket_intercepted_with_secret(t):
     eq(seen.get("auth"), "Bearer " + secret, "Authorization injected on the upgrade")
     check(secret not in got[0] and "al_ph_" in got[0], "the echo reached the sandbox redacted: %r"
           % got[0])
-    row = wait_row(al, "websocket", method="GET", host="api.test", status=101)
+    row = wait_row(al, "websocket", method="GET", host="api.test", status=101, pending=0)
     fields(row, "websocket", mode="transparent", sandbox="sbx")
+    # its row was begun at the 101 (pending) and completed in place: one row
+    eq(len([r for r in rows(al) if r["method"] == "GET" and r["path"] == "/ws"]), 1,
+       "one row per socket")
+    check(json.loads(row["detail"])["ws"]["messages_up"] == 1, "detail: %r" % row["detail"])
 
 
 # ---------------------------------------------------------------------------

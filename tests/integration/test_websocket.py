@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import socket
 import sqlite3
 import ssl
@@ -205,8 +206,14 @@ def rows(al):
 
 
 def ws_row(al, path):
+    """The socket's completed row (it is pending while the socket is open)."""
     return wait_until(lambda: next((r for r in rows(al) if r["path"] == path and
-                                    r["method"] == "GET"), None), 10, "the row of %s" % path)
+                                    r["method"] == "GET" and not r["pending"]), None), 10,
+                      "the row of %s" % path)
+
+
+def sock_rows(al, path):
+    return [r for r in rows(al) if r["path"] == path and r["method"] == "GET"]
 
 
 # ---------------------------------------------------------------------------
@@ -479,6 +486,137 @@ def test_strict_audit_pending_row(t):
                                  x["pending"] == 0), None), 10, "the completed row")
     eq(r["status"], 101, "status")
     eq(len([x for x in rows(al) if x["path"] == "/strict"]), 1, "one row per socket")
+
+
+TAGS = {"X-Airlock-Session": "sess-ws", "X-Airlock-Tool-Call": "toolu_ws1"}
+
+
+def start_batched(t, limits=None):
+    """Batched durability (the default), a sandbox by address, tags on the
+    upgrade."""
+    return start(t, limits=limits, config={
+        "audit": {"db": "audit.db", "flush_ms": 20},
+        "sandboxes": [{"name": "agent", "cidrs": ["127.0.0.0/8"]}]})
+
+
+async def open_socket(al, o, path):
+    sock = tunnel_sock(al, HOST, o.port)
+    ws = await websockets.connect("wss://%s:%d%s" % (HOST, o.port, path), sock=sock,
+                                  ssl=client_ctx(), server_hostname=HOST, extra_headers=TAGS)
+    await ws.send("hi")
+    eq(await ws.recv(), "echo:hi", "echo")
+    return ws
+
+
+async def wait_pending(al, path):
+    """The socket's pending row, in the file while the socket is open (the
+    next batch: flush_ms)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5:
+        got = sock_rows(al, path)
+        if got:
+            return got
+        await asyncio.sleep(0.02)
+    raise TestFailure("no row for the open socket %s within 5 s (batched durability): %r" %
+                      (path, [(r["path"], r["pending"]) for r in rows(al)]))
+
+
+def pending_row_ok(r, what):
+    eq((r["pending"], r["status"], r["host"], r["port"] > 0, r["decision"]),
+       (1, 101, HOST, True, "allow"), what + ": pending, 101, host, decision")
+    eq((r["sandbox"], r["session"], r["tool_call"]), ("agent", "sess-ws", "toolu_ws1"),
+       what + ": sandbox and tags")
+
+
+@test
+def test_batched_kill9_leaves_pending_row(t):
+    """Batched durability: the socket's row reaches the file at the 101
+    (pending, with the next batch; the worker does not wait), so a kill -9
+    while the socket is open leaves it, and `airlock audit query` shows it
+    pending."""
+    o = origin(t)
+    al = start_batched(t)
+
+    async def go():
+        ws = await open_socket(al, o, "/killed")
+        got = await wait_pending(al, "/killed")
+        al.kill()
+        try:
+            await asyncio.wait_for(ws.recv(), 5)
+        except (websockets.ConnectionClosed, asyncio.TimeoutError):
+            pass
+        return got
+    open_rows = run(go())
+    eq(al.proc.returncode, -9, "airlock killed")
+    eq(len(open_rows), 1, "one row while open")
+    pending_row_ok(open_rows[0], "while open")
+    after = sock_rows(al, "/killed")
+    eq([r["id"] for r in after], [open_rows[0]["id"]], "the row after the kill")
+    pending_row_ok(after[0], "after kill -9")
+    p = subprocess.run([t.run.airlock_bin, "audit", "query", "--db",
+                        os.path.join(al.dir, "audit.db"), "--format", "json"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    eq(p.returncode, 0, "audit query: %r" % p.stderr[-300:])
+    q = [r for r in json.loads(p.stdout) if r["path"] == "/killed"]
+    eq([(r["pending"], r["status"], r["host"]) for r in q], [(True, 101, HOST)],
+       "audit query shows the socket pending")
+
+
+@test
+def test_batched_close_completes_the_row(t):
+    """Batched durability, a normal close: the pending row of the 101 is
+    completed in place: one row per socket (not two), with what flowed."""
+    o = origin(t)
+    al = start_batched(t)
+
+    async def go():
+        ws = await open_socket(al, o, "/done")
+        await ws.send("again")
+        await ws.recv()
+        got = await wait_pending(al, "/done")
+        await ws.close(1000, "bye")
+        return got
+    open_rows = run(go())
+    eq(len(open_rows), 1, "one row while open")
+    pending_row_ok(open_rows[0], "while open")
+    r = ws_row(al, "/done")
+    eq(r["id"], open_rows[0]["id"], "the close completed the row begun at the 101")
+    eq(len(sock_rows(al, "/done")), 1, "one row per socket")
+    eq((r["pending"], r["status"], r["error"]), (0, 101, ""), "completed, clean close")
+    eq(json.loads(r["detail"]), {"ws": {"messages_up": 2, "messages_down": 2,
+                                        "close_client": 1000, "close_upstream": 1000}},
+       "the row's websocket detail")
+    eq((r["sandbox"], r["session"], r["tool_call"]), ("agent", "sess-ws", "toolu_ws1"), "tags")
+    check(r["duration_us"] > 0 and r["bytes_up"] > 0 and r["bytes_down"] > 0,
+          "duration and bytes: %r" % ((r["duration_us"], r["bytes_up"], r["bytes_down"]),))
+
+
+@test
+def test_batched_drain_completes_the_row(t):
+    """SIGTERM with a socket open: after drain_timeout_s the socket is told
+    1001, and its completion is written before the writer stops (the one
+    row, completed, in the file when airlock has exited)."""
+    o = origin(t)
+    al = start_batched(t, limits={"drain_timeout_s": 1})
+
+    async def go():
+        ws = await open_socket(al, o, "/drained")
+        got = await wait_pending(al, "/drained")
+        al.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(ws.recv(), 10)
+        except websockets.ConnectionClosed:
+            pass
+        return got, ws.close_code
+    open_rows, code = run(go())
+    eq(code, 1001, "close code on drain")
+    eq(al.wait(15), 0, "airlock exit code after the drain")
+    after = sock_rows(al, "/drained")
+    eq([(r["id"], r["pending"], r["status"]) for r in after], [(open_rows[0]["id"], 0, 101)],
+       "one completed row after the drain")
+    check(after[0]["error"] != "", "the row says why the socket ended: %r" % after[0]["error"])
+    check(json.loads(after[0]["detail"])["ws"]["messages_up"] == 1,
+          "detail: %r" % after[0]["detail"])
 
 
 class SSEOrigin:
