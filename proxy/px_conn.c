@@ -8,6 +8,12 @@
  * state, not of scattered start/stop calls: a side is read only while the
  * other side's queue is below PX_BUF_HIGH_BYTES.
  *
+ * Every state is a row of px_conn_states: the handlers called when a read
+ * or a write watcher fires and when the deadline passes. A handler returns
+ * what happens next (px_phase.h) and px_conn_next() does it, so the
+ * handlers that live elsewhere, the HTTP states' (px_conn_http.c: heads,
+ * bodies, responses, keep-alive), never call back in here.
+ *
  * Requests are parsed with llhttp (strict). The parser pauses in
  * on_headers_complete (the head is decided, resolved and connected before
  * any body byte moves) and in on_message_complete (pipelined requests wait
@@ -40,30 +46,20 @@
 
 #include "px_ca.h"
 
-#define PX_HOLD_BODY_BYTES (1024 * 1024)                 /* request bodies held until scanned */
-#define PX_HOLD_QUEUE_BYTES (PX_HOLD_BODY_BYTES + 65536) /* up.out's bound while held */
-#define PX_FLUSH_CLOSE_S 10.0                            /* to write a final answer */
-#define PX_LINGER_S 2.0                                  /* to drain input after it */
+#define PX_FLUSH_CLOSE_S 10.0 /* to write a final answer */
+#define PX_LINGER_S 2.0       /* to drain input after it */
 
 static _Atomic uint64_t px_conn_next_id = 1;
 
 static void px_conn_ref(struct px_conn *c);
 static void px_conn_unref(struct px_conn *c);
 static void px_conn_set_state(struct px_conn *c, enum px_state st);
-static void px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail);
-static void px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status,
-                                   const char *reason, const char *detail);
 static void px_conn_update_io(struct px_conn *c);
 static void px_conn_close(struct px_conn *c, const char *why);
 static void px_conn_upstream_ready(struct px_conn *c);
 static void px_conn_resolve(struct px_conn *c);
-static void px_conn_feed_client(struct px_conn *c);
 static void px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
-static void px_conn_finish_exchange(struct px_conn *c);
-static void px_conn_parse_error(struct px_conn *c, llhttp_errno_t e);
-static void px_conn_upstream_lost(struct px_conn *c, const char *detail);
-static void px_conn_idle_trim(struct px_conn *c);
 static void px_conn_close_refused(struct px_conn *c, const char *reason);
 static void px_conn_finalize(struct px_conn *c);
 static void px_conn_mitm_start(struct px_conn *c);
@@ -183,8 +179,8 @@ px_dbuf_to_bufq(struct al_dbuf *d, struct al_bufq *q)
  * connection is cut so the client sees a truncated message, never a forged one.
  */
 static void
-px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *detail,
-                const char *extra)
+px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail,
+             const char *extra)
 {
     struct al_dbuf d;
 
@@ -226,20 +222,6 @@ px_conn_fail_ex(struct px_conn *c, int status, const char *reason, const char *d
     px_conn_set_state(c, PX_ST_FLUSH_CLOSE);
 }
 
-static void
-px_conn_fail(struct px_conn *c, int status, const char *reason, const char *detail)
-{
-    px_conn_fail_ex(c, status, reason, detail, NULL);
-}
-
-static void
-px_conn_upstream_error(struct px_conn *c, enum px_uerr kind, int status, const char *reason,
-                       const char *detail)
-{
-    atomic_fetch_add_explicit(&px_metrics.upstream_errors[kind], 1, memory_order_relaxed);
-    px_conn_fail(c, status, reason, detail);
-}
-
 /*
  * A flow with no protocol to answer in (transparent TLS or TCP, an
  * intercepted tunnel before its first request): a row saying why, then
@@ -275,7 +257,47 @@ px_conn_finalize(struct px_conn *c)
     }
     if (r->deny && c->x != NULL)
         c->x->deny = 1;
-    px_conn_fail_ex(c, r->status, r->reason, r->detail, r->extra);
+    px_conn_fail(c, r->status, r->reason, r->detail, r->extra);
+}
+
+/*
+ * What a state's handler (or a step of the HTTP exchange driver) said
+ * happens next, done: the driver asks, the machine acts, so no arrow runs
+ * from px_conn_http.c back up here. A step whose action leads on to more of
+ * the exchange loops.
+ */
+static void
+px_conn_next(struct px_conn *c, int rc)
+{
+    for (;;) {
+        switch (rc) {
+        case AL_DECLINED:
+            px_conn_finalize(c);
+            return;
+        case PX_NEXT_CLOSE:
+            px_conn_close(c, c->close_why);
+            return;
+        case PX_NEXT_TIMER:
+            px_conn_arm_timer(c);
+            return;
+        case PX_NEXT_ROUTE:
+            px_conn_route(c);
+            rc = px_conn_http_feed(c); /* the state tells whether body bytes may flow now */
+            break;
+        case PX_NEXT_RESOLVE:
+            px_conn_resolve(c);
+            return;
+        case PX_NEXT_KEEP:
+            px_conn_set_state(c, PX_ST_READ_HEAD);
+            rc = px_conn_http_next_head(c);
+            break;
+        case PX_NEXT_WS:
+            px_conn_enter_ws(c);
+            return;
+        default: /* AL_OK: the watchers follow the state */
+            return;
+        }
+    }
 }
 
 /* Strict audit: the request's row is begun and must commit before anything
@@ -450,56 +472,6 @@ px_conn_close(struct px_conn *c, const char *why)
 
 /* ---- from head to upstream --------------------------------------------- */
 
-/* Ends the hold on a scanned request: its bytes may go upstream now. */
-static void
-px_conn_release_hold(struct px_conn *c)
-{
-    c->x->hold_up = 0;
-    c->up.out.max = PX_BUF_HIGH_BYTES;
-}
-
-/*
- * The upstream request head from the parsed request, into up.out: what
- * never goes upstream dropped (codec), placeholders replaced in scope and
- * the body's chain readied (inject), the head written with framing of
- * airlock's own (codec). AL_OK, AL_DECLINED (c->refusal), AL_ERROR.
- */
-static int
-px_conn_write_request_head(struct px_conn *c)
-{
-    struct px_exch   *x = c->x;
-    struct px_target *t = &x->target;
-    const char       *target = x->fwd_path;
-    size_t            tlen = x->fwd_path_len;
-    struct al_dbuf    hb, tb;
-    int               rc;
-
-    if (target == NULL) {
-        target = t->path_needs_slash ? "/" : t->path;
-        tlen = t->path_needs_slash ? 1 : t->path_len;
-    }
-    px_h1_request_prepare(c);
-    al_dbuf_init(&hb, c->conf->limits.header_bytes * 2 + 4096);
-    al_dbuf_init(&tb, tlen * 3 + 4096);
-    if (c->conf->secrets != NULL) {
-        rc = px_inject_request(c, target, tlen, &hb, &tb);
-        target = tb.data;
-        tlen = tb.len;
-    } else {
-        rc = px_msg_write_headers(&x->req, &hb);
-    }
-    if (rc == AL_OK)
-        rc = px_h1_request_head(c, target, tlen, &hb);
-    if (x->injected != 0 || rc != AL_OK) { /* values went into them (a refusal: partly) */
-        sec_dbuf_wipe(&hb);
-        sec_dbuf_wipe(&tb);
-    } else {
-        al_dbuf_free(&hb);
-        al_dbuf_free(&tb);
-    }
-    return rc;
-}
-
 /*
  * The one way into PX_ST_TUNNEL (a CONNECT, a transparent TLS or TCP flow, a
  * websocket after its 101): the tunnel's row opens (written at close with
@@ -549,11 +521,12 @@ px_conn_sni_peek(struct px_conn *c, int eof)
     px_conn_enter_tunnel(c);
 }
 
+/* An upstream for the exchange: a CONNECT's 200 (then the SNI peek or the
+ * tunnel), or the HTTP request goes (px_conn_http_start). */
 static void
 px_conn_upstream_ready(struct px_conn *c)
 {
     struct px_exch *x = c->x;
-    llhttp_errno_t  e;
 
     px_sockaddr_str((struct sockaddr *)&x->addrs.addrs[x->addr_idx], x->upstream_str,
                     sizeof(x->upstream_str));
@@ -585,36 +558,7 @@ px_conn_upstream_ready(struct px_conn *c)
         return;
     }
     px_conn_set_state(c, PX_ST_EXCHANGE);
-    px_h1_response_parser(c);
-    llhttp_resume(&c->rq);
-    /* A request without a body completes without another byte: let llhttp
-     * reach on_message_complete now rather than when the next bytes arrive. */
-    e = llhttp_execute(&c->rq, "", 0);
-    if (e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE) {
-        px_conn_parse_error(c, e);
-        return;
-    }
-    if (e == HPE_PAUSED_UPGRADE)
-        x->req_done = 1;
-    if (x->hold_up && px_msg_find_id(&x->req, PX_H_EXPECT, 0) >= 0) {
-        int i = px_msg_find_id(&x->req, PX_H_EXPECT, 0);
-
-        /* The head waits for the scanned body, so the upstream can't say
-         * "100 Continue": airlock does, or the client stalls for a second. */
-        if (x->req.hdrs[i].val != UINT32_MAX &&
-            al_strcaseeq_n(px_msg_str(&x->req, x->req.hdrs[i].val), x->req.hdrs[i].val_len,
-                           "100-continue") &&
-            al_bufq_write(&c->cl.out, "HTTP/1.1 100 Continue\r\n\r\n", 25) != AL_OK) {
-            px_conn_close(c, "no memory");
-            return;
-        }
-    }
-    /* Write the head now: most requests never need the write watcher. */
-    if (!x->hold_up && px_half_flush(c, &c->up) == AL_ERROR) {
-        px_conn_upstream_lost(c, "write failed");
-        return;
-    }
-    px_conn_feed_client(c);
+    px_conn_next(c, px_conn_http_start(c));
 }
 
 /* After a connect attempt started (AL_AGAIN) or failed for good. */
@@ -689,128 +633,9 @@ px_conn_resolve(struct px_conn *c)
                         &x->addrs, &x->dnsq);
     if (rc == AL_OK)
         px_conn_dns_done(c, &x->addrs);
-    else if (rc != AL_AGAIN)
-        px_conn_upstream_error(c, PX_UERR_DNS, 502, "dns_failed", "resolver error");
-}
-
-/* A complete request head is parsed: check it, decide, then resolve. */
-static void
-px_conn_on_head(struct px_conn *c)
-{
-    struct px_exch *x = c->x;
-    struct px_msg  *m = &x->req;
-    const char     *err;
-    int             rc;
-
-    c->head_started = 0;
-    x->head_done = 1;
-    rc = px_request_target(c);
-    if (rc != AL_OK) {
-        if (rc == AL_DECLINED)
-            px_conn_finalize(c);
-        else
-            px_conn_fail(c, 500, "internal", "out of memory");
-        return;
-    }
-    if (px_decide(c) != AL_OK) {
+    else if (rc != AL_AGAIN) {
+        px_refuse_upstream(c, PX_UERR_DNS, 502, "dns_failed", "resolver error");
         px_conn_finalize(c);
-        return;
-    }
-    if ((err = px_msg_connection_forbidden(m)) != NULL) {
-        /* "Connection: content-length" would drop the body's framing as
-         * hop-by-hop while the body still flows: a second request inside.
-         * Checked once the sandbox is known, so the row names who tried;
-         * recorded as the protocol error it is, like any malformed request. */
-        x->decided = 0;
-        px_conn_fail(c, 400, "bad_connection_header", err);
-        return;
-    }
-    px_conn_route(c);
-}
-
-static void
-px_conn_parse_error(struct px_conn *c, llhttp_errno_t e)
-{
-    struct px_exch *x = c->x;
-
-    if (x != NULL && x->body_refusal != NULL) {
-        /* A placeholder in the body that may not go there: the upstream got
-         * a truncated request (never the whole placeholder); cut it off. */
-        px_half_close(c, &c->up);
-        px_inject_body_refusal(c);
-        px_conn_finalize(c);
-        return;
-    }
-
-    if (x != NULL && (x->req.too_big)) {
-        px_conn_fail(c, 431, "header_too_large", NULL);
-        return;
-    }
-    if (c->state == PX_ST_EXCHANGE && x != NULL && x->resp_started) {
-        px_conn_close(c, "bad request body");
-        return;
-    }
-    al_log_info("conn %llu: bad request: %s (%s)", (unsigned long long)c->id, llhttp_errno_name(e),
-                llhttp_get_error_reason(&c->rq) ? llhttp_get_error_reason(&c->rq) : "");
-    px_conn_fail(c, 400, "bad_request", llhttp_errno_name(e));
-}
-
-/* Feeds buffered client bytes to the request parser as far as the state allows. */
-static void
-px_conn_feed_client(struct px_conn *c)
-{
-    while (c->cin_len > 0 && !c->closing) {
-        int            in_head = c->state == PX_ST_READ_HEAD;
-        int            started;
-        llhttp_errno_t e;
-        size_t         used;
-
-        if (!in_head && c->state == PX_ST_EXCHANGE && c->x != NULL && c->x->hold_up &&
-            al_bufq_full(&c->up.out))
-            px_conn_release_hold(c); /* bigger than the hold: stream the rest */
-        if (!in_head && (c->state != PX_ST_EXCHANGE || c->x == NULL || c->x->req_done ||
-                         al_bufq_full(&c->up.out)))
-            break;
-        started = c->head_started;
-        e = llhttp_execute(&c->rq, c->cin, c->cin_len);
-        if (in_head && !started && c->head_started)
-            px_conn_arm_timer(c); /* a head began: its deadline runs */
-        used = e == HPE_OK ? c->cin_len : (size_t)(llhttp_get_error_pos(&c->rq) - c->cin);
-        if (used > c->cin_len)
-            used = c->cin_len;
-        if (in_head) {
-            const char *bad = px_http_head_scan(&c->head_scan, c->cin, used);
-
-            if (bad != NULL) {
-                px_conn_fail(c, 400, "bad_request", bad);
-                return;
-            }
-            c->head_bytes += used;
-            if (c->head_bytes > c->conf->limits.header_bytes) {
-                px_conn_fail(c, 431, "header_too_large", NULL);
-                return;
-            }
-        }
-        memmove(c->cin, c->cin + used, c->cin_len - used);
-        c->cin_len -= used;
-        if (e == HPE_OK)
-            continue;
-        if (e == HPE_PAUSED) {
-            if (in_head) {
-                c->head_bytes = 0;
-                memset(&c->head_scan, 0, sizeof(c->head_scan));
-                px_conn_on_head(c);
-                continue; /* the state tells whether body bytes may flow now */
-            }
-            break; /* request complete; the rest waits for the response */
-        }
-        if (e == HPE_PAUSED_UPGRADE) {
-            if (c->x != NULL)
-                c->x->req_done = 1;
-            break;
-        }
-        px_conn_parse_error(c, e);
-        return;
     }
 }
 
@@ -889,16 +714,9 @@ px_conn_route(struct px_conn *c)
         px_conn_finalize(c);
         return;
     }
-    if (!c->x->is_connect) {
-        rc = px_conn_write_request_head(c);
-        if (rc == AL_DECLINED) {
-            px_conn_finalize(c); /* a placeholder that may not go there */
-            return;
-        }
-        if (rc != AL_OK) {
-            px_conn_fail(c, 500, "internal", "out of memory");
-            return;
-        }
+    if (!c->x->is_connect && px_conn_http_request_head(c) != AL_OK) {
+        px_conn_finalize(c); /* a placeholder that may not go there, no memory */
+        return;
     }
     if (px_conn_strict_begin(c) != AL_OK)
         return; /* resolving continues once the row is committed */
@@ -921,7 +739,7 @@ px_conn_peek(struct px_conn *c, int eof)
     }
     if (kind == PX_PEEK_HTTP) {
         c->state = PX_ST_READ_HEAD; /* same clock: the head must complete in time */
-        px_conn_feed_client(c);
+        px_conn_next(c, px_conn_http_feed(c));
         return;
     }
     rc = px_transparent_tunnel_target(c, kind == PX_PEEK_TLS ? sni : NULL);
@@ -1051,373 +869,305 @@ px_conn_enter_ws(struct px_conn *c)
         px_conn_close(c, "write error");
 }
 
-static void
-px_conn_ws_io(struct px_conn *c, int is_cl, int revents)
+/* PX_ST_WS: a side's queue drained (its write watcher) or its bytes came
+ * (its read watcher). */
+static int
+px_conn_ws_io(struct px_conn *c, int is_cl, int readable)
 {
-    if (revents & EV_WRITE) {
-        if (px_half_flush(c, is_cl ? &c->cl : &c->up) == AL_ERROR) {
-            px_conn_close(c, "websocket write error");
-            return;
-        }
-    }
     if (c->ws_closing) {
         if (al_bufq_len(&c->cl.out) == 0 && al_bufq_len(&c->up.out) == 0)
             px_conn_ws_end(c, c->x->err_reason);
-        return;
+        return AL_OK;
     }
-    if ((revents & EV_READ) && px_conn_ws_after(c, px_ws_read(c, is_cl), is_cl) != AL_OK)
-        return;
+    if (readable && px_conn_ws_after(c, px_ws_read(c, is_cl), is_cl) != AL_OK)
+        return AL_OK;
     if (px_half_flush(c, &c->cl) == AL_ERROR || px_half_flush(c, &c->up) == AL_ERROR)
-        px_conn_close(c, "websocket write error");
+        return px_next_close(c, "websocket write error");
+    return AL_OK;
 }
 
-/* ---- I/O handlers -------------------------------------------------------- */
-
-static void
-px_conn_client_readable(struct px_conn *c)
+static int
+px_conn_ws_on_read(struct px_conn *c, int is_cl)
 {
-    int n;
-
-    if (c->cin == NULL) {
-        c->cin = al_malloc(PX_CIN_BYTES);
-        if (c->cin == NULL) {
-            px_conn_close(c, "no memory");
-            return;
-        }
-    }
-    n = px_half_read_into(c, &c->cl, c->cin, PX_CIN_BYTES, &c->cin_len);
-    if (n == -1)
-        return;
-    if (n == -2) {
-        px_conn_close(c, "client read error");
-        return;
-    }
-    c->last_activity = ev_now(c->worker->loop);
-    if (n == 0) {
-        c->cl.eof = 1;
-        if (c->state == PX_ST_PEEK && c->cin_len > 0)
-            px_conn_peek(c, 1); /* the sandbox said all it will say: decide now */
-        else if (c->state == PX_ST_SNI_PEEK && c->cin_len > 0)
-            px_conn_sni_peek(c, 1);
-        else if (c->state == PX_ST_PEEK ||
-                 (c->state == PX_ST_READ_HEAD && !c->head_started && c->cin_len == 0))
-            px_conn_close(c, "client closed");
-        else if (c->state == PX_ST_READ_HEAD)
-            px_conn_fail(c, 400, "bad_request", "incomplete request head");
-        else if (c->state == PX_ST_EXCHANGE && c->x != NULL && c->x->req_done) {
-            /* The response still goes out (a half-close may wait for it),
-             * but a client gone before it began is recorded as such. */
-            if (!c->x->resp_started && c->x->err_reason == NULL)
-                c->x->err_reason = "client_closed";
-            return; /* nothing more will come */
-        } else
-            px_conn_close(c, "client closed mid-request");
-        return;
-    }
-    if (c->state == PX_ST_PEEK) {
-        px_conn_peek(c, 0);
-        return;
-    }
-    if (c->state == PX_ST_SNI_PEEK) {
-        px_conn_sni_peek(c, 0);
-        return;
-    }
-    px_conn_feed_client(c);
+    return px_conn_ws_io(c, is_cl, 1);
 }
 
-/*
- * The upstream went away before answering. A pooled connection can race
- * with the server's own idle close, so a request that has not sent any body
- * byte yet is replayed once on a fresh connection; anything else is a 502.
- */
-static void
-px_conn_upstream_lost(struct px_conn *c, const char *detail)
+static int
+px_conn_ws_on_write(struct px_conn *c, int is_cl)
 {
-    struct px_exch *x = c->x;
+    if (px_half_flush(c, is_cl ? &c->cl : &c->up) == AL_ERROR)
+        return px_next_close(c, "websocket write error");
+    return px_conn_ws_io(c, is_cl, 0);
+}
 
-    if (x->from_pool && !x->req_body_bytes_sent && !x->resp_started) {
-        al_log_debug("conn %llu: pooled upstream closed (%s), retrying on a fresh connection",
-                     (unsigned long long)c->id, detail);
-        px_half_close(c, &c->up);
-        al_bufq_init(&c->up.out, PX_BUF_HIGH_BYTES);
-        x->from_pool = 0;
-        x->no_pool = 1;
-        x->upstream_reusable = 0;
-        switch (px_conn_write_request_head(c)) {
-        case AL_OK:
-            break;
-        case AL_DECLINED:
-            px_conn_finalize(c);
-            return;
-        default:
-            px_conn_fail(c, 500, "internal", "out of memory");
-            return;
-        }
-        px_conn_resolve(c);
-        return;
+static int
+px_conn_ws_timeout(struct px_conn *c)
+{
+    px_conn_ws_close(c, 1001, "idle timeout");
+    return AL_OK;
+}
+
+/* ---- the states' handlers ------------------------------------------------------ */
+
+/* A watcher with nothing to do in its state. */
+static int
+px_conn_io_none(struct px_conn *c, int is_cl)
+{
+    (void)c;
+    (void)is_cl;
+    return AL_OK;
+}
+
+static int
+px_conn_idle_timeout(struct px_conn *c)
+{
+    return px_next_close(c, "idle timeout");
+}
+
+/* PX_ST_RESOLVE, PX_ST_CONNECT, PX_ST_TLS_UP: the upstream's deadlines. */
+static int
+px_conn_resolve_timeout(struct px_conn *c)
+{
+    return px_refuse_upstream(c, PX_UERR_DNS, 504, "dns_timeout", NULL);
+}
+
+static int
+px_conn_connect_on_write(struct px_conn *c, int is_cl)
+{
+    if (!is_cl)
+        px_conn_connect_done(c);
+    return AL_OK;
+}
+
+static int
+px_conn_connect_timeout(struct px_conn *c)
+{
+    return px_refuse_upstream(c, PX_UERR_TIMEOUT, 504, "connect_timeout", NULL);
+}
+
+static int
+px_conn_tls_up_io(struct px_conn *c, int is_cl)
+{
+    if (!is_cl)
+        px_conn_tls_up_step(c);
+    return AL_OK;
+}
+
+static int
+px_conn_tls_up_timeout(struct px_conn *c)
+{
+    return px_refuse_upstream(c, PX_UERR_TIMEOUT, 504, "upstream_tls_timeout", NULL);
+}
+
+/* PX_ST_TLS_CLIENT: the client handshake, whichever way it waits. */
+static int
+px_conn_tls_client_on_read(struct px_conn *c, int is_cl)
+{
+    (void)is_cl;
+    px_conn_tls_client_step(c);
+    return AL_OK;
+}
+
+static int
+px_conn_tls_client_on_write(struct px_conn *c, int is_cl)
+{
+    if (is_cl && al_bufq_len(&c->cl.out) > 0 && px_half_flush(c, &c->cl) == AL_ERROR)
+        return px_next_close(c, "client write error");
+    return px_conn_tls_client_on_read(c, is_cl);
+}
+
+static int
+px_conn_tls_client_timeout(struct px_conn *c)
+{
+    px_tls_refusal_row(c, "tls_handshake_timeout");
+    return px_refuse_close(c, "tls_handshake_timeout");
+}
+
+/* PX_ST_PEEK, PX_ST_SNI_PEEK: the client's first bytes, held until they say
+ * enough (which protocol the sandbox speaks; an opaque tunnel's SNI). */
+static int
+px_conn_peek_on_read(struct px_conn *c, int is_cl)
+{
+    const char *why = NULL;
+    int         peek = c->state == PX_ST_PEEK;
+    int         rc;
+
+    if (!is_cl) {
+        if (!peek && c->cin_len == 0)
+            px_conn_enter_tunnel(c); /* the upstream speaks first (SSH, SMTP, ...) */
+        return AL_OK;
     }
-    if (!x->resp_started)
-        px_conn_upstream_error(c, PX_UERR_RESET, 502, "upstream_reset", detail);
+    rc = px_half_read_cin(c, &why);
+    if (rc == AL_AGAIN)
+        return AL_OK;
+    if (rc == AL_ERROR)
+        return px_next_close(c, why);
+    if (rc == AL_DONE && c->cin_len == 0)
+        return px_next_close(c, peek ? "client closed" : "client closed mid-request");
+    /* At the end of its stream the sandbox said all it will say: decide now. */
+    if (peek)
+        px_conn_peek(c, rc == AL_DONE);
     else
-        px_conn_close(c, "upstream closed mid-response");
+        px_conn_sni_peek(c, rc == AL_DONE);
+    return AL_OK;
 }
 
-static void
-px_conn_upstream_readable(struct px_conn *c)
+static int
+px_conn_peek_timeout(struct px_conn *c)
 {
-    char            buf[PX_READ_BYTES];
-    ssize_t         n;
-    llhttp_errno_t  e;
-    struct px_exch *x = c->x;
+    return px_refuse_close(c, "header_timeout");
+}
 
-    n = px_half_recv(c, &c->up, buf, sizeof(buf));
-    if (n == -1)
-        return;
-    if (n < 0) {
-        px_conn_upstream_lost(c, c->up.ssl != NULL ? "TLS read error" : strerror(errno));
-        return;
+static int
+px_conn_sni_peek_on_write(struct px_conn *c, int is_cl)
+{
+    if (is_cl && px_half_flush(c, &c->cl) == AL_ERROR)
+        return px_next_close(c, "client write error");
+    return AL_OK;
+}
+
+static int
+px_conn_sni_peek_timeout(struct px_conn *c)
+{
+    if (c->cin_len == 0) { /* nothing said yet: nothing to check */
+        px_conn_enter_tunnel(c);
+        return AL_OK;
     }
+    c->x->decided = 0;
+    c->x->deny = 1;
+    c->x->status = 403;
+    c->x->err_reason = "bad_client_hello";
+    return px_refuse_close(c, "bad_client_hello");
+}
+
+/* PX_ST_TUNNEL: only the direction this event can move: bytes the source
+ * has to read, or room the destination has to write. The other direction's
+ * splice would only find EAGAIN. up: client to upstream. */
+static int
+px_conn_tunnel_pump(struct px_conn *c, int up)
+{
+    if (px_half_pump(c, up ? &c->cl : &c->up, up ? &c->up : &c->cl) != AL_OK)
+        return px_next_close(c, "tunnel error");
+    if (c->cl.shut && c->up.shut)
+        return px_next_close(c, "tunnel done");
+    return AL_OK;
+}
+
+static int
+px_conn_tunnel_on_read(struct px_conn *c, int is_cl)
+{
+    return px_conn_tunnel_pump(c, is_cl); /* the client's bytes go up, the upstream's down */
+}
+
+static int
+px_conn_tunnel_on_write(struct px_conn *c, int is_cl)
+{
+    return px_conn_tunnel_pump(c, !is_cl); /* room toward the upstream: up */
+}
+
+/*
+ * PX_ST_FLUSH_CLOSE: a final answer is being written. Once it is out, the
+ * write side is shut and the client's remaining input is read and dropped
+ * until it closes (or PX_LINGER_S passes): closing with unread input would
+ * make the kernel send a reset that can destroy the answer before the
+ * client reads it.
+ */
+static int
+px_conn_flush_close_on_write(struct px_conn *c, int is_cl)
+{
+    int rc;
+
+    (void)is_cl;
+    if (c->cl.shut)
+        return AL_OK;
+    rc = px_half_flush(c, &c->cl);
+    if (rc == AL_ERROR)
+        return px_next_close(c, "client write error");
+    if (rc != AL_OK)
+        return AL_OK;
+    if (c->cl.ssl != NULL) {
+        ERR_clear_error();
+        (void)SSL_shutdown(c->cl.ssl); /* close_notify, best effort */
+    }
+    (void)shutdown(c->cl.fd, SHUT_WR);
+    c->cl.shut = 1;
     c->last_activity = ev_now(c->worker->loop);
-    if (n == 0) {
-        e = llhttp_finish(&c->rs);
-        if (x->resp_done) {
-            x->upstream_reusable = 0;
-        } else if (!x->resp_started) {
-            px_conn_upstream_lost(c, "closed before responding");
-            return;
-        } else {
-            (void)e;
-            px_conn_close(c, "upstream closed mid-response");
-            return;
-        }
-    } else {
-        const char *at = buf;
-        size_t      left = (size_t)n;
-
-        for (;;) {
-            const char *pos;
-            int         rc = AL_OK;
-
-            e = llhttp_execute(&c->rs, at, left);
-            if (e != HPE_PAUSED || !x->resp_head_ready)
-                break;
-            /* A response head: redacted and its body's chain readied
-             * (inject), written with framing of airlock's own (codec). */
-            pos = llhttp_get_error_pos(&c->rs);
-            x->resp_head_ready = 0;
-            if (c->conf->secrets != NULL)
-                rc = px_inject_response(c);
-            if (rc == AL_OK)
-                rc = px_h1_response_head(c);
-            if (rc == AL_DECLINED) {
-                px_conn_finalize(c);
-                return;
-            }
-            if (rc != AL_OK) {
-                px_conn_fail(c, 500, "internal", "out of memory");
-                return;
-            }
-            llhttp_resume(&c->rs);
-            left -= (size_t)(pos - at);
-            at = pos;
-        }
-        if (e == HPE_PAUSED) {
-            if ((const char *)llhttp_get_error_pos(&c->rs) < buf + n)
-                x->upstream_reusable = 0; /* bytes after the response: never reuse */
-        } else if (e == HPE_PAUSED_UPGRADE) {
-            const char *pos = llhttp_get_error_pos(&c->rs);
-
-            /* The origin's first frames: they go through the websocket
-             * codec once the 101 is out. */
-            if (pos < buf + n && x->ws_early.max == 0)
-                al_dbuf_init(&x->ws_early, PX_READ_BYTES);
-            if (pos < buf + n && al_dbuf_add(&x->ws_early, pos, (size_t)(buf + n - pos)) != AL_OK) {
-                px_conn_close(c, "no memory");
-                return;
-            }
-        } else if (e != HPE_OK) {
-            if (x->resp_refusal != NULL)
-                px_conn_upstream_error(c, PX_UERR_OTHER, 502, x->resp_refusal,
-                                       x->resp_refusal_detail);
-            else if (!x->resp_started)
-                px_conn_upstream_error(c, PX_UERR_OTHER, 502, "upstream_bad_response",
-                                       llhttp_errno_name(e));
-            else /* the head is out: all that is left is cutting the response */
-                px_conn_close(c, x->resp_abort != NULL ? x->resp_abort : "bad upstream response");
-            return;
-        }
-    }
-    if (px_half_flush(c, &c->cl) == AL_ERROR) {
-        px_conn_close(c, "client write error");
-        return;
-    }
-    if (x->resp_done && al_bufq_len(&c->cl.out) == 0)
-        px_conn_finish_exchange(c);
+    return PX_NEXT_TIMER; /* now the linger */
 }
 
-/*
- * A keep-alive connection idle for PX_IDLE_TRIM_S between requests: the
- * request state is freed (the next request allocates it again) and a kept
- * TLS upstream is parked in the worker's pool, where any tunnel to the same
- * host may take it (PX_POOL_TLS_PER_HOST at most; the rest are closed). An
- * idle intercepted connection then holds its client TLS state only.
- */
-static void
-px_conn_idle_trim(struct px_conn *c)
-{
-    px_upstream_park(c);
-    if (c->x != NULL) {
-        px_dns_cancel(c->x->dnsq);
-        c->x->dnsq = NULL;
-        px_exch_free(c->x);
-        c->x = NULL;
-    }
-}
-
-/* How much of a path may be logged: never the query (it may carry tokens). */
 static int
-px_log_path_len(const char *path, size_t len)
+px_conn_flush_close_on_read(struct px_conn *c, int is_cl)
 {
-    const char *q = memchr(path, '?', len);
+    char    sink[4096];
+    ssize_t n;
 
-    if (q != NULL)
-        len = (size_t)(q - path);
-    return (int)(len > 200 ? 200 : len);
+    (void)is_cl;
+    if (!c->cl.shut)
+        return AL_OK;
+    n = recv(c->cl.fd, sink, sizeof(sink), 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+        return px_next_close(c, "error answered");
+    return AL_OK;
 }
 
-/*
- * The one test for handing an upstream connection to a next request (kept
- * on this connection, or parked in the worker's pool for any other): both
- * messages ended exactly where their framing said. The request went out
- * whole by the framing airlock wrote (its parser reached the end, nothing
- * queued or held back, no refusal cut it short), the response was read to
- * its end with no byte after it, and the upstream said keep-alive. Anything
- * else would let the next request, maybe another sandbox's, land inside
- * what the upstream still takes for this one. See docs/DESIGN.md.
- */
+/* PX_ST_AUDIT: nothing moves while the row commits: bytes wait in the
+ * socket and a watcher that fires is stopped until then. A kept upstream
+ * that closes meanwhile is dropped. */
 static int
-px_conn_upstream_clean(const struct px_conn *c)
+px_conn_audit_on_read(struct px_conn *c, int is_cl)
 {
-    const struct px_exch *x = c->x;
-
-    return x != NULL && x->req_done && x->resp_done && x->upstream_reusable && !x->hold_up &&
-           x->body_refusal == NULL && x->status != 101 && al_bufq_len(&c->up.out) == 0 &&
-           c->up.fd >= 0;
+    if (!is_cl && c->up_kept)
+        px_upstream_kept_readable(c);
+    else
+        ev_io_stop(c->worker->loop, is_cl ? &c->cl.rio : &c->up.rio);
+    return AL_OK;
 }
 
-/* Response fully written to the client. */
-static void
-px_conn_finish_exchange(struct px_conn *c)
+static int
+px_conn_audit_on_write(struct px_conn *c, int is_cl)
 {
-    struct px_exch *x = c->x;
-    int             keep;
-
-    al_log_info("conn %llu: %s %s:%u%.*s -> %d up=%llu down=%llu %lldus", (unsigned long long)c->id,
-                llhttp_method_name(c->rq.method), x->target.host, x->target.port,
-                px_log_path_len(x->target.path, x->target.path_len), x->target.path, x->status,
-                (unsigned long long)x->bytes_up, (unsigned long long)x->bytes_down,
-                (long long)(al_now_us() - x->start_us));
-    px_conn_count_status(x->status);
-    if (x->status == 101 && x->want_upgrade) {
-        px_conn_enter_ws(c);
-        return;
-    }
-    if (c->mitm && px_conn_upstream_clean(c) && !c->draining) {
-        c->up_kept = 1; /* the next inner request reuses it; watched while idle */
-    } else if (px_conn_upstream_clean(c) && !c->draining) {
-        /* Kept here, watched while idle: the next request to the same
-         * destination reuses it (px_conn_resolve); anything else, the idle
-         * trim or the close parks it in the worker's pool. */
-        memcpy(x->kept_key, x->pool_key, sizeof(x->kept_key));
-        x->kept_peer = x->addrs.addrs[x->addr_idx];
-        c->up_kept = 1;
-    } else {
-        px_half_close(c, &c->up);
-    }
-    px_conn_audit(c, NULL);
-    keep = x->req_done && !c->close_after_flush && !c->draining && x->client_keepalive &&
-           !(c->cl.eof && c->cin_len == 0);
-    c->nreqs++;
-    if (keep)
-        px_exch_reset(x, c->conf->limits.header_bytes); /* reused by the next request */
-    if (!keep) {
-        px_conn_close(c, "exchange done, no keep-alive");
-        return;
-    }
-    px_conn_set_state(c, PX_ST_READ_HEAD);
-    llhttp_resume(&c->rq);
-    if (c->cin_len == 0)
-        al_safefree(c->cin); /* idle keep-alive connections hold no buffer */
-    px_conn_feed_client(c);
-    if (!c->closing && c->state == PX_ST_READ_HEAD && c->cl.eof) {
-        /* The client closed while the response was on its way: what it
-         * pipelined before is answered, then the connection ends. */
-        if (c->head_started || c->cin_len > 0)
-            px_conn_fail(c, 400, "bad_request", "incomplete request head");
-        else
-            px_conn_close(c, "client closed");
-        return;
-    }
+    ev_io_stop(c->worker->loop, is_cl ? &c->cl.wio : &c->up.wio);
+    return AL_OK;
 }
 
-/* Only the directions this event can move: bytes the source has to read, or
- * room the destination has to write. The other direction's splice would only
- * find EAGAIN. */
-static void
-px_conn_tunnel_io(struct px_conn *c, int is_cl, int revents)
+static int
+px_conn_audit_timeout(struct px_conn *c)
 {
-    int up = revents & (is_cl ? EV_READ : EV_WRITE);
-    int down = revents & (is_cl ? EV_WRITE : EV_READ);
-
-    if ((up && px_half_pump(c, &c->cl, &c->up) != AL_OK) ||
-        (down && px_half_pump(c, &c->up, &c->cl) != AL_OK)) {
-        px_conn_close(c, "tunnel error");
-        return;
-    }
-    if (c->cl.shut && c->up.shut) {
-        px_conn_close(c, "tunnel done");
-        return;
-    }
+    return px_refuse(c, 503, "audit_unavailable", "audit commit took too long");
 }
 
 /*
- * A final answer is being written. Once it is out, the write side is shut
- * and the client's remaining input is read and dropped until it closes (or
- * PX_LINGER_S passes): closing with unread input would make the kernel send
- * a reset that can destroy the answer before the client reads it.
+ * A state is a row: the handlers the machine calls through pointers when a
+ * read watcher of either side fires, when a write watcher does, and when
+ * the state's deadline passes (as nginx's read and write event handlers).
+ * Each returns what happens next and px_conn_next does it. The HTTP states
+ * are the exchange driver's (px_conn_http.c).
  */
-static void
-px_conn_flush_close_io(struct px_conn *c, int revents)
-{
-    if ((revents & EV_WRITE) && !c->cl.shut) {
-        int rc = px_half_flush(c, &c->cl);
+static const struct px_conn_state {
+    int (*on_read)(struct px_conn *c, int is_cl);
+    int (*on_write)(struct px_conn *c, int is_cl);
+    int (*on_timeout)(struct px_conn *c);
+} px_conn_states[] = {
+    [PX_ST_READ_HEAD] = {px_conn_http_on_read, px_conn_http_on_write, px_conn_http_head_timeout},
+    [PX_ST_RESOLVE] = {px_conn_http_on_read, px_conn_http_on_write, px_conn_resolve_timeout},
+    [PX_ST_CONNECT] = {px_conn_io_none, px_conn_connect_on_write, px_conn_connect_timeout},
+    [PX_ST_EXCHANGE] = {px_conn_http_on_read, px_conn_http_on_write, px_conn_http_exchange_timeout},
+    [PX_ST_TUNNEL] = {px_conn_tunnel_on_read, px_conn_tunnel_on_write, px_conn_idle_timeout},
+    [PX_ST_FLUSH_CLOSE] = {px_conn_flush_close_on_read, px_conn_flush_close_on_write,
+                           px_conn_idle_timeout},
+    [PX_ST_AUDIT] = {px_conn_audit_on_read, px_conn_audit_on_write, px_conn_audit_timeout},
+    [PX_ST_PEEK] = {px_conn_peek_on_read, px_conn_io_none, px_conn_peek_timeout},
+    [PX_ST_TLS_CLIENT] = {px_conn_tls_client_on_read, px_conn_tls_client_on_write,
+                          px_conn_tls_client_timeout},
+    [PX_ST_TLS_UP] = {px_conn_tls_up_io, px_conn_tls_up_io, px_conn_tls_up_timeout},
+    [PX_ST_SNI_PEEK] = {px_conn_peek_on_read, px_conn_sni_peek_on_write, px_conn_sni_peek_timeout},
+    [PX_ST_WS] = {px_conn_ws_on_read, px_conn_ws_on_write, px_conn_ws_timeout},
+};
+_Static_assert(sizeof(px_conn_states) / sizeof(px_conn_states[0]) == PX_ST_WS + 1,
+               "px_conn_states must have a row for every px_state");
 
-        if (rc == AL_ERROR) {
-            px_conn_close(c, "client write error");
-            return;
-        }
-        if (rc == AL_OK) {
-            if (c->cl.ssl != NULL) {
-                ERR_clear_error();
-                (void)SSL_shutdown(c->cl.ssl); /* close_notify, best effort */
-            }
-            (void)shutdown(c->cl.fd, SHUT_WR);
-            c->cl.shut = 1;
-            c->last_activity = ev_now(c->worker->loop);
-            px_conn_arm_timer(c);
-        }
-    }
-    if ((revents & EV_READ) && c->cl.shut) {
-        char    sink[4096];
-        ssize_t n = recv(c->cl.fd, sink, sizeof(sink), 0);
-
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            px_conn_close(c, "error answered");
-            return;
-        }
-    }
-}
-
+/* A read watcher reports EV_READ, a write watcher EV_WRITE: which one fired
+ * says which handler runs. */
 static void
 px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -1425,91 +1175,14 @@ px_conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     struct px_conn *c = h->conn;
     int             is_cl = h == &c->cl;
 
+    (void)loop;
+    (void)revents;
     px_conn_ref(c);
-    if (c->closing)
-        goto out;
-    switch (c->state) {
-    case PX_ST_TUNNEL:
-        px_conn_tunnel_io(c, is_cl, revents);
-        break;
-    case PX_ST_WS:
-        px_conn_ws_io(c, is_cl, revents);
-        break;
-    case PX_ST_CONNECT:
-        if (!is_cl && (revents & EV_WRITE))
-            px_conn_connect_done(c);
-        break;
-    case PX_ST_FLUSH_CLOSE:
-        px_conn_flush_close_io(c, revents);
-        break;
-    case PX_ST_AUDIT:
-        /* Nothing moves while the row commits: bytes wait in the socket.
-         * A kept upstream that closes meanwhile is dropped. */
-        if (!is_cl && c->up_kept && (revents & EV_READ))
-            px_upstream_kept_readable(c);
-        else
-            ev_io_stop(loop, w);
-        break;
-    case PX_ST_PEEK:
-        if (is_cl && (revents & EV_READ))
-            px_conn_client_readable(c);
-        break;
-    case PX_ST_SNI_PEEK:
-        if (is_cl && (revents & EV_WRITE) && px_half_flush(c, &c->cl) == AL_ERROR) {
-            px_conn_close(c, "client write error");
-            break;
-        }
-        if (is_cl && (revents & EV_READ))
-            px_conn_client_readable(c);
-        else if (!is_cl && (revents & EV_READ) && c->cin_len == 0)
-            px_conn_enter_tunnel(c); /* the upstream speaks first (SSH, SMTP, ...) */
-        break;
-    case PX_ST_TLS_CLIENT:
-        if (is_cl && (revents & EV_WRITE) && al_bufq_len(&c->cl.out) > 0 &&
-            px_half_flush(c, &c->cl) == AL_ERROR) {
-            px_conn_close(c, "client write error");
-            break;
-        }
-        px_conn_tls_client_step(c);
-        break;
-    case PX_ST_TLS_UP:
-        if (!is_cl)
-            px_conn_tls_up_step(c);
-        break;
-    case PX_ST_READ_HEAD:
-    case PX_ST_RESOLVE:
-    case PX_ST_EXCHANGE:
-        if (is_cl && (revents & EV_WRITE)) {
-            if (px_half_flush(c, &c->cl) == AL_ERROR) {
-                px_conn_close(c, "client write error");
-                break;
-            }
-            if (c->x != NULL && c->x->resp_done && al_bufq_len(&c->cl.out) == 0) {
-                px_conn_finish_exchange(c);
-                break;
-            }
-        }
-        if (!is_cl && (revents & EV_WRITE)) {
-            if (px_half_flush(c, &c->up) == AL_ERROR) {
-                if (c->x != NULL)
-                    px_conn_upstream_lost(c, "write failed");
-                else
-                    px_conn_close(c, "upstream write error");
-                break;
-            }
-            px_conn_feed_client(c); /* room again for buffered body bytes */
-        }
-        if (c->closing)
-            break;
-        if (is_cl && (revents & EV_READ))
-            px_conn_client_readable(c);
-        else if (!is_cl && (revents & EV_READ) && c->state == PX_ST_EXCHANGE)
-            px_conn_upstream_readable(c);
-        else if (!is_cl && (revents & EV_READ) && c->up_kept)
-            px_upstream_kept_readable(c);
-        break;
+    if (!c->closing) {
+        const struct px_conn_state *s = &px_conn_states[c->state];
+
+        px_conn_next(c, w == &h->wio ? s->on_write(c, is_cl) : s->on_read(c, is_cl));
     }
-out:
     if (!c->closing) /* once per event: the watchers follow the state */
         px_conn_update_io(c);
     px_conn_unref(c);
@@ -1531,67 +1204,7 @@ px_conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         ev_timer_again(loop, w);
         goto out;
     }
-    switch (c->state) {
-    case PX_ST_READ_HEAD:
-        if (!c->head_started && c->nreqs > 0 && (c->x != NULL || c->up_kept) &&
-            PX_IDLE_TRIM_S < c->conf->limits.idle_timeout_s) {
-            px_conn_idle_trim(c);
-            px_conn_arm_timer(c); /* now the idle timeout proper */
-        } else if (c->head_started)
-            px_conn_fail(c, 408, "header_timeout", NULL);
-        else if (c->nreqs == 0)
-            px_conn_close(c, "no request within header_timeout_s");
-        else
-            px_conn_close(c, "idle timeout");
-        break;
-    case PX_ST_RESOLVE:
-        px_conn_upstream_error(c, PX_UERR_DNS, 504, "dns_timeout", NULL);
-        break;
-    case PX_ST_AUDIT:
-        px_conn_fail(c, 503, "audit_unavailable", "audit commit took too long");
-        break;
-    case PX_ST_PEEK:
-        px_conn_close_refused(c, "header_timeout");
-        break;
-    case PX_ST_SNI_PEEK:
-        if (c->cin_len == 0) { /* nothing said yet: nothing to check */
-            px_conn_enter_tunnel(c);
-            break;
-        }
-        c->x->decided = 0;
-        c->x->deny = 1;
-        c->x->status = 403;
-        c->x->err_reason = "bad_client_hello";
-        px_conn_close_refused(c, "bad_client_hello");
-        break;
-    case PX_ST_TLS_CLIENT:
-        px_tls_refusal_row(c, "tls_handshake_timeout");
-        px_conn_close_refused(c, "tls_handshake_timeout");
-        break;
-    case PX_ST_TLS_UP:
-        px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "upstream_tls_timeout", NULL);
-        break;
-    case PX_ST_CONNECT:
-        px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "connect_timeout", NULL);
-        break;
-    case PX_ST_EXCHANGE:
-        if (c->x != NULL && !c->x->resp_started && !c->x->req_done && !al_bufq_full(&c->up.out))
-            /* The request body stopped arriving while the upstream had room
-             * for it: the client stalled, not the upstream. */
-            px_conn_fail(c, 408, "body_timeout", "the request body stopped arriving");
-        else if (c->x != NULL && !c->x->resp_started)
-            px_conn_upstream_error(c, PX_UERR_TIMEOUT, 504, "upstream_timeout", NULL);
-        else
-            px_conn_close(c, "idle timeout");
-        break;
-    case PX_ST_WS:
-        px_conn_ws_close(c, 1001, "idle timeout");
-        break;
-    case PX_ST_TUNNEL:
-    case PX_ST_FLUSH_CLOSE:
-        px_conn_close(c, "idle timeout");
-        break;
-    }
+    px_conn_next(c, px_conn_states[c->state].on_timeout(c));
 out:
     if (!c->closing) /* once per event: the watchers follow the state */
         px_conn_update_io(c);
@@ -1714,7 +1327,8 @@ px_conn_audit_committed(struct px_conn *c, int ok, int64_t row_id)
         } else {
             if (c->x->rec != NULL)
                 c->x->rec->row_id = 0;
-            px_conn_fail(c, 503, "audit_unavailable", "audit commit failed");
+            px_refuse(c, 503, "audit_unavailable", "audit commit failed");
+            px_conn_finalize(c);
         }
         if (!c->closing)
             px_conn_update_io(c);

@@ -185,8 +185,9 @@ struct px_exch {
 };
 
 struct px_conn {
-    struct px_refusal       refusal; /* the last AL_DECLINED's, read by the machine */
-    uint64_t                id;      /* printed in every log line */
+    struct px_refusal       refusal;   /* the last AL_DECLINED's, read by the machine */
+    const char             *close_why; /* the last PX_NEXT_CLOSE's, read by the machine */
+    uint64_t                id;        /* printed in every log line */
     struct px_worker       *worker;
     struct px_conf         *conf;
     struct px_conn         *prev, *next;

@@ -319,7 +319,10 @@ px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
     }
 }
 
-int
+/* Reads into buf[*len..cap), *len grows; TLS is drained of what it holds
+ * (a full buffer with bytes still held sets tls_more). 1 bytes added, 0 EOF,
+ * -1 nothing now, -2 error. */
+static int
 px_half_read_into(struct px_conn *c, struct px_half *h, char *buf, size_t cap, size_t *len)
 {
     ssize_t n;
@@ -351,4 +354,31 @@ px_half_read_into(struct px_conn *c, struct px_half *h, char *buf, size_t cap, s
         *len += (size_t)n;
     }
     return 1;
+}
+
+int
+px_half_read_cin(struct px_conn *c, const char **why)
+{
+    int n;
+
+    if (c->cin == NULL) {
+        c->cin = al_malloc(PX_CIN_BYTES);
+        if (c->cin == NULL) {
+            *why = "no memory";
+            return AL_ERROR;
+        }
+    }
+    n = px_half_read_into(c, &c->cl, c->cin, PX_CIN_BYTES, &c->cin_len);
+    if (n == -1)
+        return AL_AGAIN;
+    if (n == -2) {
+        *why = "client read error";
+        return AL_ERROR;
+    }
+    c->last_activity = ev_now(c->worker->loop);
+    if (n == 0) {
+        c->cl.eof = 1;
+        return AL_DONE;
+    }
+    return AL_OK;
 }

@@ -20,10 +20,11 @@ void px_half_close(struct px_conn *c, struct px_half *h);
 int px_half_flush(struct px_conn *c, struct px_half *h);
 /* Reads decrypted (or plain) bytes: >0, 0 at EOF, -1 would block, -2 error. */
 ssize_t px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n);
-/* Reads into buf[*len..cap), *len grows; TLS is drained of what it holds
- * (a full buffer with bytes still held sets tls_more). 1 bytes added, 0 EOF,
- * -1 nothing now, -2 error. */
-int px_half_read_into(struct px_conn *c, struct px_half *h, char *buf, size_t cap, size_t *len);
+/* Reads the client side into the connection's input buffer c->cin
+ * (allocated on first use; the request parser and the peeks take from it):
+ * AL_OK bytes added, AL_DONE end of stream (cl.eof set), AL_AGAIN nothing
+ * now, AL_ERROR (*why: a read error, no memory). */
+int px_half_read_cin(struct px_conn *c, const char **why);
 /* Does the half hold decrypted or undecrypted bytes no socket event will announce? */
 int px_half_tls_buffered(const struct px_half *h);
 /* One step of a TLS handshake: AL_OK done, AL_AGAIN waiting, AL_ERROR failed. */

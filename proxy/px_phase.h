@@ -9,6 +9,14 @@
  * client, changes the connection's state or touches I/O interest: the
  * machine's finalize step does, in one place. Nothing declared here may
  * call back into the machine.
+ *
+ * The handlers of a state (the machine's own, and the HTTP exchange
+ * driver's for the states that speak HTTP) return what happens next:
+ * AL_OK (nothing more: the watchers follow the state), AL_DECLINED
+ * (c->refusal: finalize answers) or a PX_NEXT_* step, which the machine
+ * does (px_conn_next). So the driver lives below the machine, not beside
+ * it: it asks for a close, a route or the next request and never calls
+ * them.
  */
 #ifndef PX_PHASE_H
 #define PX_PHASE_H
@@ -51,6 +59,24 @@ px_refuse_close(struct px_conn *c, const char *reason)
     return AL_DECLINED;
 }
 
+/* ---- what happens next (a state's handler to the machine) --------------------- */
+#define PX_NEXT_CLOSE 30   /* close now, without an answer (c->close_why) */
+#define PX_NEXT_TIMER 31   /* the deadline moved (a head began; the idle trim): re-arm */
+#define PX_NEXT_ROUTE 32   /* a head is decided: route it, then px_conn_http_feed again */
+#define PX_NEXT_RESOLVE 33 /* the request again, on a fresh upstream (a pooled one went away) */
+#define PX_NEXT_KEEP                                                                               \
+    34                /* the response is out, the connection kept: PX_ST_READ_HEAD, then           \
+                       * px_conn_http_next_head */
+#define PX_NEXT_WS 35 /* a 101 is out: the websocket begins */
+
+/* The connection ends without an answer (a side failed or went away). */
+static inline int
+px_next_close(struct px_conn *c, const char *why)
+{
+    c->close_why = why;
+    return PX_NEXT_CLOSE;
+}
+
 /* ---- exchange lifecycle (px_exch.c) ---------------------------------------- */
 struct px_exch *px_exch_new(size_t header_bytes);
 void            px_exch_free(struct px_exch *x);
@@ -74,6 +100,27 @@ int px_h1_request_head(struct px_conn *c, const char *target, size_t tlen,
 /* Writes a response head (x->resp, after px_inject_response) toward the
  * client with framing of airlock's own. AL_OK or AL_ERROR. */
 int px_h1_response_head(struct px_conn *c);
+
+/* ---- the HTTP exchange driver (px_conn_http.c) ----------------------------------- */
+/* The handlers of PX_ST_READ_HEAD, PX_ST_RESOLVE and PX_ST_EXCHANGE: a read
+ * or a write watcher of one side fired (is_cl: the client's). */
+int px_conn_http_on_read(struct px_conn *c, int is_cl);
+int px_conn_http_on_write(struct px_conn *c, int is_cl);
+/* Their deadlines: a head's (or an idle keep-alive's: first the idle trim,
+ * then the close), an exchange's (408 body, 504 upstream, or the close). */
+int px_conn_http_head_timeout(struct px_conn *c);
+int px_conn_http_exchange_timeout(struct px_conn *c);
+/* Client bytes buffered in c->cin to the request parser, as far as the
+ * state allows: a complete head comes back decided, as PX_NEXT_ROUTE. */
+int px_conn_http_feed(struct px_conn *c);
+/* The request head toward the upstream into up.out, injected: AL_OK, or
+ * AL_DECLINED (a placeholder that may not go there; no memory: 500). */
+int px_conn_http_request_head(struct px_conn *c);
+/* An upstream is ready (PX_ST_EXCHANGE): the response parser readied, the
+ * request's head and the body bytes at hand go. */
+int px_conn_http_start(struct px_conn *c);
+/* After PX_NEXT_KEEP (PX_ST_READ_HEAD again): what the client pipelined. */
+int px_conn_http_next_head(struct px_conn *c);
 
 /* ---- the WebSocket codec (px_ws.c) ----------------------------------------------- */
 /* After a 101: scan = secrets apply to this host (frames through the inject

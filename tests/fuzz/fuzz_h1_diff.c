@@ -13,18 +13,18 @@
  * The airlock side is the codec driven the way px_conn drives it, with no
  * secrets and a policy allowing every host (encoded slashes too). Requests:
  * px_h1_request_parser's llhttp pauses at each head (bytes counted against
- * the head cap and through px_http_head_scan as px_conn_feed_client does);
+ * the head cap and through px_http_head_scan as px_conn_http_feed does);
  * the connection is a transparent listener on port 80 when the first head
  * has an origin-form target, else a forward proxy (pxf_transparent);
- * pxf_on_head_checked makes px_conn_on_head's checks in its order (505,
+ * pxf_on_head_checked makes px_conn_http_on_head's checks in its order (505,
  * CONNECT stops, the target through px_url_parse_absolute or
  * px_conn_transparent_target, https 501, transfer codings 501, websocket-only
  * upgrades, px_decide with its path to forward, px_msg_connection_forbidden);
  * pxf_request_head writes the head (px_h1_request_prepare,
  * px_msg_write_headers, px_h1_request_head) into up.out; pxf_req_resume
- * resumes and runs llhttp on no bytes as px_conn_upstream_ready does (an
+ * resumes and runs llhttp on no bytes as px_conn_http_start does (an
  * error there drops the queued head with the upstream half, as
- * px_conn_parse_error does); body pieces go through x->req_chain (a tap
+ * px_conn_http_parse_error does); body pieces go through x->req_chain (a tap
  * filter records them, the chain frames them into up.out); at the message's
  * end the exchange is reset and the parser resumed (pxf_next_request) unless
  * it was a websocket upgrade or the client did not keep alive. up.out is
@@ -414,7 +414,7 @@ fz_expect_target(struct fz_px *x)
     const char             *sent = e->fwd_path;
     size_t                  slen = e->fwd_path_len;
 
-    if (sent == NULL) { /* pxf_request_head's (px_conn_write_request_head's) fallback */
+    if (sent == NULL) { /* pxf_request_head's (px_conn_http_request_head's) fallback */
         sent = t->path_needs_slash ? "/" : t->path;
         slen = t->path_needs_slash ? 1 : t->path_len;
     }
@@ -457,7 +457,7 @@ fz_expect_target(struct fz_px *x)
         FZ_FAIL("\"%.*s\" goes upstream as \"%.*s\"", (int)m->url_len, url, (int)slen, sent);
 }
 
-/* A request head paused in the codec: px_conn_on_head's checks, then the
+/* A request head paused in the codec: px_conn_http_on_head's checks, then the
  * head written into up.out with the tap on the body's chain. */
 static void
 fz_rq_head(struct fz_px *x)
@@ -521,7 +521,7 @@ fz_llhttp_err(llhttp_errno_t e)
     return e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE;
 }
 
-/* A request stream from a client, in pieces, as px_conn_feed_client reads it. */
+/* A request stream from a client, in pieces, as px_conn_http_feed reads it. */
 static void
 fz_rq_run(struct fz_px *x, const char *in, const size_t *cut, int npieces)
 {
@@ -554,7 +554,7 @@ fz_rq_run(struct fz_px *x, const char *in, const size_t *cut, int npieces)
             if (e == HPE_OK)
                 continue;
             if (fz_llhttp_err(e)) {
-                fz_drop(&c->up.out); /* px_conn_parse_error */
+                fz_drop(&c->up.out); /* px_conn_http_parse_error */
                 x->stop = llhttp_errno_name(e);
                 break;
             }
@@ -599,7 +599,7 @@ fz_rq_run(struct fz_px *x, const char *in, const size_t *cut, int npieces)
 }
 
 /* The GET each response answers: its head goes upstream (dropped here), the
- * request completes, a fresh response parser waits (px_conn_upstream_ready). */
+ * request completes, a fresh response parser waits (px_conn_http_start). */
 static void
 fz_rs_exchange(struct fz_px *x)
 {
@@ -665,7 +665,7 @@ fz_rs_done(struct fz_px *x)
         x->stop = "the upstream is not kept";
 }
 
-/* A response stream from an upstream, in pieces, as px_conn_upstream_readable
+/* A response stream from an upstream, in pieces, as px_conn_http_upstream_readable
  * reads it. */
 static void
 fz_rs_run(struct fz_px *x, const char *in, const size_t *cut, int npieces)

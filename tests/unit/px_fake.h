@@ -216,7 +216,7 @@ pxf_req_exec(struct px_conn *c, const char **at, size_t *len)
     return e;
 }
 
-/* As px_conn_on_head does for a forward-proxy request: method flags and
+/* As px_conn_http_on_head does for a forward-proxy request: method flags and
  * the absolute-form target into x->target. AL_OK or AL_DECLINED. */
 PXF_FN int
 pxf_on_head(struct px_conn *c)
@@ -265,7 +265,7 @@ pxf_transparent(struct px_conn *c, uint16_t port)
 }
 
 /*
- * As px_conn_on_head on a plain (not intercepted) connection, every check
+ * As px_conn_http_on_head on a plain (not intercepted) connection, every check
  * in its order up to the request head: HTTP/1.x only, the target
  * (absolute-form on a forward listener, origin-form + Host on a transparent
  * one), https and transfer codings other than chunked refused, an upgrade
@@ -324,45 +324,21 @@ pxf_on_head_checked(struct px_conn *c)
     return AL_OK;
 }
 
-/* As px_conn_write_request_head: prepare, inject (with secrets) or write the
- * kept headers, then the codec's head into up.out. */
+/* The driver's own request head (px_conn_http_request_head): prepare,
+ * inject (with secrets) or write the kept headers, then the codec's head
+ * into up.out. */
 PXF_FN int
 pxf_request_head(struct px_conn *c)
 {
-    struct px_exch   *x = c->x;
-    struct px_target *t = &x->target;
-    const char       *target = x->fwd_path;
-    size_t            tlen = x->fwd_path_len;
-    struct al_dbuf    hb, tb;
-    int               rc;
-
-    if (target == NULL) {
-        target = t->path_needs_slash ? "/" : t->path;
-        tlen = t->path_needs_slash ? 1 : t->path_len;
-    }
-    px_h1_request_prepare(c);
-    al_dbuf_init(&hb, c->conf->limits.header_bytes * 2 + 4096);
-    al_dbuf_init(&tb, tlen * 3 + 4096);
-    if (c->conf->secrets != NULL) {
-        rc = px_inject_request(c, target, tlen, &hb, &tb);
-        target = tb.data;
-        tlen = tb.len;
-    } else {
-        rc = px_msg_write_headers(&x->req, &hb);
-    }
-    if (rc == AL_OK)
-        rc = px_h1_request_head(c, target, tlen, &hb);
-    sec_dbuf_wipe(&hb);
-    sec_dbuf_wipe(&tb);
-    return rc;
+    return px_conn_http_request_head(c);
 }
 
 /*
- * As px_conn_upstream_ready once a request's head is queued in up.out: a
+ * As px_conn_http_start once a request's head is queued in up.out: a
  * fresh response parser, the request parser resumed and run on no bytes
  * (a request without a body completes now). Returns llhttp's answer
  * (HPE_PAUSED_UPGRADE marks the request done, as the machine does); an
- * error is px_conn_parse_error's, which drops up.out with the upstream.
+ * error is px_conn_http_parse_error's, which drops up.out with the upstream.
  */
 PXF_FN llhttp_errno_t
 pxf_req_resume(struct px_conn *c)
@@ -377,7 +353,7 @@ pxf_req_resume(struct px_conn *c)
     return e;
 }
 
-/* As px_conn_finish_exchange on a kept-alive connection: the exchange
+/* As px_conn_http_done on a kept-alive connection: the exchange
  * readied for the next request and the request parser resumed. */
 PXF_FN void
 pxf_next_request(struct px_conn *c)
@@ -388,7 +364,7 @@ pxf_next_request(struct px_conn *c)
 }
 
 /*
- * Response bytes through the response parser as px_conn_upstream_readable
+ * Response bytes through the response parser as px_conn_http_upstream_readable
  * runs them: at each paused head, px_inject_response (with secrets) then
  * px_h1_response_head, and on. Returns llhttp's last answer, or
  * HPE_USER with *rc set when inject or the codec did not say AL_OK.
