@@ -24,7 +24,7 @@ al_dbuf_init(struct al_dbuf *b, size_t max)
 }
 
 int
-al_dbuf_add_grow(struct al_dbuf *b, const void *p, size_t n)
+al_dbuf_add(struct al_dbuf *b, const void *p, size_t n)
 {
     if (n > b->max - b->len)
         return AL_DECLINED;

@@ -99,20 +99,7 @@ struct al_dbuf {
     size_t max; /* hard cap on len; appends beyond it fail with AL_DECLINED */
 };
 void al_dbuf_init(struct al_dbuf *b, size_t max);
-int  al_dbuf_add_grow(struct al_dbuf *b, const void *p, size_t n); /* al_dbuf_add's slow path */
-/* AL_OK|AL_DECLINED|AL_ERROR. Inline when it fits (heads are built from
- * dozens of short pieces a request); growing is al_dbuf_add_grow's. */
-static inline int
-al_dbuf_add(struct al_dbuf *b, const void *p, size_t n)
-{
-    if (n <= b->max - b->len && b->len + n < b->cap) {
-        __builtin_memcpy(b->data + b->len, p, n);
-        b->len += n;
-        b->data[b->len] = '\0';
-        return AL_OK;
-    }
-    return al_dbuf_add_grow(b, p, n);
-}
+int  al_dbuf_add(struct al_dbuf *b, const void *p, size_t n); /* AL_OK|AL_DECLINED|AL_ERROR */
 int  al_dbuf_adds(struct al_dbuf *b, const char *s);
 int  al_dbuf_addf(struct al_dbuf *b, const char *fmt, ...) AL_PRINTF(2, 3);
 void al_dbuf_reset(struct al_dbuf *b); /* len = 0, keeps memory */

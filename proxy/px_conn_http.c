@@ -415,7 +415,7 @@ px_conn_http_upstream_readable(struct px_conn *c)
              * codec once the 101 is out. */
             if (pos < buf + n && x->ws_early.max == 0)
                 al_dbuf_init(&x->ws_early, PX_READ_BYTES);
-            if (pos < buf + n && al_dbuf_add(&x->ws_early, pos, (size_t)(buf + n - pos)) != AL_OK)
+            if (pos < buf + n && px_dbuf_put(&x->ws_early, pos, (size_t)(buf + n - pos)) != AL_OK)
                 return px_next_close(c, "no memory");
         } else if (e != HPE_OK) {
             if (x->resp_refusal != NULL)

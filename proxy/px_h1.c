@@ -170,12 +170,12 @@ px_h1_request_head(struct px_conn *c, const char *target, size_t tlen, const str
 
     al_dbuf_init(&d, hb->len + tlen + PX_HOST_MAX + 256);
     /* no printf: this runs for every request */
-    if (al_dbuf_adds(&d, meth) != AL_OK || al_dbuf_add(&d, " ", 1) != AL_OK ||
-        al_dbuf_add(&d, target, tlen) != AL_OK ||
+    if (al_dbuf_adds(&d, meth) != AL_OK || px_dbuf_put(&d, " ", 1) != AL_OK ||
+        px_dbuf_put(&d, target, tlen) != AL_OK ||
         al_dbuf_adds(&d, " HTTP/1.1\r\nHost: ") != AL_OK || al_dbuf_adds(&d, lb) != AL_OK ||
         al_dbuf_adds(&d, t->host) != AL_OK || al_dbuf_adds(&d, rb) != AL_OK ||
-        al_dbuf_add(&d, port, pl) != AL_OK || al_dbuf_add(&d, "\r\n", 2) != AL_OK ||
-        (hb->len > 0 && al_dbuf_add(&d, hb->data, hb->len) != AL_OK))
+        px_dbuf_put(&d, port, pl) != AL_OK || px_dbuf_put(&d, "\r\n", 2) != AL_OK ||
+        (hb->len > 0 && px_dbuf_put(&d, hb->data, hb->len) != AL_OK))
         rc = AL_ERROR;
     if (rc == AL_OK && x->secret_host)
         rc = al_dbuf_adds(&d, "Accept-Encoding: identity\r\n");
@@ -188,7 +188,7 @@ px_h1_request_head(struct px_conn *c, const char *target, size_t tlen, const str
     if (rc == AL_OK && x->want_upgrade)
         rc = al_dbuf_adds(&d, "Connection: upgrade\r\n");
     if (rc == AL_OK)
-        rc = al_dbuf_add(&d, "\r\n", 2);
+        rc = px_dbuf_put(&d, "\r\n", 2);
     if (rc == AL_OK)
         rc = al_bufq_write(&c->up.out, d.data, d.len);
     if (x->injected != 0) /* a value went into the head: wipe the copy */
@@ -297,11 +297,11 @@ px_h1_response_head(struct px_conn *c)
     sl[9] = (char)('0' + status / 100);
     sl[10] = (char)('0' + status / 10 % 10);
     sl[11] = (char)('0' + status % 10);
-    rc = al_dbuf_add(&d, sl, sizeof(sl));
+    rc = px_dbuf_put(&d, sl, sizeof(sl));
     if (rc == AL_OK && m->status_text_len)
-        rc = al_dbuf_add(&d, px_msg_str(m, m->status_text), m->status_text_len);
+        rc = px_dbuf_put(&d, px_msg_str(m, m->status_text), m->status_text_len);
     if (rc == AL_OK)
-        rc = al_dbuf_add(&d, "\r\n", 2);
+        rc = px_dbuf_put(&d, "\r\n", 2);
     if (rc == AL_OK)
         rc = px_msg_write_headers(m, &d);
     if (!interim) {
@@ -350,7 +350,7 @@ px_h1_response_head(struct px_conn *c)
         x->resp_chain.chunked = x->resp_chunked_out;
     }
     if (rc == AL_OK)
-        rc = al_dbuf_add(&d, "\r\n", 2);
+        rc = px_dbuf_put(&d, "\r\n", 2);
     if (rc == AL_OK)
         rc = al_bufq_write(&c->cl.out, d.data, d.len);
     if (x->redact_mask != 0) /* the head came from a host that may hold a value */

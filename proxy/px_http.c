@@ -80,7 +80,7 @@ px_msg_end_piece(struct px_msg *m)
         break;
     }
     m->piece = PX_PIECE_NONE;
-    if (al_dbuf_add(&m->buf, "", 1) != AL_OK) { /* the NUL terminator */
+    if (px_dbuf_put(&m->buf, "", 1) != AL_OK) { /* the NUL terminator */
         m->too_big = 1;
         return -1;
     }
@@ -144,7 +144,7 @@ px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t len
         }
         m->piece = piece;
     }
-    if (al_dbuf_add(&m->buf, at, len) != AL_OK) {
+    if (px_dbuf_put(&m->buf, at, len) != AL_OK) {
         m->too_big = 1;
         return -1;
     }
@@ -384,9 +384,9 @@ px_framing_write(const struct px_framing *f, struct al_dbuf *out)
             v /= 10;
         } while (v != 0);
         if (al_dbuf_adds(out, "Content-Length: ") != AL_OK ||
-            al_dbuf_add(out, num + n, sizeof(num) - n) != AL_OK)
+            px_dbuf_put(out, num + n, sizeof(num) - n) != AL_OK)
             return AL_ERROR;
-        return al_dbuf_add(out, "\r\n", 2);
+        return px_dbuf_put(out, "\r\n", 2);
     case PX_BODY_NONE:
     case PX_BODY_CLOSE:
         break;
@@ -490,11 +490,11 @@ px_msg_write_headers(const struct px_msg *m, struct al_dbuf *out)
 
         if (h->drop)
             continue;
-        if (al_dbuf_add(out, px_msg_str(m, h->name), h->name_len) != AL_OK ||
-            al_dbuf_add(out, ": ", 2) != AL_OK ||
+        if (px_dbuf_put(out, px_msg_str(m, h->name), h->name_len) != AL_OK ||
+            px_dbuf_put(out, ": ", 2) != AL_OK ||
             (h->val != UINT32_MAX &&
-             al_dbuf_add(out, px_msg_str(m, h->val), h->val_len) != AL_OK) ||
-            al_dbuf_add(out, "\r\n", 2) != AL_OK)
+             px_dbuf_put(out, px_msg_str(m, h->val), h->val_len) != AL_OK) ||
+            px_dbuf_put(out, "\r\n", 2) != AL_OK)
             return AL_ERROR;
     }
     return AL_OK;

@@ -78,6 +78,20 @@ int px_msg_add(struct px_msg *m, enum px_msg_piece piece, const char *at, size_t
 /* Terminates the piece in progress (call from the *_complete callbacks). */
 int px_msg_end_piece(struct px_msg *m);
 
+/* al_dbuf_add, inline when the piece fits: a head is built from dozens of
+ * short pieces a request; growing (and the cap) is al_dbuf_add's. */
+static inline int
+px_dbuf_put(struct al_dbuf *b, const void *p, size_t n)
+{
+    if (n <= b->max - b->len && b->len + n < b->cap) {
+        __builtin_memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+        return AL_OK;
+    }
+    return al_dbuf_add(b, p, n);
+}
+
 static inline const char *
 px_msg_str(const struct px_msg *m, uint32_t off)
 {
