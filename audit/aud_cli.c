@@ -18,7 +18,8 @@
  * --db postgresql://... (or postgres://) reads the fleet's shared store
  * through aud_pgq.c: the same filters, formats and output, plus --instance
  * and an instance field (JSON, CSV, a table column); tail --follow there
- * goes by each instance's shipped mark (struct aud_pg_cursor). `migrate`
+ * goes by each instance's shipped mark (struct aud_pg_cursor) and, as on a
+ * file, prints a row once: pending if it was shipped pending. `migrate`
  * creates or migrates that schema.
  *
  * tail --follow polls for id > last every AUD_CLI_POLL_MS and stops cleanly on

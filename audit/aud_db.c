@@ -122,9 +122,16 @@ static const char aud_db_sql_update[] =
 
 #define AUD_DB_STR2(x) #x
 #define AUD_DB_STR(x) AUD_DB_STR2(x)
+/* Rows the fleet sink shipped pending and has still to ship completed
+ * (aud_ship.c); empty without a sink. Not part of the versioned schema: an
+ * older airlock ignores it. Retention keeps the rows it names. */
+static const char aud_db_sql_sink_pending[] =
+    "CREATE TABLE IF NOT EXISTS sink_pending (instance TEXT NOT NULL, id INTEGER NOT NULL, "
+    "PRIMARY KEY (instance, id)) WITHOUT ROWID";
+
 static const char aud_db_sql_retention[] =
     "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < ?1 AND id <= ?2 "
-    "ORDER BY ts "
+    "AND id NOT IN (SELECT id FROM sink_pending) ORDER BY ts "
     "LIMIT " AUD_DB_STR(AUD_RETENTION_CHUNK_ROWS) ")";
 
 const char *
@@ -389,7 +396,8 @@ aud_db_open(const char *path, int strict, int log_query, struct al_errs *errs)
         al_errs_add(errs, "%s: setting WAL mode: %s", path, msg ? msg : sqlite3_errstr(rc));
         goto fail;
     }
-    if (aud_db_migrate(d->db, path, errs) != AL_OK)
+    if (aud_db_migrate(d->db, path, errs) != AL_OK ||
+        aud_db_exec(d->db, aud_db_sql_sink_pending, path, "sink_pending", errs) != AL_OK)
         goto fail;
     if (aud_db_prepare(d, aud_db_sql_insert, &d->ins, errs) != AL_OK ||
         aud_db_prepare(d, aud_db_sql_update, &d->upd, errs) != AL_OK ||

@@ -52,7 +52,8 @@ int aud_db_insert(struct aud_db *d, const struct aud_record *r, int complete, in
  * AL_DECLINED when no such row (a replaced file, retention), AL_ERROR. */
 int aud_db_update(struct aud_db *d, const struct aud_record *r);
 /* Deletes up to AUD_RETENTION_CHUNK_ROWS rows with ts < cutoff and id <= max_id
- * (the fleet sink's high-water mark: unshipped rows stay); *n = deleted. */
+ * (the fleet sink's high-water mark: unshipped rows stay), none named in
+ * sink_pending (shipped pending, completion not shipped yet); *n = deleted. */
 int aud_db_retention(struct aud_db *d, int64_t cutoff_us, int64_t max_id, int *n);
 /* Size of the -wal file now (0 if none). Any thread that owns d. */
 int64_t aud_db_wal_bytes(const struct aud_db *d);

@@ -13,7 +13,8 @@
  *              whole partitions. requests_default takes a row dated before
  *              1970 or after 9999 (a broken clock) so it cannot wedge a batch. A unique key on a
  * partitioned table must hold the partition key, so it is UNIQUE (instance, id, ts): a row's ts
- * never changes, so no (instance, id) is there twice. sink_state one row per instance: the last
+ * never changes, so no (instance, id) is there twice; it is also the conflict target of a
+ * completion (aud_pg_complete_sql). sink_state one row per instance: the last
  * local id committed here, updated in the same transaction as the rows (the shipper's exactly-once
  * guard, see aud_ship.c). Indexes follow the CLI's filters: BRIN on ts (cheap to keep up: a btree
  * on ts cost a fifth of the shipper's throughput), (host, ts), and partial
@@ -514,6 +515,36 @@ const char aud_pg_copy_cols[] =
     "instance, id, ts, duration_us, conn_id, sandbox, session, tool_call, client, client_port, "
     "mode, method, scheme, host, port, path, upstream, orig_dst, decision, rule, reason, secrets, "
     "status, bytes_up, bytes_down, error, pending, sni, addr, detail";
+
+int
+aud_pg_complete_sql(struct al_dbuf *b)
+{
+    const char *p = aud_pg_copy_cols;
+    int         first = 1;
+
+    al_dbuf_addf(b,
+                 "INSERT INTO requests (%s) SELECT %s FROM " AUD_PG_DONE_TABLE " d WHERE d.id <= "
+                 "(SELECT s.shipped_id FROM sink_state s WHERE s.instance = d.instance) ON "
+                 "CONFLICT (instance, id, ts) DO UPDATE SET ",
+                 aud_pg_copy_cols, aud_pg_copy_cols);
+    while (*p != '\0') {
+        size_t n;
+
+        while (*p == ' ' || *p == ',')
+            p++;
+        n = strcspn(p, ", ");
+        if (n == 0)
+            break;
+        /* the key: (instance, id) names the row, and its ts never changes */
+        if (!((n == 8 && strncmp(p, "instance", 8) == 0) || (n == 2 && strncmp(p, "id", 2) == 0) ||
+              (n == 2 && strncmp(p, "ts", 2) == 0))) {
+            al_dbuf_addf(b, "%s%.*s = excluded.%.*s", first ? "" : ", ", (int)n, p, (int)n, p);
+            first = 0;
+        }
+        p += n;
+    }
+    return al_dbuf_adds(b, " WHERE requests.pending");
+}
 
 /* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
 static size_t

@@ -16,8 +16,12 @@
 #define AUD_PG_SCHEMA_VERSION 2
 /* Rows per shipped batch (one COPY, one PostgreSQL transaction). */
 #define AUD_SHIP_BATCH 5000
-/* A strict-mode row still pending after this long is shipped as it is. */
-#define AUD_SHIP_PENDING_MAX_US (60 * 1000000LL)
+/* A pending row (a strict request under way, an open websocket or tunnel)
+ * still pending this long after the shipper first saw it is shipped as it
+ * is, and its completion follows as an update of the same PostgreSQL row. */
+#define AUD_SHIP_PENDING_GRACE_US (50 * 1000LL)
+/* The per-connection temporary table the completions are COPYed into. */
+#define AUD_PG_DONE_TABLE "airlock_ship_done"
 
 /* 1 when `db` names a PostgreSQL database (postgresql:// or postgres://). */
 int aud_pg_is_uri(const char *db);
@@ -65,6 +69,14 @@ extern const char aud_pg_copy_cols[];
  * Strings are escaped; bytes that are not UTF-8 become the text \xNN.
  * AL_OK or AL_ERROR (buffer cap). Pure. */
 int aud_pg_copy_row(struct al_dbuf *b, const char *instance, const struct aud_record *r);
+/*
+ * Appends the statement that moves the completed rows COPYed into
+ * AUD_PG_DONE_TABLE over their PostgreSQL rows: INSERT ... ON CONFLICT
+ * (instance, id, ts) DO UPDATE of every other column, only WHERE the row
+ * there is still pending (a retry never regresses or duplicates a row), and
+ * only for ids up to the instance's mark (never ahead of the batches). Pure.
+ */
+int aud_pg_complete_sql(struct al_dbuf *sql);
 
 /* ---- the shipper (aud_ship.c) ------------------------------------------ */
 struct aud_ship;
@@ -80,6 +92,9 @@ struct aud_ship_conf {
 struct aud_ship *aud_ship_start(const struct aud_ship_conf *conf, struct al_errs *errs);
 /* Ships what it can for up to `grace_ms` more, then stops and frees. */
 void aud_ship_stop(struct aud_ship *s, int grace_ms);
+/* The writer committed completions of pending rows (any thread; NULL-safe):
+ * the shipper ships those it shipped pending again, completed. */
+void aud_ship_poke(struct aud_ship *s);
 /* The highest local row id PostgreSQL has (retention keeps everything above). */
 int64_t aud_ship_shipped(const struct aud_ship *s);
 void    aud_ship_stats(const struct aud_ship *s, struct aud_sink_stats *out);

@@ -14,11 +14,31 @@
  * retention uses while PostgreSQL is away: no local row above it is deleted.
  *
  * Order: sqlite ids of one file only grow and a row is visible only once
- * committed, so "id > mark" never skips a row. A strict-mode row still
- * pending (begun, not completed) stops a batch before it, so the completed
- * version is the one shipped; one pending for longer than
- * AUD_SHIP_PENDING_MAX_US (a long tunnel, or a crash before completion) is
- * shipped as it is, and its later completion stays local.
+ * committed, so "id > mark" never skips a row.
+ *
+ * Pending rows (a strict request under way, a websocket from its 101 until
+ * its close, a strict tunnel) are completed in place locally, later. A
+ * batch stops before one only while it is younger (since the shipper first
+ * saw it) than AUD_SHIP_PENDING_GRACE_US, so a short strict request still
+ * ships once, completed; after that it is shipped pending like any row and
+ * the rows after it follow. Its id goes into the local table sink_pending
+ * in the same sqlite transaction that saves the mark. When the writer
+ * commits a completion it pokes the shipper (aud_ship_poke), which then
+ * reads the sink_pending rows completed since (and always after adding
+ * ids, and after a connect) and ships them as an update of the same
+ * PostgreSQL row (aud_pg_complete_sql: INSERT ... ON CONFLICT (instance,
+ * id, ts) DO UPDATE ... WHERE requests.pending; idempotent), then drops
+ * their ids. So PostgreSQL ends with what the local file says; a row cut by
+ * a crash stays pending in both.
+ *
+ * sink_pending survives restarts. Its gaps are closed from PostgreSQL: when
+ * its mark is ahead of the local one (a crash or a lost acknowledgement
+ * after a commit, a failed local save), the ids in between that are pending
+ * there and are the same rows here (same ts) are added; when it is behind
+ * (restored from a backup), the ids above it are dropped (those rows ship
+ * again as they are now). At start, ids whose local row is still pending
+ * (cut by the crash or stop of the previous run: nobody can complete them
+ * now) or gone are dropped. Retention (aud_db.c) keeps the rows it names.
  *
  * Outages: any PostgreSQL error drops the connection, is counted, logged at
  * most every AUD_SHIP_ERRLOG_US with the number of failures since, and the
@@ -62,14 +82,17 @@ struct aud_ship {
     int64_t         stop_deadline; /* monotonic */
 
     _Atomic int64_t  shipped;
-    _Atomic uint64_t rows, errors, lag;
+    _Atomic uint64_t rows, errors, lag, completed;
     _Atomic int      up;
     pthread_mutex_t  err_mu;
     char             last_error[256];
 
+    _Atomic uint64_t completions; /* aud_ship_poke: the writer committed completions */
+
     /* thread only */
     sqlite3       *db;
-    sqlite3_stmt  *sel, *save, *maxid;
+    sqlite3_stmt  *sel, *save, *maxid, *pend_add, *pend_del, *pend_cut, *done_sel, *ts_sel;
+    int64_t        saved; /* the mark in the local file */
     dev_t          dev;
     ino_t          ino;
     PGconn        *pg;
@@ -82,6 +105,16 @@ struct aud_ship {
     struct al_dbuf next; /* the batch after buf, formatted while the COPY of buf runs */
     int64_t        next_from, next_last;
     int            next_n, next_ok;
+    int64_t       *pend, *next_pend; /* ids of the rows in buf / next shipped pending */
+    int            npend, next_npend;
+    int64_t        young_wait; /* a batch stopped at a young pending row: its grace
+                                  ends then (monotonic), 0 when none */
+    int            no_grace;   /* stopping: ship pending rows as they are */
+    uint64_t       polled;     /* `completions` when sink_pending was last read */
+    int            poll_due;   /* read sink_pending at the next chance */
+    struct al_dbuf done;       /* completed rows to ship */
+    int64_t       *done_ids;
+    struct al_dbuf upsert;     /* aud_pg_complete_sql */
     long           kill_after; /* tests: SIGKILL itself after this many commits, before the save */
     long           commits;
 };
@@ -136,11 +169,14 @@ aud_ship_pgerr(struct aud_ship *s, char *buf, size_t n)
 static void
 aud_ship_local_close(struct aud_ship *s)
 {
-    sqlite3_finalize(s->sel);
-    sqlite3_finalize(s->save);
-    sqlite3_finalize(s->maxid);
+    sqlite3_stmt **st[] = {&s->sel,      &s->save,     &s->maxid,    &s->pend_add,
+                           &s->pend_del, &s->pend_cut, &s->done_sel, &s->ts_sel};
+
+    for (size_t i = 0; i < sizeof(st) / sizeof(st[0]); i++) {
+        sqlite3_finalize(*st[i]);
+        *st[i] = NULL;
+    }
     sqlite3_close(s->db);
-    s->sel = s->save = s->maxid = NULL;
     s->db = NULL;
 }
 
@@ -169,14 +205,33 @@ aud_ship_local_open(struct aud_ship *s, struct al_errs *errs)
         al_errs_add(errs, "%s: not an airlock audit database", s->db_path);
         goto fail;
     }
+    /* sink_pending: the writer creates it too (its retention reads it) */
     if (sqlite3_exec(s->db,
                      "CREATE TABLE IF NOT EXISTS sink_state (instance TEXT PRIMARY KEY, "
-                     "shipped_id INTEGER NOT NULL, updated_us INTEGER NOT NULL)",
+                     "shipped_id INTEGER NOT NULL, updated_us INTEGER NOT NULL);"
+                     "CREATE TABLE IF NOT EXISTS sink_pending (instance TEXT NOT NULL, id INTEGER "
+                     "NOT NULL, PRIMARY KEY (instance, id)) WITHOUT ROWID",
                      NULL, NULL, NULL) != SQLITE_OK)
         goto sqlerr;
     snprintf(sql, sizeof(sql), "SELECT %s FROM requests WHERE id > ?1 ORDER BY id LIMIT %d",
              aud_query_columns(v), AUD_SHIP_BATCH);
-    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->sel, NULL) != SQLITE_OK ||
+    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->sel, NULL) != SQLITE_OK)
+        goto sqlerr;
+    snprintf(sql, sizeof(sql),
+             "SELECT %s FROM requests WHERE id IN (SELECT id FROM sink_pending WHERE instance = "
+             "?1 AND id <= ?2) AND pending = 0 ORDER BY id LIMIT %d",
+             aud_query_columns(v), AUD_SHIP_BATCH);
+    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->done_sel, NULL) !=
+            SQLITE_OK ||
+        sqlite3_prepare_v3(s->db,
+                           "INSERT OR IGNORE INTO sink_pending (instance, id) VALUES (?1, ?2)", -1,
+                           SQLITE_PREPARE_PERSISTENT, &s->pend_add, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(s->db, "DELETE FROM sink_pending WHERE instance = ?1 AND id = ?2", -1,
+                           SQLITE_PREPARE_PERSISTENT, &s->pend_del, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(s->db, "DELETE FROM sink_pending WHERE instance = ?1 AND id > ?2", -1,
+                           SQLITE_PREPARE_PERSISTENT, &s->pend_cut, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(s->db, "SELECT ts FROM requests WHERE id = ?1", -1,
+                           SQLITE_PREPARE_PERSISTENT, &s->ts_sel, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(s->db,
                            "INSERT INTO sink_state (instance, shipped_id, updated_us) VALUES "
                            "(?1, ?2, ?3) ON CONFLICT (instance) DO UPDATE SET shipped_id = "
@@ -188,11 +243,10 @@ aud_ship_local_open(struct aud_ship *s, struct al_errs *errs)
                            NULL) != SQLITE_OK)
         goto sqlerr;
     sqlite3_bind_text(st, 1, s->instance, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        atomic_store(&s->shipped, sqlite3_column_int64(st, 0));
-    else
-        atomic_store(&s->shipped, 0);
+    s->saved = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    atomic_store(&s->shipped, s->saved);
     sqlite3_finalize(st);
+    s->poll_due = 1;
     return AL_OK;
 sqlerr:
     al_errs_add(errs, "%s: sink state: %s", s->db_path,
@@ -203,20 +257,82 @@ fail:
     return AL_ERROR;
 }
 
-/* Saves the local mark. Failure is logged only: PostgreSQL's mark is the truth. */
-static void
-aud_ship_local_save(struct aud_ship *s, int64_t id)
+/* Steps a write statement on (instance, id). 1 when done. */
+static int
+aud_ship_step_id(struct aud_ship *s, sqlite3_stmt *st, int64_t id)
 {
     int rc;
 
+    sqlite3_bind_text(st, 1, s->instance, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, id);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE;
+}
+
+/*
+ * Saves the local mark, and in the same sqlite transaction adds the ids in
+ * add[0..nadd) to sink_pending and drops those above `cut` (>= 0). AL_OK,
+ * or AL_ERROR (logged; nothing changed). A lost mark alone is harmless
+ * (PostgreSQL's mark is the truth), lost ids are not: the caller then
+ * reconnects, and the connect adds them again from PostgreSQL.
+ */
+static int
+aud_ship_local_save_ids(struct aud_ship *s, int64_t id, const int64_t *add, int nadd, int64_t cut)
+{
+    int tx = nadd > 0 || cut >= 0, ok;
+
+    if (tx && sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
     sqlite3_bind_text(s->save, 1, s->instance, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s->save, 2, id);
     sqlite3_bind_int64(s->save, 3, al_now_us());
-    rc = sqlite3_step(s->save);
+    ok = sqlite3_step(s->save) == SQLITE_DONE;
     sqlite3_reset(s->save);
-    if (rc != SQLITE_DONE)
-        al_log_warnx("audit sink: %s: saving the high-water mark: %s", s->db_path,
-                     sqlite3_errmsg(s->db));
+    for (int i = 0; i < nadd && ok; i++)
+        ok = aud_ship_step_id(s, s->pend_add, add[i]);
+    if (ok && cut >= 0)
+        ok = aud_ship_step_id(s, s->pend_cut, cut);
+    if (ok && tx && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        ok = 0;
+    if (!ok) {
+        if (tx)
+            (void)sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        goto fail;
+    }
+    s->saved = id;
+    return AL_OK;
+fail:
+    al_log_warnx("audit sink: %s: saving the high-water mark: %s", s->db_path,
+                 sqlite3_errmsg(s->db));
+    return AL_ERROR;
+}
+
+/*
+ * At start (nobody can complete a row of the previous run now): drops the
+ * ids whose local row is still pending or gone, and those of other
+ * instance names (their rows ship again under this one).
+ */
+static void
+aud_ship_local_prune(struct aud_ship *s)
+{
+    sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "DELETE FROM sink_pending WHERE instance <> ?1 OR NOT EXISTS (SELECT 1 "
+                           "FROM requests r WHERE r.id = sink_pending.id AND r.pending = 0)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        al_log_warnx("audit sink: %s: sink_pending: %s", s->db_path, sqlite3_errmsg(s->db));
+        return;
+    }
+    sqlite3_bind_text(st, 1, s->instance, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        al_log_warnx("audit sink: %s: sink_pending: %s", s->db_path, sqlite3_errmsg(s->db));
+    else if (sqlite3_changes(s->db) > 0)
+        al_log_info("audit sink: %s: forgot %d id(s) in sink_pending: rows the previous run "
+                    "left pending (they stay pending, here and in PostgreSQL)",
+                    s->db_path, sqlite3_changes(s->db));
+    sqlite3_finalize(st);
 }
 
 /* The outbox file was removed or replaced (the writer reopens it): follow it. */
@@ -274,6 +390,89 @@ aud_ship_mark(struct aud_ship *s, const char *sql)
     return v;
 }
 
+/* Runs a statement without parameters or rows. AL_OK or AL_ERROR (failed, handled). */
+static int
+aud_ship_exec(struct aud_ship *s, const char *sql, const char *what)
+{
+    PGresult *res = PQexec(s->pg, sql);
+    int       ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+
+    PQclear(res);
+    if (!ok) {
+        char msg[512];
+
+        aud_ship_fail(s, what, aud_ship_pgerr(s, msg, sizeof(msg)));
+        return AL_ERROR;
+    }
+    return AL_OK;
+}
+
+/*
+ * Takes PostgreSQL's mark as the shipped one (at connect, or when it moved
+ * under a batch) and brings sink_pending along. Ahead of the local mark: the
+ * rows in between went in some earlier transaction whose end we did not see
+ * (a crash, a lost acknowledgement, a failed local save), so the ids there
+ * that PostgreSQL holds pending and that are the same rows here (same ts)
+ * are added. Behind it (a restored backup): the ids above are dropped, as
+ * their rows ship again as they are now. AL_OK or AL_ERROR (failed, handled).
+ */
+static int
+aud_ship_follow(struct aud_ship *s, int64_t mark)
+{
+    int64_t *ids = NULL, cut = -1;
+    int      n = 0, rc;
+    char     msg[512];
+
+    if (mark > s->saved) {
+        char        lo[32], hi[32];
+        const char *p[3] = {s->instance, lo, hi};
+        PGresult   *res;
+        int         nt;
+
+        snprintf(lo, sizeof(lo), "%lld", (long long)s->saved);
+        snprintf(hi, sizeof(hi), "%lld", (long long)mark);
+        res = PQexecParams(s->pg,
+                           "SELECT id, (extract(epoch FROM ts) * 1000000)::bigint FROM requests "
+                           "WHERE instance = $1 AND id > $2 AND id <= $3 AND pending ORDER BY id",
+                           3, NULL, p, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            PQclear(res);
+            aud_ship_fail(s, "reading pending rows", aud_ship_pgerr(s, msg, sizeof(msg)));
+            return AL_ERROR;
+        }
+        nt = PQntuples(res);
+        ids = nt > 0 ? al_calloc((size_t)nt, sizeof(*ids)) : NULL;
+        if (nt > 0 && ids == NULL) {
+            PQclear(res);
+            aud_ship_fail(s, "reading pending rows", "out of memory");
+            return AL_ERROR;
+        }
+        for (int i = 0; i < nt; i++) {
+            int64_t id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+            int64_t ts = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+
+            sqlite3_bind_int64(s->ts_sel, 1, id);
+            if (sqlite3_step(s->ts_sel) == SQLITE_ROW && sqlite3_column_int64(s->ts_sel, 0) == ts)
+                ids[n++] = id;
+            sqlite3_reset(s->ts_sel);
+        }
+        PQclear(res);
+    } else if (mark < s->saved) {
+        cut = mark;
+    }
+    rc = aud_ship_local_save_ids(s, mark, ids, n, cut);
+    al_free(ids);
+    if (rc != AL_OK) {
+        snprintf(msg, sizeof(msg), "%s: %s", s->db_path, sqlite3_errmsg(s->db));
+        aud_ship_fail(s, "saving the mark locally", msg);
+        return AL_ERROR;
+    }
+    atomic_store(&s->shipped, mark);
+    if (n > 0)
+        s->poll_due = 1;
+    return AL_OK;
+}
+
 /* Connects, migrates, takes PostgreSQL's mark. AL_OK or AL_ERROR (failed, counted). */
 static int
 aud_ship_connect(struct aud_ship *s)
@@ -311,9 +510,15 @@ aud_ship_connect(struct aud_ship *s)
                          "local mark says %lld: shipping again from %lld",
                          s->target, (long long)mark, s->instance,
                          (long long)atomic_load(&s->shipped), (long long)mark);
-        atomic_store(&s->shipped, mark);
-        aud_ship_local_save(s, mark);
     }
+    if ((mark != atomic_load(&s->shipped) || mark != s->saved) && aud_ship_follow(s, mark) != AL_OK)
+        return AL_ERROR;
+    if (aud_ship_exec(s,
+                      "CREATE TEMP TABLE IF NOT EXISTS " AUD_PG_DONE_TABLE
+                      " (LIKE requests) ON COMMIT DELETE ROWS",
+                      "completions table") != AL_OK)
+        return AL_ERROR;
+    s->poll_due = 1; /* completions that came while away */
     if (s->errs_unlogged > 0 || s->errlog_us != 0)
         al_log_info("audit sink: %s: connected (instance %s); resuming after id %lld", s->target,
                     s->instance, (long long)mark);
@@ -361,26 +566,47 @@ aud_ship_abort(struct aud_ship *s, const char *what)
 }
 
 /*
- * Reads the rows after `from` into b as COPY lines: *n rows, the last id in
- * *last. With `ddl` 0 (the next batch, formatted while PostgreSQL works on
- * the current COPY: no other statement can run then) it stops before a row
- * whose partition is not known to exist. 0, or -1 on failure (handled).
+ * 1 when a batch waits before this pending row: it began less than the
+ * grace ago, so it may still ship once, completed. Each row's age is its
+ * own (rows begun together wait together, not one grace after another);
+ * a row dated in the future (a clock stepped back) is not young: a clock
+ * cannot wedge the shipper.
  */
 static int
-aud_ship_fill(struct aud_ship *s, int64_t from, struct al_dbuf *b, int64_t *last, int *n, int ddl)
+aud_ship_young(struct aud_ship *s, const struct aud_record *r)
+{
+    int64_t age = al_now_us() - r->ts_us;
+
+    if (s->no_grace || age < 0 || age >= AUD_SHIP_PENDING_GRACE_US)
+        return 0;
+    s->young_wait = al_mono_us() + (AUD_SHIP_PENDING_GRACE_US - age);
+    return 1;
+}
+
+/*
+ * Reads the rows after `from` into b as COPY lines: *n rows, the last id in
+ * *last, the ids of those shipped pending in pend[0..*npend). With `ddl` 0
+ * (the next batch, formatted while PostgreSQL works on the current COPY: no
+ * other statement can run then) it stops before a row whose partition is
+ * not known to exist. 0, or -1 on failure (handled).
+ */
+static int
+aud_ship_fill(struct aud_ship *s, int64_t from, struct al_dbuf *b, int64_t *last, int *n,
+              int64_t *pend, int *npend, int ddl)
 {
     struct aud_record r;
-    int64_t           now = al_now_us(), day;
+    int64_t           day;
     int               rc, known;
 
     al_dbuf_reset(b);
     *last = from;
     *n = 0;
+    *npend = 0;
     sqlite3_bind_int64(s->sel, 1, from);
     while ((rc = sqlite3_step(s->sel)) == SQLITE_ROW) {
         aud_query_row(s->sel, &r);
-        if (r.pending && now - r.ts_us < AUD_SHIP_PENDING_MAX_US)
-            break; /* ship it completed; everything after it waits */
+        if (r.pending && aud_ship_young(s, &r))
+            break; /* it may still ship completed; the rows after it wait a moment */
         day = aud_pg_day(r.ts_us);
         known = 0;
         for (int i = 0; i < s->ndays && !known; i++)
@@ -398,6 +624,8 @@ aud_ship_fill(struct aud_ship *s, int64_t from, struct al_dbuf *b, int64_t *last
         }
         *last = r.row_id;
         (*n)++;
+        if (r.pending)
+            pend[(*npend)++] = r.row_id;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         char msg[256];
@@ -426,14 +654,19 @@ aud_ship_batch(struct aud_ship *s)
     char           sql[1024], lastid[32];
     const char    *p[2];
     struct al_dbuf tmp;
+    int64_t       *tp;
 
     if (s->next_ok && s->next_from == from && s->next_n > 0) {
         tmp = s->buf; /* the batch formatted during the previous COPY */
         s->buf = s->next;
         s->next = tmp;
+        tp = s->pend;
+        s->pend = s->next_pend;
+        s->next_pend = tp;
+        s->npend = s->next_npend;
         last = s->next_last;
         n = s->next_n;
-    } else if (aud_ship_fill(s, from, &s->buf, &last, &n, 1) != 0) {
+    } else if (aud_ship_fill(s, from, &s->buf, &last, &n, s->pend, &s->npend, 1) != 0) {
         return -1;
     }
     s->next_ok = 0;
@@ -461,9 +694,7 @@ aud_ship_batch(struct aud_ship *s)
         al_log_warnx("audit sink: %s: instance %s: PostgreSQL's mark is %lld, expected %lld; "
                      "following it (is another replica using the same instance name?)",
                      s->target, s->instance, (long long)mark, (long long)from);
-        atomic_store(&s->shipped, mark);
-        aud_ship_local_save(s, mark);
-        return 1;
+        return aud_ship_follow(s, mark) == AL_OK ? 1 : -1;
     }
     snprintf(sql, sizeof(sql), "COPY requests (%s) FROM STDIN", aud_pg_copy_cols);
     res = PQexec(s->pg, sql);
@@ -479,7 +710,8 @@ aud_ship_batch(struct aud_ship *s)
     }
     /* PostgreSQL parses and indexes the batch now: format the next one meanwhile */
     s->next_from = last;
-    s->next_ok = aud_ship_fill(s, last, &s->next, &s->next_last, &s->next_n, 0) == 0;
+    s->next_ok = aud_ship_fill(s, last, &s->next, &s->next_last, &s->next_n, s->next_pend,
+                               &s->next_npend, 0) == 0;
     rc = 1;
     while ((res = PQgetResult(s->pg)) != NULL) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK)
@@ -517,8 +749,116 @@ aud_ship_batch(struct aud_ship *s)
         raise(SIGKILL);
     }
     atomic_store(&s->shipped, last);
-    aud_ship_local_save(s, last);
     atomic_fetch_add(&s->rows, (uint64_t)n);
+    if (aud_ship_local_save_ids(s, last, s->pend, s->npend, -1) != AL_OK && s->npend > 0) {
+        /* the ids shipped pending must be remembered: the reconnect takes
+         * them from PostgreSQL (aud_ship_follow) */
+        snprintf(sql, sizeof(sql), "%s: %s", s->db_path, sqlite3_errmsg(s->db));
+        aud_ship_fail(s, "saving the mark locally", sql);
+        return -1;
+    }
+    if (s->npend > 0)
+        s->poll_due = 1; /* one may have been completed since it was read */
+    return 1;
+}
+
+/* One transaction: COPY s->done into the temp table, move it over the
+ * pending rows. AL_OK or AL_ERROR (failed, handled). */
+static int
+aud_ship_done_pg(struct aud_ship *s)
+{
+    PGresult *res;
+    char      sql[1024];
+    int       ok;
+
+    if (aud_ship_exec(s, "BEGIN", "begin") != AL_OK)
+        return AL_ERROR;
+    snprintf(sql, sizeof(sql), "COPY " AUD_PG_DONE_TABLE " (%s) FROM STDIN", aud_pg_copy_cols);
+    res = PQexec(s->pg, sql);
+    ok = PQresultStatus(res) == PGRES_COPY_IN;
+    PQclear(res);
+    if (ok && (PQputCopyData(s->pg, s->done.data, (int)s->done.len) != 1 ||
+               PQputCopyEnd(s->pg, NULL) != 1))
+        ok = 0;
+    while (ok && (res = PQgetResult(s->pg)) != NULL) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            ok = 0;
+        PQclear(res);
+    }
+    if (!ok) {
+        aud_ship_abort(s, "COPY completions");
+        return AL_ERROR;
+    }
+    /* committed or not when COMMIT fails: shipped again, which changes nothing twice */
+    if (aud_ship_exec(s, s->upsert.data, "completing rows") != AL_OK ||
+        aud_ship_exec(s, "COMMIT", "commit") != AL_OK)
+        return AL_ERROR;
+    return AL_OK;
+}
+
+/*
+ * Ships the completed versions of rows shipped pending (sink_pending rows
+ * no longer pending here), when the writer committed a completion since the
+ * last look, or after ids were added, or after a connect. 1 when some went,
+ * 0 when there was nothing to do, -1 on failure (handled).
+ */
+static int
+aud_ship_done(struct aud_ship *s)
+{
+    uint64_t          c = atomic_load(&s->completions); /* before the read: none is missed */
+    struct aud_record r;
+    int64_t           day, cutoff = aud_pg_day(al_now_us()) - s->retention_days;
+    int               n = 0, m = 0, rc;
+    char              msg[512];
+
+    if (!s->poll_due && c == s->polled)
+        return 0;
+    al_dbuf_reset(&s->done);
+    sqlite3_bind_text(s->done_sel, 1, s->instance, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s->done_sel, 2, atomic_load(&s->shipped));
+    while ((rc = sqlite3_step(s->done_sel)) == SQLITE_ROW) {
+        aud_query_row(s->done_sel, &r);
+        s->done_ids[n++] = r.row_id;
+        day = aud_pg_day(r.ts_us);
+        if (s->retention_days > 0 && day < cutoff)
+            continue; /* its partition is dropped (aud_pg_retention's rule): not made again */
+        if (aud_ship_partition(s, day) != AL_OK) {
+            sqlite3_reset(s->done_sel);
+            return -1;
+        }
+        if (aud_pg_copy_row(&s->done, s->instance, &r) != AL_OK) {
+            sqlite3_reset(s->done_sel);
+            aud_ship_fail(s, "completions", "out of memory");
+            return -1;
+        }
+        m++;
+    }
+    sqlite3_reset(s->done_sel);
+    if (rc != SQLITE_DONE) {
+        snprintf(msg, sizeof(msg), "%s: %s", s->db_path, sqlite3_errmsg(s->db));
+        aud_ship_set_error(s, msg);
+        atomic_fetch_add(&s->errors, 1);
+        return -1;
+    }
+    if (n == 0) {
+        s->polled = c;
+        s->poll_due = 0;
+        return 0;
+    }
+    if (m > 0 && aud_ship_done_pg(s) != AL_OK)
+        return -1;
+    atomic_fetch_add(&s->completed, (uint64_t)m);
+    rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    for (int i = 0; i < n && rc; i++)
+        rc = aud_ship_step_id(s, s->pend_del, s->done_ids[i]);
+    if (rc && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = 0;
+    if (!rc) { /* they are looked at again with the next completion: harmless */
+        al_log_warnx("audit sink: %s: sink_pending: %s", s->db_path, sqlite3_errmsg(s->db));
+        (void)sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    s->polled = c;
+    s->poll_due = n == AUD_SHIP_BATCH; /* more may wait */
     return 1;
 }
 
@@ -610,12 +950,23 @@ aud_ship_main(void *arg)
         }
         if (now >= s->retention_us)
             aud_ship_retention(s);
+        s->no_grace = stopping; /* the writer has drained: no completion comes now */
+        s->young_wait = 0;
         rc = aud_ship_batch(s);
+        if (rc >= 0 && s->pg != NULL) {
+            int rd = aud_ship_done(s);
+
+            rc = rd != 0 ? rd : rc;
+        }
         if (rc == 0) {
+            int64_t wake = al_mono_us() + AUD_SHIP_IDLE_MS * 1000;
+
             aud_ship_lag(s);
             if (stopping)
                 break;
-            aud_ship_wait(s, al_mono_us() + AUD_SHIP_IDLE_MS * 1000);
+            if (s->young_wait != 0 && s->young_wait < wake) /* a pending row's grace ends */
+                wake = s->young_wait;
+            aud_ship_wait(s, wake);
         } else if (rc < 0 && s->pg != NULL) {
             aud_ship_wait(s, al_mono_us() + 1000000); /* an outbox error */
         }
@@ -644,11 +995,18 @@ aud_ship_start(const struct aud_ship_conf *conf, struct al_errs *errs)
     pthread_condattr_destroy(&ca);
     al_dbuf_init(&s->buf, (size_t)AUD_SHIP_BATCH * 12 * 1024);
     al_dbuf_init(&s->next, (size_t)AUD_SHIP_BATCH * 12 * 1024);
+    al_dbuf_init(&s->done, (size_t)AUD_SHIP_BATCH * 12 * 1024);
+    al_dbuf_init(&s->upsert, 8192);
     s->db_path = al_strdup(conf->db_path);
     s->conninfo = al_strdup(conf->conninfo);
     s->instance = al_strdup(conf->instance);
     s->retention_days = conf->retention_days;
-    if (s->db_path == NULL || s->conninfo == NULL || s->instance == NULL) {
+    s->pend = al_calloc(AUD_SHIP_BATCH, sizeof(*s->pend));
+    s->next_pend = al_calloc(AUD_SHIP_BATCH, sizeof(*s->next_pend));
+    s->done_ids = al_calloc(AUD_SHIP_BATCH, sizeof(*s->done_ids));
+    if (s->db_path == NULL || s->conninfo == NULL || s->instance == NULL || s->pend == NULL ||
+        s->next_pend == NULL || s->done_ids == NULL || aud_pg_complete_sql(&s->upsert) != AL_OK ||
+        s->upsert.data == NULL) {
         al_errs_add(errs, "audit sink: out of memory");
         goto fail;
     }
@@ -656,6 +1014,7 @@ aud_ship_start(const struct aud_ship_conf *conf, struct al_errs *errs)
         goto fail;
     if (aud_ship_local_open(s, errs) != AL_OK)
         goto fail;
+    aud_ship_local_prune(s); /* before the writer thread runs: no completion yet */
     k = getenv("AIRLOCK_TEST_SINK_KILL_AFTER_COMMITS");
     if (k != NULL)
         s->kill_after = strtol(k, NULL, 10);
@@ -693,6 +1052,11 @@ aud_ship_stop(struct aud_ship *s, int grace_ms)
     aud_ship_local_close(s);
     al_dbuf_free(&s->buf);
     al_dbuf_free(&s->next);
+    al_dbuf_free(&s->done);
+    al_dbuf_free(&s->upsert);
+    al_free(s->pend);
+    al_free(s->next_pend);
+    al_free(s->done_ids);
     if (s->conninfo != NULL)
         explicit_bzero(s->conninfo, strlen(s->conninfo));
     al_free(s->conninfo);
@@ -702,6 +1066,13 @@ aud_ship_stop(struct aud_ship *s, int grace_ms)
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->err_mu);
     al_free(s);
+}
+
+void
+aud_ship_poke(struct aud_ship *s)
+{
+    if (s != NULL)
+        atomic_fetch_add(&s->completions, 1);
 }
 
 int64_t
@@ -721,6 +1092,7 @@ aud_ship_stats(const struct aud_ship *s, struct aud_sink_stats *out)
     out->configured = 1;
     out->up = atomic_load(&s->up);
     out->rows = atomic_load(&s->rows);
+    out->completions = atomic_load(&s->completed);
     out->errors = atomic_load(&s->errors);
     out->lag = atomic_load(&s->lag);
     out->shipped_id = atomic_load(&s->shipped);

@@ -509,8 +509,12 @@ aud_writer_flush(struct aud_writer *w)
     atomic_fetch_add(&w->batches, 1);
     w->active_us = al_mono_us();
     aud_writer_walstat(w, w->active_us, 0);
-    for (i = 0; i < w->nbatch; i++)
+    for (i = 0, k = 0; i < w->nbatch; i++) {
         aud_writer_job_answer(&w->batch[i], 1);
+        k |= w->batch[i].kind == AUD_JOB_COMPLETE;
+    }
+    if (k) /* a row the sink shipped pending may be complete now */
+        aud_ship_poke(w->ship);
     aud_records_free_jobs(w->batch, w->nbatch);
     w->nbatch = 0;
     return AL_OK;

@@ -95,12 +95,13 @@ struct aud_stats {
 
 /* The fleet sink's state (all 0 when none is configured). */
 struct aud_sink_stats {
-    int      configured; /* 1 when audit.sink.postgres is set */
-    int      up;         /* 1 while connected and the last batch went through */
-    uint64_t rows;       /* rows shipped (committed in PostgreSQL) */
-    uint64_t errors;     /* failed connects, batches, migrations */
-    uint64_t lag;        /* local rows not shipped yet */
-    int64_t  shipped_id; /* the high-water mark: the last local id shipped */
+    int      configured;  /* 1 when audit.sink.postgres is set */
+    int      up;          /* 1 while connected and the last batch went through */
+    uint64_t rows;        /* rows shipped (committed in PostgreSQL) */
+    uint64_t completions; /* rows shipped pending, then shipped again completed */
+    uint64_t errors;      /* failed connects, batches, migrations */
+    uint64_t lag;         /* local rows not shipped yet */
+    int64_t  shipped_id;  /* the high-water mark: the last local id shipped */
     char     instance[64];
     char     target[256];     /* "user@host:port/dbname": never the password */
     char     last_error[256]; /* scrubbed of the password; "" after a success */

@@ -449,6 +449,10 @@ px_metrics_sink(struct al_dbuf *o)
                  "# HELP airlock_audit_sink_rows_total Audit rows shipped to PostgreSQL.\n"
                  "# TYPE airlock_audit_sink_rows_total counter\n"
                  "airlock_audit_sink_rows_total %llu\n"
+                 "# HELP airlock_audit_sink_completions_total Audit rows shipped pending "
+                 "whose completion was then shipped as an update of the same row.\n"
+                 "# TYPE airlock_audit_sink_completions_total counter\n"
+                 "airlock_audit_sink_completions_total %llu\n"
                  "# HELP airlock_audit_sink_lag_rows Local audit rows not shipped yet.\n"
                  "# TYPE airlock_audit_sink_lag_rows gauge\n"
                  "airlock_audit_sink_lag_rows %llu\n"
@@ -460,8 +464,8 @@ px_metrics_sink(struct al_dbuf *o)
                  "shipping.\n"
                  "# TYPE airlock_audit_sink_up gauge\n"
                  "airlock_audit_sink_up %d\n",
-                 (unsigned long long)ss.rows, (unsigned long long)ss.lag,
-                 (unsigned long long)ss.errors, ss.up);
+                 (unsigned long long)ss.rows, (unsigned long long)ss.completions,
+                 (unsigned long long)ss.lag, (unsigned long long)ss.errors, ss.up);
 }
 
 void

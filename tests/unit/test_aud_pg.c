@@ -239,12 +239,50 @@ test_where(void **state)
     al_dbuf_free(&sql);
 }
 
+/* The completion statement: every column but the key taken from the
+ * completed row, only over a row still pending, never ahead of the mark. */
+static void
+test_complete_sql(void **state)
+{
+    struct al_dbuf b;
+    char           cols[1024], *save = NULL;
+    int            n = 0;
+
+    (void)state;
+    al_dbuf_init(&b, 1 << 16);
+    assert_int_equal(aud_pg_complete_sql(&b), AL_OK);
+    assert_non_null(strstr(b.data, "INSERT INTO requests (instance, id, ts, "));
+    assert_non_null(strstr(b.data, "FROM " AUD_PG_DONE_TABLE " d WHERE d.id <= (SELECT "));
+    assert_non_null(strstr(b.data, " ON CONFLICT (instance, id, ts) DO UPDATE SET duration_us = "
+                                   "excluded.duration_us, conn_id = excluded.conn_id, "));
+    assert_non_null(strstr(b.data, ", pending = excluded.pending, sni = excluded.sni, addr = "
+                                   "excluded.addr, detail = excluded.detail WHERE "
+                                   "requests.pending"));
+    assert_null(strstr(b.data, "instance = excluded"));
+    assert_null(strstr(b.data, " id = excluded"));
+    assert_null(strstr(b.data, " ts = excluded"));
+    snprintf(cols, sizeof(cols), "%s", aud_pg_copy_cols);
+    for (char *c = strtok_r(cols, ", ", &save); c != NULL; c = strtok_r(NULL, ", ", &save)) {
+        char want[64];
+
+        if (strcmp(c, "instance") == 0 || strcmp(c, "id") == 0 || strcmp(c, "ts") == 0)
+            continue;
+        snprintf(want, sizeof(want), " %s = excluded.%s", c, c);
+        assert_non_null(strstr(b.data, want));
+        n++;
+    }
+    assert_int_equal(n, 27);
+    al_dbuf_free(&b);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mask),     cmocka_unit_test(test_scrub), cmocka_unit_test(test_check),
-        cmocka_unit_test(test_copy_row), cmocka_unit_test(test_day),   cmocka_unit_test(test_where),
+        cmocka_unit_test(test_mask),         cmocka_unit_test(test_scrub),
+        cmocka_unit_test(test_check),        cmocka_unit_test(test_copy_row),
+        cmocka_unit_test(test_day),          cmocka_unit_test(test_where),
+        cmocka_unit_test(test_complete_sql),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
