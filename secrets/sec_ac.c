@@ -621,14 +621,11 @@ sec_stream_init(struct sec_stream *st, const struct sec_store *s, const struct s
     st->ac = ac;
     st->mode = mode;
     st->repl_mask = repl_mask;
+    /* Both buffers come when first needed and go when the stream is
+     * finished: a stream between messages (an idle websocket's, a header
+     * value's that held nothing) costs its struct only. */
     st->hold_cap = ac->max_len + 1;
-    st->hold = al_malloc(st->hold_cap);
-    st->clcap = (int)ac->max_len + 2;
-    st->cl = al_malloc((size_t)st->clcap * sizeof(*st->cl));
-    if (st->hold == NULL || st->cl == NULL) {
-        sec_stream_fini(st);
-        return AL_ERROR;
-    }
+    st->clmax = (int)ac->max_len + 2;
     return AL_OK;
 }
 
@@ -984,8 +981,20 @@ sec_stream_match(struct sec_stream *st, const char *in, uint64_t base, uint64_t 
             end = c->end;
         st->ncl--;
     }
-    if (st->ncl == st->clcap)
-        return AL_ERROR;
+    if (st->ncl == st->clcap) { /* a few clusters at a time, up to clmax */
+        int                 ncap = st->clcap == 0 ? 4 : st->clcap * 2;
+        struct sec_cluster *ncl;
+
+        if (st->clcap >= st->clmax)
+            return AL_ERROR;
+        if (ncap > st->clmax)
+            ncap = st->clmax;
+        ncl = al_realloc(st->cl, (size_t)ncap * sizeof(*st->cl));
+        if (ncl == NULL)
+            return AL_ERROR;
+        st->cl = ncl;
+        st->clcap = ncap;
+    }
     st->cl[st->ncl].start = start;
     st->cl[st->ncl].end = end;
     st->cl[st->ncl].pat = pat;
@@ -1079,8 +1088,31 @@ sec_stream_slow(struct sec_stream *st, const char *in, uint64_t base, size_t n, 
     return rc;
 }
 
-int
-sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out)
+/* The stream's end: nothing held, no walk under way, the next byte starts
+ * afresh (hold-back and cluster list freed until needed again). */
+static void
+sec_stream_reset(struct sec_stream *st)
+{
+    /* Only [0, hold_len) ever holds input: feed wipes what it drops. */
+    if (st->hold != NULL)
+        sec_wipe_free(st->hold, st->hold_len);
+    st->hold = NULL;
+    al_safefree(st->cl);
+    st->clcap = 0;
+    st->hold_len = 0;
+    st->hold_pos = st->pos;
+    st->ncl = 0;
+    st->state = 0;
+    st->wst = 0;
+    st->wbs = 0;
+    st->warm = 0;
+    st->emitted = st->pos;
+}
+
+/* Feeds in[0..n); last: the end follows, so everything goes out now and
+ * the tail is never copied into the hold-back. */
+static int
+sec_stream_scan(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out, int last)
 {
     const struct sec_ac *ac = st->ac;
     const uint32_t      *tbl = ac->tbl;
@@ -1093,7 +1125,7 @@ sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf 
     int                  rc = AL_OK;
 
     if (n == 0)
-        return AL_OK;
+        return last ? sec_stream_finish(st, out) : AL_OK;
     while (i < n) {
         if (st->wst != 0 || st->warm) {
             rc = sec_stream_slow(st, in, base, n, &i, &s, out);
@@ -1129,6 +1161,11 @@ sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf 
     }
     st->pos = base + n;
     st->state = s;
+    if (last) {
+        rc = sec_stream_advance(st, in, base, st->pos, out);
+        sec_stream_reset(st);
+        return rc;
+    }
     rc = sec_stream_advance(st, in, base, sec_frontier(st->pos, sec_stream_depth(st, s)), out);
     if (rc != AL_OK)
         goto out;
@@ -1140,11 +1177,16 @@ sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf 
         if (keep < st->emitted)
             keep = st->emitted;
         klen = (size_t)(st->pos - keep);
+        if (klen > 0 && st->hold == NULL && (st->hold = al_malloc(st->hold_cap)) == NULL) {
+            rc = AL_ERROR;
+            goto out;
+        }
         if (keep < base) {
             from_hold = (size_t)(base - keep);
             memmove(st->hold, st->hold + (keep - st->hold_pos), from_hold);
         }
-        memcpy(st->hold + from_hold, in + (keep + from_hold - base), klen - from_hold);
+        if (klen > from_hold)
+            memcpy(st->hold + from_hold, in + (keep + from_hold - base), klen - from_hold);
         if (st->hold_len > klen)
             OPENSSL_cleanse(st->hold + klen, st->hold_len - klen);
         st->hold_len = klen;
@@ -1162,16 +1204,20 @@ sec_stream_finish(struct sec_stream *st, struct al_dbuf *out)
     int rc;
 
     rc = sec_stream_advance(st, NULL, st->pos, st->pos, out);
-    OPENSSL_cleanse(st->hold, st->hold_cap);
-    st->hold_len = 0;
-    st->hold_pos = st->pos;
-    st->ncl = 0;
-    st->state = 0;
-    st->wst = 0;
-    st->wbs = 0;
-    st->warm = 0;
-    st->emitted = st->pos;
+    sec_stream_reset(st);
     return rc;
+}
+
+int
+sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out)
+{
+    return sec_stream_scan(st, in, n, out, 0);
+}
+
+int
+sec_stream_feed_last(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out)
+{
+    return sec_stream_scan(st, in, n, out, 1);
 }
 
 uint64_t
@@ -1189,11 +1235,7 @@ sec_stream_replaced(const struct sec_stream *st)
 int
 sec_stream_oneshot(struct sec_stream *st, const char *buf, size_t n, struct al_dbuf *out)
 {
-    int rc = sec_stream_feed(st, buf, n, out);
-
-    if (rc == AL_OK)
-        rc = sec_stream_finish(st, out);
-    return rc;
+    return sec_stream_feed_last(st, buf, n, out);
 }
 
 static struct sec_stream *

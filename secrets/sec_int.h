@@ -192,8 +192,8 @@ struct sec_stream {
     char                *hold;    /* bytes [hold_pos, pos) still needed */
     size_t               hold_len, hold_cap;
     uint64_t             hold_pos;
-    struct sec_cluster  *cl;
-    int                  ncl, clcap;
+    struct sec_cluster  *cl; /* pending matches, grown on demand */
+    int                  ncl, clcap, clmax;
     uint64_t             eol_hi;   /* eol automata: bytes before were searched for CR/LF, */
     uint64_t             last_eol; /* the last one found there + 1 (0: none) */
     uint32_t             wst;      /* the walk dropping JSON escapes (0: none), */

@@ -150,6 +150,9 @@ struct sec_stream *sec_redactor_new(const struct sec_store *s, uint64_t mask);
 int sec_stream_feed(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out);
 /* Flushes the hold-back; the stream is then reset and may be fed again. */
 int sec_stream_finish(struct sec_stream *st, struct al_dbuf *out);
+/* sec_stream_feed then sec_stream_finish in one step, without copying the
+ * tail into the hold-back first (a websocket message, a body, in one piece). */
+int sec_stream_feed_last(struct sec_stream *st, const char *in, size_t n, struct al_dbuf *out);
 /* Secrets whose pattern was seen so far (body: any placeholder, substituted or not). */
 uint64_t sec_stream_seen(const struct sec_stream *st);
 /* Secrets whose pattern was replaced so far. */

@@ -6,15 +6,16 @@
  * (1 + b % 32, or the whole input in one piece when b >= 224); the rest =
  * response bytes. The stream is fed piece by piece and finished, then fed
  * the whole input again in one piece (a finished stream is reset and may be
- * fed again) and finished.
+ * fed again) and finished, then piece by piece again with the last piece
+ * fed and finished in one step (sec_stream_feed_last).
  *
  * Oracle: the output never contains the raw value of a secret in the mask,
  * nor its all-lower or all-upper-cased form (abort). The placeholders use
  * only '~' and '.', which no value holds, so a value in the output can only
- * be a missed occurrence in the input. The three runs (in pieces, in one
- * piece, sec_redact_value) give the same output: which matches count (a
- * MIME-wrapped base64 form is checked against its line breaks) must not
- * depend on where the input was cut.
+ * be a missed occurrence in the input. The four runs (in pieces, in one
+ * piece, in pieces ending with feed_last, sec_redact_value) give the same
+ * output: which matches count (a MIME-wrapped base64 form is checked against
+ * its line breaks) must not depend on where the input was cut.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -121,6 +122,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sec_stream_feed(st, in, n, &out) != AL_OK || sec_stream_finish(st, &out) != AL_OK)
         abort();
     fz_check(&out, mask);
+    fz_same(&first, &out);
+    sec_dbuf_wipe(&out);
+
+    /* In pieces again, the last one fed and finished in one step. */
+    al_dbuf_init(&out, (size_t)1 << 24);
+    for (size_t off = 0;;) {
+        size_t k = n - off < piece ? n - off : piece;
+        int    end = off + k == n;
+
+        if ((end ? sec_stream_feed_last(st, in + off, k, &out)
+                 : sec_stream_feed(st, in + off, k, &out)) != AL_OK)
+            abort();
+        if (end)
+            break;
+        off += k;
+    }
     fz_same(&first, &out);
     sec_dbuf_wipe(&out);
     sec_stream_free(st);
