@@ -249,6 +249,9 @@ struct px_worker {
     ev_timer              accept_pause;  /* listeners stopped after accept hit a resource limit */
     _Atomic int           accept_paused; /* read by /readyz on the main thread */
     int                   spare_fd; /* /dev/null, given up to shed one client when out of fds */
+    /* A body filter's output, reused piece after piece (px_inject.c). */
+    struct al_dbuf filter_out;
+    int            filter_out_busy;
 };
 
 /* One strict-mode audit commit handed from the writer thread to a worker. */

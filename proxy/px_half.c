@@ -4,7 +4,8 @@
  * tunnel; the only place SSL_read/SSL_write run for a connection. Client
  * halves read the socket into a memory BIO (so bytes that arrived with the
  * CONNECT head, or a ClientHello a transparent listener peeked, go into the
- * TLS engine the same way); upstream halves use a socket BIO. A half knows
+ * TLS engine the same way) until a websocket's 101 switches them to a socket
+ * BIO (px_half_tls_direct); upstream halves use a socket BIO. A half knows
  * nothing of states: the machine (px_conn.c) decides what to call when.
  */
 #include "px_half.h"
@@ -214,6 +215,33 @@ px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n)
             return -1;
         need_fill = 1;
     }
+}
+
+/*
+ * A client half's TLS reads its socket itself from now on, as an upstream
+ * half's does: a socket BIO with read-ahead (one read(2) per record, or
+ * several) in place of the memory BIO the handshake and the head were fed
+ * through. Each read then skips a copy, and the memory BIO's buffer (~1.4
+ * KiB) is not kept for the connection's life. Only once the memory BIO is
+ * empty (AL_AGAIN until then); AL_OK when done or nothing to do.
+ */
+int
+px_half_tls_direct(struct px_half *h)
+{
+    BIO *b;
+
+    if (h->ssl == NULL || h->rbio == NULL)
+        return AL_OK;
+    if (BIO_ctrl_pending(h->rbio) > 0)
+        return AL_AGAIN;
+    b = BIO_new_socket(h->fd, BIO_NOCLOSE);
+    if (b == NULL)
+        return AL_ERROR;
+    SSL_set0_rbio(h->ssl, b); /* frees the memory BIO */
+    SSL_set_read_ahead(h->ssl, 1);
+    h->rbio = NULL;
+    h->rdrained = 0;
+    return AL_OK;
 }
 
 /* Does the half hold decrypted or undecrypted bytes no socket event will announce? */

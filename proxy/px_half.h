@@ -25,6 +25,10 @@ ssize_t px_half_recv(struct px_conn *c, struct px_half *h, char *buf, size_t n);
  * AL_OK bytes added, AL_DONE end of stream (cl.eof set), AL_AGAIN nothing
  * now, AL_ERROR (*why: a read error, no memory). */
 int px_half_read_cin(struct px_conn *c, const char **why);
+/* A client half's TLS reads its socket through a socket BIO from now on
+ * (the memory BIO freed): AL_OK, AL_AGAIN (the memory BIO not empty yet),
+ * AL_ERROR (no memory). */
+int px_half_tls_direct(struct px_half *h);
 /* Does the half hold decrypted or undecrypted bytes no socket event will announce? */
 int px_half_tls_buffered(const struct px_half *h);
 /* One step of a TLS handshake: AL_OK done, AL_AGAIN waiting, AL_ERROR failed. */

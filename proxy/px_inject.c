@@ -13,6 +13,8 @@
 
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 /* The secrets the allowing rule's "inject" list names (0: no list). */
 static uint64_t
 px_inject_mask(const struct px_conn *c)
@@ -70,6 +72,49 @@ px_inject_dest(const struct px_conn *c, const char *path, size_t path_len, struc
 
 static int px_inject_redact(struct px_chain *ch, int i, const char *at, size_t len, int last);
 
+/*
+ * Where a filter writes what it passes on: the worker's buffer, reused
+ * piece after piece (a websocket message or a body piece costs no
+ * allocation once it has grown), or, should a filter run inside another
+ * one's output, a buffer of its own. The output is handed to the next step
+ * before the filter returns.
+ */
+#define PX_FILTER_OUT_KEEP (256 * 1024) /* larger is given back after use */
+
+static struct al_dbuf *
+px_inject_out_get(struct px_conn *c, struct al_dbuf *own, size_t len)
+{
+    struct px_worker *w = c->worker;
+
+    if (w->filter_out_busy) {
+        al_dbuf_init(own, len + 65536);
+        return own;
+    }
+    w->filter_out_busy = 1;
+    w->filter_out.len = 0;
+    w->filter_out.max = len + 65536;
+    return &w->filter_out;
+}
+
+/* wipe: the output may hold a value (substitution): its bytes are wiped. */
+static void
+px_inject_out_put(struct px_conn *c, struct al_dbuf *d, int wipe)
+{
+    struct px_worker *w = c->worker;
+
+    if (d != &w->filter_out) {
+        sec_dbuf_wipe(d);
+        return;
+    }
+    if (wipe && d->len > 0)
+        OPENSSL_cleanse(d->data, d->len);
+    if (d->cap > PX_FILTER_OUT_KEEP)
+        sec_dbuf_wipe(d);
+    else
+        al_dbuf_reset(d);
+    w->filter_out_busy = 0;
+}
+
 /* ---- request ---------------------------------------------------------------- */
 
 typedef int (*px_inject_verdict_fn)(const struct sec_store *s, const struct sec_dest *d,
@@ -89,14 +134,14 @@ px_inject_scan(struct px_chain *ch, int i, const char *at, size_t len, int last,
 {
     struct px_conn *c = ch->conn;
     struct px_exch *x = c->x;
-    struct al_dbuf  d;
+    struct al_dbuf  own, *d = px_inject_out_get(c, &own, len);
     uint64_t        seen;
     int             rc;
 
-    al_dbuf_init(&d, len + 65536);
-    rc = len > 0 ? sec_stream_feed(st, at, len, &d) : AL_OK;
-    if (rc == AL_OK && last)
-        rc = sec_stream_finish(st, &d);
+    if (last)
+        rc = sec_stream_feed_last(st, at, len, d);
+    else
+        rc = len > 0 ? sec_stream_feed(st, at, len, d) : AL_OK;
     if ((sec_stream_replaced(st) & ~x->injected) != 0) {
         /* A value went out: the row and the metric say so like for a
          * header (the queue is already marked for wiping: mask set it). */
@@ -121,8 +166,8 @@ px_inject_scan(struct px_chain *ch, int i, const char *at, size_t len, int last,
         }
     }
     if (rc == AL_OK)
-        rc = px_chain_feed(ch, i + 1, d.data, d.len, last);
-    sec_dbuf_wipe(&d);
+        rc = px_chain_feed(ch, i + 1, d->data, d->len, last);
+    px_inject_out_put(c, d, mask != 0);
     return rc;
 }
 
@@ -216,14 +261,35 @@ px_inject_request(struct px_conn *c, const char *target, size_t tlen, struct al_
 
 /* ---- websockets --------------------------------------------------------------- */
 
-/* Websocket frames toward the origin, one stream per message: the "ws"
- * location. */
+/*
+ * Websocket frames toward the origin, one stream per message: the "ws"
+ * location. Each direction's stream is made with the first data frame that
+ * goes its way, not at the 101 (a socket that carries nothing costs none),
+ * and between messages holds no buffer (sec_stream_finish frees them).
+ */
 static int
 px_inject_ws_substitute(struct px_chain *ch, int i, const char *at, size_t len, int last)
 {
-    struct px_exch *x = ch->conn->x;
+    struct px_conn *c = ch->conn;
+    struct px_exch *x = c->x;
 
+    if (x->ws_sub == NULL && (x->ws_sub = sec_body_new(c->conf->secrets, x->ws_mask)) == NULL)
+        return AL_ERROR;
     return px_inject_scan(ch, i, at, len, last, x->ws_sub, x->ws_mask, sec_ws_verdict);
+}
+
+/* Websocket frames toward the client: the response redactor, one stream
+ * per message. */
+static int
+px_inject_ws_redact(struct px_chain *ch, int i, const char *at, size_t len, int last)
+{
+    struct px_conn *c = ch->conn;
+    struct px_exch *x = c->x;
+
+    if (x->redactor == NULL &&
+        (x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask)) == NULL)
+        return AL_ERROR;
+    return px_inject_redact(ch, i, at, len, last);
 }
 
 int
@@ -231,15 +297,10 @@ px_inject_ws_filters(struct px_conn *c)
 {
     struct px_exch *x = c->x;
 
-    x->ws_sub = sec_body_new(c->conf->secrets, x->ws_mask);
-    if (x->redactor == NULL)
-        x->redactor = sec_redactor_new(c->conf->secrets, x->redact_mask);
-    if (x->ws_sub == NULL || x->redactor == NULL)
-        return AL_ERROR;
     if (x->ws_mask != 0)
         c->up.out.sensitive = 1; /* values may go into frames: wipe their chunks */
     if (px_chain_add(&x->ws_up_chain, px_inject_ws_substitute) != AL_OK ||
-        px_chain_add(&x->ws_down_chain, px_inject_redact) != AL_OK)
+        px_chain_add(&x->ws_down_chain, px_inject_ws_redact) != AL_OK)
         return AL_ERROR;
     return AL_OK;
 }
@@ -258,9 +319,7 @@ px_inject_ws_control(struct px_conn *c, int from_client, const char *p, size_t n
     st = sec_body_new(c->conf->secrets, x->ws_mask);
     if (st == NULL)
         return AL_ERROR;
-    rc = sec_stream_feed(st, p, n, out);
-    if (rc == AL_OK)
-        rc = sec_stream_finish(st, out);
+    rc = sec_stream_feed_last(st, p, n, out);
     seen = sec_stream_seen(st) & ~x->ws_mask;
     x->injected |= sec_stream_replaced(st);
     sec_stream_free(st);
@@ -293,21 +352,23 @@ px_inject_body_refusal(struct px_conn *c)
 /* ---- response --------------------------------------------------------------- */
 
 /* Response body through the redactor (the length changes: the codec
- * frames the client side chunked, or close-delimited). */
+ * frames the client side chunked, or close-delimited). Its output is what
+ * the client may see, queued unwiped right after: not wiped here either. */
 static int
 px_inject_redact(struct px_chain *ch, int i, const char *at, size_t len, int last)
 {
-    struct px_exch *x = ch->conn->x;
-    struct al_dbuf  d;
+    struct px_conn *c = ch->conn;
+    struct px_exch *x = c->x;
+    struct al_dbuf  own, *d = px_inject_out_get(c, &own, len);
     int             rc;
 
-    al_dbuf_init(&d, len + 65536);
-    rc = len > 0 ? sec_stream_feed(x->redactor, at, len, &d) : AL_OK;
-    if (rc == AL_OK && last)
-        rc = sec_stream_finish(x->redactor, &d);
+    if (last)
+        rc = sec_stream_feed_last(x->redactor, at, len, d);
+    else
+        rc = len > 0 ? sec_stream_feed(x->redactor, at, len, d) : AL_OK;
     if (rc == AL_OK)
-        rc = px_chain_feed(ch, i + 1, d.data, d.len, last);
-    sec_dbuf_wipe(&d);
+        rc = px_chain_feed(ch, i + 1, d->data, d->len, last);
+    px_inject_out_put(c, d, 0);
     return rc;
 }
 

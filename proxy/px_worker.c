@@ -663,6 +663,7 @@ px_worker_destroy(struct px_worker *w)
     px_conns_audit_discard(w);
     px_dns_free(w->dns);
     w->dns = NULL;
+    sec_dbuf_wipe(&w->filter_out);
     if (w->loop != NULL)
         ev_loop_destroy(w->loop);
     w->loop = NULL;

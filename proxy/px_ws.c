@@ -50,6 +50,13 @@ px_ws_new(struct px_conn *c, int scan, int rsv_ok)
     ws->max_msg = c->conf->limits.ws_message_bytes;
     if (RAND_bytes((unsigned char *)&ws->rng, sizeof(ws->rng)) != 1 || ws->rng == 0)
         ws->rng = (uint64_t)al_now_us() | 1;
+    /* The client's TLS reads its socket itself from here on (px_ws_read
+     * tries again while its memory BIO still holds bytes). */
+    (void)px_half_tls_direct(&c->cl);
+    /* No header of the request is read after its 101 (the row reads the
+     * target, whose path stays in the head's buffer): the index goes. */
+    al_safefree(c->x->req.hdrs);
+    c->x->req.hdrs_cap = c->x->req.nhdrs = 0;
     return ws;
 }
 
@@ -103,7 +110,6 @@ px_ws_emit(struct px_conn *c, int to_client, int fin, int rsv, int opcode, const
     unsigned char   h[14];
     size_t          hl = 2;
     unsigned char   key[4];
-    char            buf[4096];
 
     h[0] = (unsigned char)((fin ? 0x80 : 0) | (rsv & 0x70) | (opcode & 0x0F));
     if (n < 126) {
@@ -133,13 +139,17 @@ px_ws_emit(struct px_conn *c, int to_client, int fin, int rsv, int opcode, const
     hl += 4;
     if (al_bufq_write(q, h, hl) != AL_OK)
         return AL_ERROR;
-    for (size_t off = 0; off < n;) {
-        size_t k = n - off < sizeof(buf) ? n - off : sizeof(buf);
+    for (size_t off = 0; off < n;) { /* masked straight into the queue */
+        size_t room;
+        char  *dst = al_bufq_reserve(q, &room);
 
-        px_ws_xor(buf, p + off, k, key, off);
-        if (al_bufq_write(q, buf, k) != AL_OK)
+        if (dst == NULL)
             return AL_ERROR;
-        off += k;
+        if (room > n - off)
+            room = n - off;
+        px_ws_xor(dst, p + off, room, key, off);
+        al_bufq_commit(q, room);
+        off += room;
     }
     return AL_OK;
 }
@@ -357,28 +367,29 @@ px_ws_feed(struct px_conn *c, int from_client, const char *p, size_t n)
                 return AL_DECLINED;
         }
         if (d->left > 0) { /* payload: unmasked, then control buffer or chain */
-            size_t k = n < d->left ? n : (size_t)d->left;
+            size_t      k = n < d->left ? n : (size_t)d->left;
+            const char *q = p; /* the payload's plain bytes */
 
             if (k == 0)
                 return AL_OK;
-            if (k > sizeof(buf))
-                k = sizeof(buf);
-            if (d->masked)
+            if (d->masked) {
+                if (k > sizeof(buf))
+                    k = sizeof(buf);
                 px_ws_xor(buf, p, k, d->key, d->off);
-            else
-                memcpy(buf, p, k);
+                q = buf;
+            }
             p += k;
             n -= k;
             d->off += k;
             d->left -= k;
             if (d->opcode >= PX_WS_CLOSE) {
-                memcpy(d->ctl + d->ctl_len, buf, k);
+                memcpy(d->ctl + d->ctl_len, q, k);
                 d->ctl_len += (unsigned)k;
             } else {
                 /* The last piece of a message goes with the end, so a
                  * message that needs no hold-back leaves as one frame. */
                 int end = d->left == 0 && d->fin;
-                int rc = px_chain_feed(ch, 0, buf, k, end);
+                int rc = px_chain_feed(ch, 0, q, k, end);
 
                 if (rc == AL_DECLINED)
                     return px_ws_violation(ws, 1008, "secret_out_of_scope");
@@ -457,8 +468,11 @@ px_ws_read(struct px_conn *c, int from_client)
     char            buf[PX_READ_BYTES];
     int             rc = AL_OK;
 
-    if (from_client)
+    if (from_client) {
         c->cl.tls_more = 0; /* owed nothing once the read runs (see client_readable) */
+        if (h->rbio != NULL && px_half_tls_direct(h) == AL_ERROR)
+            return AL_ERROR;
+    }
     do {
         ssize_t n = px_half_recv(c, h, buf, sizeof(buf));
 

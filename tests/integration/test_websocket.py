@@ -83,13 +83,17 @@ class Origin:
         self.headers[path] = dict(ws.request_headers.raw_items())
         auth = ws.request_headers.get("Authorization", "")
         value = auth[7:] if auth.startswith("Bearer ") else auth
+        half = len(value) // 2
         try:
+            if path.startswith("/lazy"):  # the socket's first frames: the value split
+                await ws.send(["lazy:" + value[:half], value[half:] + ":end"])
             async for msg in ws:
                 self.got.append((path, msg))
-                if msg == "say":
+                if msg == "split":
+                    await ws.send(["split:" + value[:half], value[half:] + ":end"])
+                elif msg == "say":
                     await ws.send("text:" + value)
                     await ws.send(("binary:" + value).encode())
-                    half = len(value) // 2
                     await ws.send(["frag:" + value[:half], value[half:] + ":end"])
                     big = "x" * (512 << 10) + value + "y" * (512 << 10)
                     await ws.send(big)
@@ -283,6 +287,40 @@ def test_placeholder_substituted_and_refused(t):
     r = ws_row(al, "/sub")
     eq((r["decision"], r["reason"]), ("deny", "secret_out_of_scope"), "row")
     check("other" in r["error"], "row names the refused secret: %r" % r["error"])
+
+
+@test
+def test_scanners_first_frames_and_after_idle(t):
+    """Each direction's scanner is made with the first data frame that goes
+    its way (not at the 101) and holds no buffer between messages: a value
+    split across the socket's first two frames is found both ways (the
+    origin's echo of the injected value, the client's placeholder), and so it
+    is again after the socket idled."""
+    o = origin(t)
+    al = start(t)
+    wsph, tokph = ph(al, "wskey"), ph(al, "tok")
+
+    async def go():
+        sock = tunnel_sock(al, HOST, o.port)
+        async with websockets.connect("wss://%s:%d/lazy" % (HOST, o.port), sock=sock,
+                                      ssl=client_ctx(), server_hostname=HOST) as ws:
+            got = [await ws.recv()]             # the origin's first frames
+            await ws.send(["key=" + wsph[:5], wsph[5:]])  # the client's first frames
+            got.append(await ws.recv())
+            for _ in range(2):
+                await asyncio.sleep(1.2)        # idle, then again both ways
+                await ws.send("split")
+                got.append(await ws.recv())
+                await ws.send(["key=" + wsph[:-3], wsph[-3:]])
+                got.append(await ws.recv())
+            return got
+    got = run(go())
+    SEEN.extend(got)
+    eq(got[0], "lazy:" + tokph + ":end", "the origin's first two frames, redacted")
+    eq(got[1], "echo:key=" + wsph, "the echo of the client's first two frames")
+    eq(got[2:], ["split:" + tokph + ":end", "echo:key=" + wsph] * 2, "after idling")
+    eq([m for p, m in o.got if p == "/lazy" and m != "split"], ["key=" + WS_VALUE] * 3,
+       "the origin got the value each time (the placeholder split across two frames)")
 
 
 @test

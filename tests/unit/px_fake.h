@@ -169,6 +169,7 @@ pxf_free(struct pxf *f)
     pxf_conn_free(f->c);
     f->c = NULL;
     px_pool_clear(&f->w);
+    sec_dbuf_wipe(&f->w.filter_out);
     px_conf_unref(f->conf);
     ev_loop_destroy(f->w.loop);
 }
