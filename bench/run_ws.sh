@@ -22,7 +22,10 @@
 #   2. RSS of a freshly started airlock before and after IDLE idle
 #      intercepted WebSockets (each did one 1 KiB echo), and the same for
 #      IDLE idle opaque CONNECT tunnels carrying a WebSocket to plain.test
-#      (TLS end to end, verified against the test CA only).
+#      (TLS end to end, verified against the test CA only). With gdb on
+#      the PATH also the heap in use (glibc malloc_stats, called in airlock
+#      through gdb at both points): what the sockets hold, without the
+#      allocator's free pages that RSS counts too.
 # Report: stdout and bench/results/ws-latest.txt.
 #
 # Knobs: AIRLOCK [build-release/proxy/airlock], DURATION [5], WARMUP [1],
@@ -120,9 +123,18 @@ OPAQUE=(-a "127.0.0.1:$P_AL" -T "plain.test:$P_OR" -S plain.test -C "$TMP/pki/ca
     -H "Authorization: Bearer $SECRET_VALUE")
 
 rss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+# heap PID: bytes in use by malloc in airlock (all arenas), "" without gdb.
+# malloc_stats prints to airlock's stderr ($TMP/airlock.out).
+heap() {
+    command -v gdb >/dev/null 2>&1 || return 0
+    local mark
+    mark=$(wc -c <"$TMP/airlock.out")
+    gdb -p "$1" -batch -ex "call (void)malloc_stats()" >/dev/null 2>&1
+    tail -c +"$((mark + 1))" "$TMP/airlock.out" | awk '/^Total/{t=1} t && /in use bytes/{v=$NF} END{print v}'
+}
 
 # idle_rss NAME ARGS...: a fresh airlock, warm-up, baseline, IDLE sockets, RSS.
-declare -A RSS_BASE=() RSS_LOAD=() RSS_PER=() RSS_NOTE=()
+declare -A RSS_BASE=() RSS_LOAD=() RSS_PER=() RSS_NOTE=() HEAP_PER=()
 idle_rss() {
     local name=$1 i base loaded
     shift
@@ -138,6 +150,8 @@ idle_rss() {
     done
     sleep 1
     base=$(rss "$PID_AL")
+    local hbase hload
+    hbase=$(heap "$PID_AL")
     "$WB" idle "$@" -c "$IDLE" -s 600 >"$TMP/idle-$name.out" 2>&1 &
     local pid=$!
     for ((i = 0; i < 1200; i++)); do
@@ -152,6 +166,9 @@ idle_rss() {
     fi
     sleep 2
     loaded=$(rss "$PID_AL")
+    hload=$(heap "$PID_AL")
+    [ -n "$hbase" ] && [ -n "$hload" ] &&
+        HEAP_PER[$name]=$(awk -v a="$hbase" -v b="$hload" -v n="$IDLE" 'BEGIN{printf "%.1f", (b-a)/n/1024}')
     FDS[$name]=$(ls "/proc/$PID_AL/fd" | wc -l)
     kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
     grep -q '^lost' "$TMP/idle-$name.out" && RSS_NOTE[$name]="$(grep '^lost' "$TMP/idle-$name.out")"
@@ -241,12 +258,14 @@ stats() { # values... -> "min median max"
     fi
     if want rss; then
         echo "2. RSS of a fresh airlock with $IDLE idle sockets (each echoed one $MSG B message) (VmRSS)"
-        printf '   %-34s %10s %12s %12s %7s\n' kind "base KiB" "loaded KiB" "KiB/socket" fds
+        printf '   %-34s %10s %12s %12s %7s %12s\n' kind "base KiB" "loaded KiB" "KiB/socket" fds \
+            "heap KiB/s."
         for k in intercepted opaque; do
             label="intercepted WebSocket (api.test)"
             [ $k = opaque ] && label="opaque tunnel + WebSocket (plain)"
-            printf '   %-34s %10s %12s %12s %7s %s\n' "$label" "${RSS_BASE[$k]:-n/a}" \
-                "${RSS_LOAD[$k]:-n/a}" "${RSS_PER[$k]:-n/a}" "${FDS[$k]:-n/a}" "${RSS_NOTE[$k]:-}"
+            printf '   %-34s %10s %12s %12s %7s %12s %s\n' "$label" "${RSS_BASE[$k]:-n/a}" \
+                "${RSS_LOAD[$k]:-n/a}" "${RSS_PER[$k]:-n/a}" "${FDS[$k]:-n/a}" \
+                "${HEAP_PER[$k]:-n/a}" "${RSS_NOTE[$k]:-}"
         done
         echo "   KiB per idle intercepted WebSocket: ${RSS_PER[intercepted]:-n/a} (target <= 32: $(verdict "${RSS_PER[intercepted]:-n/a}" "<=" 32))"
     fi
