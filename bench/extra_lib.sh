@@ -33,6 +33,31 @@ descendants() {
     echo "${out[@]}"
 }
 
+# CPU time (user + system, clock ticks) of $1 and its descendants.
+cpu_tree() {
+    local t=0 p v
+    for p in $(descendants "$1"); do
+        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null)
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+
+# Runs a command and prints its CPU (user + system of it and its children,
+# clock ticks) on the last line of its output.
+with_cpu() {
+    local f rc
+    f=$(mktemp)
+    # `times` in the same shell: a pipe or $(...) would run it in a child
+    # that has no children of its own
+    ( "$@"; rc=$?; times >"$f"; exit $rc )
+    rc=$?
+    awk -v tck="$(getconf CLK_TCK)" 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/);
+        printf "cpu_ticks %d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * tck + 0.5 }' "$f"
+    rm -f "$f"
+    return $rc
+}
+
 # Sum of VmRSS (KiB) over $1 and its descendants.
 rss_tree() {
     local total=0 v
