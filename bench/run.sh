@@ -24,6 +24,7 @@
 #   CONNS     concurrent connections [50]      TUNNELS  idle tunnels [2000]
 #   TUNNEL_GET  1: each idle tunnel carries one 100 B GET before idling [1]
 #   ONLY      space-separated subset of "direct nginx-rp airlock squid tinyproxy"
+#   AUDIT=0   airlock without its audit file ("db": null), to see what the rows cost
 #   SKIP_INSTALL=1  never run apt-get
 set -u
 
@@ -297,7 +298,7 @@ if want airlock; then
     if [ -x "$AIRLOCK" ]; then
         mkdir -p "$TMP/airlock"
         cat >"$TMP/airlock/cfg.json" <<EOF
-{"listen":[{"addr":"127.0.0.1:$P_AIRLOCK","mode":"forward"}],"workers":1,"policy":"policy.json","audit":{"db":"audit.db"},"log_level":"warn"}
+{"listen":[{"addr":"127.0.0.1:$P_AIRLOCK","mode":"forward"}],"workers":1,"policy":"policy.json","audit":{"db":$([ "${AUDIT:-1}" = 0 ] && echo null || echo '"audit.db"')},"log_level":"warn"}
 EOF
         cat >"$TMP/airlock/policy.json" <<EOF
 {"default":"allow","allow_addresses":["127.0.0.0/8"],"rules":[]}
