@@ -28,6 +28,8 @@
 #define SEC_HOST_MAX_BYTES 253
 #define SEC_AC_CACHE_MAX 32
 #define SEC_MAX_FILE_BYTES (1u << 20)
+#define SEC_HEX_LC "0123456789abcdef"
+#define SEC_HEX_UC "0123456789ABCDEF"
 
 enum sec_hp_kind { SEC_HP_EXACT = 0, SEC_HP_SUFFIX, SEC_HP_ANY };
 
@@ -168,7 +170,7 @@ struct sec_store {
     int                ncache;
 };
 
-/* Streams (sec_ac.c). */
+/* Streams (sec_stream.c). */
 struct sec_cluster {
     uint64_t start, end;
     int      pat;
@@ -223,11 +225,18 @@ struct sec_ac *sec_ac_build(const struct sec_ac_in *in, int n);
 void           sec_ac_free(struct sec_ac *ac);
 /* Standard base64 with padding, appended with sec_dbuf_add. */
 int sec_b64_encode(struct al_dbuf *b, const void *v, size_t n);
+/* Each byte of v as prefix + 2 digits (SEC_HEX_LC/UC; only_reserved:
+ * unreserved bytes as they are), appended with sec_dbuf_add: an encoded form,
+ * and the percent-encoded value of a substitution (sec_stream.c). */
+int sec_form_hex(struct al_dbuf *b, const unsigned char *v, size_t n, const char *digits,
+                 const char *prefix, int only_reserved);
 /* Encoded forms of a value for redaction, appended to *forms (vault memory
  * is not needed: the caller wipes the buffer). */
 int sec_forms_add(const char *v, size_t n, int secret, struct al_dbuf *buf, struct sec_ac_in **ins,
                   int *nins, int *cap);
 const struct sec_ac *sec_redact_ac(struct sec_store *s, uint64_t mask, struct sec_ac **own);
+
+/* sec_stream.c */
 int  sec_stream_init(struct sec_stream *st, const struct sec_store *s, const struct sec_ac *ac,
                      enum sec_stream_mode mode, uint64_t repl_mask);
 void sec_stream_fini(struct sec_stream *st);
