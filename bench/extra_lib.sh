@@ -209,3 +209,53 @@ hey_parse() {
         e && /\[[0-9]+\]/ { c = $1; gsub(/[][]/, "", c); bad += c }
         END { if (ok + 0 == 0) print 0, "all"; else printf "%s %d\n", rps, bad }' "$1"
 }
+
+# CPU per request of the client, the origin and the proxy during one
+# measurement (PID_ORIGIN, PID_OF[name]), kept per round ("KIND:name" -> "client origin proxy" in µs):
+# on a machine where the three share the cores, throughput follows their sum,
+# so these say what a ratio can reach, whatever the noise of one round.
+declare -A CPU_ROUNDS=()
+cpu_before() {
+    CPU_O0=$(cpu_tree "$PID_ORIGIN")
+    CPU_P0=0
+    [ -n "${PID_OF[$1]:-}" ] && CPU_P0=$(cpu_tree "${PID_OF[$1]}")
+}
+cpu_after() { # KIND NAME REQUESTS CLIENT_TICKS
+    local o p=0 tck
+    [ -n "${3:-}" ] && [ "${3:-0}" -gt 0 ] && [ -n "${4:-}" ] || return 0
+    tck=$(getconf CLK_TCK)
+    o=$(( $(cpu_tree "$PID_ORIGIN") - CPU_O0 ))
+    [ -n "${PID_OF[$2]:-}" ] && p=$(( $(cpu_tree "${PID_OF[$2]}") - CPU_P0 ))
+    CPU_ROUNDS[$1:$2]+="$(awk -v c="$4" -v o="$o" -v p="$p" -v n="$3" -v t="$tck" \
+        'BEGIN{ printf "%.1f %.1f %.1f;", c*1e6/t/n, o*1e6/t/n, p*1e6/t/n }')"
+}
+# cpu_line KIND NAME: median over rounds of client, origin, proxy, total µs
+cpu_median() {
+    local rows col out=""
+    rows=$(echo "${CPU_ROUNDS[$1:$2]:-}" | tr ';' '\n' | awk 'NF == 3 { print $1, $2, $3, $1 + $2 + $3 }')
+    [ -n "$rows" ] || return 0
+    for col in 1 2 3 4; do
+        out="$out $(echo "$rows" | awk -v k=$col '{ print $k }' | sort -g |
+            awk '{ v[NR] = $1 } END { printf "%.1f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+    done
+    echo $out
+}
+
+# cpu_table KIND TITLE NAME...: the CPU per request of each target (median over the
+# rounds) and the ratio it allows: direct's client + origin CPU over the
+# target's client + origin + proxy CPU (medians of the sums) (the throughput ratio when the three
+# are CPU-bound on shared cores, as here).
+cpu_table() {
+    local kind=$1 title=$2 d n m
+    shift 2
+    echo "   CPU per request, µs (median of $ROUNDS rounds; user + system): $title"
+    printf '   %-10s %8s %8s %8s %8s %12s\n' target client origin proxy total "CPU-bound"
+    d=$(cpu_median "$kind" direct)
+    for n in "$@"; do
+        m=$(cpu_median "$kind" "$n")
+        [ -n "$m" ] || continue
+        printf '   %-10s %8s %8s %8s %8s %12s\n' "$n" $m \
+            "$(echo "$d $m" | awk 'NF == 8 && $8 > 0 { printf "%.2f", $4 / $8 }')"
+    done
+    echo
+}

@@ -335,37 +335,6 @@ ORIGIN_URL_100=http://127.0.0.1:$P_ORIGIN/100b
 ROUND=1
 better() { awk -v a="${1:-0}" -v b="${2:-}" 'BEGIN{ exit !(b == "" || a+0 > b+0) }'; }
 
-# CPU per request of the client, the origin and the proxy during one
-# measurement, kept per round ("KIND:name" -> "client origin proxy" in µs):
-# on a machine where the three share the cores, throughput follows their sum,
-# so these say what a ratio can reach, whatever the noise of one round.
-declare -A CPU_ROUNDS=()
-cpu_before() {
-    CPU_O0=$(cpu_tree "$PID_ORIGIN")
-    CPU_P0=0
-    [ -n "${PID_OF[$1]:-}" ] && CPU_P0=$(cpu_tree "${PID_OF[$1]}")
-}
-cpu_after() { # KIND NAME REQUESTS CLIENT_TICKS
-    local o p=0 tck
-    [ -n "${3:-}" ] && [ "${3:-0}" -gt 0 ] && [ -n "${4:-}" ] || return 0
-    tck=$(getconf CLK_TCK)
-    o=$(( $(cpu_tree "$PID_ORIGIN") - CPU_O0 ))
-    [ -n "${PID_OF[$2]:-}" ] && p=$(( $(cpu_tree "${PID_OF[$2]}") - CPU_P0 ))
-    CPU_ROUNDS[$1:$2]+="$(awk -v c="$4" -v o="$o" -v p="$p" -v n="$3" -v t="$tck" \
-        'BEGIN{ printf "%.1f %.1f %.1f;", c*1e6/t/n, o*1e6/t/n, p*1e6/t/n }')"
-}
-# cpu_line KIND NAME: median over rounds of client, origin, proxy, total µs
-cpu_median() {
-    local rows col out=""
-    rows=$(echo "${CPU_ROUNDS[$1:$2]:-}" | tr ';' '\n' | awk 'NF == 3 { print $1, $2, $3, $1 + $2 + $3 }')
-    [ -n "$rows" ] || return 0
-    for col in 1 2 3 4; do
-        out="$out $(echo "$rows" | awk -v k=$col '{ print $k }' | sort -g |
-            awk '{ v[NR] = $1 } END { printf "%.1f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
-    done
-    echo $out
-}
-
 # wrk_run NAME URL [proxy-target]: keeps the best round in HTTP_RPS, sums errors
 wrk_run() {
     local name=$1 url=$2 target=${3:-} out args=() rps non2xx sock closes
@@ -516,24 +485,6 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for n in "${FWD[@]}"; do cb_run "$n" "${PORT_OF[$n]}"; done
 done
 
-# cpu_table KIND TITLE: the CPU per request of each target (median over the
-# rounds) and the ratio it allows: direct's client + origin CPU over the
-# target's client + origin + proxy CPU (the throughput ratio when the three
-# are CPU-bound on shared cores, as here).
-cpu_table() {
-    local kind=$1 d n m
-    echo "   CPU per request, µs (median of $ROUNDS rounds; user + system): $2"
-    printf '   %-10s %8s %8s %8s %8s %12s\n' target client origin proxy total "CPU-bound"
-    d=$(cpu_median "$kind" direct)
-    for n in direct nginx-rp airlock squid tinyproxy; do
-        m=$(cpu_median "$kind" "$n")
-        [ -n "$m" ] || continue
-        printf '   %-10s %8s %8s %8s %8s %12s\n' "$n" $m \
-            "$(echo "$d $m" | awk 'NF == 8 && $8 > 0 { printf "%.2f", ($1 + $2) / $8 }')"
-    done
-    echo
-}
-
 fmt_num() { awk -v v="${1:-}" 'BEGIN{ if (v == "") print "-"; else printf "%.0f", v }'; }
 
 REPORT=$TMP/report.txt
@@ -559,7 +510,7 @@ REPORT=$TMP/report.txt
         fi
     done
     echo
-    cpu_table HTTP "client = wrk"
+    cpu_table HTTP "client = wrk" direct nginx-rp airlock squid tinyproxy
     if [ $HAVE_HEY = 1 ]; then
         echo "2a. CONNECT tunnel, 64 KiB responses over TLS (hey -c$CONNS -x http://proxy https://origin/64k)"
         printf '   %-10s %12s %10s %10s %8s\n' target "req/s" "MB/s" "vs direct" non-200
@@ -585,7 +536,7 @@ REPORT=$TMP/report.txt
         fi
     done
     echo
-    cpu_table CB "client = connect_bench, per 64 KiB response"
+    cpu_table CB "client = connect_bench, per 64 KiB response" direct airlock squid tinyproxy
     echo "3. RSS with $TUNNELS idle CONNECT tunnels$([ "$TUNNEL_GET" = 1 ] && echo ' (each carried one 100 B GET first)') (VmRSS, process + children)"
     printf '   %-10s %12s %14s %12s %8s\n' proxy "base KiB" "loaded KiB" "KiB/tunnel" "fds"
     for n in airlock squid tinyproxy; do

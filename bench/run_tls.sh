@@ -279,8 +279,11 @@ tb_run() { # NAME keepalive|new ROUND
     else
         args+=(-a "127.0.0.1:${PORT_OF[$name]}" -T "api.test:$port")
     fi
-    out=$("$TB" load "${args[@]}" -S api.test -c "$CONNS" -d "$DURATION" -w "$WARMUP" -P /100b 2>&1)
+    cpu_before "$name"
+    out=$(with_cpu "$TB" load "${args[@]}" -S api.test -c "$CONNS" -d "$DURATION" -w "$WARMUP" -P /100b 2>&1)
     echo "$out" >"$TMP/tb-$kind-$name-r$r.txt"
+    cpu_after "TB$kind" "$name" "$(echo "$out" | awk '/^requests/{printf "%d", $2 * ($4 + '"$WARMUP"') / $4}')" \
+        "$(echo "$out" | awk '/^cpu_ticks/{print $2}')"
     rps=$(echo "$out" | awk '/^requests/{print $6}')
     e=$(echo "$out" | awk '/^requests/{print $10}')
     [ -n "$rps" ] || { rps=0; e=all; }
@@ -393,6 +396,7 @@ REPORT=$TMP/report.txt
             "$(ratio "${HKA[$n]:-}" "${HKA[direct]:-}")" "${HKA_E[$n]:--}"
     done
     echo
+    cpu_table TBkeepalive "keep-alive, client = tls_bench" direct airlock squid mitmproxy
     echo "2. New connection per request (TCP + CONNECT + full TLS handshake client side and upstream; origin closes), $CONNS concurrent"
     printf '   %-10s %12s %10s %8s   %12s %10s %8s\n' target "tls_bench" "vs direct" errors "hey req/s" "vs direct" non-200
     for n in direct airlock squid mitmproxy; do
