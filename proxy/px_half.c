@@ -284,6 +284,8 @@ px_half_handshake(struct px_conn *c, struct px_half *h)
     }
 }
 
+#define PX_SPLICE_BYTES 65536 /* asked of each splice from a socket (a pipe's default size) */
+
 /* One direction of an opaque tunnel: src's bytes go through src's pipe to dst. */
 int
 px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
@@ -330,7 +332,8 @@ px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
             al_log_warn("conn %llu: pipe2", (unsigned long long)c->id);
             return AL_ERROR;
         }
-        n = splice(src->fd, NULL, src->pipe[1], NULL, 65536, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        n = splice(src->fd, NULL, src->pipe[1], NULL, PX_SPLICE_BYTES,
+                   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 return AL_OK;
@@ -341,7 +344,7 @@ px_half_pump(struct px_conn *c, struct px_half *src, struct px_half *dst)
         /* Less than asked for: the socket had no more. Once it is passed on,
          * the level-triggered watcher says when there is more, instead of a
          * further splice that would only find EAGAIN (as nginx's ready flag). */
-        drained = n < 65536;
+        drained = n < PX_SPLICE_BYTES;
         src->inpipe += (size_t)n;
         c->last_activity = ev_now(c->worker->loop);
     }

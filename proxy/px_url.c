@@ -143,11 +143,6 @@ px_url_label_digits(const char *s, size_t n)
     return ok;
 }
 
-/*
- * Classifies the lowercased ASCII name `s` (NUL-terminated, trailing dot
- * already gone) and writes its canonical form. Shared by the ASCII path and
- * the output of IDNA, which must pass the very same checks.
- */
 /* "a.b.c.d" with four decimal parts 0..255 and no leading zero: what
  * inet_ntop would write for the address inet_aton reads from it. */
 static int
@@ -175,27 +170,11 @@ px_url_quad_canonical(const char *s, size_t len)
     return parts == 4;
 }
 
-/* The dotted quad of four address bytes (no printf: per request). */
-static size_t
-px_url_quad_str(char *out, const unsigned char *a)
-{
-    size_t n = 0;
-
-    for (int i = 0; i < 4; i++) {
-        unsigned v = a[i];
-
-        if (v >= 100)
-            out[n++] = (char)('0' + v / 100);
-        if (v >= 10)
-            out[n++] = (char)('0' + v / 10 % 10);
-        out[n++] = (char)('0' + v % 10);
-        if (i < 3)
-            out[n++] = '.';
-    }
-    out[n] = '\0';
-    return n;
-}
-
+/*
+ * Classifies the lowercased ASCII name `s` (NUL-terminated, trailing dot
+ * already gone) and writes its canonical form. Shared by the ASCII path and
+ * the output of IDNA, which must pass the very same checks.
+ */
 static int
 px_url_ascii_host(const char *s, size_t len, char *out, size_t outsz, enum px_host_kind *kind,
                   const char **err)
@@ -238,9 +217,9 @@ px_url_ascii_host(const char *s, size_t len, char *out, size_t outsz, enum px_ho
             memcpy(quad, s, len + 1);
             qlen = len;
         } else {
-            if (inet_aton(s, &a) == 0)
+            if (inet_aton(s, &a) == 0 || inet_ntop(AF_INET, &a, quad, sizeof(quad)) == NULL)
                 goto out;
-            qlen = px_url_quad_str(quad, (const unsigned char *)&a);
+            qlen = strlen(quad);
         }
         if (qlen >= outsz)
             goto out;
